@@ -1,0 +1,119 @@
+// Identity over HTTP, Steward running as `npm start` runs it, with autocannon:
+//   1. an authenticated route (Bearer access token: Ed25519 JWT, cached verification, revoked-session
+//      check, roles from the authz index) against a bare Fastify route, in the same run;
+//   2. password logins per second (Argon2id, OWASP parameters, on the libuv pool);
+//   3. refreshes per second (each connection rotates its own refresh token, response after response).
+// Run: node --import tsx bench/identity-http.ts   (embedded PGlite; set DATABASE_URL for PostgreSQL)
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import autocannon from 'autocannon';
+import { load, report } from './lib/load.ts';
+import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
+
+const EMAIL = 'bench@example.com';
+const PASSWORD = 'quiet harbour lighthouse 2026';
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+
+const dataDir = mkdtempSync(join(tmpdir(), 'steward-bench-identity-'));
+const bare = await startBareFastify();
+const steward = await startSteward({
+  STEWARD_DATA_DIR: dataDir,
+  STEWARD_ADMIN_EMAIL: EMAIL,
+  STEWARD_ADMIN_PASSWORD: PASSWORD,
+  LOGIN_IP_MAX_FAILURES: '100000',
+});
+
+try {
+  const { access_token } = await loginAs(steward.url, EMAIL, PASSWORD);
+  const auth = { authorization: `Bearer ${access_token}` };
+
+  // 1. Authenticated route vs bare Fastify, interleaved so drift hits both alike.
+  const rounds: Awaited<ReturnType<typeof load>>[] = [];
+  for (let i = 0; i < 2; i++) {
+    rounds.push(await load({ label: 'bare Fastify GET /', url: `${bare.url}/`, seconds: SECONDS }));
+    rounds.push(
+      await load({
+        label: 'Steward GET /v1/auth/whoami (Bearer)',
+        url: `${steward.url}/v1/auth/whoami`,
+        headers: auth,
+        seconds: SECONDS,
+      }),
+    );
+  }
+  rounds.push(
+    await load({
+      label: 'Steward GET /v1/me (Bearer, reads the user row)',
+      url: `${steward.url}/v1/me`,
+      headers: auth,
+      seconds: SECONDS,
+    }),
+  );
+  rounds.push(
+    await load({ label: 'Steward GET /healthz (public)', url: `${steward.url}/healthz`, seconds: SECONDS }),
+  );
+  const best = (label: string) =>
+    rounds.filter((r) => r.label === label).sort((a, b) => b.requestsPerSec - a.requestsPerSec)[0];
+  const labels = [...new Set(rounds.map((r) => r.label))];
+  report(
+    `Authenticated request vs bare Fastify (50 connections, best of interleaved ${SECONDS} s rounds; target ≥ 70%)`,
+    labels.map(best).filter((r) => r !== undefined),
+  );
+
+  // 2. Password logins.
+  const logins = await autocannon({
+    url: `${steward.url}/v1/auth/login`,
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ email: EMAIL, password: PASSWORD }),
+    connections: 8,
+    duration: SECONDS,
+  });
+  const loginRate = logins.requests.average;
+  console.log(
+    `\nPassword logins: ${loginRate.toFixed(0)}/s (p50 ${logins.latency.p50} ms, p99 ${logins.latency.p99} ms, non-2xx ${logins.non2xx}); target ≥ 100/s → ${((loginRate / 100) * 100).toFixed(0)}% of target`,
+  );
+
+  // 3. Refreshes. Each worker owns a session and sends its next refresh only once the previous
+  // answer (and its new token) is back; autocannon builds requests ahead, which would present
+  // rotated tokens and trip reuse detection.
+  const workers = 32;
+  const tokens: string[] = [];
+  for (let i = 0; i < workers; i++) tokens.push((await loginAs(steward.url, EMAIL, PASSWORD)).refresh_token);
+  let ok = 0;
+  let failed = 0;
+  const latencies: number[] = [];
+  const until = performance.now() + SECONDS * 1000;
+  await Promise.all(
+    tokens.map(async (first) => {
+      let token = first;
+      while (performance.now() < until) {
+        const t0 = performance.now();
+        const res = await fetch(`${steward.url}/v1/auth/refresh`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ refresh_token: token }),
+        });
+        const body = (await res.json()) as { refresh_token?: string };
+        latencies.push(performance.now() - t0);
+        if (res.status === 200 && body.refresh_token) {
+          token = body.refresh_token;
+          ok++;
+        } else {
+          failed++;
+          token = (await loginAs(steward.url, EMAIL, PASSWORD)).refresh_token;
+        }
+      }
+    }),
+  );
+  latencies.sort((a, b) => a - b);
+  const pct = (p: number) => (latencies[Math.floor((latencies.length - 1) * p)] ?? 0).toFixed(1);
+  const refreshRate = ok / SECONDS;
+  console.log(
+    `Refreshes: ${refreshRate.toFixed(0)}/s over ${workers} sessions (p50 ${pct(0.5)} ms, p99 ${pct(0.99)} ms, failed ${failed}); target ≥ 2,000/s → ${((refreshRate / 2000) * 100).toFixed(0)}% of target`,
+  );
+} finally {
+  await steward.stop();
+  await bare.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+}

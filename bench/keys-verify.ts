@@ -1,0 +1,90 @@
+// POST /v1/keys/verify over HTTP (valid key, cache warm), Steward running as `npm start` runs it
+// (child process, embedded PGlite), against a bare Fastify POST route in the same run.
+// Targets: ≥ 75% of bare Fastify's throughput, p99 ≤ 3 ms at 50 connections.
+// better-auth's api-key plugin is not installed here, so the ≥ 10× comparison is not run.
+// Run: node --import tsx bench/keys-verify.ts
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type LoadResult, load, report } from './lib/load.ts';
+import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
+
+const EMAIL = 'bench@example.com';
+const PASSWORD = 'quiet harbour lighthouse 2026';
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+
+const dataDir = mkdtempSync(join(tmpdir(), 'steward-bench-keys-'));
+const bare = await startBareFastify();
+const steward = await startSteward({
+  STEWARD_DATA_DIR: dataDir,
+  STEWARD_ADMIN_EMAIL: EMAIL,
+  STEWARD_ADMIN_PASSWORD: PASSWORD,
+  ACCESS_TOKEN_TTL_SECONDS: '3600',
+});
+
+try {
+  const { access_token: token } = await loginAs(steward.url, EMAIL, PASSWORD);
+  const json = { 'content-type': 'application/json' };
+  const created = await fetch(`${steward.url}/v1/keys`, {
+    method: 'POST',
+    headers: { ...json, authorization: `Bearer ${token}` },
+    body: JSON.stringify({ name: 'bench', scopes: ['*'], tier: 'enterprise' }),
+  });
+  if (created.status !== 201)
+    throw new Error(`key creation failed: ${created.status} ${await created.text()}`);
+  const { key } = (await created.json()) as { key: string };
+  // The caller authenticates with a key of its own holding api_keys:verify (the usual service setup).
+  const callerRes = await fetch(`${steward.url}/v1/keys`, {
+    method: 'POST',
+    headers: { ...json, authorization: `Bearer ${token}` },
+    body: JSON.stringify({ name: 'verifier', scopes: ['api_keys:verify'], tier: 'enterprise' }),
+  });
+  const callerKey = ((await callerRes.json()) as { key: string }).key;
+  const body = JSON.stringify({ key });
+
+  const rounds: LoadResult[] = [];
+  for (let i = 0; i < 2; i++) {
+    rounds.push(
+      await load({
+        label: 'bare Fastify POST /',
+        url: `${bare.url}/`,
+        method: 'POST',
+        headers: json,
+        body,
+        seconds: SECONDS,
+      }),
+    );
+    rounds.push(
+      await load({
+        label: 'Steward POST /v1/keys/verify (caller: Bearer JWT)',
+        url: `${steward.url}/v1/keys/verify`,
+        method: 'POST',
+        headers: { ...json, authorization: `Bearer ${token}` },
+        body,
+        seconds: SECONDS,
+      }),
+    );
+    rounds.push(
+      await load({
+        label: 'Steward POST /v1/keys/verify (caller: X-API-Key)',
+        url: `${steward.url}/v1/keys/verify`,
+        method: 'POST',
+        headers: { ...json, 'x-api-key': callerKey },
+        body,
+        seconds: SECONDS,
+      }),
+    );
+  }
+  const best = (label: string) =>
+    rounds.filter((r) => r.label === label).sort((a, b) => b.requestsPerSec - a.requestsPerSec)[0];
+  const labels = [...new Set(rounds.map((r) => r.label))];
+  report(
+    `POST /v1/keys/verify vs bare Fastify (50 connections, best of 2 interleaved ${SECONDS} s rounds; targets ≥ 75%, p99 ≤ 3 ms)`,
+    labels.map(best).filter((r) => r !== undefined),
+  );
+  console.log('\nbetter-auth api-key verification: not measured (better-auth is not installed).');
+} finally {
+  await steward.stop();
+  await bare.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+}

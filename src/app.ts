@@ -1,0 +1,199 @@
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import cors from '@fastify/cors';
+import Fastify, { type FastifyInstance, LogController } from 'fastify';
+import { validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import { auditRoutes } from './audit/routes.ts';
+import { AUDIT_CHECKPOINT_KEY_PURPOSE, createAuditService } from './audit/service.ts';
+import { authzRoutes } from './authz/routes.ts';
+import { createAuthzService } from './authz/service.ts';
+import { type InvalidationBus, openBus } from './bus/index.ts';
+import type { Config } from './config.ts';
+import type { StewardContext } from './context.ts';
+import { type Keyring, loadKeyring } from './crypto/keyring.ts';
+import { type DbHandle, openDatabase } from './db/client.ts';
+import { runMigrations } from './db/migrate.ts';
+import { AuthRegistry, installAccessControl } from './http/auth.ts';
+import { installMetrics } from './http/metrics.ts';
+import { installOpenApi } from './http/openapi.ts';
+import { installOpsRoutes } from './http/ops.ts';
+import { installProblemHandlers } from './http/problem.ts';
+import { installResponseHook } from './http/response.ts';
+import { responseSerializerCompiler } from './http/serializer.ts';
+import { identityPlugin, openIdentityService } from './identity/index.ts';
+import { keysPlugin, openKeys } from './keys/index.ts';
+import { tenancyRoutes } from './tenancy/routes.ts';
+import { createTenancyService } from './tenancy/service.ts';
+import { vaultPlugin } from './vault/index.ts';
+
+const VERSION = (
+  JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+).version;
+
+/** What tests and the server may hand in instead of letting buildApp make it. */
+export interface AppDeps {
+  /** An open, migrated database; the app then leaves closing it to the caller. */
+  db?: DbHandle;
+  clock?: () => Date;
+  /** Master keys; loaded from STEWARD_MASTER_KEY (or the data folder) when omitted. */
+  keyring?: Keyring;
+  /** Cross-instance invalidation; opened from REDIS_URL when omitted. */
+  bus?: InvalidationBus;
+}
+
+// Accept a caller's request id only if it is short and plain; otherwise make one.
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** Builds the Steward app: plumbing first, then each domain as a plugin. Does not listen. */
+export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
+  const ownsDb = deps.db === undefined;
+  const db =
+    deps.db ??
+    (await openDatabase({
+      databaseUrl: config.DATABASE_URL,
+      dataDir: config.STEWARD_DATA_DIR,
+      poolSize: config.DATABASE_POOL_SIZE,
+    }));
+  const shutdownTasks: (() => Promise<void>)[] = [];
+
+  try {
+    if (ownsDb) await runMigrations(db);
+
+    const app = Fastify({
+      logger: {
+        level: config.LOG_LEVEL,
+        redact: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie'],
+      },
+      // One log line per request halves throughput; errors and 5xx are logged instead.
+      logController: new LogController({ disableRequestLogging: true }),
+      // No child logger per request (a measurable cost on hot routes): the few lines
+      // logged per request are errors, and they carry the request id explicitly.
+      childLoggerFactory: (logger) => logger,
+      requestIdHeader: false,
+      genReqId: (req) => {
+        const given = req.headers['x-request-id'];
+        return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
+      },
+      bodyLimit: config.BODY_LIMIT_BYTES,
+      trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
+      return503OnClosing: true,
+    }).withTypeProvider<ZodTypeProvider>();
+    app.setValidatorCompiler(validatorCompiler);
+    app.setSerializerCompiler(responseSerializerCompiler);
+
+    const clock = deps.clock ?? (() => new Date());
+    const keyring =
+      deps.keyring ??
+      loadKeyring({
+        masterKey: config.STEWARD_MASTER_KEY,
+        previousKeys: config.STEWARD_MASTER_KEY_PREVIOUS,
+        dataDir: config.STEWARD_DATA_DIR,
+        embedded: config.DATABASE_URL === undefined,
+        warn: (message) => app.log.warn(message),
+      });
+    const audit = createAuditService({
+      db,
+      checkpointKey: keyring.deriveKey(AUDIT_CHECKPOINT_KEY_PURPOSE),
+      defaultRetentionDays: config.AUDIT_RETENTION_DAYS,
+      clock,
+    });
+    audit.sequencer.start();
+    shutdownTasks.push(() => audit.sequencer.stop());
+    // Retention runs hourly in every instance; the purge serialises per org, so instances do not collide.
+    const purgeTimer = setInterval(() => {
+      audit.purge().catch((error: unknown) => app.log.error({ err: error }, 'audit purge failed'));
+    }, 3_600_000);
+    purgeTimer.unref();
+    shutdownTasks.unshift(async () => clearInterval(purgeTimer));
+    const bus =
+      deps.bus ?? (await openBus(config.REDIS_URL, (error) => app.log.error({ err: error }, 'redis')));
+    if (!deps.bus) shutdownTasks.push(() => bus.close());
+    const auth = new AuthRegistry();
+    const authz = createAuthzService({
+      db,
+      audit,
+      bus,
+      clock,
+      onError: (error, what) => app.log.error({ err: error }, what),
+    });
+    auth.authorizer = authz.authorizer;
+    shutdownTasks.unshift(() => authz.stop());
+    const tenancy = createTenancyService({ db, audit });
+    const identity = await openIdentityService({
+      config,
+      db,
+      keyring,
+      bus,
+      audit,
+      authz,
+      tenancy,
+      clock,
+      onError: (error) => app.log.error({ err: error }, 'identity limiter redis'),
+    });
+    const keys = await openKeys({
+      config,
+      db,
+      bus,
+      audit,
+      authz,
+      identity,
+      keyring,
+      clock,
+      onError: (error, what) => app.log.error({ err: error }, what),
+      onWarn: (details, message) => app.log.warn(details, message),
+    });
+    const ctx: StewardContext = {
+      config,
+      db,
+      keyring,
+      bus,
+      audit,
+      tenancy,
+      identity,
+      keys,
+      auth,
+      authz,
+      clock,
+      onShutdown: (task) => shutdownTasks.push(task),
+    };
+
+    app.decorate('steward', ctx);
+    installProblemHandlers(app);
+    installAccessControl(app, auth);
+    installResponseHook(app, installMetrics(app));
+    if (config.CORS_ORIGINS.length > 0) {
+      await app.register(cors, {
+        origin: config.CORS_ORIGINS.includes('*') ? '*' : config.CORS_ORIGINS,
+        exposedHeaders: ['x-request-id', 'etag', 'retry-after'],
+      });
+    }
+    await installOpenApi(app, VERSION);
+    installOpsRoutes(app, db, bus);
+
+    // The domains. Each registers its own routes and services.
+    await app.register(tenancyRoutes, { ctx });
+    await app.register(auditRoutes, { ctx });
+    await app.register(authzRoutes, { ctx });
+    await app.register(identityPlugin, { ctx });
+    await app.register(keysPlugin, { ctx });
+    await app.register(vaultPlugin, { ctx });
+
+    // Connections busy when close() begins turn idle later; without another sweep they
+    // would hold shutdown open for the whole keep-alive timeout.
+    let sweeper: NodeJS.Timeout | undefined;
+    app.addHook('preClose', (done) => {
+      sweeper = setInterval(() => app.server.closeIdleConnections(), 25);
+      sweeper.unref();
+      done();
+    });
+    app.addHook('onClose', async () => {
+      clearInterval(sweeper);
+      for (const task of shutdownTasks) await task();
+      if (ownsDb) await db.close();
+    });
+    return app;
+  } catch (error) {
+    if (ownsDb) await db.close();
+    throw error;
+  }
+}

@@ -1,0 +1,277 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { openTestStore, STORES, type TestStore } from '../../test/helpers/stores.ts';
+import { newId } from '../db/ids.ts';
+import { createSequencer } from './sequencer.ts';
+import { type AuditEventInput, type AuditService, createAuditService } from './service.ts';
+
+// One conformance suite over both stores, as OpenFGA runs its tests over every backend.
+for (const { kind, skip } of STORES) {
+  describe(`audit trail on ${kind}`, { skip }, () => {
+    let store: TestStore;
+    let now = new Date('2026-01-01T00:00:00.000Z');
+    let audit: AuditService;
+    const key = randomBytes(32);
+
+    before(async () => {
+      store = await openTestStore(kind);
+      audit = createAuditService({
+        db: store.db,
+        checkpointKey: key,
+        defaultRetentionDays: 30,
+        clock: () => now,
+      });
+    });
+    after(() => store?.dispose());
+
+    const event = (orgId: string, i = 0): AuditEventInput => ({
+      orgId,
+      actor: { type: 'user', id: 'usr_01JAAAAAAAAAAAAAAAAAAAAAAA', name: 'Ada' },
+      action: 'key.created',
+      resource: { type: 'api_keys', id: `key_${i}` },
+      context: { ip: '203.0.113.9', userAgent: 'test/1.0', requestId: `req-${i}` },
+      details: { i, nested: { z: 1, a: [1, 'two', null] } },
+      changes: { before: null, after: { name: `k${i}`, scopes: ['secrets:read'] } },
+    });
+
+    /** Writes events one transaction each, then links them (as the running sequencer would). */
+    async function append(orgId: string, count: number, start = 0) {
+      for (let i = start; i < start + count; i++)
+        await store.db.db.transaction((tx) => audit.record(tx, event(orgId, i)));
+      await audit.sequencer.flushAll();
+    }
+
+    /** Plays the attacker with direct database access: the trigger is switched off first. */
+    async function asAttacker(sql: string, params: unknown[]) {
+      await store.db.query('alter table audit_events disable trigger audit_events_append_only');
+      try {
+        await store.db.query(sql, params);
+      } finally {
+        await store.db.query('alter table audit_events enable trigger audit_events_append_only');
+      }
+    }
+
+    test('events chain per org with consecutive sequences, and the chain verifies', async () => {
+      const orgA = newId('org');
+      const orgB = newId('org');
+      await append(orgA, 5);
+      await append(orgB, 3);
+      await append(orgA, 2, 5);
+      const a = await audit.list(orgA, {}, { limit: 100 });
+      assert.deepEqual(
+        a.map((e) => e.seq),
+        [7, 6, 5, 4, 3, 2, 1],
+      );
+      for (let i = 0; i < a.length - 1; i++) assert.equal(a[i]?.prevHash, a[i + 1]?.hash);
+      assert.deepEqual(await audit.verify(orgA), { valid: true, checked: 7, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(orgB), { valid: true, checked: 3, first_bad_sequence: null });
+    });
+
+    test('the database refuses UPDATE, DELETE and TRUNCATE of events', async () => {
+      const org = newId('org');
+      await append(org, 1);
+      await assert.rejects(
+        store.db.query("update audit_events set action = 'x' where org_id = $1", [org]),
+        /append-only/,
+      );
+      await assert.rejects(
+        store.db.query('delete from audit_events where org_id = $1', [org]),
+        /append-only/,
+      );
+      await assert.rejects(store.db.query('truncate audit_events'), /append-only/);
+      // Linking is allowed once, and only without touching the content.
+      await assert.rejects(
+        store.db.query("update audit_events set hash = repeat('b', 64) where org_id = $1", [org]),
+        /append-only/,
+      );
+      await store.db.db.transaction((tx) => audit.record(tx, event(org, 1)));
+      await assert.rejects(
+        store.db.query(
+          "update audit_events set seq = 2, prev_hash = 'x', hash = 'y', action = 'user.login' where org_id = $1 and hash is null",
+          [org],
+        ),
+        /append-only/,
+      );
+      assert.deepEqual(await audit.verify(org), { valid: true, checked: 2, first_bad_sequence: null });
+    });
+
+    test('a tampered row is detected at its sequence', async () => {
+      const org = newId('org');
+      await append(org, 6);
+      await asAttacker(
+        "update audit_events set details = jsonb_set(details, '{i}', '99') where org_id = $1 and seq = 4",
+        [org],
+      );
+      assert.deepEqual(await audit.verify(org), {
+        valid: false,
+        checked: 3,
+        first_bad_sequence: 4,
+        reason: 'hash_mismatch',
+      });
+    });
+
+    test('a re-hashed tampered row still breaks the link to the next event', async () => {
+      const org = newId('org');
+      await append(org, 4);
+      // The attacker recomputes nothing correctly without the previous hash chain: changing hash breaks seq 3's prev.
+      await asAttacker("update audit_events set hash = repeat('a', 64) where org_id = $1 and seq = 2", [org]);
+      const result = await audit.verify(org);
+      assert.equal(result.valid, false);
+      assert.equal(result.first_bad_sequence, 2);
+    });
+
+    test('a deleted row is detected where it was', async () => {
+      const org = newId('org');
+      await append(org, 5);
+      await asAttacker('delete from audit_events where org_id = $1 and seq = 3', [org]);
+      assert.deepEqual(await audit.verify(org), {
+        valid: false,
+        checked: 2,
+        first_bad_sequence: 3,
+        reason: 'missing_event',
+      });
+    });
+
+    test('deleting the newest events is detected against the chain head', async () => {
+      const org = newId('org');
+      await append(org, 5);
+      await asAttacker('delete from audit_events where org_id = $1 and seq >= 4', [org]);
+      assert.deepEqual(await audit.verify(org), {
+        valid: false,
+        checked: 3,
+        first_bad_sequence: 4,
+        reason: 'head_mismatch',
+      });
+    });
+
+    test('an event exists if and only if its transaction commits', async () => {
+      const org = newId('org');
+      await append(org, 1);
+      await assert.rejects(
+        store.db.db.transaction(async (tx) => {
+          await audit.record(tx, event(org, 1));
+          throw new Error('the change failed');
+        }),
+        /the change failed/,
+      );
+      const events = await audit.list(org, {}, { limit: 10 });
+      assert.equal(events.length, 1);
+      await append(org, 1, 2);
+      assert.deepEqual(await audit.verify(org), { valid: true, checked: 2, first_bad_sequence: null });
+    });
+
+    test('secrets are masked and unstorable text is made safe', async () => {
+      const org = newId('org');
+      await store.db.db.transaction((tx) =>
+        audit.record(tx, {
+          orgId: org,
+          actor: { type: 'user', id: 'usr_x', name: 'Eve\u0000' },
+          action: 'user.password_changed',
+          context: { userAgent: 'bad\u0000agent\ud800' },
+          details: { password: 'hunter2hunter2', refreshToken: 'rt_abc', note: 'fine', 'k\u0000': 1 },
+          changes: { before: { api_key: 'stw_live_x' }, after: { value: 's3cr3t' } },
+          secretFields: ['value'],
+        }),
+      );
+      const [stored] = await audit.list(org, {}, { limit: 1 });
+      const text = JSON.stringify(stored);
+      for (const secret of ['hunter2hunter2', 'rt_abc', 'stw_live_x', 's3cr3t'])
+        assert.doesNotMatch(text, new RegExp(secret));
+      assert.ok(stored);
+      assert.equal((stored.details as Record<string, unknown>).note, 'fine');
+      assert.equal(stored?.userAgent, 'bad\uFFFDagent\uFFFD');
+      assert.equal((await audit.verify(org)).valid, true);
+    });
+
+    test('retention purge removes an expired prefix, leaves a signed checkpoint, and the rest verifies', async () => {
+      const org = newId('org');
+      now = new Date('2026-01-01T00:00:00.000Z');
+      await append(org, 4); // retention 30 days
+      now = new Date('2026-02-15T00:00:00.000Z');
+      await append(org, 2, 4);
+      const results = await audit.purge();
+      const mine = results.find((r) => r.orgId === org);
+      assert.deepEqual(mine, { orgId: org, purged: 4, lastPurgedSeq: 4 });
+      await audit.sequencer.flushAll();
+      const left = await audit.list(org, {}, { limit: 10 });
+      assert.deepEqual(
+        left.map((e) => [e.seq, e.action]),
+        [
+          [7, 'audit.purged'],
+          [6, 'key.created'],
+          [5, 'key.created'],
+        ],
+      );
+      assert.deepEqual(await audit.verify(org), { valid: true, checked: 3, first_bad_sequence: null });
+      // A forged checkpoint (say, to hide more deletions) fails its signature.
+      await store.db.query('alter table audit_checkpoints disable trigger audit_checkpoints_append_only');
+      await store.db.query('update audit_checkpoints set last_purged_seq = 5 where org_id = $1', [org]);
+      await store.db.query('alter table audit_checkpoints enable trigger audit_checkpoints_append_only');
+      const forged = await audit.verify(org);
+      assert.equal(forged.valid, false);
+      assert.equal(forged.reason, 'checkpoint_invalid');
+    });
+
+    test('query filters and keyset pagination', async () => {
+      const org = newId('org');
+      await append(org, 7);
+      await store.db.db.transaction((tx) =>
+        audit.record(tx, {
+          ...event(org, 99),
+          action: 'user.login_failed',
+          success: false,
+          errorMessage: 'wrong password',
+        }),
+      );
+      await audit.sequencer.flushAll();
+      const failed = await audit.list(org, { success: false }, { limit: 10 });
+      assert.deepEqual(
+        failed.map((e) => e.action),
+        ['user.login_failed'],
+      );
+      const byResource = await audit.list(
+        org,
+        { resourceType: 'api_keys', resourceId: 'key_3' },
+        { limit: 10 },
+      );
+      assert.deepEqual(
+        byResource.map((e) => e.seq),
+        [4],
+      );
+      const page1 = await audit.list(org, {}, { limit: 3 });
+      const page2 = await audit.list(org, {}, { limit: 3, beforeId: page1.at(-1)?.id });
+      assert.deepEqual(
+        [...page1, ...page2].map((e) => e.seq),
+        [8, 7, 6, 5, 4, 3],
+      );
+    });
+
+    test('50 concurrent writers and two sequencers (two instances) never fork the chain', async () => {
+      const org = newId('org');
+      const other = createSequencer({ db: store.db, batchSize: 7 });
+      let writing = true;
+      const linkers = [audit.sequencer, other].map(async (sequencer) => {
+        while (writing) await sequencer.flushOrg(org);
+      });
+      await Promise.all(
+        Array.from({ length: 50 }, (_, w) =>
+          (async () => {
+            for (let i = 0; i < 4; i++)
+              await store.db.db.transaction((tx) => audit.record(tx, event(org, w * 100 + i)));
+          })(),
+        ),
+      );
+      writing = false;
+      await Promise.all(linkers);
+      const result = await audit.verify(org);
+      assert.deepEqual(result, { valid: true, checked: 200, first_bad_sequence: null });
+      const rows = await store.db.query<{ n: string; distinct_prev: string }>(
+        'select count(*) as n, count(distinct prev_hash) as distinct_prev from audit_events where org_id = $1',
+        [org],
+      );
+      assert.equal(Number(rows[0]?.n), 200);
+      assert.equal(Number(rows[0]?.distinct_prev), 200, 'no two events share a predecessor');
+    });
+  });
+}

@@ -1,0 +1,122 @@
+import { Readable } from 'node:stream';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import type { StewardContext } from '../context.ts';
+import { callerOf } from '../http/auth.ts';
+import { contextOf } from '../http/context.ts';
+import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
+import { eventSchema, eventView, exportLines } from './export.ts';
+import type { AuditFilters } from './queries.ts';
+import { actorOf } from './service.ts';
+
+const filterQuery = {
+  actor_id: z.string().max(200).optional(),
+  actor_type: z.enum(['user', 'agent', 'key', 'system']).optional(),
+  action: z.string().max(100).optional(),
+  resource_type: z.string().max(100).optional(),
+  resource_id: z.string().max(200).optional(),
+  success: z.enum(['true', 'false']).optional(),
+  since: z.iso.datetime({ offset: true }).optional().describe('Events at or after this time (ISO 8601).'),
+  until: z.iso.datetime({ offset: true }).optional().describe('Events at or before this time (ISO 8601).'),
+};
+
+type FilterQuery = { [K in keyof typeof filterQuery]?: z.infer<(typeof filterQuery)[K]> };
+
+function filtersOf(q: FilterQuery): AuditFilters {
+  return {
+    actorId: q.actor_id,
+    actorType: q.actor_type,
+    action: q.action,
+    resourceType: q.resource_type,
+    resourceId: q.resource_id,
+    success: q.success === undefined ? undefined : q.success === 'true',
+    since: q.since === undefined ? undefined : new Date(q.since),
+    until: q.until === undefined ? undefined : new Date(q.until),
+  };
+}
+
+const cursorSchema = z.object({ id: z.string().startsWith('evt_').max(40) });
+
+/** Query, export and verify the caller org's audit trail. No route changes or deletes an event. */
+export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async (app, { ctx }) => {
+  app.get(
+    '/v1/audit/events',
+    {
+      config: { access: { permission: 'audit:read' } },
+      schema: {
+        tags: ['audit'],
+        summary: 'Query audit events, newest first',
+        querystring: z.object({ ...filterQuery, ...pageQuery }),
+        response: { 200: listResponse(eventSchema) },
+      },
+    },
+    async (request) => {
+      const { limit, cursor, ...filters } = request.query;
+      const before = decodeCursor(cursor, cursorSchema);
+      const events = await ctx.audit.list(callerOf(request).orgId, filtersOf(filters), {
+        limit,
+        beforeId: before?.id,
+      });
+      const last = events.at(-1);
+      return {
+        data: events.map(eventView),
+        next_cursor: events.length === limit && last ? encodeCursor({ id: last.id }) : null,
+      };
+    },
+  );
+
+  app.get(
+    '/v1/audit/export',
+    {
+      config: { access: { permission: 'audit:export' } },
+      schema: {
+        tags: ['audit'],
+        summary: 'Export audit events as NDJSON or CSV (streamed, newest first)',
+        querystring: z.object({ ...filterQuery, format: z.enum(['ndjson', 'csv']).default('ndjson') }),
+        produces: ['application/x-ndjson', 'text/csv'],
+      },
+    },
+    async (request, reply) => {
+      const principal = callerOf(request);
+      const { format, ...query } = request.query;
+      const filters = filtersOf(query);
+      // The export itself is on the record, written before the first byte leaves.
+      await ctx.db.db.transaction((tx) =>
+        ctx.audit.record(tx, {
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: 'audit.exported',
+          resource: { type: 'audit' },
+          context: contextOf(request),
+          details: { format, filters: query },
+          sensitive: true,
+        }),
+      );
+      const stamp = ctx.clock().toISOString().replaceAll(':', '-');
+      reply
+        .type(format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson; charset=utf-8')
+        .header('content-disposition', `attachment; filename="audit-${stamp}.${format}"`);
+      return reply.send(Readable.from(exportLines(ctx.audit.stream(principal.orgId, filters), format)));
+    },
+  );
+
+  app.post(
+    '/v1/audit/verify',
+    {
+      config: { access: { permission: 'audit:read' } },
+      schema: {
+        tags: ['audit'],
+        summary: "Re-compute the org's hash chain",
+        response: {
+          200: z.object({
+            valid: z.boolean(),
+            checked: z.number().int(),
+            first_bad_sequence: z.number().int().nullable(),
+            reason: z.string().optional(),
+          }),
+        },
+      },
+    },
+    async (request) => ctx.audit.verify(callerOf(request).orgId),
+  );
+};

@@ -1,0 +1,76 @@
+import { sql } from 'drizzle-orm';
+import { bigint, boolean, index, integer, jsonb, pgTable, text, uniqueIndex } from 'drizzle-orm/pg-core';
+import { at } from '../db/columns.ts';
+
+/**
+ * The tamper-evident trail. Rows are written unchained (seq, prev_hash, hash null) in
+ * the transaction of the change they record; the sequencer then links committed rows
+ * in order: hash = SHA-256(prev_hash ‖ canonical JSON of the event). A trigger refuses
+ * every UPDATE but that one-time linking, and every DELETE but the retention purge.
+ * No foreign key to organizations: the trail must outlive what it describes.
+ */
+export const auditEvents = pgTable(
+  'audit_events',
+  {
+    id: text('id').primaryKey(),
+    orgId: text('org_id').notNull(),
+    /** Position in the org's chain; null until the sequencer links the event. */
+    seq: bigint('seq', { mode: 'number' }),
+    actorType: text('actor_type').notNull(),
+    actorId: text('actor_id'),
+    actorName: text('actor_name'),
+    action: text('action').notNull(),
+    resourceType: text('resource_type'),
+    resourceId: text('resource_id'),
+    ip: text('ip'),
+    userAgent: text('user_agent'),
+    sessionId: text('session_id'),
+    requestId: text('request_id'),
+    details: jsonb('details').$type<Record<string, unknown>>(),
+    changes: jsonb('changes').$type<{ before?: unknown; after?: unknown }>(),
+    success: boolean('success').notNull(),
+    errorMessage: text('error_message'),
+    sensitive: boolean('sensitive').notNull().default(false),
+    retentionDays: integer('retention_days').notNull(),
+    createdAt: at('created_at').notNull(),
+    prevHash: text('prev_hash'),
+    hash: text('hash'),
+  },
+  (t) => [
+    uniqueIndex('audit_events_org_seq').on(t.orgId, t.seq),
+    index('audit_events_pending').on(t.orgId, t.id).where(sql`${t.hash} is null`),
+    index('audit_events_org_id').on(t.orgId, t.id),
+    index('audit_events_org_action').on(t.orgId, t.action, t.id),
+    index('audit_events_org_actor').on(t.orgId, t.actorId, t.id),
+    index('audit_events_org_resource').on(t.orgId, t.resourceType, t.resourceId, t.id),
+    index('audit_events_org_time').on(t.orgId, t.createdAt),
+  ],
+);
+
+/**
+ * The end of each org's chain. The sequencer locks this row while linking, so two
+ * sequencers (two Steward instances) can never fork the chain.
+ */
+export const auditChainHeads = pgTable('audit_chain_heads', {
+  orgId: text('org_id').primaryKey(),
+  lastSeq: bigint('last_seq', { mode: 'number' }).notNull(),
+  lastHash: text('last_hash').notNull(),
+});
+
+/**
+ * Left by the retention purge: the last purged event's sequence and hash, signed
+ * (HMAC-SHA256 under a key derived from the master key), so the rest still verifies.
+ */
+export const auditCheckpoints = pgTable(
+  'audit_checkpoints',
+  {
+    id: text('id').primaryKey(),
+    orgId: text('org_id').notNull(),
+    lastPurgedSeq: bigint('last_purged_seq', { mode: 'number' }).notNull(),
+    lastPurgedHash: text('last_purged_hash').notNull(),
+    purgedCount: integer('purged_count').notNull(),
+    createdAt: at('created_at').notNull(),
+    signature: text('signature').notNull(),
+  },
+  (t) => [index('audit_checkpoints_org_seq').on(t.orgId, t.lastPurgedSeq)],
+);

@@ -1,0 +1,148 @@
+import { and, asc, eq, isNull, sql } from 'drizzle-orm';
+import type { DbHandle } from '../db/client.ts';
+import { eventHash, GENESIS_HASH } from './chain.ts';
+import { auditChainHeads, auditEvents } from './schema.ts';
+
+export interface SequencerOptions {
+  db: DbHandle;
+  /** Events linked per transaction. */
+  batchSize?: number;
+  /**
+   * How often to sweep for committed, unlinked events that no nudge linked (a transaction
+   * that committed after its nudge's pass, an instance that died before linking). Each
+   * sweep is a query: on PGlite that is main-thread time, so not more often than needed.
+   */
+  intervalMs?: number;
+  onError?: (error: unknown) => void;
+}
+
+/**
+ * Links committed audit events into each org's hash chain.
+ *
+ * Writers insert events unlinked, inside the transaction of their change, taking no
+ * lock: an org's business transactions never queue behind each other's commit. The
+ * sequencer then, per org and under a lock on the org's chain-head row, reads the
+ * committed unlinked events in id (time) order, assigns consecutive sequences and
+ * hashes, and writes them in one statement. The head lock makes two sequencers (two
+ * Steward instances) take turns; the trigger lets an event be linked only once.
+ */
+export function createSequencer({
+  db,
+  batchSize = 1000,
+  intervalMs = 1000,
+  onError = () => {},
+}: SequencerOptions) {
+  let timer: NodeJS.Timeout | undefined;
+  let soon: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  let again = false;
+
+  /** Links up to one batch of an org's pending events; returns how many. */
+  async function linkBatch(orgId: string): Promise<number> {
+    return db.db.transaction(async (tx) => {
+      const [head] = await tx
+        .insert(auditChainHeads)
+        .values({ orgId, lastSeq: 0, lastHash: GENESIS_HASH })
+        .onConflictDoUpdate({
+          target: auditChainHeads.orgId,
+          set: { lastSeq: sql`${auditChainHeads.lastSeq}` },
+        })
+        .returning({ lastSeq: auditChainHeads.lastSeq, lastHash: auditChainHeads.lastHash });
+      if (!head) throw new Error('audit chain head upsert returned nothing');
+      const pending = await tx
+        .select()
+        .from(auditEvents)
+        .where(and(eq(auditEvents.orgId, orgId), isNull(auditEvents.hash)))
+        .orderBy(asc(auditEvents.id))
+        .limit(batchSize);
+      if (pending.length === 0) return 0;
+      let { lastSeq, lastHash } = head;
+      const links: { id: string; seq: number; prev_hash: string; hash: string }[] = [];
+      for (const row of pending) {
+        const { prevHash: _p, hash: _h, ...fields } = row;
+        const seq = ++lastSeq;
+        const hash = eventHash(lastHash, { ...fields, seq });
+        links.push({ id: row.id, seq, prev_hash: lastHash, hash });
+        lastHash = hash;
+      }
+      // The whole batch in one statement, passed as a single JSON parameter.
+      await tx.execute(sql`
+        update audit_events as e
+           set seq = v.seq, prev_hash = v.prev_hash, hash = v.hash
+          from jsonb_to_recordset(${JSON.stringify(links)}::jsonb) as v(id text, seq bigint, prev_hash text, hash text)
+         where e.id = v.id and e.hash is null`);
+      await tx.update(auditChainHeads).set({ lastSeq, lastHash }).where(eq(auditChainHeads.orgId, orgId));
+      return pending.length;
+    });
+  }
+
+  /** Links everything committed so far in one org. */
+  async function flushOrg(orgId: string): Promise<void> {
+    while ((await linkBatch(orgId)) === batchSize) {
+      // a full batch: there may be more
+    }
+  }
+
+  /** Links everything committed so far, in every org. */
+  async function flushAll(): Promise<void> {
+    const orgs = await db.db
+      .selectDistinct({ orgId: auditEvents.orgId })
+      .from(auditEvents)
+      .where(isNull(auditEvents.hash));
+    for (const { orgId } of orgs) await flushOrg(orgId);
+  }
+
+  /** One pass at a time; a request during a pass earns exactly one more pass. Rejects on failure. */
+  function run(): Promise<void> {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      try {
+        do {
+          again = false;
+          await flushAll();
+        } while (again);
+      } finally {
+        running = undefined;
+      }
+    })();
+    return running;
+  }
+
+  /** Timer-driven passes report failures instead of rejecting into the void; the next pass retries. */
+  const background = () => {
+    run().catch(onError);
+  };
+
+  return {
+    flushOrg,
+    flushAll: () => run(),
+    /** Called after a write: link it shortly, coalescing bursts into one pass. */
+    nudge(): void {
+      if (soon || !timer) return;
+      soon = setTimeout(() => {
+        soon = undefined;
+        background();
+      }, 5);
+      soon.unref();
+    },
+    start(): void {
+      if (timer) return;
+      timer = setInterval(background, intervalMs);
+      timer.unref();
+    },
+    /** Stops the timers and links what is left, so nothing stays unlinked at shutdown. */
+    async stop(): Promise<void> {
+      clearInterval(timer);
+      clearTimeout(soon);
+      timer = undefined;
+      soon = undefined;
+      await running?.catch(() => {}); // its failure was reported; the final flush retries
+      await flushAll();
+    },
+  };
+}
+
+export type Sequencer = ReturnType<typeof createSequencer>;

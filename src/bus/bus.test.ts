@@ -1,0 +1,44 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { describe, test } from 'node:test';
+import { createMemoryBus, createRedisBus, type InvalidationBus } from './index.ts';
+
+const redisSkip = process.env.REDIS_URL
+  ? false
+  : 'REDIS_URL is not set: Redis tests skipped (CI always sets it)';
+
+function nextMessage(bus: InvalidationBus, topic: string): Promise<string> {
+  return new Promise((resolve) => bus.subscribe(topic, resolve));
+}
+
+describe('invalidation bus', () => {
+  test('in memory: subscribers of a topic get its messages, others do not', async () => {
+    const bus = createMemoryBus();
+    const got: string[] = [];
+    bus.subscribe('keys', (m) => got.push(m));
+    bus.subscribe('authz', () => assert.fail('wrong topic'));
+    await bus.publish('keys', 'key_1');
+    assert.deepEqual(got, ['key_1']);
+    await bus.close();
+  });
+
+  test('over Redis: a message published by one instance reaches another', { skip: redisSkip }, async () => {
+    const url = process.env.REDIS_URL as string;
+    const [a, b] = await Promise.all([createRedisBus(url), createRedisBus(url)]);
+    const topic = `test-${randomUUID()}`;
+    const atB = nextMessage(b, topic);
+    const atA = nextMessage(a, topic);
+    // SUBSCRIBE is asynchronous: publish until the subscription is live.
+    let delivered = false;
+    void atB.then(() => {
+      delivered = true;
+    });
+    for (let i = 0; i < 50 && !delivered; i++) {
+      await a.publish(topic, 'org_1');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(await atB, 'org_1');
+    assert.equal(await atA, 'org_1', 'the publishing instance hears itself too');
+    await Promise.all([a.close(), b.close()]);
+  });
+});

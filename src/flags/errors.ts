@@ -1,0 +1,12 @@
+import { defineErrors } from '../http/errors.ts';
+
+/** Error codes of feature flags and segments. */
+export const flagErrors = defineErrors({
+  flag_not_found: { status: 404, title: 'Feature flag not found' },
+  flag_exists: { status: 409, title: 'Feature flag already exists' },
+  segment_not_found: { status: 404, title: 'Segment not found' },
+  segment_exists: { status: 409, title: 'Segment already exists' },
+  segment_in_use: { status: 409, title: 'Segment is used by flags' },
+  invalid_flag: { status: 400, title: 'Invalid feature flag' },
+  version_conflict: { status: 412, title: 'Version conflict' },
+});

@@ -1,0 +1,424 @@
+import type { FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { callerOf } from '../http/auth.ts';
+import { contextOf } from '../http/context.ts';
+import { httpErrors } from '../http/errors.ts';
+import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
+import { toolIdOf } from '../vault/common.ts';
+import type { Access } from '../vault/secrets/service.ts';
+import { parseIfMatch } from '../vault/settings/service.ts';
+import type { FlagRow, FlagService, SegmentRow } from './service.ts';
+import type { StreamHub } from './stream.ts';
+import {
+  constraintSchema,
+  dependencySchema,
+  type Feature,
+  type FlagContext,
+  payloadSchema,
+  strategySchema,
+  variantDefinitionSchema,
+} from './types.ts';
+
+/** URL-safe, as Unleash requires; `stream` is taken by the event stream's path. */
+const flagName = z
+  .string()
+  .regex(/^[A-Za-z0-9_][A-Za-z0-9_.~:-]{0,99}$/, 'letters, digits, _ . ~ : - (≤ 100), URL-safe')
+  .refine((n) => n !== 'stream', '`stream` is reserved');
+const envParam = z.string().min(1).max(40);
+const envParams = z.object({ env: envParam });
+const flagParams = z.object({ env: envParam, name: z.string().min(1).max(100) });
+const segmentParams = z.object({ id: z.coerce.number().int().min(1).max(2_147_483_647) });
+const ifMatchHeader = z.looseObject({
+  'if-match': z
+    .string()
+    .max(100)
+    .optional()
+    .describe('The version you read; a stale one is refused with 412.'),
+});
+
+/** A flag as sent: Unleash's feature-toggle shape, checked with the engine's schemas. */
+const flagBody = z.strictObject({
+  name: flagName,
+  description: z.string().max(10_000).nullish(),
+  enabled: z.boolean(),
+  strategies: z.array(strategySchema).max(1_000).default([]),
+  variants: z.array(variantDefinitionSchema).max(1_000).nullish(),
+  dependencies: z.array(dependencySchema).max(100).optional(),
+  impressionData: z.boolean().optional(),
+});
+
+const flagSchema = z.object({
+  id: z.string(),
+  environment: z.string(),
+  name: z.string(),
+  description: z.string().nullable(),
+  enabled: z.boolean(),
+  strategies: z.array(strategySchema),
+  variants: z.array(variantDefinitionSchema),
+  dependencies: z.array(dependencySchema),
+  impressionData: z.boolean(),
+  version: z.number().int(),
+  created_by: z.string().nullable(),
+  updated_by: z.string().nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+
+const segmentBody = z.strictObject({
+  name: z.string().min(1).max(200),
+  description: z.string().max(2000).nullish(),
+  constraints: z.array(constraintSchema).max(100),
+});
+
+const segmentSchema = z.object({
+  id: z.number().int(),
+  name: z.string(),
+  description: z.string().nullable(),
+  constraints: z.array(constraintSchema),
+  version: z.number().int(),
+  created_by: z.string().nullable(),
+  updated_by: z.string().nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+
+const pendingSchema = z.object({ status: z.literal('pending_approval'), change_id: z.string() });
+
+const contextValue = z.union([z.string().max(10_000), z.number(), z.boolean(), z.null()]);
+/** Unleash's context: the standard fields, `properties`, and any other field (read as a property). */
+const contextSchema = z.looseObject({
+  userId: z.string().max(1000).optional(),
+  sessionId: z.string().max(1000).optional(),
+  remoteAddress: z.string().max(100).optional(),
+  environment: z.string().max(100).optional(),
+  appName: z.string().max(200).optional(),
+  currentTime: z.string().max(100).optional(),
+  properties: z.record(z.string().max(200), contextValue).optional(),
+});
+
+const evaluationSchema = z.object({
+  name: z.string(),
+  enabled: z.boolean(),
+  variant: z.object({
+    name: z.string(),
+    enabled: z.boolean(),
+    feature_enabled: z.boolean(),
+    payload: payloadSchema.optional(),
+  }),
+});
+
+export function flagView(row: FlagRow, environment: string) {
+  const f = row.definition;
+  return {
+    id: row.id,
+    environment,
+    name: row.name,
+    description: f.description ?? null,
+    enabled: f.enabled,
+    strategies: f.strategies,
+    variants: f.variants ?? [],
+    dependencies: f.dependencies ?? [],
+    impressionData: f.impressionData ?? false,
+    version: row.version,
+    created_by: row.createdBy,
+    updated_by: row.updatedBy,
+    created_at: row.createdAt.toISOString(),
+    updated_at: row.updatedAt.toISOString(),
+  };
+}
+
+const segmentView = (s: SegmentRow) => ({
+  id: s.id,
+  name: s.name,
+  description: s.description,
+  constraints: s.constraints,
+  version: s.version,
+  created_by: s.createdBy,
+  updated_by: s.updatedBy,
+  created_at: s.createdAt.toISOString(),
+  updated_at: s.updatedAt.toISOString(),
+});
+
+const accessOf = (request: FastifyRequest): Access => ({
+  principal: callerOf(request),
+  context: contextOf(request),
+  toolId: toolIdOf(request),
+});
+
+function versionOf(header: string | undefined): number | undefined {
+  const v = parseIfMatch(header);
+  if (v === undefined || v === '*') return undefined;
+  if (v === null) {
+    throw httpErrors.validation_failed('If-Match must be a version number or an ETag ("3")', {
+      errors: [{ path: 'headers.if-match', message: 'not a version' }],
+    });
+  }
+  return v;
+}
+
+/** `/v1/flags/{env}…` and `/v1/segments…`. */
+export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: StreamHub }> = async (
+  app,
+  { flags, hub },
+) => {
+  app.get(
+    '/v1/flags/:env',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Flags of an environment, by name',
+        params: envParams,
+        querystring: z.strictObject(pageQuery),
+        response: { 200: listResponse(flagSchema) },
+      },
+    },
+    async (request) => {
+      const cursor = decodeCursor(request.query.cursor, z.object({ name: z.string().max(100) }));
+      const rows = await flags.list(callerOf(request), request.params.env, {
+        limit: request.query.limit,
+        after: cursor?.name,
+      });
+      const last = rows.at(-1);
+      return {
+        data: rows.map((r) => flagView(r, request.params.env)),
+        next_cursor: rows.length === request.query.limit && last ? encodeCursor({ name: last.name }) : null,
+      };
+    },
+  );
+
+  app.post(
+    '/v1/flags/:env',
+    {
+      config: { access: { permission: 'flags:create' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Create a flag (Unleash feature-toggle shape); 202 when held for approval',
+        params: envParams,
+        body: flagBody,
+        response: { 201: flagSchema, 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await flags.create(accessOf(request), request.params.env, request.body as Feature);
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      reply.header('etag', `"${result.version}"`);
+      return reply.code(201).send(flagView(result, request.params.env));
+    },
+  );
+
+  app.get(
+    '/v1/flags/:env/stream',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Server-sent events: `unleash-connected` (hydration), then `unleash-updated` (changes)',
+        description:
+          'Each event\'s data is `{"events": [...]}` in the shape of Unleash\'s delta API: `hydration` ' +
+          '(every flag and segment), then `feature-updated`, `feature-removed`, `segment-updated`, ' +
+          '`segment-removed`. A `: heartbeat` comment every 15 s.',
+        params: envParams,
+      },
+    },
+    async (request, reply) => {
+      const { orgId } = callerOf(request);
+      // Resolve the environment before hijacking, so an unknown one is a normal 404.
+      await flags.snapshot(orgId, request.params.env);
+      let unwatch: () => void = () => {};
+      const stream = hub.start(reply, () => unwatch());
+      unwatch = await flags.watch(
+        orgId,
+        request.params.env,
+        (s) =>
+          stream.send(
+            'unleash-connected',
+            {
+              events: [
+                { type: 'hydration', eventId: s.revision, features: s.features, segments: s.segments },
+              ],
+            },
+            s.revision,
+          ),
+        (events, s) => stream.send('unleash-updated', { events }, s.revision),
+      );
+      if (stream.closed) unwatch();
+    },
+  );
+
+  app.post(
+    '/v1/flags/:env/evaluate',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['flags'],
+        summary: "Every flag's value and variant for a context (from memory when warm)",
+        params: envParams,
+        body: z
+          .strictObject({
+            context: contextSchema.optional(),
+            flags: z.array(z.string().max(100)).max(1000).optional().describe('Only these flags.'),
+          })
+          .nullish(),
+        response: { 200: z.object({ data: z.array(evaluationSchema) }) },
+      },
+    },
+    async (request) => {
+      const context = (request.body?.context ?? {}) as FlagContext;
+      const data = await flags.evaluate(
+        callerOf(request).orgId,
+        request.params.env,
+        context,
+        request.body?.flags,
+      );
+      return { data };
+    },
+  );
+
+  app.get(
+    '/v1/flags/:env/:name',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'One flag, with its version as ETag',
+        params: flagParams,
+        response: { 200: flagSchema },
+      },
+    },
+    async (request, reply) => {
+      const row = await flags.get(callerOf(request), request.params.env, request.params.name);
+      reply.header('etag', `"${row.version}"`);
+      return flagView(row, request.params.env);
+    },
+  );
+
+  app.put(
+    '/v1/flags/:env/:name',
+    {
+      config: { access: { permission: 'flags:update' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Replace a flag (optional If-Match); 202 when held for approval',
+        params: flagParams,
+        headers: ifMatchHeader,
+        body: flagBody,
+        response: { 200: flagSchema, 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await flags.replace(
+        accessOf(request),
+        request.params.env,
+        request.params.name,
+        request.body as Feature,
+        versionOf(request.headers['if-match']),
+      );
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      reply.header('etag', `"${result.version}"`);
+      return flagView(result, request.params.env);
+    },
+  );
+
+  app.delete(
+    '/v1/flags/:env/:name',
+    {
+      config: { access: { permission: 'flags:delete' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Delete a flag (refused while flags depend on it); 202 when held for approval',
+        params: flagParams,
+        headers: ifMatchHeader,
+        response: { 204: z.null(), 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await flags.remove(
+        accessOf(request),
+        request.params.env,
+        request.params.name,
+        versionOf(request.headers['if-match']),
+      );
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      return reply.code(204).send(null);
+    },
+  );
+
+  // Segments belong to the org, as in Unleash: every environment's strategies may use them.
+  app.get(
+    '/v1/segments',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Segments of the org (reusable constraint lists)',
+        response: { 200: z.object({ data: z.array(segmentSchema) }) },
+      },
+    },
+    async (request) => ({ data: (await flags.listSegments(callerOf(request))).map(segmentView) }),
+  );
+
+  app.post(
+    '/v1/segments',
+    {
+      config: { access: { permission: 'flags:create' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Create a segment',
+        body: segmentBody,
+        response: { 201: segmentSchema },
+      },
+    },
+    async (request, reply) =>
+      reply.code(201).send(segmentView(await flags.createSegment(accessOf(request), request.body))),
+  );
+
+  app.get(
+    '/v1/segments/:id',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'One segment',
+        params: segmentParams,
+        response: { 200: segmentSchema },
+      },
+    },
+    async (request) => segmentView(await flags.getSegment(callerOf(request), request.params.id)),
+  );
+
+  app.put(
+    '/v1/segments/:id',
+    {
+      config: { access: { permission: 'flags:update' } },
+      schema: {
+        tags: ['flags'],
+        summary: 'Replace a segment (every flag using it changes at once)',
+        params: segmentParams,
+        body: segmentBody,
+        response: { 200: segmentSchema },
+      },
+    },
+    async (request) =>
+      segmentView(await flags.updateSegment(accessOf(request), request.params.id, request.body)),
+  );
+
+  app.delete(
+    '/v1/segments/:id',
+    {
+      config: { access: { permission: 'flags:delete' } },
+      schema: { tags: ['flags'], summary: 'Delete a segment no flag uses', params: segmentParams },
+    },
+    async (request, reply) => {
+      await flags.removeSegment(accessOf(request), request.params.id);
+      return reply.code(204).send();
+    },
+  );
+};

@@ -1,0 +1,697 @@
+import { createHash } from 'node:crypto';
+import { and, asc, eq, gt } from 'drizzle-orm';
+import type { AuditRecorder } from '../audit/service.ts';
+import { actorOf } from '../audit/service.ts';
+import type { InvalidationBus } from '../bus/index.ts';
+import type { DbHandle, DbOrTx } from '../db/client.ts';
+import { newId } from '../db/ids.ts';
+import type { Principal } from '../http/principal.ts';
+import type { Environment, TenancyService } from '../tenancy/service.ts';
+import { isUniqueViolation } from '../vault/common.ts';
+import type { FourEyes } from '../vault/four-eyes.ts';
+import type { Access, Pending } from '../vault/secrets/service.ts';
+import { createFlagEngine, type FlagEngine } from './engine.ts';
+import { flagErrors } from './errors.ts';
+import { featureFlags, flagSegments } from './schema.ts';
+import type { Constraint, DeltaEvent, Feature, FlagContext, Segment } from './types.ts';
+
+export type FlagRow = typeof featureFlags.$inferSelect;
+export type SegmentRow = typeof flagSegments.$inferSelect;
+
+/** Bus topic: `<orgId> <environmentId>` (one environment) or `<orgId> *` (segments: all of them). */
+export const FLAGS_TOPIC = 'flags';
+
+/** Strategies whose rollout hashes with a `groupId`; the service stores one (the flag name). */
+const GROUPED = new Set(['flexibleRollout', 'gradualRolloutUserId', 'gradualRolloutSessionId']);
+const MAX_REGEX = 500;
+
+/**
+ * An org's flags in one environment, compiled: what evaluation, the client API and the stream
+ * read. Immutable; a change replaces it.
+ */
+export interface FlagSnapshot {
+  readonly orgId: string;
+  readonly environment: Environment;
+  readonly features: readonly Feature[];
+  readonly segments: readonly Segment[];
+  readonly engine: FlagEngine;
+  /** Strong ETag of the client state (same on every instance for the same data). */
+  readonly etag: string;
+  /** Increases on every reload in this process (stream event ids). */
+  readonly revision: number;
+}
+
+export interface FlagServiceDeps {
+  db: DbHandle;
+  audit: AuditRecorder;
+  tenancy: Pick<TenancyService, 'environmentByName'>;
+  bus: InvalidationBus;
+  clock: () => Date;
+  fourEyes?: FourEyes | undefined;
+  onError?: (error: unknown, what: string) => void;
+}
+
+export interface SegmentInput {
+  name: string;
+  description?: string | null | undefined;
+  constraints: Constraint[];
+}
+
+type Listener = (events: DeltaEvent[], snapshot: FlagSnapshot) => void;
+
+const auditFlag = (f: Feature | undefined, version: number | undefined) =>
+  f === undefined ? undefined : { ...f, version };
+
+/**
+ * Feature flags per org and environment, stored in Unleash's feature-toggle shape; segments per
+ * org. Keeps one compiled engine per (org, environment) in memory, dropped on every change here
+ * and on other instances (bus topic `flags`), so a warm evaluation never touches the database.
+ */
+export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, onError }: FlagServiceDeps) {
+  const snapshots = new Map<string, Promise<FlagSnapshot>>();
+  const envCache = new Map<string, Environment>();
+  const listeners = new Map<string, Set<Listener>>();
+  let revision = 0;
+
+  const keyOf = (orgId: string, envId: string) => `${orgId} ${envId}`;
+
+  async function environment(orgId: string, name: string): Promise<Environment> {
+    const k = `${orgId} ${name}`;
+    const cached = envCache.get(k);
+    if (cached) return cached;
+    const env = await tenancy.environmentByName(orgId, name);
+    envCache.set(k, env);
+    return env;
+  }
+
+  async function loadSegments(orgId: string, tx: DbOrTx = db.db): Promise<SegmentRow[]> {
+    return tx.select().from(flagSegments).where(eq(flagSegments.orgId, orgId)).orderBy(asc(flagSegments.id));
+  }
+
+  const segmentOf = (s: SegmentRow): Segment => ({ id: s.id, name: s.name, constraints: s.constraints });
+
+  async function build(orgId: string, env: Environment): Promise<FlagSnapshot> {
+    const [rows, segRows] = await Promise.all([
+      db.db
+        .select({ definition: featureFlags.definition })
+        .from(featureFlags)
+        .where(and(eq(featureFlags.orgId, orgId), eq(featureFlags.environmentId, env.id)))
+        .orderBy(asc(featureFlags.name)),
+      loadSegments(orgId),
+    ]);
+    const features = rows.map((r) => r.definition);
+    const segments = segRows.map(segmentOf);
+    const etag = `"${createHash('sha256')
+      .update(JSON.stringify([features, segments]))
+      .digest('base64url')
+      .slice(0, 27)}"`;
+    revision += 1;
+    return {
+      orgId,
+      environment: env,
+      features,
+      segments,
+      engine: createFlagEngine({ features, segments }),
+      etag,
+      revision,
+    };
+  }
+
+  /** The compiled flags of an environment; no database query when warm. */
+  async function snapshot(orgId: string, envName: string): Promise<FlagSnapshot> {
+    const env = await environment(orgId, envName);
+    return snapshotOf(orgId, env);
+  }
+
+  function snapshotOf(orgId: string, env: Environment): Promise<FlagSnapshot> {
+    const k = keyOf(orgId, env.id);
+    let p = snapshots.get(k);
+    if (p === undefined) {
+      p = build(orgId, env);
+      snapshots.set(k, p);
+      // A failed load must not stick.
+      p.catch(() => {
+        if (snapshots.get(k) === p) snapshots.delete(k);
+      });
+    }
+    return p;
+  }
+
+  /** Diff of two states as Unleash delta events (what the stream sends). */
+  function diff(before: FlagSnapshot, after: FlagSnapshot): DeltaEvent[] {
+    const eventId = after.revision;
+    const events: DeltaEvent[] = [];
+    const old = new Map(before.features.map((f) => [f.name, JSON.stringify(f)]));
+    const oldSeg = new Map(before.segments.map((s) => [s.id, JSON.stringify(s)]));
+    const newSeg = new Set(after.segments.map((s) => s.id));
+    // Segments first: a flag may reference a new segment.
+    for (const s of after.segments) {
+      if (oldSeg.get(s.id) !== JSON.stringify(s))
+        events.push({ type: 'segment-updated', eventId, segment: s });
+    }
+    for (const f of after.features) {
+      if (old.get(f.name) !== JSON.stringify(f))
+        events.push({ type: 'feature-updated', eventId, feature: f });
+      old.delete(f.name);
+    }
+    for (const name of old.keys()) events.push({ type: 'feature-removed', eventId, featureName: name });
+    for (const id of oldSeg.keys()) {
+      if (!newSeg.has(id)) events.push({ type: 'segment-removed', eventId, segmentId: id });
+    }
+    return events;
+  }
+
+  async function refresh(k: string, orgId: string, env: Environment): Promise<void> {
+    const previous = snapshots.get(k);
+    snapshots.delete(k);
+    const subscribers = listeners.get(k);
+    if (!subscribers || subscribers.size === 0 || previous === undefined) return;
+    const before = await previous.catch(() => undefined);
+    const after = await snapshotOf(orgId, env);
+    const events = before ? diff(before, after) : [];
+    if (events.length === 0) return;
+    for (const listener of subscribers) listener(events, after);
+  }
+
+  bus.subscribe(FLAGS_TOPIC, (message) => {
+    const [orgId, envId] = message.split(' ');
+    if (orgId === undefined || envId === undefined) return;
+    const work: Promise<void>[] = [];
+    for (const k of [...snapshots.keys()]) {
+      if (!k.startsWith(`${orgId} `) || (envId !== '*' && k !== keyOf(orgId, envId))) continue;
+      const p = snapshots.get(k);
+      work.push(
+        (async () => {
+          const env = (await p)?.environment;
+          if (env) await refresh(k, orgId, env);
+        })(),
+      );
+    }
+    Promise.all(work).catch((error: unknown) => onError?.(error, 'flag snapshot refresh'));
+  });
+
+  async function announce(orgId: string, envId: string): Promise<void> {
+    try {
+      await bus.publish(FLAGS_TOPIC, `${orgId} ${envId}`);
+    } catch (error) {
+      // This instance must not serve stale data even if the bus is down.
+      snapshots.forEach((_, k) => {
+        if (k.startsWith(`${orgId} `)) snapshots.delete(k);
+      });
+      onError?.(error, 'flags bus publish');
+    }
+  }
+
+  /**
+   * Listens to changes of an environment: `hydrate` gets the current state at once, `listener`
+   * every later change. Returns the unsubscribe function.
+   */
+  async function watch(
+    orgId: string,
+    envName: string,
+    hydrate: (snapshot: FlagSnapshot) => void,
+    listener: Listener,
+  ): Promise<() => void> {
+    const env = await environment(orgId, envName);
+    const k = keyOf(orgId, env.id);
+    let set = listeners.get(k);
+    if (!set) {
+      set = new Set();
+      listeners.set(k, set);
+    }
+    set.add(listener);
+    hydrate(await snapshotOf(orgId, env));
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) listeners.delete(k);
+    };
+  }
+
+  // --- validation -------------------------------------------------------------------------
+
+  function invalid(path: string, message: string): never {
+    throw flagErrors.invalid_flag(`${path}: ${message}`, { errors: [{ path, message }] });
+  }
+
+  function checkConstraints(constraints: readonly Constraint[] | undefined, path: string): void {
+    (constraints ?? []).forEach((c, i) => {
+      if (c.operator === 'REGEX' && (c.value?.length ?? 0) > MAX_REGEX) {
+        invalid(`${path}[${i}].value`, `regular expressions are limited to ${MAX_REGEX} characters`);
+      }
+    });
+  }
+
+  /** Checks references and fills Unleash's defaults (`groupId` = flag name) before storing. */
+  async function normalise(orgId: string, env: Environment, input: Feature, tx: DbOrTx): Promise<Feature> {
+    const segmentIds = new Set((await loadSegments(orgId, tx)).map((s) => s.id));
+    const strategies = input.strategies.map((s, i) => {
+      checkConstraints(s.constraints, `body.strategies[${i}].constraints`);
+      for (const id of s.segments ?? []) {
+        if (!segmentIds.has(id))
+          invalid(`body.strategies[${i}].segments`, `no segment ${id} in this organization`);
+      }
+      const parameters = { ...(s.parameters ?? {}) };
+      if (GROUPED.has(s.name) && (parameters.groupId === undefined || parameters.groupId === '')) {
+        parameters.groupId = input.name;
+      }
+      if (s.name === 'flexibleRollout' && parameters.stickiness === undefined)
+        parameters.stickiness = 'default';
+      return {
+        name: s.name,
+        parameters,
+        constraints: s.constraints ?? [],
+        ...(s.segments?.length ? { segments: s.segments } : {}),
+        ...(s.variants?.length ? { variants: s.variants } : {}),
+      };
+    });
+    for (const [i, dep] of (input.dependencies ?? []).entries()) {
+      if (dep.feature === input.name)
+        invalid(`body.dependencies[${i}].feature`, 'a flag cannot depend on itself');
+      const [parent] = await tx
+        .select({ definition: featureFlags.definition })
+        .from(featureFlags)
+        .where(
+          and(
+            eq(featureFlags.orgId, orgId),
+            eq(featureFlags.environmentId, env.id),
+            eq(featureFlags.name, dep.feature),
+          ),
+        );
+      if (!parent) invalid(`body.dependencies[${i}].feature`, `no flag ${dep.feature} in ${env.name}`);
+      if ((parent.definition.dependencies?.length ?? 0) > 0) {
+        invalid(
+          `body.dependencies[${i}].feature`,
+          'Unleash allows one level of dependency: the parent has parents',
+        );
+      }
+    }
+    return {
+      name: input.name,
+      description: input.description ?? null,
+      enabled: input.enabled,
+      strategies,
+      variants: input.variants ?? [],
+      dependencies: input.dependencies ?? [],
+      impressionData: input.impressionData ?? false,
+    };
+  }
+
+  // --- flags ------------------------------------------------------------------------------
+
+  async function find(orgId: string, env: Environment, name: string, tx: DbOrTx = db.db, lock = false) {
+    const q = tx
+      .select()
+      .from(featureFlags)
+      .where(
+        and(
+          eq(featureFlags.orgId, orgId),
+          eq(featureFlags.environmentId, env.id),
+          eq(featureFlags.name, name),
+        ),
+      );
+    const [row] = lock ? await q.for('update') : await q;
+    return row ?? null;
+  }
+
+  async function list(
+    principal: Principal,
+    envName: string,
+    page: { limit: number; after?: string | undefined },
+  ): Promise<FlagRow[]> {
+    const env = await environment(principal.orgId, envName);
+    const where = [eq(featureFlags.orgId, principal.orgId), eq(featureFlags.environmentId, env.id)];
+    if (page.after !== undefined) where.push(gt(featureFlags.name, page.after));
+    return db.db
+      .select()
+      .from(featureFlags)
+      .where(and(...where))
+      .orderBy(asc(featureFlags.name))
+      .limit(page.limit);
+  }
+
+  async function get(principal: Principal, envName: string, name: string): Promise<FlagRow> {
+    const env = await environment(principal.orgId, envName);
+    const row = await find(principal.orgId, env, name);
+    if (!row) throw flagErrors.flag_not_found(`No flag ${name} in ${env.name}`);
+    return row;
+  }
+
+  function expect(row: FlagRow | null, expected: number | null | undefined, name: string): void {
+    if (expected === undefined) return;
+    const current = row?.version ?? null;
+    if (current !== expected) {
+      throw flagErrors.version_conflict(
+        current === null
+          ? `The flag ${name} no longer exists`
+          : `The flag is at version ${current}, not ${expected}`,
+        { current_version: current },
+      );
+    }
+  }
+
+  async function held(access: Access, env: Environment): Promise<boolean> {
+    return fourEyes !== undefined && (await fourEyes.required(access.principal.orgId, env.name));
+  }
+
+  /** Creates a flag (or holds the creation for approval). */
+  async function create(access: Access, envName: string, input: Feature): Promise<FlagRow | Pending> {
+    const { orgId } = access.principal;
+    const env = await environment(orgId, envName);
+    const feature = await normalise(orgId, env, input, db.db);
+    if (await find(orgId, env, feature.name))
+      throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
+    if (fourEyes && (await held(access, env))) {
+      const changeId = await fourEyes.propose(access, {
+        kind: 'flag.create',
+        environmentId: env.id,
+        targetId: null,
+        payload: { environment: env.name, feature },
+        summary: { environment: env.name, name: feature.name, after: feature },
+      });
+      return { pending: true, changeId };
+    }
+    return write(access, env, feature, null);
+  }
+
+  /** Replaces a flag's definition; `expectedVersion` from If-Match when given. */
+  async function replace(
+    access: Access,
+    envName: string,
+    name: string,
+    input: Feature,
+    expectedVersion: number | undefined,
+  ): Promise<FlagRow | Pending> {
+    const { orgId } = access.principal;
+    const env = await environment(orgId, envName);
+    const existing = await find(orgId, env, name);
+    if (!existing) throw flagErrors.flag_not_found(`No flag ${name} in ${env.name}`);
+    if (input.name !== name)
+      invalid('body.name', 'must equal the flag name in the path (flags are not renamed)');
+    expect(existing, expectedVersion, name);
+    const feature = await normalise(orgId, env, input, db.db);
+    if (fourEyes && (await held(access, env))) {
+      const changeId = await fourEyes.propose(access, {
+        kind: 'flag.replace',
+        environmentId: env.id,
+        targetId: existing.id,
+        payload: { environment: env.name, feature, expectedVersion: existing.version },
+        summary: { environment: env.name, name, before: existing.definition, after: feature },
+      });
+      return { pending: true, changeId };
+    }
+    return write(access, env, feature, existing.version);
+  }
+
+  /** Writes a flag in one transaction with its audit event; `expected` null = create. */
+  async function write(
+    access: Access,
+    env: Environment,
+    feature: Feature,
+    expected: number | null,
+    approvedBy?: Principal,
+  ): Promise<FlagRow> {
+    const { principal } = access;
+    let row: FlagRow | undefined;
+    try {
+      row = await db.db.transaction(async (tx) => {
+        const before = await find(principal.orgId, env, feature.name, tx, true);
+        if (expected === null && before)
+          throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
+        if (expected !== null) expect(before, expected, feature.name);
+        const now = clock();
+        const [written] = before
+          ? await tx
+              .update(featureFlags)
+              .set({
+                enabled: feature.enabled,
+                definition: feature,
+                version: before.version + 1,
+                updatedBy: principal.id,
+                updatedAt: now,
+              })
+              .where(eq(featureFlags.id, before.id))
+              .returning()
+          : await tx
+              .insert(featureFlags)
+              .values({
+                id: newId('flg'),
+                orgId: principal.orgId,
+                environmentId: env.id,
+                name: feature.name,
+                enabled: feature.enabled,
+                definition: feature,
+                createdBy: principal.id,
+                updatedBy: principal.id,
+                createdAt: now,
+                updatedAt: now,
+              })
+              .returning();
+        if (!written) throw new Error('flag write returned nothing');
+        await audit.record(tx, {
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: before ? 'flag.updated' : 'flag.created',
+          resource: { type: 'flag', id: written.id },
+          context: access.context,
+          details: {
+            environment: env.name,
+            name: feature.name,
+            ...(approvedBy ? { approved_by: approvedBy.id } : {}),
+          },
+          changes: {
+            ...(before ? { before: auditFlag(before.definition, before.version) } : {}),
+            after: auditFlag(feature, written.version),
+          },
+        });
+        return written;
+      });
+    } catch (error) {
+      if (isUniqueViolation(error))
+        throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
+      throw error;
+    }
+    await announce(principal.orgId, env.id);
+    return row;
+  }
+
+  async function remove(
+    access: Access,
+    envName: string,
+    name: string,
+    expectedVersion: number | undefined,
+  ): Promise<{ deleted: true } | Pending> {
+    const { orgId } = access.principal;
+    const env = await environment(orgId, envName);
+    const existing = await find(orgId, env, name);
+    if (!existing) throw flagErrors.flag_not_found(`No flag ${name} in ${env.name}`);
+    expect(existing, expectedVersion, name);
+    if (fourEyes && (await held(access, env))) {
+      const changeId = await fourEyes.propose(access, {
+        kind: 'flag.delete',
+        environmentId: env.id,
+        targetId: existing.id,
+        payload: { environment: env.name, name, expectedVersion: existing.version },
+        summary: { environment: env.name, name, before: existing.definition },
+      });
+      return { pending: true, changeId };
+    }
+    await applyRemove(access, env, name, existing.version);
+    return { deleted: true };
+  }
+
+  async function applyRemove(
+    access: Access,
+    env: Environment,
+    name: string,
+    expected: number,
+    approvedBy?: Principal,
+  ): Promise<string> {
+    const { principal } = access;
+    const id = await db.db.transaction(async (tx) => {
+      const before = await find(principal.orgId, env, name, tx, true);
+      expect(before, expected, name);
+      if (!before) throw flagErrors.flag_not_found();
+      // Unleash refuses to archive a parent with children; so do we.
+      const children = await tx
+        .select({ name: featureFlags.name, definition: featureFlags.definition })
+        .from(featureFlags)
+        .where(and(eq(featureFlags.orgId, principal.orgId), eq(featureFlags.environmentId, env.id)));
+      const dependants = children.filter((c) => c.definition.dependencies?.some((d) => d.feature === name));
+      if (dependants.length > 0) {
+        invalid('name', `flags depend on it: ${dependants.map((d) => d.name).join(', ')}`);
+      }
+      await tx.delete(featureFlags).where(eq(featureFlags.id, before.id));
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'flag.deleted',
+        resource: { type: 'flag', id: before.id },
+        context: access.context,
+        details: { environment: env.name, name, ...(approvedBy ? { approved_by: approvedBy.id } : {}) },
+        changes: { before: auditFlag(before.definition, before.version) },
+      });
+      return before.id;
+    });
+    await announce(principal.orgId, env.id);
+    return id;
+  }
+
+  /** Four-eyes appliers: perform an approved change as its requester. */
+  const apply = {
+    async create(who: Access, payload: { environment: string; feature: Feature }, by: Principal) {
+      const env = await environment(who.principal.orgId, payload.environment);
+      return write(who, env, payload.feature, null, by);
+    },
+    async replace(
+      who: Access,
+      payload: { environment: string; feature: Feature; expectedVersion: number },
+      by: Principal,
+    ) {
+      const env = await environment(who.principal.orgId, payload.environment);
+      return write(who, env, payload.feature, payload.expectedVersion, by);
+    },
+    async remove(
+      who: Access,
+      payload: { environment: string; name: string; expectedVersion: number },
+      by: Principal,
+    ) {
+      const env = await environment(who.principal.orgId, payload.environment);
+      return applyRemove(who, env, payload.name, payload.expectedVersion, by);
+    },
+  };
+
+  // --- segments ---------------------------------------------------------------------------
+
+  async function listSegments(principal: Principal): Promise<SegmentRow[]> {
+    return loadSegments(principal.orgId);
+  }
+
+  async function getSegment(principal: Principal, id: number, tx: DbOrTx = db.db): Promise<SegmentRow> {
+    const [row] = await tx
+      .select()
+      .from(flagSegments)
+      .where(and(eq(flagSegments.orgId, principal.orgId), eq(flagSegments.id, id)));
+    if (!row) throw flagErrors.segment_not_found(`No segment ${id}`);
+    return row;
+  }
+
+  const segmentAudit = (s: SegmentRow) => ({
+    name: s.name,
+    description: s.description,
+    constraints: s.constraints,
+    version: s.version,
+  });
+
+  async function putSegment(access: Access, id: number | null, input: SegmentInput): Promise<SegmentRow> {
+    const { principal } = access;
+    checkConstraints(input.constraints, 'body.constraints');
+    let row: SegmentRow | undefined;
+    try {
+      row = await db.db.transaction(async (tx) => {
+        const before = id === null ? null : await getSegment(principal, id, tx);
+        const now = clock();
+        const [written] = before
+          ? await tx
+              .update(flagSegments)
+              .set({
+                name: input.name,
+                description: input.description ?? null,
+                constraints: input.constraints,
+                version: before.version + 1,
+                updatedBy: principal.id,
+                updatedAt: now,
+              })
+              .where(eq(flagSegments.id, before.id))
+              .returning()
+          : await tx
+              .insert(flagSegments)
+              .values({
+                orgId: principal.orgId,
+                name: input.name,
+                description: input.description ?? null,
+                constraints: input.constraints,
+                createdBy: principal.id,
+                updatedBy: principal.id,
+                createdAt: now,
+                updatedAt: now,
+              })
+              .returning();
+        if (!written) throw new Error('segment write returned nothing');
+        await audit.record(tx, {
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: before ? 'flag.updated' : 'flag.created',
+          resource: { type: 'flag_segment', id: String(written.id) },
+          context: access.context,
+          details: { segment: written.name },
+          changes: { ...(before ? { before: segmentAudit(before) } : {}), after: segmentAudit(written) },
+        });
+        return written;
+      });
+    } catch (error) {
+      if (isUniqueViolation(error)) throw flagErrors.segment_exists(`A segment ${input.name} exists`);
+      throw error;
+    }
+    await announce(principal.orgId, '*');
+    return row;
+  }
+
+  async function removeSegment(access: Access, id: number): Promise<void> {
+    const { principal } = access;
+    await db.db.transaction(async (tx) => {
+      const before = await getSegment(principal, id, tx);
+      const flags = await tx
+        .select({ name: featureFlags.name, definition: featureFlags.definition })
+        .from(featureFlags)
+        .where(eq(featureFlags.orgId, principal.orgId));
+      const users = flags.filter((f) => f.definition.strategies.some((s) => s.segments?.includes(id)));
+      if (users.length > 0) {
+        throw flagErrors.segment_in_use(
+          `Flags use this segment: ${[...new Set(users.map((u) => u.name))].join(', ')}`,
+        );
+      }
+      await tx.delete(flagSegments).where(eq(flagSegments.id, id));
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'flag.deleted',
+        resource: { type: 'flag_segment', id: String(id) },
+        context: access.context,
+        details: { segment: before.name },
+        changes: { before: segmentAudit(before) },
+      });
+    });
+    await announce(principal.orgId, '*');
+  }
+
+  /** Every flag's outcome for a context (optionally only some flags). From memory when warm. */
+  async function evaluate(orgId: string, envName: string, context: FlagContext, only?: readonly string[]) {
+    const s = await snapshot(orgId, envName);
+    if (only === undefined) return s.engine.evaluateAll(context);
+    return only.map((name) => {
+      const variant = s.engine.getVariant(name, context);
+      return { name, enabled: variant.feature_enabled, variant, found: s.engine.has(name) };
+    });
+  }
+
+  return {
+    snapshot,
+    watch,
+    list,
+    get,
+    create,
+    replace,
+    remove,
+    apply,
+    listSegments,
+    getSegment,
+    createSegment: (access: Access, input: SegmentInput) => putSegment(access, null, input),
+    updateSegment: (access: Access, id: number, input: SegmentInput) => putSegment(access, id, input),
+    removeSegment,
+    evaluate,
+    /** Number of cached snapshots (tests). */
+    cached: () => snapshots.size,
+  };
+}
+
+export type FlagService = ReturnType<typeof createFlagService>;

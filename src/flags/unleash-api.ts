@@ -1,0 +1,112 @@
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import type { InvalidationBus } from '../bus/index.ts';
+import { callerOf } from '../http/auth.ts';
+import { httpErrors } from '../http/errors.ts';
+import type { Principal } from '../http/principal.ts';
+import type { FlagService, FlagSnapshot } from './service.ts';
+
+/** Key metadata field naming the environment an Unleash SDK using the key sees. */
+export const FLAGS_ENVIRONMENT_METADATA = 'flags_environment';
+
+/** Without that metadata: `stw_live_…` keys see `production`, `stw_test_…` keys `development`. */
+const BY_KEY_MARKER: Record<string, string> = { live: 'production', test: 'development' };
+
+/** What the client API needs of the keys domain: a key's environment marker and metadata. */
+export interface KeyLookup {
+  get(caller: Principal, id: string): Promise<{ environment: string; metadata: Record<string, unknown> }>;
+}
+
+/**
+ * Unleash's client API (`/api/client/features`, `/register`, `/metrics`), so the official SDKs
+ * pointed at `<steward>/api/` evaluate Steward's flags. Unleash SDKs send the API key as the raw
+ * `Authorization` value (no `Bearer`); a hook scoped to these routes adds the scheme so the
+ * keys domain's authenticator verifies it as usual (limits, revocation, scopes: `flags:read`).
+ */
+export const unleashClientRoutes: FastifyPluginAsyncZod<{
+  flags: FlagService;
+  keys: KeyLookup;
+  bus: InvalidationBus;
+}> = async (app, { flags, keys, bus }) => {
+  // Key id → environment name; dropped whenever any key changes (the keys domain's bus topic).
+  const environments = new Map<string, string>();
+  bus.subscribe('keys', () => environments.clear());
+  const bodies = new WeakMap<FlagSnapshot, string>();
+
+  app.addHook('onRequest', async (request) => {
+    const authorization = request.headers.authorization;
+    if (authorization?.startsWith('stw_')) request.headers.authorization = `Bearer ${authorization.trim()}`;
+  });
+
+  async function environmentOf(principal: Principal): Promise<string> {
+    const keyId = principal.keyId;
+    if (keyId === undefined) {
+      throw httpErrors.permission_denied('The Unleash client API takes an API key (stw_…)', {
+        permission: 'flags:read',
+      });
+    }
+    const cached = environments.get(keyId);
+    if (cached !== undefined) return cached;
+    const row = await keys.get(principal, keyId);
+    const named = row.metadata[FLAGS_ENVIRONMENT_METADATA];
+    const env =
+      typeof named === 'string' && named.length > 0
+        ? named
+        : (BY_KEY_MARKER[row.environment] ?? 'production');
+    environments.set(keyId, env);
+    return env;
+  }
+
+  app.get(
+    '/api/client/features',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['unleash'],
+        summary: "Unleash client API: every flag and segment of the key's environment",
+        description:
+          "Authorization: the raw API key. The environment is the key's `metadata.flags_environment`, " +
+          'else `production` for `stw_live_` keys and `development` for `stw_test_` keys. ' +
+          '`namePrefix` filters by name; ETag / If-None-Match answer 304.',
+        querystring: z.looseObject({ namePrefix: z.string().max(100).optional() }),
+      },
+    },
+    async (request, reply) => {
+      const principal = callerOf(request);
+      const s = await flags.snapshot(principal.orgId, await environmentOf(principal));
+      reply.header('etag', s.etag).header('cache-control', 'no-cache');
+      const prefix = request.query.namePrefix;
+      if (prefix === undefined && request.headers['if-none-match'] === s.etag) return reply.code(304).send();
+      reply.type('application/json; charset=utf-8');
+      if (prefix !== undefined) {
+        const features = s.features.filter((f) => f.name.startsWith(prefix));
+        return reply.send(
+          JSON.stringify({ version: 2, features, segments: s.segments, query: { namePrefix: prefix } }),
+        );
+      }
+      let body = bodies.get(s);
+      if (body === undefined) {
+        body = JSON.stringify({ version: 2, features: s.features, segments: s.segments });
+        bodies.set(s, body);
+      }
+      return reply.send(body);
+    },
+  );
+
+  // SDKs report themselves and their counts; Steward accepts and drops them (for now).
+  const accepted = z.looseObject({});
+  for (const path of ['/api/client/register', '/api/client/metrics'] as const) {
+    app.post(
+      path,
+      {
+        config: { access: { permission: 'flags:read' } },
+        schema: {
+          tags: ['unleash'],
+          summary: 'Unleash client API: accepted (202), not stored',
+          body: accepted,
+        },
+      },
+      async (_request, reply) => reply.code(202).send(),
+    );
+  }
+};

@@ -1,0 +1,293 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { installTestPrincipals, type TestApp, testApp } from '../../test/helpers/app.ts';
+import type { Principal } from './principal.ts';
+
+const root: Principal = {
+  orgId: 'org_01JAAAAAAAAAAAAAAAAAAAAAAA',
+  kind: 'user',
+  id: 'usr_01JAAAAAAAAAAAAAAAAAAAAAAA',
+  name: 'Root',
+  roles: ['admin'],
+  scopes: null,
+  superuser: true,
+};
+const plain: Principal = { ...root, id: 'usr_01JBBBBBBBBBBBBBBBBBBBBBBB', name: 'Plain', superuser: false };
+
+/** Test-only routes exercising the plumbing: a validated body, a crash, a slow answer. */
+function addProbeRoutes(app: FastifyInstance) {
+  installTestPrincipals(app, { root, plain });
+  app.post(
+    '/v1/probe/echo',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        body: z.strictObject({
+          name: z.string().min(1),
+          count: z.number().int().min(0),
+          tags: z.array(z.string().max(5)).optional(),
+        }),
+      },
+    },
+    async (request) => request.body,
+  );
+  app.get('/v1/probe/boom', { config: { access: 'public' } }, async () => {
+    throw new Error('select password from users -- secret detail');
+  });
+  app.get('/v1/probe/admin', { config: { access: { permission: 'org:admin' } } }, async () => ({ ok: true }));
+}
+
+describe('HTTP plumbing', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await testApp('pglite', { BODY_LIMIT_BYTES: '2048' }, addProbeRoutes);
+  });
+  after(() => t.close());
+
+  const echo = (payload: string, headers: Record<string, string> = {}) =>
+    t.app.inject({
+      method: 'POST',
+      url: '/v1/probe/echo',
+      payload,
+      headers: { 'content-type': 'application/json', 'x-test-principal': 'root', ...headers },
+    });
+
+  function assertProblem(
+    res: { statusCode: number; headers: Record<string, unknown>; body: string },
+    status: number,
+    code: string,
+  ) {
+    assert.equal(res.statusCode, status, res.body);
+    assert.match(String(res.headers['content-type']), /^application\/problem\+json/);
+    const body = JSON.parse(res.body);
+    assert.equal(body.status, status);
+    assert.equal(body.code, code);
+    assert.equal(typeof body.title, 'string');
+    assert.equal(typeof body.detail, 'string');
+    assert.match(body.type, /^https:\/\/steward\.dev\/problems\//);
+    assert.equal(body.request_id, res.headers['x-request-id']);
+    assert.doesNotMatch(res.body, /at .*\.ts:\d+|stack/i, 'no stack trace');
+    return body;
+  }
+
+  test('a valid body passes', async () => {
+    const res = await echo(JSON.stringify({ name: 'a', count: 1 }));
+    assert.equal(res.statusCode, 200);
+    assert.deepEqual(JSON.parse(res.body), { name: 'a', count: 1 });
+  });
+
+  test('malformed JSON → 400 invalid_json', async () => {
+    assertProblem(await echo('{"name": "a",'), 400, 'invalid_json');
+    assertProblem(await echo(''), 400, 'invalid_json');
+  });
+
+  test('schema violation → 400 validation_failed with the field paths', async () => {
+    const body = assertProblem(
+      await echo(JSON.stringify({ name: 7, count: -1, tags: ['ok', 'toolong'] })),
+      400,
+      'validation_failed',
+    );
+    const paths = body.errors.map((e: { path: string }) => e.path).sort();
+    assert.deepEqual(paths, ['body.count', 'body.name', 'body.tags.1']);
+  });
+
+  test('missing required field is named', async () => {
+    const body = assertProblem(await echo(JSON.stringify({ name: 'x' })), 400, 'validation_failed');
+    assert.deepEqual(
+      body.errors.map((e: { path: string }) => e.path),
+      ['body.count'],
+    );
+  });
+
+  test('unknown body fields are rejected, each named', async () => {
+    const body = assertProblem(
+      await echo(JSON.stringify({ name: 'a', count: 1, admin: true, x: 1 })),
+      400,
+      'validation_failed',
+    );
+    assert.deepEqual(body.errors.map((e: { path: string }) => e.path).sort(), ['body.admin', 'body.x']);
+  });
+
+  test('body over the limit → 413 payload_too_large', async () => {
+    assertProblem(await echo(JSON.stringify({ name: 'a'.repeat(5000), count: 1 })), 413, 'payload_too_large');
+  });
+
+  test('unsupported media type → 415', async () => {
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/v1/probe/echo',
+      payload: 'name=a',
+      headers: { 'content-type': 'application/x-www-form-urlencoded', 'x-test-principal': 'root' },
+    });
+    assertProblem(res, 415, 'unsupported_media_type');
+  });
+
+  test('unknown route → 404 not_found, path not echoed', async () => {
+    const res = await t.app.inject({ method: 'GET', url: '/v1/nothing-here?token=stw_live_secret' });
+    const body = assertProblem(res, 404, 'not_found');
+    assert.doesNotMatch(JSON.stringify(body), /stw_live_secret/);
+  });
+
+  test('an unexpected error → 500 that says nothing specific', async () => {
+    const res = await t.app.inject({ method: 'GET', url: '/v1/probe/boom' });
+    const body = assertProblem(res, 500, 'internal_error');
+    assert.doesNotMatch(res.body, /password|select|secret/i);
+    assert.equal(body.detail, 'An unexpected error occurred');
+  });
+
+  test('no credentials → 401 before the body is even validated', async () => {
+    const res = await echo('{not json', { 'x-test-principal': 'nobody' });
+    assertProblem(res, 401, 'unauthenticated');
+  });
+
+  test('a caller without the permission → 403 permission_denied', async () => {
+    const res = await t.app.inject({
+      method: 'GET',
+      url: '/v1/probe/admin',
+      headers: { 'x-test-principal': 'plain' },
+    });
+    const body = assertProblem(res, 403, 'permission_denied');
+    assert.equal(body.permission, 'org:admin');
+    const ok = await t.app.inject({
+      method: 'GET',
+      url: '/v1/probe/admin',
+      headers: { 'x-test-principal': 'root' },
+    });
+    assert.equal(ok.statusCode, 200);
+  });
+
+  test('request id: a plain one is echoed, a hostile one replaced', async () => {
+    const kept = await t.app.inject({
+      method: 'GET',
+      url: '/healthz',
+      headers: { 'x-request-id': 'abc-123' },
+    });
+    assert.equal(kept.headers['x-request-id'], 'abc-123');
+    const replaced = await t.app.inject({
+      method: 'GET',
+      url: '/healthz',
+      headers: { 'x-request-id': 'a b<script>' },
+    });
+    assert.match(String(replaced.headers['x-request-id']), /^[0-9a-f-]{36}$/);
+    const generated = await t.app.inject({ method: 'GET', url: '/healthz' });
+    assert.match(String(generated.headers['x-request-id']), /^[0-9a-f-]{36}$/);
+  });
+
+  test('security headers on API responses, not on the ops probes', async () => {
+    const probe = await t.app.inject({ method: 'GET', url: '/healthz' });
+    assert.equal(probe.headers['content-security-policy'], undefined);
+    assert.ok(probe.headers['x-request-id']);
+    const res = await t.app.inject({ method: 'GET', url: '/v1/nothing-here' });
+    assert.equal(res.headers['x-content-type-options'], 'nosniff');
+    assert.equal(res.headers['content-security-policy'], "default-src 'none'; frame-ancestors 'none'");
+    assert.equal(res.headers['cache-control'], 'no-store');
+  });
+
+  test('a route that declares no access refuses to register', async () => {
+    const extra = await testApp('pglite', { LOG_LEVEL: 'silent' }, (app) => {
+      app.get('/v1/undeclared', async () => ({}));
+    }).then(
+      (made) => made.close().then(() => null),
+      (error: Error) => error,
+    );
+    assert.ok(extra instanceof Error);
+    assert.match(extra.message, /declares no access/);
+  });
+
+  test('/healthz, /readyz and /metrics', async () => {
+    const health = await t.app.inject({ method: 'GET', url: '/healthz' });
+    assert.deepEqual(JSON.parse(health.body), { status: 'ok' });
+    const ready = await t.app.inject({ method: 'GET', url: '/readyz' });
+    assert.equal(ready.statusCode, 200);
+    const body = JSON.parse(ready.body);
+    assert.equal(body.status, 'ready');
+    assert.equal(body.migrations.current, true);
+    const metrics = await t.app.inject({ method: 'GET', url: '/metrics' });
+    assert.match(
+      metrics.body,
+      /steward_http_requests_total\{method="GET",route="\/healthz",status_code="200"\} \d+/,
+    );
+    assert.match(
+      metrics.body,
+      /steward_http_request_duration_seconds_bucket\{le="0.001",method="GET",route="\/healthz"\}/,
+    );
+  });
+
+  test('/readyz reports pending migrations as 503', async () => {
+    await t.store.db.query(
+      'delete from drizzle.__drizzle_migrations where id = (select max(id) from drizzle.__drizzle_migrations)',
+    );
+    const ready = await t.app.inject({ method: 'GET', url: '/readyz' });
+    assert.equal(ready.statusCode, 503);
+    assert.equal(JSON.parse(ready.body).status, 'migrations_pending');
+  });
+
+  test('OpenAPI 3.1 is generated from the route schemas', async () => {
+    const res = await t.app.inject({ method: 'GET', url: '/openapi.json' });
+    const doc = JSON.parse(res.body);
+    assert.equal(doc.openapi, '3.1.0');
+    const events = doc.paths['/v1/audit/events'].get;
+    const params = events.parameters.map((p: { name: string }) => p.name);
+    for (const name of ['actor_id', 'action', 'since', 'limit', 'cursor'])
+      assert.ok(params.includes(name), name);
+    const echoBody = doc.paths['/v1/probe/echo'].post.requestBody.content['application/json'].schema;
+    assert.deepEqual(echoBody.required.sort(), ['count', 'name']);
+    assert.equal(echoBody.additionalProperties, false);
+    const docs = await t.app.inject({ method: 'GET', url: '/docs/' });
+    assert.equal(docs.statusCode, 200);
+    assert.match(docs.body, /swagger/i);
+  });
+});
+
+describe('CORS', () => {
+  test('off by default; on for the configured origins only', async () => {
+    const off = await testApp('pglite');
+    const none = await off.app.inject({
+      method: 'GET',
+      url: '/healthz',
+      headers: { origin: 'https://app.example' },
+    });
+    assert.equal(none.headers['access-control-allow-origin'], undefined);
+    await off.close();
+    const on = await testApp('pglite', { CORS_ORIGINS: 'https://app.example' });
+    const preflight = await on.app.inject({
+      method: 'OPTIONS',
+      url: '/v1/audit/events',
+      headers: { origin: 'https://app.example', 'access-control-request-method': 'GET' },
+    });
+    assert.equal(preflight.statusCode, 204);
+    assert.equal(preflight.headers['access-control-allow-origin'], 'https://app.example');
+    const other = await on.app.inject({
+      method: 'GET',
+      url: '/healthz',
+      headers: { origin: 'https://evil.example' },
+    });
+    assert.equal(other.headers['access-control-allow-origin'], undefined);
+    await on.close();
+  });
+});
+
+describe('graceful shutdown', () => {
+  test('in-flight requests finish after close() is called; new ones are refused', async () => {
+    const t = await testApp('pglite', {}, (app) => {
+      app.get('/v1/probe/slow', { config: { access: 'public' } }, async () => {
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        return { done: true };
+      });
+    });
+    await t.app.listen({ port: 0, host: '127.0.0.1' });
+    const address = t.app.server.address();
+    assert.ok(address && typeof address === 'object');
+    const inFlight = fetch(`http://127.0.0.1:${address.port}/v1/probe/slow`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const closing = t.app.close();
+    const res = await inFlight;
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { done: true });
+    await closing;
+    await assert.rejects(fetch(`http://127.0.0.1:${address.port}/healthz`));
+    await t.store.dispose();
+  });
+});

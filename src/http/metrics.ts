@@ -1,0 +1,93 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { collectDefaultMetrics, Registry } from 'prom-client';
+
+/** Latency buckets (seconds) of steward_http_request_duration_seconds. */
+const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/** One (method, route) pair: counts by status and a latency histogram, as plain numbers. */
+interface RouteSeries {
+  labels: string;
+  byStatus: Map<number, number>;
+  /** Non-cumulative counts per bucket; the last slot is +Inf. Cumulated when scraped. */
+  buckets: Float64Array;
+  sum: number;
+  count: number;
+}
+
+// Prometheus label values: backslash, double quote and newline are escaped.
+const labelValue = (s: string) => s.replaceAll('\\', '\\\\').replaceAll('"', '\\"').replaceAll('\n', '\\n');
+
+function render(series: Iterable<RouteSeries>): string {
+  const counts: string[] = [];
+  const histogram: string[] = [];
+  for (const s of series) {
+    for (const [status, n] of s.byStatus) {
+      counts.push(`steward_http_requests_total{${s.labels},status_code="${status}"} ${n}`);
+    }
+    let cumulative = 0;
+    BUCKETS.forEach((le, i) => {
+      cumulative += s.buckets[i] ?? 0;
+      histogram.push(`steward_http_request_duration_seconds_bucket{le="${le}",${s.labels}} ${cumulative}`);
+    });
+    histogram.push(`steward_http_request_duration_seconds_bucket{le="+Inf",${s.labels}} ${s.count}`);
+    histogram.push(`steward_http_request_duration_seconds_sum{${s.labels}} ${s.sum}`);
+    histogram.push(`steward_http_request_duration_seconds_count{${s.labels}} ${s.count}`);
+  }
+  return [
+    '# HELP steward_http_requests_total HTTP requests by method, route and status',
+    '# TYPE steward_http_requests_total counter',
+    ...counts,
+    '# HELP steward_http_request_duration_seconds HTTP request latency by method and route',
+    '# TYPE steward_http_request_duration_seconds histogram',
+    ...histogram,
+    '',
+  ].join('\n');
+}
+
+/** The app's metrics: the registry of process metrics, and the per-request recorder. */
+export interface RequestMetrics {
+  registry: Registry;
+  /** Counts a response and observes its latency (time to send, as the server sees it). */
+  record(request: FastifyRequest, reply: FastifyReply): void;
+}
+
+/**
+ * Prometheus metrics at /metrics. Process metrics come from prom-client; the two HTTP
+ * series are kept as plain counters per route and rendered when scraped, because
+ * prom-client's per-call label handling was a measurable share of a hot route
+ * (docs/adr/0003). Labels use the route template (`/v1/keys/:id`), never the raw URL.
+ */
+export function installMetrics(app: FastifyInstance): RequestMetrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'steward_' });
+  const byRoute = new Map<string, RouteSeries>();
+
+  const record = (request: FastifyRequest, reply: FastifyReply) => {
+    const route = request.routeOptions.url ?? '(unmatched)';
+    const key = `${request.method} ${route}`;
+    let series = byRoute.get(key);
+    if (!series) {
+      series = {
+        labels: `method="${labelValue(request.method)}",route="${labelValue(route)}"`,
+        byStatus: new Map(),
+        buckets: new Float64Array(BUCKETS.length + 1),
+        sum: 0,
+        count: 0,
+      };
+      byRoute.set(key, series);
+    }
+    series.byStatus.set(reply.statusCode, (series.byStatus.get(reply.statusCode) ?? 0) + 1);
+    const seconds = reply.elapsedTime / 1000;
+    let bucket = 0;
+    while (bucket < BUCKETS.length && seconds > (BUCKETS[bucket] as number)) bucket++;
+    series.buckets[bucket] = (series.buckets[bucket] ?? 0) + 1;
+    series.sum += seconds;
+    series.count++;
+  };
+
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    reply.type(registry.contentType);
+    return (await registry.metrics()) + render(byRoute.values());
+  });
+  return { registry, record };
+}

@@ -1,0 +1,95 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
+import { httpErrors, StewardError } from './errors.ts';
+
+export const PROBLEM_CONTENT_TYPE = 'application/problem+json; charset=utf-8';
+
+/** One field that failed validation: where, and why. */
+export interface FieldError {
+  path: string;
+  message: string;
+}
+
+/** `body` + `/items/0/name` → `body.items.0.name`. */
+function fieldPath(root: string, instancePath: string, key?: string): string {
+  return [root, ...instancePath.split('/'), key ?? ''].filter((s) => s.length > 0).join('.');
+}
+
+/** Maps Fastify's own errors to our stable codes; anything unknown becomes a 500. */
+function toStewardError(error: FastifyError): StewardError {
+  if (error instanceof StewardError) return error;
+  if (hasZodFastifySchemaValidationErrors(error)) {
+    const root = error.validationContext ?? '';
+    const errors: FieldError[] = error.validation.flatMap((v) => {
+      // Unknown fields are reported once per field, each with its own path.
+      const unknownKeys =
+        v.keyword === 'unrecognized_keys' ? (v.params as { keys?: string[] }).keys : undefined;
+      if (unknownKeys && unknownKeys.length > 0) {
+        return unknownKeys.map((key) => ({
+          path: fieldPath(root, v.instancePath, key),
+          message: 'Unknown field',
+        }));
+      }
+      return [{ path: fieldPath(root, v.instancePath), message: v.message ?? 'Invalid value' }];
+    });
+    const first = errors[0];
+    return httpErrors.validation_failed(first ? `${first.path}: ${first.message}` : 'Invalid request', {
+      errors,
+    });
+  }
+  switch (error.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return httpErrors.invalid_json('The request body is not valid JSON');
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return httpErrors.payload_too_large('The request body exceeds the size limit');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
+        ? httpErrors.unsupported_media_type('Send application/json')
+        : httpErrors.validation_failed('Content-Length does not match the body');
+    case 'FST_ERR_VALIDATION':
+      return httpErrors.validation_failed(error.message);
+  }
+  // A SyntaxError with status 400 is how Fastify's JSON parser reports bad JSON.
+  if (error.statusCode === 400 && error instanceof SyntaxError) return httpErrors.invalid_json();
+  if (error.statusCode === 413) return httpErrors.payload_too_large();
+  if (error.statusCode === 415) return httpErrors.unsupported_media_type();
+  return httpErrors.internal_error('An unexpected error occurred');
+}
+
+function sendProblem(request: FastifyRequest, reply: FastifyReply, problem: StewardError) {
+  reply
+    .code(problem.status)
+    .headers(problem.headers)
+    .type(PROBLEM_CONTENT_TYPE)
+    .send({
+      type: `https://steward.dev/problems/${problem.code}`,
+      title: problem.title,
+      status: problem.status,
+      detail: problem.detail,
+      code: problem.code,
+      request_id: request.id,
+      ...problem.extra,
+    });
+}
+
+/**
+ * Every error leaves as RFC 9457 problem+json. 4xx say what was wrong; 5xx say
+ * nothing specific and the log has the detail (never the request body).
+ */
+export function installProblemHandlers(app: FastifyInstance): void {
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    const problem = toStewardError(error);
+    if (problem.status >= 500) {
+      request.log.error(
+        { err: problem.internal ?? error, route: request.routeOptions.url, request_id: request.id },
+        'request failed',
+      );
+    }
+    sendProblem(request, reply, problem);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    sendProblem(request, reply, httpErrors.not_found(`No route for ${request.method} at this path`));
+  });
+}

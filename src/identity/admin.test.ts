@@ -1,0 +1,377 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { openTestStore, STORES } from '../../test/helpers/stores.ts';
+import { buildApp } from '../app.ts';
+import { createMemoryBus } from '../bus/index.ts';
+import { loadConfig } from '../config.ts';
+import { createKeyring } from '../crypto/keyring.ts';
+import { bootstrapOnFirstStart, runBootstrap } from './bootstrap.ts';
+import { ADMIN, type IdentityTestApp, identityTestApp } from './test-support.ts';
+
+const PASS = 'a sturdy passphrase here';
+
+describe('users and orgs admin API, bad inputs (pglite)', () => {
+  let t: IdentityTestApp;
+  let admin: string;
+  let otherOrgUser: string;
+  let otherAdmin: string;
+
+  before(async () => {
+    t = await identityTestApp('pglite');
+    admin = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+    const org = await t.call('POST', '/v1/orgs', { token: admin, body: { slug: 'globex', name: 'Globex' } });
+    assert.equal(org.statusCode, 201, org.body);
+    // The superuser is admin of both orgs; log in to globex and create a user there.
+    const inGlobex = (await t.login(ADMIN.email, ADMIN.password, { org: 'globex' })).json().access_token;
+    const u = await t.call('POST', '/v1/users', {
+      token: inGlobex,
+      body: { email: 'ivan@globex.example', password: PASS, roles: ['admin'] },
+    });
+    assert.equal(u.statusCode, 201, u.body);
+    otherOrgUser = u.json().id;
+    otherAdmin = (await t.tokensFor('ivan@globex.example', PASS)).access_token;
+  });
+  after(() => t.close());
+
+  test('create, list, get, patch, deactivate; audited with before/after', async () => {
+    const created = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: {
+        email: 'judy@example.com',
+        password: PASS,
+        username: 'judy',
+        full_name: 'Judy',
+        roles: ['viewer'],
+      },
+    });
+    assert.equal(created.statusCode, 201);
+    const judy = created.json();
+    assert.equal(judy.active, true);
+    assert.equal(judy.totp_enabled, false);
+    assert.equal(judy.created_by, t.adminId);
+    assert.ok(!('password_hash' in judy) && !created.body.includes('argon2'), 'never a hash');
+
+    const dup = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: 'JUDY@example.com', password: PASS },
+    });
+    assert.equal(dup.statusCode, 409);
+    assert.equal(dup.json().code, 'email_taken');
+    const dupName = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: 'judy2@example.com', password: PASS, username: 'JUDY' },
+    });
+    assert.equal(dupName.json().code, 'username_taken');
+
+    const list = await t.call('GET', '/v1/users?limit=1', { token: admin });
+    assert.equal(list.json().data.length, 1);
+    assert.ok(list.json().next_cursor);
+    const page2 = await t.call('GET', `/v1/users?limit=1&cursor=${list.json().next_cursor}`, {
+      token: admin,
+    });
+    assert.notEqual(page2.json().data[0].id, list.json().data[0].id);
+
+    const patched = await t.call('PATCH', `/v1/users/${judy.id}`, {
+      token: admin,
+      body: { full_name: 'Judy Hopps', roles: ['developer'] },
+    });
+    assert.equal(patched.statusCode, 200, patched.body);
+    assert.equal(patched.json().full_name, 'Judy Hopps');
+    assert.deepEqual(patched.json().roles, ['developer']);
+
+    const judySession = (await t.tokensFor('judy@example.com', PASS)).access_token;
+    assert.equal((await t.call('GET', '/v1/me', { token: judySession })).json().roles[0], 'developer');
+    // A developer reads users but cannot create them.
+    assert.equal((await t.call('GET', '/v1/users', { token: judySession })).statusCode, 200);
+    const forbidden = await t.call('POST', '/v1/users', {
+      token: judySession,
+      body: { email: 'z@example.com', password: PASS },
+    });
+    assert.equal(forbidden.statusCode, 403);
+    assert.equal(forbidden.json().code, 'permission_denied');
+
+    const del = await t.call('DELETE', `/v1/users/${judy.id}`, { token: admin });
+    assert.equal(del.statusCode, 204);
+    assert.equal(
+      (await t.call('GET', '/v1/me', { token: judySession })).statusCode,
+      401,
+      'sessions end at once',
+    );
+    assert.equal((await t.login('judy@example.com', PASS)).json().code, 'invalid_credentials');
+    const gone = await t.call('GET', `/v1/users/${judy.id}`, { token: admin });
+    assert.equal(gone.json().active, false);
+    assert.deepEqual(gone.json().roles, []);
+    const self = await t.call('DELETE', `/v1/users/${t.adminId}`, { token: admin });
+    assert.equal(self.json().code, 'cannot_deactivate_self');
+
+    const back = await t.call('PATCH', `/v1/users/${judy.id}`, {
+      token: admin,
+      body: { active: true, roles: ['viewer'] },
+    });
+    assert.equal(back.json().active, true);
+    assert.equal((await t.login('judy@example.com', PASS)).statusCode, 200);
+
+    const events = (
+      await t.call('GET', `/v1/audit/events?resource_id=${judy.id}&limit=100`, { token: admin })
+    ).json().data;
+    const actions = events.map((e: { action: string }) => e.action);
+    for (const a of ['user.created', 'user.updated', 'user.deactivated']) assert.ok(actions.includes(a), a);
+    const update = events.find(
+      (e: { action: string; changes: { after?: { full_name?: string } } }) =>
+        e.action === 'user.updated' && e.changes.after?.full_name === 'Judy Hopps',
+    );
+    assert.deepEqual(update.changes.before, { full_name: 'Judy', roles: ['viewer'] });
+    assert.deepEqual(update.changes.after, { full_name: 'Judy Hopps', roles: ['developer'] });
+  });
+
+  test("another org's user id answers 404 on every route, as does a made-up id", async () => {
+    for (const [method, url, body] of [
+      ['GET', `/v1/users/${otherOrgUser}`, undefined],
+      ['PATCH', `/v1/users/${otherOrgUser}`, { full_name: 'x' }],
+      ['POST', `/v1/users/${otherOrgUser}/unlock`, undefined],
+      ['DELETE', `/v1/users/${otherOrgUser}`, undefined],
+      ['GET', '/v1/users/usr_01J00000000000000000000000', undefined],
+      ['GET', '/v1/users/not-an-id', undefined],
+    ] as const) {
+      const res = await t.call(method, url, { token: admin, ...(body ? { body } : {}) });
+      assert.equal(res.statusCode, 404, `${method} ${url}`);
+      assert.equal(res.json().code, 'user_not_found');
+    }
+    // The other org's admin does not see ours either (the superuser, admin of both orgs, is visible).
+    const leo = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: 'leo@example.com', password: PASS },
+    });
+    const ours = await t.call('GET', `/v1/users/${leo.json().id}`, { token: otherAdmin });
+    assert.equal(ours.statusCode, 404);
+    const theirList = (await t.call('GET', '/v1/users', { token: otherAdmin })).json().data;
+    assert.ok(theirList.every((u: { id: string }) => u.id !== leo.json().id));
+    const theirDelete = await t.call('DELETE', `/v1/users/${leo.json().id}`, { token: otherAdmin });
+    assert.equal(theirDelete.statusCode, 404);
+  });
+
+  test('orgs: superuser creates, members list theirs; others get 403', async () => {
+    const mine = await t.call('GET', '/v1/orgs', { token: otherAdmin });
+    assert.deepEqual(
+      mine.json().data.map((o: { slug: string }) => o.slug),
+      ['globex'],
+    );
+    const all = await t.call('GET', '/v1/orgs', { token: admin });
+    assert.deepEqual(
+      all
+        .json()
+        .data.map((o: { slug: string }) => o.slug)
+        .sort(),
+      ['default', 'globex'],
+    );
+    const denied = await t.call('POST', '/v1/orgs', {
+      token: otherAdmin,
+      body: { slug: 'evil', name: 'Evil' },
+    });
+    assert.equal(denied.statusCode, 403);
+    const taken = await t.call('POST', '/v1/orgs', { token: admin, body: { slug: 'globex', name: 'Again' } });
+    assert.equal(taken.statusCode, 409);
+    const withAdmin = await t.call('POST', '/v1/orgs', {
+      token: admin,
+      body: { slug: 'initech', name: 'Initech', admin_user_id: otherOrgUser },
+    });
+    assert.equal(withAdmin.statusCode, 201, withAdmin.body);
+    const ivanOrgs = await t.call('GET', '/v1/orgs', { token: otherAdmin });
+    assert.deepEqual(
+      ivanOrgs.json().data.map((o: { slug: string }) => o.slug),
+      ['globex', 'initech'],
+    );
+    const ivanInInitech = await t.login('ivan@globex.example', PASS, { org: 'initech' });
+    assert.equal(ivanInInitech.statusCode, 200);
+    const notMember = await t.login('ivan@globex.example', PASS, { org: 'default' });
+    assert.equal(notMember.json().code, 'invalid_credentials');
+  });
+
+  test('bad inputs: missing fields, wrong types, unknown fields, weak passwords → 400, never 500', async () => {
+    const cases: [string, string, unknown, string?][] = [
+      ['POST', '/v1/auth/login', {}],
+      ['POST', '/v1/auth/login', { email: 'a@b.c' }],
+      ['POST', '/v1/auth/login', { email: 42, password: 'x' }],
+      ['POST', '/v1/auth/login', { email: 'not-an-email', password: 'x' }],
+      ['POST', '/v1/auth/login', { email: 'a@b.c', password: 'x', admin: true }],
+      ['POST', '/v1/auth/login/mfa', { mfa_token: 'x' }],
+      ['POST', '/v1/auth/login/mfa', { mfa_token: 1, code: 2 }],
+      ['POST', '/v1/auth/refresh', {}],
+      ['POST', '/v1/auth/refresh', { refresh_token: ['x'] }],
+      ['POST', '/v1/users', { email: 'k@example.com' }, admin],
+      ['POST', '/v1/users', { email: 'k@example.com', password: PASS, roles: 'admin' }, admin],
+      ['POST', '/v1/users', { email: 'k@example.com', password: PASS, superuser: true }, admin],
+      ['PATCH', `/v1/users/${t.adminId}`, { active: 'no' }, admin],
+      ['POST', '/v1/orgs', { slug: 'Bad Slug', name: 'x' }, admin],
+      ['POST', '/v1/auth/totp/confirm', {}, admin],
+      ['POST', '/v1/auth/totp/disable', { code: '123456' }, admin],
+      ['POST', '/v1/auth/password', { new_password: PASS }, admin],
+    ];
+    for (const [method, url, body, token] of cases) {
+      const res = await t.call(method as 'POST', url, { body, ...(token ? { token } : {}) });
+      assert.equal(res.statusCode, 400, `${method} ${url} ${JSON.stringify(body)}: ${res.body}`);
+      assert.equal(res.json().code, 'validation_failed');
+    }
+    const notJson = await t.app.inject({
+      method: 'POST',
+      url: '/v1/auth/login',
+      headers: { 'content-type': 'application/json' },
+      payload: '{"email":',
+    });
+    assert.equal(notJson.json().code, 'invalid_json');
+    const policies: [string, string][] = [
+      ['short', 'password_too_short'],
+      ['password123456', 'password_too_common'],
+      ['kim@example.com and more', 'password_contains_identity'],
+    ];
+    for (const [password, code] of policies) {
+      const res = await t.call('POST', '/v1/users', {
+        token: admin,
+        body: { email: 'kim@example.com', password },
+      });
+      assert.equal(res.json().code, code);
+    }
+    const badRefresh = await t.call('POST', '/v1/auth/refresh', {
+      body: { refresh_token: 'ses_01J00000000000000000000000.0.AAAA' },
+    });
+    assert.equal(badRefresh.json().code, 'refresh_token_invalid');
+    const forgedRefresh = await t.call('POST', '/v1/auth/refresh', {
+      body: { refresh_token: `ses_01J00000000000000000000000.0.${'A'.repeat(43)}` },
+    });
+    assert.equal(forgedRefresh.json().code, 'refresh_token_invalid');
+    const garbage = await t.call('GET', '/v1/me', { token: 'eyJhbGciOiJFZERTQSJ9.e30.AAAA' });
+    assert.equal(garbage.json().code, 'token_invalid');
+    const none = await t.call('GET', '/v1/me');
+    assert.equal(none.json().code, 'unauthenticated');
+    const apiKeyShaped = await t.call('GET', '/v1/me', { token: 'stw_live_abc' });
+    // Not a JWT: identity leaves it alone, and the keys authenticator names the problem.
+    assert.equal(apiKeyShaped.statusCode, 401);
+    assert.equal(apiKeyShaped.json().code, 'key_malformed');
+  });
+
+  test('bootstrap refuses when a superuser exists; first-start bootstrap is a no-op then', async () => {
+    const out: string[] = [];
+    await assert.rejects(
+      runBootstrap(
+        t.app.steward.identity,
+        { STEWARD_ADMIN_EMAIL: 'x@example.com', STEWARD_ADMIN_PASSWORD: undefined },
+        (s) => out.push(s),
+      ),
+      (error: { code?: string }) => error.code === 'superuser_exists',
+    );
+    assert.equal(
+      await bootstrapOnFirstStart(
+        t.app.steward.identity,
+        { STEWARD_ADMIN_EMAIL: undefined, STEWARD_ADMIN_PASSWORD: undefined },
+        (s) => out.push(s),
+      ),
+      false,
+    );
+    assert.deepEqual(out, []);
+  });
+});
+
+describe('first start on an empty database', () => {
+  test('creates org default and a superuser, printing a generated password once', async () => {
+    const store = await openTestStore('pglite');
+    const app = await buildApp(loadConfig({ LOG_LEVEL: 'silent' }), {
+      db: store.db,
+      keyring: createKeyring(randomBytes(32)),
+    });
+    try {
+      await app.ready();
+      const out: string[] = [];
+      assert.equal(
+        await bootstrapOnFirstStart(
+          app.steward.identity,
+          { STEWARD_ADMIN_EMAIL: 'boss@example.com', STEWARD_ADMIN_PASSWORD: undefined },
+          (s) => out.push(s),
+        ),
+        true,
+      );
+      const printed = out.join('');
+      const password = /shown once, store it now\): (\S+)/.exec(printed)?.[1];
+      assert.ok(password && password.length >= 20);
+      const login = await app.inject({
+        method: 'POST',
+        url: '/v1/auth/login',
+        payload: { email: 'boss@example.com', password },
+      });
+      assert.equal(login.statusCode, 200);
+      const me = await app.inject({
+        method: 'GET',
+        url: '/v1/me',
+        headers: { authorization: `Bearer ${login.json().access_token}` },
+      });
+      assert.equal(me.json().superuser, true);
+      assert.deepEqual(me.json().roles, ['admin']);
+      const rows = await store.db.query<{ password_hash: string }>('select password_hash from users');
+      assert.ok(
+        rows.every((r) => r.password_hash.startsWith('$argon2id$') && !r.password_hash.includes(password)),
+      );
+      assert.equal(
+        await bootstrapOnFirstStart(
+          app.steward.identity,
+          { STEWARD_ADMIN_EMAIL: undefined, STEWARD_ADMIN_PASSWORD: undefined },
+          (s) => out.push(s),
+        ),
+        false,
+      );
+    } finally {
+      await app.close();
+      await store.dispose();
+    }
+  });
+});
+
+for (const { kind, skip } of STORES) {
+  describe(`revocation across instances (${kind})`, { skip }, () => {
+    test('a revoke on one instance is refused on another within 1 s: by the bus, and by polling alone', async () => {
+      const store = await openTestStore(kind);
+      const keyring = createKeyring(randomBytes(32));
+      const config = loadConfig({ LOG_LEVEL: 'silent', SESSION_REVOCATION_POLL_MS: '500' });
+      const shared = createMemoryBus();
+      const a = await buildApp(config, { db: store.db, keyring, bus: shared });
+      const b = await buildApp(config, { db: store.db, keyring, bus: shared });
+      const c = await buildApp(config, { db: store.db, keyring, bus: createMemoryBus() }); // hears nothing
+      try {
+        await Promise.all([a.ready(), b.ready(), c.ready()]);
+        await a.steward.identity.bootstrap(ADMIN);
+        const login = await a.inject({ method: 'POST', url: '/v1/auth/login', payload: ADMIN });
+        const { access_token } = login.json();
+        const me = (app: typeof a) =>
+          app.inject({ method: 'GET', url: '/v1/me', headers: { authorization: `Bearer ${access_token}` } });
+        // Instances B and C verify (and cache) the token.
+        assert.equal((await me(b)).statusCode, 200);
+        assert.equal((await me(c)).statusCode, 200);
+        const started = Date.now();
+        assert.equal(
+          (
+            await a.inject({
+              method: 'POST',
+              url: '/v1/auth/logout',
+              headers: { authorization: `Bearer ${access_token}` },
+            })
+          ).statusCode,
+          204,
+        );
+        assert.equal((await me(b)).json().code, 'session_revoked', 'bus: at once');
+        let refusedAt = 0;
+        while (Date.now() - started < 2000) {
+          if ((await me(c)).statusCode === 401) {
+            refusedAt = Date.now() - started;
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        assert.ok(refusedAt > 0 && refusedAt < 1000, `refused by polling after ${refusedAt} ms`);
+      } finally {
+        await a.close();
+        await b.close();
+        await c.close();
+        await store.dispose();
+      }
+    });
+  });
+}

@@ -1,0 +1,86 @@
+import { and, asc, eq, gt, isNull, sql } from 'drizzle-orm';
+import type { DbOrTx } from '../db/client.ts';
+import { orgMemberships, sessions, users } from './schema.ts';
+
+export type User = typeof users.$inferSelect;
+export type Session = typeof sessions.$inferSelect;
+export type Membership = typeof orgMemberships.$inferSelect;
+
+/** Email lookup is case-insensitive, as the unique index is. */
+export async function userByEmail(db: DbOrTx, email: string): Promise<User | undefined> {
+  const [row] = await db.select().from(users).where(sql`lower(${users.email}) = lower(${email})`);
+  return row;
+}
+
+export async function userById(db: DbOrTx, id: string): Promise<User | undefined> {
+  const [row] = await db.select().from(users).where(eq(users.id, id));
+  return row;
+}
+
+/** The user, if a member (active or not) of the org: another org's user is simply not found. */
+export async function memberById(
+  db: DbOrTx,
+  orgId: string,
+  userId: string,
+): Promise<{ user: User; membership: Membership } | undefined> {
+  const [row] = await db
+    .select({ user: users, membership: orgMemberships })
+    .from(users)
+    .innerJoin(orgMemberships, eq(orgMemberships.userId, users.id))
+    .where(and(eq(orgMemberships.orgId, orgId), eq(users.id, userId)));
+  return row;
+}
+
+export async function membership(db: DbOrTx, orgId: string, userId: string): Promise<Membership | undefined> {
+  const [row] = await db
+    .select()
+    .from(orgMemberships)
+    .where(and(eq(orgMemberships.orgId, orgId), eq(orgMemberships.userId, userId)));
+  return row;
+}
+
+/** Active memberships, oldest first: the first is where a login without `org` lands. */
+export async function activeMemberships(db: DbOrTx, userId: string): Promise<Membership[]> {
+  return db
+    .select()
+    .from(orgMemberships)
+    .where(and(eq(orgMemberships.userId, userId), eq(orgMemberships.active, true)))
+    .orderBy(asc(orgMemberships.createdAt), asc(orgMemberships.orgId));
+}
+
+export async function listMembers(
+  db: DbOrTx,
+  orgId: string,
+  page: { limit: number; afterId?: string | undefined },
+): Promise<{ user: User; membership: Membership }[]> {
+  return db
+    .select({ user: users, membership: orgMemberships })
+    .from(users)
+    .innerJoin(orgMemberships, eq(orgMemberships.userId, users.id))
+    .where(and(eq(orgMemberships.orgId, orgId), page.afterId ? gt(users.id, page.afterId) : undefined))
+    .orderBy(asc(users.id))
+    .limit(page.limit);
+}
+
+/** Revokes live sessions matching `where`, returning their ids for the revocation list. */
+export async function revokeSessions(
+  db: DbOrTx,
+  filter: { userId: string; orgId?: string; exceptId?: string; id?: string },
+  reason: string,
+  now: Date,
+): Promise<string[]> {
+  const rows = await db
+    .update(sessions)
+    .set({ revokedAt: now, revokedReason: reason })
+    .where(
+      and(
+        eq(sessions.userId, filter.userId),
+        isNull(sessions.revokedAt),
+        filter.orgId ? eq(sessions.orgId, filter.orgId) : undefined,
+        filter.id ? eq(sessions.id, filter.id) : undefined,
+        filter.exceptId ? sql`${sessions.id} <> ${filter.exceptId}` : undefined,
+      ),
+    )
+    .returning({ id: sessions.id });
+  return rows.map((r) => r.id);
+}

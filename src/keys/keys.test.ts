@@ -1,0 +1,459 @@
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import type { LightMyRequestResponse } from 'fastify';
+import { STORES } from '../../test/helpers/stores.ts';
+import { ADMIN, type IdentityTestApp, identityTestApp } from '../identity/test-support.ts';
+
+const TIERS = JSON.stringify({
+  free: { quota: 10_000, ratelimit: null },
+  tiny: { quota: 3, ratelimit: null },
+  enterprise: { quota: null, ratelimit: null },
+});
+
+function problem(res: LightMyRequestResponse, status: number, code: string): Record<string, unknown> {
+  assert.equal(res.statusCode, status, res.body);
+  assert.match(String(res.headers['content-type']), /application\/problem\+json/);
+  const body = res.json() as Record<string, unknown>;
+  assert.equal(body.code, code, res.body);
+  return body;
+}
+
+for (const store of STORES) {
+  describe(`API keys over HTTP (${store.kind})`, { skip: store.skip }, () => {
+    let t: IdentityTestApp;
+    let token: string;
+    before(async () => {
+      t = await identityTestApp(store.kind, { TRUST_PROXY: '10.0.0.1', API_KEY_TIERS: TIERS });
+    });
+    // Tests move the clock (quota periods, grace): a fresh access token for each.
+    beforeEach(async () => {
+      token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+    });
+    after(() => t.close());
+
+    const create = async (body: Record<string, unknown> = {}, as = token) => {
+      const res = await t.call('POST', '/v1/keys', {
+        token: as,
+        body: { name: 'k', scopes: ['*'], tier: 'enterprise', ...body },
+      });
+      assert.equal(res.statusCode, 201, res.body);
+      return res.json() as { id: string; key: string; prefix: string };
+    };
+    const verify = async (key: string, extra: Record<string, unknown> = {}, as = token) => {
+      const res = await t.call('POST', '/v1/keys/verify', { token: as, body: { key, ...extra } });
+      assert.equal(res.statusCode, 200, res.body);
+      return res.json() as {
+        valid: boolean;
+        code: string;
+        key_id: string | null;
+        org_id: string | null;
+        owner: string | null;
+        scopes: string[] | null;
+        ratelimit: { limit: number; remaining: number; reset: number } | null;
+        quota: { limit: number; remaining: number; period_end: string } | null;
+      };
+    };
+    const putSettings = ({ body }: { body: Record<string, unknown> }) =>
+      t.app.inject({
+        method: 'PUT',
+        url: '/v1/keys/settings',
+        headers: { authorization: `Bearer ${token}` },
+        payload: body,
+      });
+    const withKey = (key: string, url = '/v1/auth/whoami', headers: Record<string, string> = {}) =>
+      t.app.inject({ method: 'GET', url, headers: { 'x-api-key': key, ...headers } });
+
+    test('created once, stored hashed, listed by prefix; valid over verify, X-API-Key and Bearer', async () => {
+      const k = await create({ metadata: { team: 'a' } });
+      assert.match(k.key, /^stw_live_[1-9A-HJ-NP-Za-km-z]{40,46}_[1-9A-HJ-NP-Za-km-z]{6}$/);
+      assert.ok(k.key.startsWith(k.prefix.replace('…', '')));
+      const list = await t.call('GET', '/v1/keys', { token });
+      assert.equal(list.statusCode, 200);
+      assert.doesNotMatch(list.body, new RegExp(k.key));
+      const got = await t.call('GET', `/v1/keys/${k.id}`, { token });
+      assert.equal(got.statusCode, 200);
+      assert.equal('key' in got.json(), false);
+      const [row] = await t.store.db.query<{ hash: string }>('select hash from api_keys where id = $1', [
+        k.id,
+      ]);
+      assert.equal(row?.hash.length, 64);
+      assert.doesNotMatch(JSON.stringify(row), /stw_live/);
+      const v = await verify(k.key);
+      assert.deepEqual(
+        {
+          valid: v.valid,
+          code: v.code,
+          key_id: v.key_id,
+          org_id: v.org_id,
+          owner: v.owner,
+          scopes: v.scopes,
+        },
+        { valid: true, code: 'valid', key_id: k.id, org_id: t.orgId, owner: t.adminId, scopes: ['*'] },
+      );
+      assert.equal(v.ratelimit, null);
+      assert.equal(v.quota, null);
+      const me = await withKey(k.key);
+      assert.equal(me.statusCode, 200, me.body);
+      assert.equal(me.json().id, k.id);
+      const bearer = await t.call('GET', '/v1/auth/whoami', { token: k.key });
+      assert.equal(bearer.statusCode, 200, bearer.body);
+      // The audit has the creation, never the key.
+      const events = await t.store.db.query<{ action: string; changes: unknown }>(
+        "select action, changes from audit_events where resource_id = $1 and action = 'key.created'",
+        [k.id],
+      );
+      assert.equal(events.length, 1);
+      assert.doesNotMatch(JSON.stringify(events), new RegExp(`${k.key}|"hash"`));
+    });
+
+    test('every reason code, over POST /v1/keys/verify and the middleware', async () => {
+      // malformed: wrong shape, and one mistyped character (checksum)
+      const good = await create();
+      const typo = good.key.slice(0, 15) + (good.key[15] === 'a' ? 'b' : 'a') + good.key.slice(16);
+      for (const bad of ['nope', typo, `${good.key}x`, 'stw_live_0OIl_abcdef']) {
+        assert.equal((await verify(bad)).code, 'malformed');
+      }
+      problem(await withKey(typo), 401, 'key_malformed');
+      problem(await t.call('GET', '/v1/auth/whoami', { token: 'stw_garbage' }), 401, 'key_malformed');
+      // not_found: well-formed, checksum right, never issued
+      const { generateKey } = await import('./format.ts');
+      const unknown = generateKey('stw', 'live');
+      const nf = await verify(unknown);
+      assert.deepEqual([nf.valid, nf.code, nf.key_id, nf.org_id], [false, 'not_found', null, null]);
+      assert.equal(problem(await withKey(unknown), 401, 'key_not_found').reason, 'not_found');
+      // revoked
+      const r = await create();
+      const del = await t.call('DELETE', `/v1/keys/${r.id}`, { token, body: { reason: 'leaked' } });
+      assert.equal(del.statusCode, 200, del.body);
+      assert.equal(del.json().revoked_reason, 'leaked');
+      assert.equal((await verify(r.key)).code, 'revoked');
+      problem(await withKey(r.key), 401, 'key_revoked');
+      problem(await t.call('DELETE', `/v1/keys/${r.id}`, { token }), 409, 'api_key_revoked');
+      // expired
+      const e = await create({ expires_at: new Date(t.now.ms + 1000).toISOString() });
+      t.now.ms += 1000;
+      assert.equal((await verify(e.key)).code, 'expired');
+      problem(await withKey(e.key), 401, 'key_expired');
+      // disabled
+      const d = await create();
+      const off = await t.call('PATCH', `/v1/keys/${d.id}`, { token, body: { active: false } });
+      assert.equal(off.statusCode, 200, off.body);
+      assert.equal((await verify(d.key)).code, 'disabled');
+      problem(await withKey(d.key), 401, 'key_disabled');
+      // ip_not_allowed
+      const ip = await create({ allowed_ips: ['192.0.2.0/24'] });
+      assert.equal((await verify(ip.key, { ip: '198.51.100.1' })).code, 'ip_not_allowed');
+      assert.equal((await verify(ip.key, { ip: '192.0.2.77' })).code, 'valid');
+      problem(await withKey(ip.key), 403, 'key_ip_not_allowed');
+      // rate_limited, with headers
+      const rl = await create({ ratelimit: { limit: 2, window_seconds: 60 } });
+      const first = await withKey(rl.key);
+      assert.equal(first.statusCode, 200);
+      assert.equal(first.headers['ratelimit-limit'], '2');
+      assert.equal(first.headers['ratelimit-remaining'], '1');
+      assert.ok(Number(first.headers['ratelimit-reset']) > 0);
+      const v2 = await verify(rl.key);
+      assert.deepEqual([v2.code, v2.ratelimit?.limit, v2.ratelimit?.remaining], ['valid', 2, 0]);
+      assert.ok((v2.ratelimit?.reset ?? 0) > t.now.ms);
+      assert.equal((await verify(rl.key)).code, 'rate_limited');
+      const limited = problem(await withKey(rl.key), 429, 'rate_limited');
+      assert.equal(limited.reason, 'rate_limited');
+      const again = await withKey(rl.key);
+      assert.ok(Number(again.headers['retry-after']) >= 1);
+      assert.equal(again.headers['ratelimit-remaining'], '0');
+      // quota_exceeded
+      const qk = await create({ tier: 'tiny' });
+      for (let i = 0; i < 3; i++) assert.equal((await verify(qk.key)).code, 'valid');
+      const qx = await verify(qk.key);
+      assert.deepEqual([qx.code, qx.quota?.limit, qx.quota?.remaining], ['quota_exceeded', 3, 0]);
+      const qres = problem(await withKey(qk.key), 429, 'quota_exceeded');
+      assert.equal(qres.reason, 'quota_exceeded');
+      // permission_denied: scopes ∩ owner's rights
+      const scoped = await create({ scopes: ['secrets:read'] });
+      assert.equal((await verify(scoped.key, { permission: 'secrets:read' })).code, 'valid');
+      const pd = await verify(scoped.key, { permission: 'roles:update' });
+      assert.deepEqual([pd.valid, pd.code, pd.key_id], [false, 'permission_denied', scoped.id]);
+      problem(await withKey(scoped.key, '/v1/keys'), 403, 'permission_denied');
+      // Order: a revoked key over its rate limit answers revoked, an expired disabled key expired.
+      const both = await create({ expires_at: new Date(t.now.ms + 1000).toISOString() });
+      await t.call('PATCH', `/v1/keys/${both.id}`, { token, body: { active: false } });
+      t.now.ms += 1000;
+      assert.equal((await verify(both.key)).code, 'expired');
+    });
+
+    test('verify needs api_keys:verify', async () => {
+      const k = await create({ scopes: ['api_keys:read'] });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/keys/verify',
+        headers: { 'x-api-key': k.key },
+        payload: { key: k.key },
+      });
+      problem(res, 403, 'permission_denied');
+      problem(
+        await t.app.inject({ method: 'POST', url: '/v1/keys/verify', payload: { key: k.key } }),
+        401,
+        'unauthenticated',
+      );
+      // A key holding api_keys:verify may verify.
+      const verifier = await create({ scopes: ['api_keys:verify'] });
+      const ok = await t.app.inject({
+        method: 'POST',
+        url: '/v1/keys/verify',
+        headers: { 'x-api-key': verifier.key },
+        payload: { key: k.key },
+      });
+      assert.equal(ok.statusCode, 200, ok.body);
+      assert.equal(ok.json().code, 'valid');
+    });
+
+    test('roll: the old key works until the grace period ends, not at its end', async () => {
+      const old = await create({ scopes: ['secrets:read'], metadata: { x: 1 } });
+      const res = await t.call('POST', `/v1/keys/${old.id}/roll`, { token, body: { grace_seconds: 60 } });
+      assert.equal(res.statusCode, 201, res.body);
+      const rolled = res.json() as {
+        id: string;
+        key: string;
+        scopes: string[];
+        previous: { expires_at: string };
+      };
+      assert.notEqual(rolled.id, old.id);
+      assert.deepEqual(rolled.scopes, ['secrets:read']);
+      assert.equal(Date.parse(rolled.previous.expires_at), t.now.ms + 60_000);
+      const start = t.now.ms;
+      t.now.ms = start + 59_999;
+      assert.equal((await verify(old.key)).code, 'valid');
+      assert.equal((await verify(rolled.key)).code, 'valid');
+      t.now.ms = start + 60_000;
+      assert.equal((await verify(old.key)).code, 'expired');
+      assert.equal((await verify(rolled.key)).code, 'valid');
+      const oldRow = (await t.call('GET', `/v1/keys/${old.id}`, { token })).json();
+      assert.equal(oldRow.rolled_to, rolled.id);
+      // grace 0: the old key stops at once
+      const again = await t.call('POST', `/v1/keys/${rolled.id}/roll`, { token, body: { grace_seconds: 0 } });
+      assert.equal(again.statusCode, 201);
+      assert.equal((await verify(rolled.key)).code, 'expired');
+      const events = await t.store.db.query("select 1 from audit_events where action = 'key.rolled'");
+      assert.equal(events.length, 2);
+    });
+
+    test('quota resets at the end of the billing period (injected clock); usage is flushed in batches', async () => {
+      const k = await create({ tier: 'tiny', period_days: 1 });
+      const periodStart = t.now.ms;
+      for (let i = 0; i < 3; i++) assert.equal((await verify(k.key)).code, 'valid');
+      const over = await verify(k.key);
+      assert.equal(over.code, 'quota_exceeded');
+      assert.equal(Date.parse(over.quota?.period_end ?? ''), periodStart + 86_400_000);
+      // No write per verification: between two flushes the row does not move. The flush timer
+      // runs every second, so a window can contain one; then look again.
+      const verifier = t.app.steward.keys.verifier;
+      const countOf = async (id: string) =>
+        (
+          await t.store.db.query<{ request_count: number }>(
+            'select request_count from api_keys where id = $1',
+            [id],
+          )
+        )[0]?.request_count;
+      const probe = await create({});
+      for (let attempt = 0; ; attempt++) {
+        assert.ok(attempt < 20, 'a flush in every window');
+        const flushesBefore = verifier.stats().flushes;
+        const rowBefore = await countOf(probe.id);
+        for (let i = 0; i < 3; i++) assert.equal((await verify(probe.key)).code, 'valid');
+        const rowAfter = await countOf(probe.id);
+        if (verifier.stats().flushes !== flushesBefore) continue;
+        assert.equal(rowAfter, rowBefore);
+        break;
+      }
+      await verifier.flush();
+      const got = (await t.call('GET', `/v1/keys/${k.id}`, { token })).json();
+      assert.equal(got.usage.request_count, 3);
+      assert.ok(got.last_used_at !== null);
+      t.now.ms = periodStart + 86_400_000 - 1;
+      token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+      assert.equal((await verify(k.key)).code, 'quota_exceeded');
+      t.now.ms = periodStart + 86_400_000;
+      const fresh = await verify(k.key);
+      assert.equal(fresh.code, 'valid');
+      assert.equal(fresh.quota?.remaining, 2);
+      assert.equal(Date.parse(fresh.quota?.period_end ?? ''), periodStart + 2 * 86_400_000);
+      await t.app.steward.keys.verifier.flush();
+      const after = (await t.call('GET', `/v1/keys/${k.id}`, { token })).json();
+      assert.equal(after.usage.request_count, 1);
+      assert.equal(Date.parse(after.usage.period_start), periodStart + 86_400_000);
+    });
+
+    test('IP allowlist: IPv6 CIDR; X-Forwarded-For believed only from a trusted proxy', async () => {
+      const k = await create({ allowed_ips: ['2001:db8::/32', '192.0.2.10'] });
+      const from = (remoteAddress: string, xff?: string) =>
+        t.app.inject({
+          method: 'GET',
+          url: '/v1/auth/whoami',
+          remoteAddress,
+          headers: { 'x-api-key': k.key, ...(xff ? { 'x-forwarded-for': xff } : {}) },
+        });
+      assert.equal((await from('2001:db8:1::5')).statusCode, 200);
+      problem(await from('2001:db9::5'), 403, 'key_ip_not_allowed');
+      assert.equal((await from('192.0.2.10')).statusCode, 200);
+      assert.equal((await from('::ffff:192.0.2.10')).statusCode, 200);
+      // An untrusted client claiming an allowed address is judged by its own address.
+      problem(await from('203.0.113.9', '2001:db8::5'), 403, 'key_ip_not_allowed');
+      // The trusted proxy's header is believed.
+      assert.equal((await from('10.0.0.1', '2001:db8::7')).statusCode, 200);
+      problem(await from('10.0.0.1', '2001:dead::7'), 403, 'key_ip_not_allowed');
+      problem(
+        await t.call('POST', '/v1/keys', {
+          token,
+          body: { name: 'x', scopes: [], allowed_ips: ['10.0.0.0/33'] },
+        }),
+        400,
+        'invalid_cidr',
+      );
+    });
+
+    test("org A's key against org B: 404 on B's resources, not_found on verify", async () => {
+      const org = await t.call('POST', '/v1/orgs', { token, body: { slug: 'org-b', name: 'B' } });
+      assert.equal(org.statusCode, 201, org.body);
+      const tokenB = (await t.login(ADMIN.email, ADMIN.password, { org: 'org-b' })).json()
+        .access_token as string;
+      const keyB = await create({}, tokenB);
+      const keyA = await create();
+      problem(await withKey(keyA.key, `/v1/keys/${keyB.id}`), 404, 'api_key_not_found');
+      problem(await t.call('GET', `/v1/keys/${keyB.id}`, { token }), 404, 'api_key_not_found');
+      problem(
+        await t.call('PATCH', `/v1/keys/${keyB.id}`, { token, body: { name: 'x' } }),
+        404,
+        'api_key_not_found',
+      );
+      problem(await t.call('DELETE', `/v1/keys/${keyB.id}`, { token }), 404, 'api_key_not_found');
+      problem(
+        await t.call('POST', `/v1/keys/${keyB.id}/roll`, { token, body: { grace_seconds: 0 } }),
+        404,
+        'api_key_not_found',
+      );
+      const v = await verify(keyB.key);
+      assert.deepEqual(
+        [v.valid, v.code, v.key_id, v.org_id, v.owner],
+        [false, 'not_found', null, null, null],
+      );
+      const list = (await withKey(keyA.key, '/v1/keys')).json() as { data: { id: string }[] };
+      assert.ok(!list.data.some((k) => k.id === keyB.id));
+    });
+
+    test('bad inputs: wrong types, unknown fields, oversize, bad scopes and tiers', async () => {
+      const post = (body: unknown) => t.call('POST', '/v1/keys', { token, body });
+      problem(await post({ name: 7, scopes: [] }), 400, 'validation_failed');
+      problem(await post({ name: 'x', scopes: 'secrets:read' }), 400, 'validation_failed');
+      problem(await post({ name: 'x', scopes: [], admin: true }), 400, 'validation_failed');
+      problem(await post({ name: 'x'.repeat(201), scopes: [] }), 400, 'validation_failed');
+      problem(
+        await post({ name: 'x', scopes: [], metadata: { a: 'x'.repeat(9000) } }),
+        400,
+        'validation_failed',
+      );
+      problem(await post({ name: 'x', scopes: ['nope:nothing'] }), 400, 'invalid_scope');
+      problem(await post({ name: 'x', scopes: [], tier: 'platinum' }), 400, 'unknown_tier');
+      problem(await post({ name: 'x', scopes: [], expires_at: 'tomorrow' }), 400, 'validation_failed');
+      problem(
+        await post({ name: 'x', scopes: [], expires_at: new Date(t.now.ms - 1).toISOString() }),
+        400,
+        'validation_failed',
+      );
+      problem(
+        await post({ name: 'x', scopes: [], ratelimit: { limit: 0, window_seconds: 1 } }),
+        400,
+        'validation_failed',
+      );
+      problem(
+        await post({ name: 'x', scopes: [], owner: 'usr_01JD0000000000000000000000' }),
+        404,
+        'owner_not_found',
+      );
+      const verifyBad = (body: unknown) => t.call('POST', '/v1/keys/verify', { token, body });
+      problem(await verifyBad({ key: 5 }), 400, 'validation_failed');
+      problem(await verifyBad({ key: 'x', extra: 1 }), 400, 'validation_failed');
+      problem(await verifyBad({ key: 'x'.repeat(600) }), 400, 'validation_failed');
+      assert.equal((await verifyBad({ key: `stw_live_${'1'.repeat(70)}` })).json().code, 'malformed');
+      problem(await t.call('GET', '/v1/keys/not-an-id', { token }), 404, 'api_key_not_found');
+      problem(await t.call('GET', '/v1/keys?cursor=zzz', { token }), 400, 'invalid_cursor');
+      problem(
+        await t.call('POST', '/v1/keys/key_01JD0000000000000000000000/roll', { token, body: {} }),
+        400,
+        'validation_failed',
+      );
+    });
+
+    test('pagination over keys', async () => {
+      const seen = new Set<string>();
+      let cursor: string | null = null;
+      let pages = 0;
+      do {
+        const res = await t.call('GET', `/v1/keys?limit=3${cursor ? `&cursor=${cursor}` : ''}`, { token });
+        assert.equal(res.statusCode, 200, res.body);
+        const body = res.json() as { data: { id: string }[]; next_cursor: string | null };
+        for (const k of body.data) seen.add(k.id);
+        cursor = body.next_cursor;
+        pages++;
+      } while (cursor !== null && pages < 100);
+      const [count] = await t.store.db.query<{ n: number }>(
+        'select count(*)::int as n from api_keys where org_id = $1',
+        [t.orgId],
+      );
+      assert.equal(seen.size, count?.n);
+      assert.ok(pages > 1);
+    });
+
+    test('burst: audited once per window; suspends the key only when the org says so', async () => {
+      const put = await putSettings({
+        body: { burst_threshold: 5, burst_window_seconds: 60, suspend_on_burst: false },
+      });
+      assert.equal(put.statusCode, 200, put.body);
+      const k = await create();
+      for (let i = 0; i < 12; i++) assert.equal((await verify(k.key)).code, 'valid');
+      const waitFor = async (sql: string, params: unknown[], n: number) => {
+        for (let i = 0; i < 100; i++) {
+          const rows = await t.store.db.query(sql, params);
+          if (rows.length >= n) return rows;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        return t.store.db.query(sql, params);
+      };
+      const bursts =
+        "select details from audit_events where action = 'security.burst_detected' and resource_id = $1";
+      assert.equal((await waitFor(bursts, [k.id], 1)).length, 1);
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal((await t.store.db.query(bursts, [k.id])).length, 1, 'once per key per window');
+      // Suspension on.
+      await putSettings({ body: { burst_threshold: 5, burst_window_seconds: 60, suspend_on_burst: true } });
+      const s = await create();
+      const codes: string[] = [];
+      for (let i = 0; i < 7; i++) codes.push((await verify(s.key)).code);
+      assert.deepEqual(codes, ['valid', 'valid', 'valid', 'valid', 'valid', 'disabled', 'disabled']);
+      await waitFor(
+        "select 1 from audit_events where action = 'key.suspended' and resource_id = $1",
+        [s.id],
+        1,
+      );
+      const row = (await t.call('GET', `/v1/keys/${s.id}`, { token })).json();
+      assert.deepEqual([row.active, row.disabled_reason], [false, 'burst_detected']);
+      // An admin re-enables it.
+      const on = await t.call('PATCH', `/v1/keys/${s.id}`, { token, body: { active: true } });
+      assert.equal(on.json().active, true);
+      t.now.ms += 61_000;
+      assert.equal((await verify(s.key)).code, 'valid');
+      await putSettings({ body: { burst_threshold: 50, burst_window_seconds: 60, suspend_on_burst: false } });
+    });
+
+    test('burst of key creations from one source is detected', async () => {
+      await putSettings({ body: { burst_threshold: 3, burst_window_seconds: 60, suspend_on_burst: false } });
+      t.now.ms += 120_000;
+      for (let i = 0; i < 5; i++) await create({ name: `burst-${i}` });
+      const rows = await t.store.db.query<{ details: { kind: string; source: string } }>(
+        "select details from audit_events where action = 'security.burst_detected'",
+      );
+      const creation = rows.filter((r) => r.details.kind === 'key_creation');
+      assert.equal(creation.length, 2, JSON.stringify(creation)); // per IP and per principal, once each
+      await putSettings({ body: { burst_threshold: 50, burst_window_seconds: 60, suspend_on_burst: false } });
+    });
+  });
+}

@@ -1,0 +1,150 @@
+import { and, desc, eq, gte, lt, type SQL } from 'drizzle-orm';
+import type { DbHandle, DbOrTx } from '../db/client.ts';
+import { apiKeySettings, apiKeys, signals, webhookKeys } from './schema.ts';
+
+export type ApiKeyRow = typeof apiKeys.$inferSelect;
+export type WebhookKeyRow = typeof webhookKeys.$inferSelect;
+export type SignalRow = typeof signals.$inferSelect;
+
+/** Burst detection settings of an org (defaults when it has no row). */
+export interface KeySettings {
+  burstThreshold: number;
+  burstWindowSeconds: number;
+  suspendOnBurst: boolean;
+}
+
+export const DEFAULT_KEY_SETTINGS: KeySettings = Object.freeze({
+  burstThreshold: 50,
+  burstWindowSeconds: 60,
+  suspendOnBurst: false,
+});
+
+export async function keyByHash(db: DbOrTx, hash: string): Promise<ApiKeyRow | null> {
+  const [row] = await db.select().from(apiKeys).where(eq(apiKeys.hash, hash));
+  return row ?? null;
+}
+
+export async function keyById(db: DbOrTx, orgId: string, id: string): Promise<ApiKeyRow | null> {
+  const [row] = await db
+    .select()
+    .from(apiKeys)
+    .where(and(eq(apiKeys.orgId, orgId), eq(apiKeys.id, id)));
+  return row ?? null;
+}
+
+/** One page of an org's keys, newest first; `before` is the last id of the previous page. */
+export async function listKeys(
+  db: DbOrTx,
+  orgId: string,
+  options: { limit: number; before?: string | undefined; ownerId?: string | undefined },
+): Promise<ApiKeyRow[]> {
+  const where: SQL[] = [eq(apiKeys.orgId, orgId)];
+  if (options.before !== undefined) where.push(lt(apiKeys.id, options.before));
+  if (options.ownerId !== undefined) where.push(eq(apiKeys.ownerId, options.ownerId));
+  return db
+    .select()
+    .from(apiKeys)
+    .where(and(...where))
+    .orderBy(desc(apiKeys.id))
+    .limit(options.limit);
+}
+
+export async function settingsOf(db: DbOrTx, orgId: string): Promise<KeySettings> {
+  const [row] = await db.select().from(apiKeySettings).where(eq(apiKeySettings.orgId, orgId));
+  return row
+    ? {
+        burstThreshold: row.burstThreshold,
+        burstWindowSeconds: row.burstWindowSeconds,
+        suspendOnBurst: row.suspendOnBurst,
+      }
+    : DEFAULT_KEY_SETTINGS;
+}
+
+/** Keys changed (not merely used) since `since`: the invalidation poll. */
+export async function keysChangedSince(db: DbOrTx, since: Date): Promise<{ id: string; updatedAt: Date }[]> {
+  return db
+    .select({ id: apiKeys.id, updatedAt: apiKeys.updatedAt })
+    .from(apiKeys)
+    .where(gte(apiKeys.updatedAt, since))
+    .limit(10_000);
+}
+
+export interface UsageDelta {
+  id: string;
+  delta: number;
+  periodStart: Date;
+  lastUsedAt: Date;
+}
+
+/**
+ * Adds batched usage in one statement. A delta counted in a newer period than the row's
+ * restarts the count (the period ended); one counted in an older period is dropped. Returns the
+ * totals, so each instance sees the others' usage at every flush. Does not touch `updated_at`.
+ */
+export async function addUsage(
+  db: DbHandle,
+  deltas: readonly UsageDelta[],
+): Promise<{ id: string; request_count: number; period_start: Date | string }[]> {
+  return db.query(
+    `update api_keys as k set
+       request_count = case
+         when k.period_start = v.ps then k.request_count + v.d
+         when k.period_start < v.ps then v.d
+         else k.request_count end,
+       period_start = greatest(k.period_start, v.ps),
+       last_used_at = greatest(k.last_used_at, v.lu)
+     from unnest($1::text[], $2::int[], $3::timestamptz[], $4::timestamptz[]) as v(id, d, ps, lu)
+     where k.id = v.id
+     returning k.id, k.request_count, k.period_start`,
+    [
+      deltas.map((d) => d.id),
+      deltas.map((d) => d.delta),
+      deltas.map((d) => d.periodStart.toISOString()),
+      deltas.map((d) => d.lastUsedAt.toISOString()),
+    ],
+  );
+}
+
+export async function webhookKeyByHash(db: DbOrTx, hash: string): Promise<WebhookKeyRow | null> {
+  const [row] = await db.select().from(webhookKeys).where(eq(webhookKeys.keyHash, hash));
+  return row ?? null;
+}
+
+export async function webhookKeyById(db: DbOrTx, orgId: string, id: string): Promise<WebhookKeyRow | null> {
+  const [row] = await db
+    .select()
+    .from(webhookKeys)
+    .where(and(eq(webhookKeys.orgId, orgId), eq(webhookKeys.id, id)));
+  return row ?? null;
+}
+
+export async function listWebhookKeys(
+  db: DbOrTx,
+  orgId: string,
+  options: { limit: number; before?: string | undefined },
+): Promise<WebhookKeyRow[]> {
+  const where: SQL[] = [eq(webhookKeys.orgId, orgId)];
+  if (options.before !== undefined) where.push(lt(webhookKeys.id, options.before));
+  return db
+    .select()
+    .from(webhookKeys)
+    .where(and(...where))
+    .orderBy(desc(webhookKeys.id))
+    .limit(options.limit);
+}
+
+export async function listSignals(
+  db: DbOrTx,
+  orgId: string,
+  options: { limit: number; before?: string | undefined; sourceKeyId?: string | undefined },
+): Promise<SignalRow[]> {
+  const where: SQL[] = [eq(signals.orgId, orgId)];
+  if (options.before !== undefined) where.push(lt(signals.id, options.before));
+  if (options.sourceKeyId !== undefined) where.push(eq(signals.sourceKeyId, options.sourceKeyId));
+  return db
+    .select()
+    .from(signals)
+    .where(and(...where))
+    .orderBy(desc(signals.id))
+    .limit(options.limit);
+}

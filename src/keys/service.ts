@@ -1,0 +1,720 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
+import { and, eq, sql } from 'drizzle-orm';
+import { Webhook } from 'standardwebhooks';
+import type { AuditContext, AuditEventInput, AuditRecorder } from '../audit/service.ts';
+import { actorOf } from '../audit/service.ts';
+import type { Authz } from '../authz/contract.ts';
+import { isPermissionPattern } from '../authz/roles.ts';
+import { open, seal } from '../crypto/envelope.ts';
+import type { Keyring } from '../crypto/keyring.ts';
+import type { DbHandle } from '../db/client.ts';
+import { isId, newId } from '../db/ids.ts';
+import { httpErrors } from '../http/errors.ts';
+import type { Principal } from '../http/principal.ts';
+import { keyErrors } from './errors.ts';
+import {
+  API_KEY_PRODUCT,
+  displayPrefix,
+  generateKey,
+  hashKey,
+  isWellFormed,
+  WEBHOOK_KEY_PRODUCT,
+} from './format.ts';
+import * as q from './queries.ts';
+import { apiKeySettings, apiKeys, signals, webhookKeys } from './schema.ts';
+import type { Tier } from './tiers.ts';
+import type { CachedKey, KeyVerifier } from './verifier.ts';
+
+/** Standard Webhooks tolerance between `webhook-timestamp` and our clock. */
+export const WEBHOOK_TOLERANCE_SECONDS = 300;
+
+export interface CreateKeyInput {
+  name: string;
+  owner?: string | undefined;
+  scopes: string[];
+  tier?: string | undefined;
+  environment?: 'live' | 'test' | undefined;
+  ratelimit?: { limit: number; window_seconds: number } | null | undefined;
+  allowed_ips?: string[] | undefined;
+  expires_at?: Date | null | undefined;
+  period_days?: number | undefined;
+  metadata?: Record<string, unknown> | undefined;
+}
+
+export type UpdateKeyInput = Partial<
+  Pick<CreateKeyInput, 'name' | 'scopes' | 'tier' | 'ratelimit' | 'allowed_ips' | 'expires_at' | 'metadata'>
+> & { active?: boolean | undefined; period_days?: number | undefined };
+
+export interface KeysServiceDeps {
+  db: DbHandle;
+  audit: AuditRecorder;
+  authz: Pick<Authz, 'check'>;
+  keyring: Keyring;
+  verifier: KeyVerifier;
+  tiers: ReadonlyMap<string, Tier>;
+  defaultEnvironment: 'live' | 'test';
+  clock: () => Date;
+  /** The user with this id in this org (active), or null. */
+  findUser(orgId: string, id: string): Promise<Principal | null>;
+  onError(error: unknown, what: string): void;
+}
+
+const SYSTEM = { type: 'system', name: 'steward' } as const;
+
+/** A CIDR or a single address, IPv4 or IPv6; normalised (`10.0.0.0/8`, `2001:db8::/32`). */
+export function parseCidr(entry: string): string | null {
+  const [address = '', bits, extra] = entry.trim().split('/');
+  if (extra !== undefined) return null;
+  const family = isIP(address);
+  if (family === 0) return null;
+  if (bits === undefined) return address;
+  if (!/^\d{1,3}$/.test(bits) || Number(bits) > (family === 4 ? 32 : 128)) return null;
+  return `${address}/${Number(bits)}`;
+}
+
+/** Keys, their settings, inbound webhook keys, ingestion and signals. Owns the transactions. */
+export function createKeysService(deps: KeysServiceDeps) {
+  const { db, audit, authz, keyring, verifier, tiers, clock } = deps;
+
+  async function isAdmin(caller: Principal): Promise<boolean> {
+    return (await authz.check(caller, 'api_keys:admin')).allowed;
+  }
+
+  /** Who a caller is for ownership: a key stands for its owner. */
+  const selfOf = (caller: Principal) => (caller.kind === 'key' ? (caller.ownerId ?? caller.id) : caller.id);
+
+  async function mustGet(caller: Principal, id: string): Promise<q.ApiKeyRow> {
+    const row = isId('key', id) ? await q.keyById(db.db, caller.orgId, id) : null;
+    if (row === null) throw keyErrors.api_key_not_found(`No API key ${id} in this organization`);
+    return row;
+  }
+
+  /** Changing someone else's key needs api_keys:admin; without it the key is reported missing... */
+  async function mustManage(caller: Principal, row: q.ApiKeyRow): Promise<void> {
+    if (row.ownerId === selfOf(caller)) return;
+    if (!(await isAdmin(caller))) {
+      // ...no: the caller can read it (api_keys:read), so say why it may not change it.
+      throw httpErrors.permission_denied('Changing another principal’s key needs api_keys:admin', {
+        permission: 'api_keys:admin',
+      });
+    }
+  }
+
+  function validateScopes(scopes: readonly string[]): void {
+    const bad = scopes.find((s) => !isPermissionPattern(s));
+    if (bad !== undefined)
+      throw keyErrors.invalid_scope(`Not a permission or pattern: ${bad}`, { scope: bad });
+  }
+
+  function validateTier(tier: string): void {
+    if (!tiers.has(tier)) {
+      throw keyErrors.unknown_tier(`Tiers: ${[...tiers.keys()].join(', ')}`, { tier });
+    }
+  }
+
+  function normaliseIps(entries: readonly string[]): string[] {
+    return entries.map((entry) => {
+      const cidr = parseCidr(entry);
+      if (cidr === null) throw keyErrors.invalid_cidr(`Not an IP address or CIDR: ${entry}`, { entry });
+      return cidr;
+    });
+  }
+
+  async function resolveOwner(caller: Principal, owner: string | undefined): Promise<string> {
+    const self = selfOf(caller);
+    if (owner === undefined || owner === self) return self;
+    if (!(await isAdmin(caller))) {
+      throw httpErrors.permission_denied('Creating a key for another principal needs api_keys:admin', {
+        permission: 'api_keys:admin',
+      });
+    }
+    if (isId('usr', owner) && (await deps.findUser(caller.orgId, owner)) !== null) return owner;
+    // No agents domain yet: a well-formed agent id is accepted; it holds the rights authz gives it.
+    if (isId('agt', owner)) return owner;
+    throw keyErrors.owner_not_found(`No active user or agent ${owner} in this organization`);
+  }
+
+  // ---- creation bursts (many keys from one source) ----
+
+  const creations = new Map<string, { windowStartMs: number; count: number; reported: boolean }>();
+
+  /** Counts a creation per source; true the first time a source exceeds the threshold in a window. */
+  function creationBurst(source: string, settings: q.KeySettings, nowMs: number): number | null {
+    let entry = creations.get(source);
+    if (entry === undefined || nowMs - entry.windowStartMs >= settings.burstWindowSeconds * 1000) {
+      if (creations.size > 10_000) creations.clear();
+      entry = { windowStartMs: nowMs, count: 0, reported: false };
+      creations.set(source, entry);
+    }
+    entry.count++;
+    if (entry.count <= settings.burstThreshold || entry.reported) return null;
+    entry.reported = true;
+    return entry.count;
+  }
+
+  // ---- keys ----
+
+  async function create(caller: Principal, input: CreateKeyInput, context: AuditContext) {
+    validateScopes(input.scopes);
+    const tier = input.tier ?? 'free';
+    validateTier(tier);
+    const allowedIps = normaliseIps(input.allowed_ips ?? []);
+    const ownerId = await resolveOwner(caller, input.owner);
+    const now = clock();
+    if (input.expires_at != null && input.expires_at.getTime() <= now.getTime()) {
+      throw httpErrors.validation_failed('expires_at: must be in the future');
+    }
+    const env = input.environment ?? deps.defaultEnvironment;
+    const secret = generateKey(API_KEY_PRODUCT, env);
+    const settings = await verifier.settingsFor(caller.orgId);
+    const bursts: { source: string; count: number }[] = [];
+    for (const source of [`ip:${context.ip ?? 'unknown'}`, `principal:${selfOf(caller)}`]) {
+      const count = creationBurst(`${caller.orgId}|${source}`, settings, now.getTime());
+      if (count !== null) bursts.push({ source, count });
+    }
+    const suspend = bursts.length > 0 && settings.suspendOnBurst;
+    const id = newId('key');
+    const row = await db.db.transaction(async (tx) => {
+      const [inserted] = await tx
+        .insert(apiKeys)
+        .values({
+          id,
+          orgId: caller.orgId,
+          ownerId,
+          name: input.name,
+          prefix: displayPrefix(API_KEY_PRODUCT, secret),
+          hash: hashKey(secret),
+          environment: env,
+          scopes: input.scopes,
+          tier,
+          ratelimitLimit: input.ratelimit?.limit ?? null,
+          ratelimitWindowSeconds: input.ratelimit?.window_seconds ?? null,
+          periodStart: now,
+          periodDays: input.period_days ?? 30,
+          allowedIps,
+          expiresAt: input.expires_at ?? null,
+          active: !suspend,
+          disabledReason: suspend ? 'burst_detected' : null,
+          createdBy: caller.id,
+          metadata: input.metadata ?? {},
+          createdAt: now,
+          updatedAt: now,
+        })
+        .returning();
+      if (!inserted) throw new Error('api key insert returned nothing');
+      const events: AuditEventInput[] = [
+        {
+          orgId: caller.orgId,
+          actor: actorOf(caller),
+          action: 'key.created',
+          resource: { type: 'api_key', id },
+          context,
+          changes: { after: auditView(inserted) },
+        },
+      ];
+      for (const burst of bursts) {
+        events.push({
+          orgId: caller.orgId,
+          actor: actorOf(caller),
+          action: 'security.burst_detected',
+          resource: { type: 'api_key', id },
+          context,
+          details: {
+            kind: 'key_creation',
+            source: burst.source,
+            count: burst.count,
+            threshold: settings.burstThreshold,
+            window_seconds: settings.burstWindowSeconds,
+            suspended: suspend,
+          },
+        });
+      }
+      if (suspend) {
+        events.push({
+          orgId: caller.orgId,
+          actor: SYSTEM,
+          action: 'key.suspended',
+          resource: { type: 'api_key', id },
+          context,
+          details: { reason: 'burst_detected' },
+        });
+      }
+      await audit.record(tx, events);
+      return inserted;
+    });
+    // Pre-warm: the first verification of the new key reads no database.
+    await verifier.prime(row.hash).catch((error: unknown) => deps.onError(error, 'api key prime'));
+    return { row, key: secret };
+  }
+
+  async function list(
+    caller: Principal,
+    options: { limit: number; before?: string | undefined; owner?: string },
+  ) {
+    return q.listKeys(db.db, caller.orgId, {
+      limit: options.limit,
+      before: options.before,
+      ownerId: options.owner,
+    });
+  }
+
+  async function get(caller: Principal, id: string) {
+    return mustGet(caller, id);
+  }
+
+  async function update(caller: Principal, id: string, input: UpdateKeyInput, context: AuditContext) {
+    if (input.scopes !== undefined) validateScopes(input.scopes);
+    if (input.tier !== undefined) validateTier(input.tier);
+    const allowedIps = input.allowed_ips === undefined ? undefined : normaliseIps(input.allowed_ips);
+    const before = await mustGet(caller, id);
+    await mustManage(caller, before);
+    if (before.revokedAt !== null) throw keyErrors.api_key_revoked('A revoked key cannot change');
+    const now = clock();
+    const patch: Partial<typeof apiKeys.$inferInsert> = { updatedAt: now };
+    if (input.name !== undefined) patch.name = input.name;
+    if (input.scopes !== undefined) patch.scopes = input.scopes;
+    if (input.tier !== undefined) patch.tier = input.tier;
+    if (input.ratelimit !== undefined) {
+      patch.ratelimitLimit = input.ratelimit?.limit ?? null;
+      patch.ratelimitWindowSeconds = input.ratelimit?.window_seconds ?? null;
+    }
+    if (allowedIps !== undefined) patch.allowedIps = allowedIps;
+    if (input.expires_at !== undefined) patch.expiresAt = input.expires_at;
+    if (input.metadata !== undefined) patch.metadata = input.metadata;
+    if (input.period_days !== undefined) patch.periodDays = input.period_days;
+    if (input.active !== undefined) {
+      patch.active = input.active;
+      patch.disabledReason = input.active ? null : 'disabled by an administrator';
+    }
+    const after = await db.db.transaction(async (tx) => {
+      const [row] = await tx
+        .update(apiKeys)
+        .set(patch)
+        .where(and(eq(apiKeys.orgId, caller.orgId), eq(apiKeys.id, id)))
+        .returning();
+      if (!row) throw keyErrors.api_key_not_found();
+      await audit.record(tx, {
+        orgId: caller.orgId,
+        actor: actorOf(caller),
+        action: 'key.updated',
+        resource: { type: 'api_key', id },
+        context,
+        changes: { before: auditView(before), after: auditView(row) },
+      });
+      return row;
+    });
+    await verifier.invalidate('key', id);
+    return after;
+  }
+
+  async function revoke(caller: Principal, id: string, reason: string | undefined, context: AuditContext) {
+    const before = await mustGet(caller, id);
+    await mustManage(caller, before);
+    if (before.revokedAt !== null) throw keyErrors.api_key_revoked();
+    const now = clock();
+    const after = await db.db.transaction(async (tx) => {
+      const [row] = await tx
+        .update(apiKeys)
+        .set({ revokedAt: now, revokedReason: reason ?? null, active: false, updatedAt: now })
+        .where(and(eq(apiKeys.id, id), sql`${apiKeys.revokedAt} is null`))
+        .returning();
+      if (!row) throw keyErrors.api_key_revoked();
+      await audit.record(tx, {
+        orgId: caller.orgId,
+        actor: actorOf(caller),
+        action: 'key.revoked',
+        resource: { type: 'api_key', id },
+        context,
+        details: { reason: reason ?? null },
+      });
+      return row;
+    });
+    await verifier.invalidate('key', id);
+    return after;
+  }
+
+  /**
+   * Issues a new key with the same settings (and the same usage in the period, so a roll does not
+   * reset a quota). The old key keeps working until `now + grace` (or its own earlier expiry).
+   */
+  async function roll(caller: Principal, id: string, graceSeconds: number, context: AuditContext) {
+    const old = await mustGet(caller, id);
+    await mustManage(caller, old);
+    if (old.revokedAt !== null) throw keyErrors.api_key_revoked('A revoked key cannot be rolled');
+    const now = clock();
+    const graceEnd = new Date(now.getTime() + graceSeconds * 1000);
+    const oldExpiry = old.expiresAt !== null && old.expiresAt < graceEnd ? old.expiresAt : graceEnd;
+    const secret = generateKey(API_KEY_PRODUCT, old.environment);
+    const newKeyId = newId('key');
+    const created = await db.db.transaction(async (tx) => {
+      const [row] = await tx
+        .insert(apiKeys)
+        .values({
+          ...old,
+          id: newKeyId,
+          prefix: displayPrefix(API_KEY_PRODUCT, secret),
+          hash: hashKey(secret),
+          lastUsedAt: null,
+          rolledTo: null,
+          createdBy: caller.id,
+          createdAt: now,
+          updatedAt: now,
+        })
+        .returning();
+      if (!row) throw new Error('api key insert returned nothing');
+      await tx
+        .update(apiKeys)
+        .set({ expiresAt: oldExpiry, rolledTo: newKeyId, updatedAt: now })
+        .where(eq(apiKeys.id, id));
+      await audit.record(tx, {
+        orgId: caller.orgId,
+        actor: actorOf(caller),
+        action: 'key.rolled',
+        resource: { type: 'api_key', id },
+        context,
+        details: {
+          new_key_id: newKeyId,
+          new_prefix: row.prefix,
+          grace_seconds: graceSeconds,
+          old_key_expires_at: oldExpiry.toISOString(),
+        },
+      });
+      return row;
+    });
+    await verifier.invalidate('key', id);
+    await verifier.prime(created.hash).catch((error: unknown) => deps.onError(error, 'api key prime'));
+    return { row: created, key: secret, oldExpiresAt: oldExpiry };
+  }
+
+  /** A key crossed its org's burst threshold (once per key per window): audit, maybe suspend. */
+  async function reportBurst(key: CachedKey, count: number): Promise<void> {
+    const settings = key.settings;
+    const now = clock();
+    const suspend = settings.suspendOnBurst;
+    await db.db.transaction(async (tx) => {
+      const events: AuditEventInput[] = [
+        {
+          orgId: key.orgId,
+          actor: { type: 'key', id: key.id, name: key.principal.name },
+          action: 'security.burst_detected',
+          resource: { type: 'api_key', id: key.id },
+          details: {
+            kind: 'key_requests',
+            count,
+            threshold: settings.burstThreshold,
+            window_seconds: settings.burstWindowSeconds,
+            suspended: suspend,
+          },
+        },
+      ];
+      if (suspend) {
+        const [row] = await tx
+          .update(apiKeys)
+          .set({ active: false, disabledReason: 'burst_detected', updatedAt: now })
+          .where(and(eq(apiKeys.id, key.id), eq(apiKeys.active, true)))
+          .returning({ id: apiKeys.id });
+        if (row) {
+          events.push({
+            orgId: key.orgId,
+            actor: SYSTEM,
+            action: 'key.suspended',
+            resource: { type: 'api_key', id: key.id },
+            details: { reason: 'burst_detected' },
+          });
+        }
+      }
+      await audit.record(tx, events);
+    });
+    if (suspend) await verifier.invalidate('key', key.id);
+  }
+
+  // ---- settings ----
+
+  async function getSettings(caller: Principal): Promise<q.KeySettings> {
+    return q.settingsOf(db.db, caller.orgId);
+  }
+
+  async function putSettings(caller: Principal, input: q.KeySettings, context: AuditContext) {
+    const before = await q.settingsOf(db.db, caller.orgId);
+    const now = clock();
+    await db.db.transaction(async (tx) => {
+      await tx
+        .insert(apiKeySettings)
+        .values({ orgId: caller.orgId, ...input, updatedBy: caller.id, createdAt: now, updatedAt: now })
+        .onConflictDoUpdate({
+          target: apiKeySettings.orgId,
+          set: { ...input, updatedBy: caller.id, updatedAt: now },
+        });
+      await audit.record(tx, {
+        orgId: caller.orgId,
+        actor: actorOf(caller),
+        action: 'key.updated',
+        resource: { type: 'api_key_settings', id: caller.orgId },
+        context,
+        changes: { before, after: input },
+      });
+    });
+    await verifier.invalidate('org', caller.orgId);
+    return input;
+  }
+
+  // ---- inbound webhook keys ----
+
+  const secretAad = (id: string) => `webhook-key/${id}/secret`;
+
+  async function mustGetWebhookKey(caller: Principal, id: string): Promise<q.WebhookKeyRow> {
+    const row = isId('whk', id) ? await q.webhookKeyById(db.db, caller.orgId, id) : null;
+    if (row === null) throw keyErrors.webhook_key_not_found(`No webhook key ${id} in this organization`);
+    return row;
+  }
+
+  async function nameFree(orgId: string, name: string, except?: string): Promise<void> {
+    const [clash] = await db.db
+      .select({ id: webhookKeys.id })
+      .from(webhookKeys)
+      .where(and(eq(webhookKeys.orgId, orgId), eq(webhookKeys.name, name)));
+    if (clash && clash.id !== except)
+      throw keyErrors.webhook_key_name_taken(`A webhook key is named ${name}`);
+  }
+
+  async function createWebhookKey(caller: Principal, input: { name: string }, context: AuditContext) {
+    await nameFree(caller.orgId, input.name);
+    const id = newId('whk');
+    const key = generateKey(WEBHOOK_KEY_PRODUCT, deps.defaultEnvironment);
+    const secret = `whsec_${randomBytes(32).toString('base64')}`;
+    const now = clock();
+    const self = selfOf(caller);
+    const row = await db.db.transaction(async (tx) => {
+      const [inserted] = await tx
+        .insert(webhookKeys)
+        .values({
+          id,
+          orgId: caller.orgId,
+          name: input.name,
+          prefix: displayPrefix(WEBHOOK_KEY_PRODUCT, key),
+          keyHash: hashKey(key),
+          secretSealed: seal(keyring, secret, secretAad(id)),
+          createdBy: isId('usr', self) ? self : null,
+          createdAt: now,
+          updatedAt: now,
+        })
+        .returning();
+      if (!inserted) throw new Error('webhook key insert returned nothing');
+      await audit.record(tx, {
+        orgId: caller.orgId,
+        actor: actorOf(caller),
+        action: 'webhook_key.created',
+        resource: { type: 'webhook_key', id },
+        context,
+        changes: { after: { name: inserted.name, prefix: inserted.prefix, active: true } },
+      });
+      return inserted;
+    });
+    return { row, key, secret };
+  }
+
+  async function updateWebhookKey(
+    caller: Principal,
+    id: string,
+    input: { name?: string | undefined; active?: boolean | undefined },
+    context: AuditContext,
+  ) {
+    const before = await mustGetWebhookKey(caller, id);
+    if (input.name !== undefined && input.name !== before.name) await nameFree(caller.orgId, input.name, id);
+    const now = clock();
+    return db.db.transaction(async (tx) => {
+      const [row] = await tx
+        .update(webhookKeys)
+        .set({
+          ...(input.name === undefined ? {} : { name: input.name }),
+          ...(input.active === undefined ? {} : { active: input.active }),
+          updatedAt: now,
+        })
+        .where(and(eq(webhookKeys.orgId, caller.orgId), eq(webhookKeys.id, id)))
+        .returning();
+      if (!row) throw keyErrors.webhook_key_not_found();
+      await audit.record(tx, {
+        orgId: caller.orgId,
+        actor: actorOf(caller),
+        action: 'webhook_key.updated',
+        resource: { type: 'webhook_key', id },
+        context,
+        changes: {
+          before: { name: before.name, active: before.active },
+          after: { name: row.name, active: row.active },
+        },
+      });
+      return row;
+    });
+  }
+
+  async function deleteWebhookKey(caller: Principal, id: string, context: AuditContext): Promise<void> {
+    const before = await mustGetWebhookKey(caller, id);
+    await db.db.transaction(async (tx) => {
+      await tx.delete(webhookKeys).where(and(eq(webhookKeys.orgId, caller.orgId), eq(webhookKeys.id, id)));
+      await audit.record(tx, {
+        orgId: caller.orgId,
+        actor: actorOf(caller),
+        action: 'webhook_key.deleted',
+        resource: { type: 'webhook_key', id },
+        context,
+        changes: { before: { name: before.name, active: before.active } },
+      });
+    });
+  }
+
+  /**
+   * `POST /v1/ingest`: the webhook key, then the Standard Webhooks signature over the raw body
+   * (tolerance 5 minutes), then the message id (a replay is refused by a unique index). Nothing is
+   * stored unless every check passes.
+   */
+  async function ingest(input: {
+    apiKey: string | undefined;
+    keyName?: string | undefined;
+    headers: Record<string, string | string[] | undefined>;
+    body: Buffer;
+  }) {
+    const apiKey = input.apiKey;
+    if (apiKey === undefined || !isWellFormed(WEBHOOK_KEY_PRODUCT, apiKey)) {
+      throw keyErrors.webhook_key_invalid('Send the webhook key in X-API-Key');
+    }
+    const row = await q.webhookKeyByHash(db.db, hashKey(apiKey));
+    if (row === null || (input.keyName !== undefined && input.keyName !== row.name)) {
+      throw keyErrors.webhook_key_invalid();
+    }
+    if (!row.active) throw keyErrors.webhook_key_inactive();
+    const secret = open(keyring, row.secretSealed, secretAad(row.id)).toString('utf8');
+    const payload = input.body.toString('utf8');
+    const message = verifyStandardWebhook(secret, input.headers, payload, clock().getTime());
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(payload);
+    } catch {
+      throw httpErrors.invalid_json('A signal carries a JSON body');
+    }
+    const eventType =
+      parsed !== null && typeof parsed === 'object' && typeof (parsed as { type?: unknown }).type === 'string'
+        ? ((parsed as { type: string }).type.slice(0, 200) as string)
+        : null;
+    const now = clock();
+    return db.db.transaction(async (tx) => {
+      const [signal] = await tx
+        .insert(signals)
+        .values({
+          id: newId('sig'),
+          orgId: row.orgId,
+          sourceKeyId: row.id,
+          sourceKeyName: row.name,
+          messageId: message.id,
+          eventType,
+          payload: parsed as Record<string, unknown>,
+          receivedAt: now,
+        })
+        .onConflictDoNothing()
+        .returning();
+      if (!signal) throw keyErrors.webhook_replayed(`Message ${message.id} was already received`);
+      await tx.update(webhookKeys).set({ lastUsedAt: now }).where(eq(webhookKeys.id, row.id));
+      return signal;
+    });
+  }
+
+  return {
+    create,
+    list,
+    get,
+    update,
+    revoke,
+    roll,
+    reportBurst,
+    getSettings,
+    putSettings,
+    createWebhookKey,
+    listWebhookKeys: (caller: Principal, options: { limit: number; before?: string | undefined }) =>
+      q.listWebhookKeys(db.db, caller.orgId, options),
+    getWebhookKey: mustGetWebhookKey,
+    updateWebhookKey,
+    deleteWebhookKey,
+    ingest,
+    listSignals: (
+      caller: Principal,
+      options: { limit: number; before?: string | undefined; sourceKeyId?: string | undefined },
+    ) => q.listSignals(db.db, caller.orgId, options),
+  };
+}
+
+export type KeysService = ReturnType<typeof createKeysService>;
+
+/** What audit events keep of a key: never the hash, never the key. */
+function auditView(row: q.ApiKeyRow) {
+  return {
+    name: row.name,
+    owner: row.ownerId,
+    prefix: row.prefix,
+    environment: row.environment,
+    scopes: row.scopes,
+    tier: row.tier,
+    ratelimit:
+      row.ratelimitLimit === null
+        ? null
+        : { limit: row.ratelimitLimit, window_seconds: row.ratelimitWindowSeconds },
+    allowed_ips: row.allowedIps,
+    expires_at: row.expiresAt?.toISOString() ?? null,
+    period_days: row.periodDays,
+    active: row.active,
+    disabled_reason: row.disabledReason,
+    metadata: row.metadata,
+  };
+}
+
+const header = (headers: Record<string, string | string[] | undefined>, name: string): string | undefined => {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+};
+
+/**
+ * Standard Webhooks verification with precise reasons and an injectable clock. The HMAC is the
+ * `standardwebhooks` package's (`sign`); the header parsing, tolerance and the constant-time
+ * comparison over each `v1,` entry of the space-separated list are here. Header names are
+ * matched case-insensitively. Returns the message id and timestamp; throws a keys error.
+ */
+export function verifyStandardWebhook(
+  secret: string,
+  rawHeaders: Record<string, string | string[] | undefined>,
+  payload: string,
+  nowMs: number,
+  toleranceSeconds = WEBHOOK_TOLERANCE_SECONDS,
+): { id: string; timestamp: number } {
+  const headers: Record<string, string | string[] | undefined> = {};
+  for (const [name, value] of Object.entries(rawHeaders)) headers[name.toLowerCase()] = value;
+  const id = header(headers, 'webhook-id');
+  const timestampText = header(headers, 'webhook-timestamp');
+  const signature = header(headers, 'webhook-signature');
+  if (!id || !timestampText || !signature) {
+    throw keyErrors.webhook_headers_missing(
+      'webhook-id, webhook-timestamp and webhook-signature are required',
+    );
+  }
+  if (id.length > 256) throw keyErrors.webhook_headers_missing('webhook-id is too long');
+  if (!/^\d{1,15}$/.test(timestampText)) {
+    throw keyErrors.webhook_timestamp_invalid('webhook-timestamp must be seconds since the epoch');
+  }
+  const timestamp = Number(timestampText);
+  const now = Math.floor(nowMs / 1000);
+  if (Math.abs(now - timestamp) > toleranceSeconds) {
+    throw keyErrors.webhook_timestamp_out_of_tolerance(
+      `webhook-timestamp is more than ${toleranceSeconds} s from now`,
+    );
+  }
+  const expected = Buffer.from(
+    new Webhook(secret).sign(id, new Date(timestamp * 1000), payload).slice(3),
+    'utf8',
+  );
+  for (const entry of signature.split(' ')) {
+    const comma = entry.indexOf(',');
+    if (comma < 0 || entry.slice(0, comma) !== 'v1') continue;
+    const given = Buffer.from(entry.slice(comma + 1), 'utf8');
+    if (given.length === expected.length && timingSafeEqual(given, expected)) return { id, timestamp };
+  }
+  throw keyErrors.webhook_signature_invalid('No v1 signature matches');
+}

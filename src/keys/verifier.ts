@@ -1,0 +1,522 @@
+import { randomUUID } from 'node:crypto';
+import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { type RateLimiterAbstract, RateLimiterRes } from 'rate-limiter-flexible';
+import type { Authz } from '../authz/contract.ts';
+import type { InvalidationBus } from '../bus/index.ts';
+import type { DbHandle } from '../db/client.ts';
+import type { Principal } from '../http/principal.ts';
+import { API_KEY_PRODUCT, hashKey, isWellFormed } from './format.ts';
+import type { KeyRateLimiters } from './limits.ts';
+import * as q from './queries.ts';
+import type { RateLimit, Tier } from './tiers.ts';
+
+/** Why a verification failed, in the order the checks run; `valid` when it did not. */
+export type VerifyCode =
+  | 'valid'
+  | 'malformed'
+  | 'not_found'
+  | 'revoked'
+  | 'expired'
+  | 'disabled'
+  | 'ip_not_allowed'
+  | 'rate_limited'
+  | 'quota_exceeded'
+  | 'permission_denied';
+
+/** Bus topic on which instances announce changed keys (`<instance> key <id>`) or settings (`… org <id>`). */
+export const KEYS_TOPIC = 'keys';
+
+const DAY_MS = 86_400_000;
+/** Cached keys are re-read in the background after this long (owner name, roles, superuser flag). */
+const REFRESH_MS = 60_000;
+const NEGATIVE_TTL_MS = 10_000;
+const NEGATIVE_MAX = 10_000;
+
+/** The owner of a key as verification needs it. Null: unknown or inactive (the key then answers `disabled`). */
+export interface KeyOwner {
+  name: string;
+  roles: readonly string[];
+  superuser: boolean;
+}
+
+/** A key as the hot path holds it: everything precomputed, mutated in place by usage. */
+export interface CachedKey {
+  readonly id: string;
+  readonly hash: string;
+  readonly orgId: string;
+  readonly ownerId: string;
+  readonly principal: Principal;
+  readonly updatedAtMs: number;
+  readonly revoked: boolean;
+  readonly expiresAtMs: number;
+  active: boolean;
+  readonly allow: BlockList | null;
+  readonly ratelimit: RateLimit | null;
+  readonly limiter: RateLimiterAbstract | null;
+  readonly quota: number | null;
+  readonly periodMs: number;
+  periodStartMs: number;
+  periodEndIso: string;
+  /** Requests in the current period: the database's total at the last read or flush, plus ours since. */
+  count: number;
+  settings: q.KeySettings;
+  burstWindowStartMs: number;
+  burstCount: number;
+  burstReportedWindow: number;
+  loadedAtMs: number;
+  /** `{"key_id":…,"org_id":…,"owner":…,"scopes":[…]` fragment of the verify answer. */
+  readonly json: string;
+}
+
+/** The answer of one verification. `key` is set once the key is known to belong to the asking org. */
+export interface Verification {
+  code: VerifyCode;
+  key: CachedKey | null;
+  /** Rate-limit state after this request (null when the key has no limit). */
+  limit: number;
+  remaining: number;
+  resetMs: number;
+  quotaRemaining: number;
+}
+
+export interface VerifyOptions {
+  /** Client address, checked against the key's allowlist. */
+  ip: string;
+  /** Only keys of this org are found (`POST /v1/keys/verify`); others answer `not_found`. */
+  orgId?: string | undefined;
+  /** Also check this permission (scopes ∩ owner's rights). */
+  permission?: string | undefined;
+}
+
+export interface VerifierDeps {
+  db: DbHandle;
+  bus: InvalidationBus;
+  authz: Pick<Authz, 'check' | 'checkSync'>;
+  limiters: KeyRateLimiters;
+  tiers: ReadonlyMap<string, Tier>;
+  clock: () => Date;
+  findOwner(orgId: string, ownerId: string): Promise<KeyOwner | null>;
+  /** Called once per key per burst window when a key exceeds its org's burst threshold. */
+  onBurst(key: CachedKey, count: number): void;
+  flushMs: number;
+  pollMs: number;
+  onError(error: unknown, what: string): void;
+}
+
+const NO_LIMIT = -1;
+
+/**
+ * The hot path: format and checksum, SHA-256, a Map lookup, a few comparisons, the rate limiter
+ * when the key has one. No database write per request: usage is added up here and flushed by
+ * `flush()` every `flushMs`. The cache is filled on first use (or by `prime` at creation) and
+ * dropped per key by bus messages (every instance) and by a poll of `updated_at` (lost messages).
+ */
+export function createVerifier(deps: VerifierDeps) {
+  const { db, bus, authz, limiters, tiers, clock } = deps;
+  const instanceId = randomUUID();
+  const byHash = new Map<string, CachedKey>();
+  const hashById = new Map<string, string>();
+  const negative = new Map<string, number>();
+  const loading = new Map<string, Promise<CachedKey | null>>();
+  const settingsByOrg = new Map<string, q.KeySettings>();
+  /** Per key id: usage not yet written. */
+  let pending = new Map<string, { delta: number; periodStartMs: number; lastUsedMs: number }>();
+  const stats = { verifications: 0, byCode: new Map<VerifyCode, number>(), flushes: 0, loads: 0 };
+  let stopped = false;
+
+  function evict(id: string): void {
+    const hash = hashById.get(id);
+    if (hash === undefined) return;
+    hashById.delete(id);
+    byHash.delete(hash);
+  }
+
+  bus.subscribe(KEYS_TOPIC, (message) => {
+    const [from, kind, id] = message.split(' ');
+    if (stopped || from === instanceId || id === undefined) return;
+    if (kind === 'key') evict(id);
+    else if (kind === 'org') {
+      settingsByOrg.delete(id);
+      for (const key of byHash.values()) if (key.orgId === id) evict(key.id);
+    }
+  });
+
+  /** Drops the key here and tells every other instance to; run after the change commits. */
+  async function invalidate(kind: 'key' | 'org', id: string): Promise<void> {
+    if (kind === 'key') evict(id);
+    else {
+      settingsByOrg.delete(id);
+      for (const key of byHash.values()) if (key.orgId === id) evict(key.id);
+    }
+    try {
+      await bus.publish(KEYS_TOPIC, `${instanceId} ${kind} ${id}`);
+    } catch (error) {
+      // Committed already: the poll picks the change up within pollMs.
+      deps.onError(error, 'keys invalidation publish');
+    }
+  }
+
+  function buildAllowList(cidrs: readonly string[]): BlockList | null {
+    if (cidrs.length === 0) return null;
+    const list = new BlockList();
+    for (const entry of cidrs) {
+      const [address = '', bits] = entry.split('/');
+      const type = isIPv4(address) ? 'ipv4' : 'ipv6';
+      if (bits === undefined) list.addAddress(address, type);
+      else list.addSubnet(address, Number(bits), type);
+    }
+    return list;
+  }
+
+  function currentPeriod(startMs: number, periodMs: number, nowMs: number): number {
+    if (nowMs < startMs + periodMs) return startMs;
+    return startMs + Math.floor((nowMs - startMs) / periodMs) * periodMs;
+  }
+
+  async function settingsFor(orgId: string): Promise<q.KeySettings> {
+    let settings = settingsByOrg.get(orgId);
+    if (settings === undefined) {
+      settings = await q.settingsOf(db.db, orgId);
+      settingsByOrg.set(orgId, settings);
+    }
+    return settings;
+  }
+
+  async function build(row: q.ApiKeyRow): Promise<CachedKey> {
+    const [owner, settings] = await Promise.all([
+      deps.findOwner(row.orgId, row.ownerId),
+      settingsFor(row.orgId),
+    ]);
+    const nowMs = clock().getTime();
+    const tier = tiers.get(row.tier);
+    const ratelimit =
+      row.ratelimitLimit !== null && row.ratelimitWindowSeconds !== null
+        ? { limit: row.ratelimitLimit, windowSeconds: row.ratelimitWindowSeconds }
+        : (tier?.ratelimit ?? null);
+    const periodMs = row.periodDays * DAY_MS;
+    const dbStart = row.periodStart.getTime();
+    const periodStartMs = currentPeriod(dbStart, periodMs, nowMs);
+    const principal: Principal = Object.freeze({
+      orgId: row.orgId,
+      kind: 'key',
+      id: row.id,
+      name: row.name,
+      roles: Object.freeze([...(owner?.roles ?? [])]),
+      scopes: Object.freeze([...row.scopes]),
+      superuser: owner?.superuser ?? false,
+      keyId: row.id,
+      ownerId: row.ownerId,
+    });
+    const local = pending.get(row.id);
+    return {
+      id: row.id,
+      hash: row.hash,
+      orgId: row.orgId,
+      ownerId: row.ownerId,
+      principal,
+      updatedAtMs: row.updatedAt.getTime(),
+      revoked: row.revokedAt !== null,
+      expiresAtMs: row.expiresAt?.getTime() ?? Number.POSITIVE_INFINITY,
+      active: row.active && owner !== null,
+      allow: buildAllowList(row.allowedIps),
+      ratelimit,
+      limiter: ratelimit ? limiters.forLimit(ratelimit.limit, ratelimit.windowSeconds) : null,
+      // An unknown tier (removed from the configuration) grants no quota limit but keeps the key usable.
+      quota: tier?.quota ?? null,
+      periodMs,
+      periodStartMs,
+      periodEndIso: new Date(periodStartMs + periodMs).toISOString(),
+      count:
+        (periodStartMs === dbStart ? row.requestCount : 0) +
+        (local !== undefined && local.periodStartMs === periodStartMs ? local.delta : 0),
+      settings,
+      burstWindowStartMs: 0,
+      burstCount: 0,
+      burstReportedWindow: -1,
+      loadedAtMs: Date.now(),
+      json: `"key_id":${JSON.stringify(row.id)},"org_id":${JSON.stringify(row.orgId)},"owner":${JSON.stringify(row.ownerId)},"scopes":${JSON.stringify(row.scopes)}`,
+    };
+  }
+
+  /** Reads a key by hash into the cache (one read at a time per hash). */
+  function load(hash: string): Promise<CachedKey | null> {
+    let promise = loading.get(hash);
+    if (promise === undefined) {
+      stats.loads++;
+      promise = (async () => {
+        const row = await q.keyByHash(db.db, hash);
+        if (row === null) {
+          if (negative.size >= NEGATIVE_MAX) negative.clear();
+          negative.set(hash, Date.now() + NEGATIVE_TTL_MS);
+          return null;
+        }
+        const key = await build(row);
+        const previous = byHash.get(hash);
+        if (previous) {
+          // Keep burst state across a refresh.
+          key.burstWindowStartMs = previous.burstWindowStartMs;
+          key.burstCount = previous.burstCount;
+          key.burstReportedWindow = previous.burstReportedWindow;
+        }
+        if (!stopped) {
+          byHash.set(hash, key);
+          hashById.set(key.id, hash);
+        }
+        return key;
+      })().finally(() => loading.delete(hash));
+      loading.set(hash, promise);
+    }
+    return promise;
+  }
+
+  function record(code: VerifyCode): void {
+    stats.verifications++;
+    stats.byCode.set(code, (stats.byCode.get(code) ?? 0) + 1);
+  }
+
+  function fail(code: VerifyCode, key: CachedKey | null): Verification {
+    record(code);
+    return { code, key, limit: NO_LIMIT, remaining: NO_LIMIT, resetMs: 0, quotaRemaining: NO_LIMIT };
+  }
+
+  function ipAllowed(list: BlockList, ip: string): boolean {
+    if (isIPv4(ip)) return list.check(ip, 'ipv4');
+    if (!isIPv6(ip)) return false;
+    // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d: check it as IPv4 as well.
+    if (ip.startsWith('::ffff:') && isIPv4(ip.slice(7))) {
+      return list.check(ip.slice(7), 'ipv4') || list.check(ip, 'ipv6');
+    }
+    return list.check(ip, 'ipv6');
+  }
+
+  /**
+   * Checks, in the SPEC's order: format/checksum, hash lookup, revoked, expired, active, IP
+   * allowlist, rate limit, tier quota; then the permission when one is asked for. Returns
+   * synchronously when nothing needs waiting for (warm cache, no rate limit, warm authz index).
+   */
+  function verify(key: string, options: VerifyOptions): Verification | Promise<Verification> {
+    if (!isWellFormed(API_KEY_PRODUCT, key)) return fail('malformed', null);
+    const hash = hashKey(key);
+    const cached = byHash.get(hash);
+    if (cached !== undefined) {
+      if (Date.now() - cached.loadedAtMs > REFRESH_MS && !loading.has(hash)) {
+        load(hash).catch((error: unknown) => deps.onError(error, 'api key refresh'));
+      }
+      return afterLookup(cached, options);
+    }
+    const until = negative.get(hash);
+    if (until !== undefined) {
+      if (until > Date.now()) return fail('not_found', null);
+      negative.delete(hash);
+    }
+    return load(hash).then((found) =>
+      found === null ? fail('not_found', null) : afterLookup(found, options),
+    );
+  }
+
+  function afterLookup(key: CachedKey, options: VerifyOptions): Verification | Promise<Verification> {
+    if (options.orgId !== undefined && key.orgId !== options.orgId) return fail('not_found', null);
+    if (key.revoked) return fail('revoked', key);
+    const nowMs = clock().getTime();
+    if (nowMs >= key.expiresAtMs) return fail('expired', key);
+    if (!key.active) return fail('disabled', key);
+    if (key.allow !== null && !ipAllowed(key.allow, options.ip)) return fail('ip_not_allowed', key);
+    if (key.limiter === null) return afterRateLimit(key, options, nowMs, NO_LIMIT, NO_LIMIT, 0);
+    const limit = key.ratelimit?.limit ?? 0;
+    return key.limiter.consume(key.id).then(
+      (res) => afterRateLimit(key, options, clock().getTime(), limit, res.remainingPoints, res.msBeforeNext),
+      (error: unknown) => {
+        if (!(error instanceof RateLimiterRes)) throw error;
+        const out = fail('rate_limited', key);
+        out.limit = limit;
+        out.remaining = 0;
+        out.resetMs = error.msBeforeNext;
+        return out;
+      },
+    );
+  }
+
+  function afterRateLimit(
+    key: CachedKey,
+    options: VerifyOptions,
+    nowMs: number,
+    limit: number,
+    remaining: number,
+    resetMs: number,
+  ): Verification | Promise<Verification> {
+    if (nowMs >= key.periodStartMs + key.periodMs) {
+      // The billing period ended: the counter starts again (written at the next flush).
+      key.periodStartMs = currentPeriod(key.periodStartMs, key.periodMs, nowMs);
+      key.periodEndIso = new Date(key.periodStartMs + key.periodMs).toISOString();
+      key.count = 0;
+    }
+    const out: Verification = { code: 'valid', key, limit, remaining, resetMs, quotaRemaining: NO_LIMIT };
+    if (key.quota !== null) {
+      if (key.count >= key.quota) {
+        out.code = 'quota_exceeded';
+        out.quotaRemaining = 0;
+        record('quota_exceeded');
+        return out;
+      }
+      out.quotaRemaining = key.quota - key.count - 1;
+    }
+    key.count++;
+    countUsage(key, nowMs);
+    if (burst(key, nowMs)) {
+      out.code = 'disabled';
+      record('disabled');
+      return out;
+    }
+    if (options.permission === undefined) {
+      record('valid');
+      return out;
+    }
+    const decision = authz.checkSync(key.principal, options.permission);
+    if (decision !== null) return withDecision(out, decision.allowed);
+    return authz.check(key.principal, options.permission).then((d) => withDecision(out, d.allowed));
+  }
+
+  function withDecision(out: Verification, allowed: boolean): Verification {
+    if (!allowed) out.code = 'permission_denied';
+    record(out.code);
+    return out;
+  }
+
+  function countUsage(key: CachedKey, nowMs: number): void {
+    const entry = pending.get(key.id);
+    if (entry === undefined) {
+      pending.set(key.id, { delta: 1, periodStartMs: key.periodStartMs, lastUsedMs: nowMs });
+    } else if (entry.periodStartMs !== key.periodStartMs) {
+      entry.delta = 1;
+      entry.periodStartMs = key.periodStartMs;
+      entry.lastUsedMs = nowMs;
+    } else {
+      entry.delta++;
+      entry.lastUsedMs = nowMs;
+    }
+  }
+
+  /** Counts a request in the key's burst window. True when the key was just suspended for it. */
+  function burst(key: CachedKey, nowMs: number): boolean {
+    const windowMs = key.settings.burstWindowSeconds * 1000;
+    if (nowMs - key.burstWindowStartMs >= windowMs) {
+      key.burstWindowStartMs = nowMs;
+      key.burstCount = 0;
+    }
+    key.burstCount++;
+    if (key.burstCount <= key.settings.burstThreshold || key.burstReportedWindow === key.burstWindowStartMs) {
+      return false;
+    }
+    key.burstReportedWindow = key.burstWindowStartMs;
+    deps.onBurst(key, key.burstCount);
+    if (!key.settings.suspendOnBurst) return false;
+    key.active = false;
+    return true;
+  }
+
+  /** Writes pending usage in one statement and takes the totals back. */
+  async function flush(): Promise<void> {
+    if (pending.size === 0) return;
+    const batch = pending;
+    pending = new Map();
+    const deltas: q.UsageDelta[] = [];
+    for (const [id, entry] of batch) {
+      deltas.push({
+        id,
+        delta: entry.delta,
+        periodStart: new Date(entry.periodStartMs),
+        lastUsedAt: new Date(entry.lastUsedMs),
+      });
+    }
+    try {
+      const rows = await q.addUsage(db, deltas);
+      stats.flushes++;
+      for (const row of rows) {
+        const hash = hashById.get(row.id);
+        const key = hash === undefined ? undefined : byHash.get(hash);
+        if (key === undefined) continue;
+        const startMs = new Date(row.period_start).getTime();
+        if (startMs !== key.periodStartMs) continue;
+        const local = pending.get(row.id);
+        key.count =
+          Number(row.request_count) +
+          (local !== undefined && local.periodStartMs === startMs ? local.delta : 0);
+      }
+    } catch (error) {
+      // Put the counts back for the next attempt rather than lose them.
+      for (const [id, entry] of batch) {
+        const now = pending.get(id);
+        if (now === undefined) pending.set(id, entry);
+        else if (now.periodStartMs === entry.periodStartMs) {
+          now.delta += entry.delta;
+          now.lastUsedMs = Math.max(now.lastUsedMs, entry.lastUsedMs);
+        }
+      }
+      throw error;
+    }
+  }
+
+  let lastPoll = clock().getTime() - 5_000;
+  async function poll(): Promise<void> {
+    const since = new Date(Math.min(lastPoll, clock().getTime()) - 5_000);
+    lastPoll = clock().getTime();
+    const changed = await q.keysChangedSince(db.db, since);
+    for (const row of changed) {
+      const hash = hashById.get(row.id);
+      const key = hash === undefined ? undefined : byHash.get(hash);
+      if (key !== undefined && row.updatedAt.getTime() > key.updatedAtMs) evict(row.id);
+    }
+  }
+
+  let flushing: Promise<void> | null = null;
+  const flushTimer = setInterval(() => {
+    if (flushing !== null) return;
+    flushing = flush()
+      .catch((error: unknown) => deps.onError(error, 'api key usage flush'))
+      .finally(() => {
+        flushing = null;
+      });
+  }, deps.flushMs);
+  flushTimer.unref();
+  let polling = false;
+  const pollTimer = setInterval(() => {
+    if (polling) return;
+    polling = true;
+    poll()
+      .catch((error: unknown) => deps.onError(error, 'api key invalidation poll'))
+      .finally(() => {
+        polling = false;
+      });
+  }, deps.pollMs);
+  pollTimer.unref();
+
+  /** Stops the timers and writes what is pending (shutdown). */
+  async function stop(): Promise<void> {
+    stopped = true;
+    clearInterval(flushTimer);
+    clearInterval(pollTimer);
+    if (flushing !== null) await flushing;
+    await flush();
+  }
+
+  return {
+    verify,
+    /** Loads a key into the cache (pre-warm after create or roll). */
+    prime: (hash: string) => load(hash).then(() => undefined),
+    invalidate,
+    flush,
+    poll,
+    stop,
+    stats: () => ({
+      verifications: stats.verifications,
+      byCode: Object.fromEntries(stats.byCode),
+      flushes: stats.flushes,
+      loads: stats.loads,
+      cached: byHash.size,
+      pending: pending.size,
+    }),
+    settingsFor,
+  };
+}
+
+export type KeyVerifier = ReturnType<typeof createVerifier>;

@@ -1,0 +1,233 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import { Webhook } from 'standardwebhooks';
+import { StewardError } from '../http/errors.ts';
+import { ADMIN, type IdentityTestApp, identityTestApp } from '../identity/test-support.ts';
+import { API_KEY_PRODUCT, displayPrefix, generateKey, isWellFormed } from './format.ts';
+import { parseCidr, verifyStandardWebhook } from './service.ts';
+
+interface Vectors {
+  signVectors: {
+    secret: string;
+    msgId: string;
+    timestamp: number;
+    payload: string;
+    expectedSignature: string;
+  }[];
+  knownBadSignatures: { values: string[] };
+  verifyScenarios: {
+    defaults: { msgId: string; payload: string; secret: string; toleranceSeconds: number };
+    cases: {
+      name: string;
+      offsetSeconds: number;
+      verifierSecret?: string;
+      payloadOverride?: string;
+      mutation: null | {
+        deleteHeader?: string;
+        setHeader?: [string, string];
+        truncateHeader?: [string, number];
+        signatureList?: string[];
+        mixedCaseHeaderNames?: boolean;
+      };
+      expect: 'ok' | 'error';
+    }[];
+  };
+}
+
+const vectors = JSON.parse(
+  readFileSync(new URL('../../../shared/testdata/standard-webhooks/vectors.json', import.meta.url), 'utf8'),
+) as Vectors;
+
+describe('Standard Webhooks vectors', () => {
+  test('fixed sign vectors verify; known-bad signatures do not', () => {
+    for (const v of vectors.signVectors) {
+      const headers = {
+        'webhook-id': v.msgId,
+        'webhook-timestamp': String(v.timestamp),
+        'webhook-signature': v.expectedSignature,
+      };
+      assert.deepEqual(verifyStandardWebhook(v.secret, headers, v.payload, v.timestamp * 1000), {
+        id: v.msgId,
+        timestamp: v.timestamp,
+      });
+    }
+    const v0 = vectors.signVectors[0]!;
+    for (const bad of vectors.knownBadSignatures.values) {
+      assert.throws(
+        () =>
+          verifyStandardWebhook(
+            v0.secret,
+            { 'webhook-id': v0.msgId, 'webhook-timestamp': String(v0.timestamp), 'webhook-signature': bad },
+            v0.payload,
+            v0.timestamp * 1000,
+          ),
+        (e: unknown) => e instanceof StewardError && e.code === 'webhook_signature_invalid',
+      );
+    }
+  });
+
+  for (const c of vectors.verifyScenarios.cases) {
+    test(`scenario: ${c.name}`, () => {
+      const d = vectors.verifyScenarios.defaults;
+      const nowMs = Date.parse('2026-03-01T12:00:00Z');
+      const ts = Math.floor(nowMs / 1000) + c.offsetSeconds;
+      const payload = c.payloadOverride ?? d.payload;
+      const valid = new Webhook(d.secret).sign(d.msgId, new Date(ts * 1000), payload);
+      let headers: Record<string, string> = {
+        'webhook-id': d.msgId,
+        'webhook-timestamp': String(ts),
+        'webhook-signature': valid,
+      };
+      const m = c.mutation;
+      if (m?.deleteHeader) delete headers[m.deleteHeader];
+      if (m?.setHeader) headers[m.setHeader[0]] = m.setHeader[1];
+      if (m?.truncateHeader) headers[m.truncateHeader[0]] = valid.slice(0, m.truncateHeader[1]);
+      if (m?.signatureList) {
+        headers['webhook-signature'] = m.signatureList.map((s) => (s === '<VALID>' ? valid : s)).join(' ');
+      }
+      if (m?.mixedCaseHeaderNames) {
+        headers = Object.fromEntries(
+          Object.entries(headers).map(([k, v]) => [k.replace(/(^|-)w/g, (x) => x.toUpperCase()), v]),
+        );
+      }
+      const run = () =>
+        verifyStandardWebhook(c.verifierSecret ?? d.secret, headers, payload, nowMs, d.toleranceSeconds);
+      if (c.expect === 'ok') assert.equal(run().id, d.msgId);
+      else assert.throws(run, (e: unknown) => e instanceof StewardError && e.status === 401);
+    });
+  }
+
+  test('key format: checksum refuses every single-character typo', () => {
+    const key = generateKey(API_KEY_PRODUCT, 'live');
+    assert.ok(isWellFormed(API_KEY_PRODUCT, key));
+    assert.match(displayPrefix(API_KEY_PRODUCT, key), /^stw_live_.{6}…$/);
+    const alphabet = '123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz';
+    for (let i = 9; i < key.length; i++) {
+      if (key[i] === '_') continue;
+      const other = alphabet[(alphabet.indexOf(key[i]!) + 1) % 58]!;
+      assert.equal(
+        isWellFormed(API_KEY_PRODUCT, key.slice(0, i) + other + key.slice(i + 1)),
+        false,
+        `position ${i}`,
+      );
+    }
+    assert.equal(isWellFormed(API_KEY_PRODUCT, key.slice(0, -1)), false);
+    assert.equal(parseCidr('2001:db8::/129'), null);
+    assert.equal(parseCidr('2001:db8::/32'), '2001:db8::/32');
+    assert.equal(parseCidr('10.1.2.3'), '10.1.2.3');
+  });
+});
+
+describe('inbound webhook keys and /v1/ingest (pglite)', () => {
+  let t: IdentityTestApp;
+  let token: string;
+  before(async () => {
+    t = await identityTestApp('pglite');
+  });
+  beforeEach(async () => {
+    token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+  });
+  after(() => t.close());
+
+  const send = (
+    key: string,
+    secret: string,
+    body: string,
+    opts: { id?: string; ts?: number; sig?: string; url?: string } = {},
+  ) => {
+    const ts = opts.ts ?? Math.floor(t.now.ms / 1000);
+    const id = opts.id ?? `msg_${Math.random().toString(36).slice(2)}`;
+    return t.app.inject({
+      method: 'POST',
+      url: opts.url ?? '/v1/ingest',
+      headers: {
+        'content-type': 'application/json',
+        'x-api-key': key,
+        'webhook-id': id,
+        'webhook-timestamp': String(ts),
+        'webhook-signature': opts.sig ?? new Webhook(secret).sign(id, new Date(ts * 1000), body),
+      },
+      payload: body,
+    });
+  };
+
+  test('create (shown once, sealed), ingest, replay, bad signature, list signals, deactivate, delete', async () => {
+    const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Zapier' } });
+    assert.equal(created.statusCode, 201, created.body);
+    const { id, key, secret } = created.json() as { id: string; key: string; secret: string };
+    assert.match(secret, /^whsec_/);
+    assert.match(key, /^stwhk_live_/);
+    const [row] = await t.store.db.query<Record<string, string>>('select * from webhook_keys where id = $1', [
+      id,
+    ]);
+    assert.doesNotMatch(JSON.stringify(row), new RegExp(`${secret.slice(6, 20)}|${key}`));
+    const listed = await t.call('GET', '/v1/webhook-keys', { token });
+    assert.doesNotMatch(listed.body, new RegExp(secret.slice(6, 20)));
+    // A body whose bytes matter: spacing kept as sent.
+    const body = '{"type":"lead.created",  "data": {"n": 1}}';
+    const ok = await send(key, secret, body, { id: 'msg_1' });
+    assert.equal(ok.statusCode, 202, ok.body);
+    assert.equal((await send(key, secret, body, { url: '/v1/ingest/Zapier' })).statusCode, 202);
+    const replay = await send(key, secret, body, { id: 'msg_1' });
+    assert.equal(replay.statusCode, 409);
+    assert.equal(replay.json().code, 'webhook_replayed');
+    const codes = [
+      (await send(key, secret, body, { sig: 'v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc=' })).json().code,
+      (await send(key, secret, body, { ts: Math.floor(t.now.ms / 1000) - 301 })).json().code,
+      (
+        await send(key, secret, `${body} `, {
+          sig: new Webhook(secret).sign('msg_x', new Date(t.now.ms), body),
+          id: 'msg_x',
+        })
+      ).json().code,
+      (await send(key, secret, body, { url: '/v1/ingest/Other' })).json().code,
+      (await send(`${key.slice(0, -1)}x`, secret, body)).json().code,
+    ];
+    assert.deepEqual(codes, [
+      'webhook_signature_invalid',
+      'webhook_timestamp_out_of_tolerance',
+      'webhook_signature_invalid',
+      'webhook_key_invalid',
+      'webhook_key_invalid',
+    ]);
+    const noHeaders = await t.app.inject({
+      method: 'POST',
+      url: '/v1/ingest',
+      headers: { 'x-api-key': key },
+      payload: body,
+    });
+    assert.equal(noHeaders.json().code, 'webhook_headers_missing');
+    const signals = await t.call('GET', '/v1/signals?limit=1', { token });
+    assert.equal(signals.statusCode, 200, signals.body);
+    const page = signals.json() as {
+      data: { event_type: string; payload: unknown; message_id: string }[];
+      next_cursor: string;
+    };
+    assert.equal(page.data.length, 1);
+    assert.equal(page.data[0]?.event_type, 'lead.created');
+    assert.ok(page.next_cursor);
+    const next = (await t.call('GET', `/v1/signals?limit=10&cursor=${page.next_cursor}`, { token })).json();
+    assert.equal(next.data.length, 1);
+    assert.equal(next.next_cursor, null);
+    // Deactivate, then delete.
+    const off = await t.call('PATCH', `/v1/webhook-keys/${id}`, { token, body: { active: false } });
+    assert.equal(off.json().active, false);
+    assert.equal((await send(key, secret, body)).json().code, 'webhook_key_inactive');
+    assert.equal((await t.call('DELETE', `/v1/webhook-keys/${id}`, { token })).statusCode, 204);
+    assert.equal((await send(key, secret, body)).json().code, 'webhook_key_invalid');
+    const actions = await t.store.db.query<{ action: string }>(
+      'select action from audit_events where resource_id = $1 order by created_at, id',
+      [id],
+    );
+    assert.deepEqual(
+      actions.map((a) => a.action),
+      ['webhook_key.created', 'webhook_key.updated', 'webhook_key.deleted'],
+    );
+    assert.equal((await t.call('GET', `/v1/webhook-keys/${id}`, { token })).statusCode, 404);
+    assert.equal(
+      (await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'x', y: 1 } })).statusCode,
+      400,
+    );
+  });
+});

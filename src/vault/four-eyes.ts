@@ -1,0 +1,420 @@
+import { randomUUID } from 'node:crypto';
+import { and, desc, eq, lt } from 'drizzle-orm';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import type { AuditRecorder } from '../audit/service.ts';
+import { actorOf } from '../audit/service.ts';
+import { open, seal, sealedKeyId } from '../crypto/envelope.ts';
+import type { Keyring } from '../crypto/keyring.ts';
+import type { DbHandle, DbOrTx } from '../db/client.ts';
+import { callerOf } from '../http/auth.ts';
+import { contextOf, type RequestContext } from '../http/context.ts';
+import { defineErrors, StewardError } from '../http/errors.ts';
+import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
+import type { Principal, PrincipalKind } from '../http/principal.ts';
+import { vaultChanges, vaultPolicies } from './schema.ts';
+import type { Access } from './secrets/service.ts';
+
+/** A change to hold for approval. `payload` is the request as given (sealed at rest). */
+export interface ProposedChange {
+  kind: string;
+  environmentId: string;
+  targetId: string | null;
+  payload: unknown;
+  /** What a reviewer sees; secret values already masked. */
+  summary: Record<string, unknown>;
+}
+
+/** Four-eyes: whether an org wants approval for an environment, and how to hold a change. */
+export interface FourEyes {
+  required(orgId: string, environment: string): Promise<boolean>;
+  /** Stores the change as pending (audited `change.requested`); returns its id. */
+  propose(access: Access, change: ProposedChange): Promise<string>;
+}
+
+/** Performs an approved change as its requester; returns the id of what it created or changed. */
+export type Applier = (
+  requester: Access,
+  payload: unknown,
+  targetId: string | null,
+  approvedBy: Principal,
+) => Promise<string | null>;
+
+export const changeErrors = defineErrors({
+  change_not_found: { status: 404, title: 'Change not found' },
+  change_decided: { status: 409, title: 'Change already decided' },
+  self_approval: { status: 403, title: 'You cannot approve your own change' },
+});
+
+export type ChangeRow = typeof vaultChanges.$inferSelect;
+export type PolicyRow = typeof vaultPolicies.$inferSelect;
+
+const changeAad = (orgId: string, id: string) => `org/${orgId}/change/${id}`;
+
+/**
+ * Four-eyes changes: an org switch (`vault_policies`), pending changes (`vault_changes`, payload
+ * sealed since it may hold a secret value), and the decision by another user holding
+ * `approvals:approve`. Appliers are registered by the services that own each kind of change.
+ */
+export function createFourEyes({
+  db,
+  keyring,
+  audit,
+  clock,
+}: {
+  db: DbHandle;
+  keyring: Keyring;
+  audit: AuditRecorder;
+  clock: () => Date;
+}) {
+  const appliers = new Map<string, Applier>();
+
+  async function policy(
+    orgId: string,
+    tx: DbOrTx = db.db,
+  ): Promise<{ fourEyes: boolean; environments: string[] }> {
+    const [row] = await tx.select().from(vaultPolicies).where(eq(vaultPolicies.orgId, orgId));
+    return { fourEyes: row?.fourEyes ?? false, environments: row?.fourEyesEnvironments ?? ['production'] };
+  }
+
+  async function setPolicy(
+    principal: Principal,
+    input: { four_eyes: boolean; environments?: string[] | undefined },
+    context: RequestContext,
+  ) {
+    return db.db.transaction(async (tx) => {
+      const before = await policy(principal.orgId, tx);
+      const after = { fourEyes: input.four_eyes, environments: input.environments ?? before.environments };
+      await tx
+        .insert(vaultPolicies)
+        .values({
+          orgId: principal.orgId,
+          fourEyes: after.fourEyes,
+          fourEyesEnvironments: after.environments,
+          updatedBy: principal.id,
+          updatedAt: clock(),
+        })
+        .onConflictDoUpdate({
+          target: vaultPolicies.orgId,
+          set: {
+            fourEyes: after.fourEyes,
+            fourEyesEnvironments: after.environments,
+            updatedBy: principal.id,
+            updatedAt: clock(),
+          },
+        });
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'org.updated',
+        resource: { type: 'vault_policy', id: principal.orgId },
+        context,
+        changes: {
+          before: { four_eyes: before.fourEyes, environments: before.environments },
+          after: { four_eyes: after.fourEyes, environments: after.environments },
+        },
+      });
+      return after;
+    });
+  }
+
+  const fourEyes: FourEyes = {
+    async required(orgId, environment) {
+      const p = await policy(orgId);
+      return p.fourEyes && p.environments.includes(environment);
+    },
+    async propose(access, change) {
+      const { principal } = access;
+      // No `chg_` prefix in src/db/ids.ts yet: a UUID until the db owner adds one.
+      const id = randomUUID();
+      const sealed = seal(keyring, JSON.stringify(change.payload), changeAad(principal.orgId, id));
+      await db.db.transaction(async (tx) => {
+        await tx.insert(vaultChanges).values({
+          id,
+          orgId: principal.orgId,
+          environmentId: change.environmentId,
+          kind: change.kind,
+          targetId: change.targetId,
+          summary: change.summary,
+          payload: sealed,
+          keyId: sealedKeyId(sealed),
+          requestedBy: principal.ownerId ?? principal.id,
+          requestedByType: principal.kind,
+          createdAt: clock(),
+        });
+        await audit.record(tx, {
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: 'change.requested',
+          resource: { type: 'change', id },
+          context: access.context,
+          details: { kind: change.kind, target_id: change.targetId, summary: change.summary },
+          secretFields: ['value'],
+        });
+      });
+      return id;
+    },
+  };
+
+  async function load(orgId: string, id: string): Promise<ChangeRow> {
+    const [row] = await db.db
+      .select()
+      .from(vaultChanges)
+      .where(and(eq(vaultChanges.orgId, orgId), eq(vaultChanges.id, id)));
+    if (!row) throw changeErrors.change_not_found();
+    return row;
+  }
+
+  /** Claims a pending change (pending → status) and records the decision, in one transaction. */
+  async function decide(
+    approver: Principal,
+    row: ChangeRow,
+    status: 'approved' | 'rejected',
+    reason: string | null,
+    context: RequestContext,
+  ) {
+    await db.db.transaction(async (tx) => {
+      const claimed = await tx
+        .update(vaultChanges)
+        .set({ status, decidedBy: approver.id, decisionReason: reason, decidedAt: clock() })
+        .where(and(eq(vaultChanges.id, row.id), eq(vaultChanges.status, 'pending')))
+        .returning({ id: vaultChanges.id });
+      if (claimed.length === 0) throw changeErrors.change_decided('This change was decided already');
+      await audit.record(tx, {
+        orgId: row.orgId,
+        actor: actorOf(approver),
+        action: status === 'approved' ? 'change.approved' : 'change.rejected',
+        resource: { type: 'change', id: row.id },
+        context,
+        details: { kind: row.kind, target_id: row.targetId, requested_by: row.requestedBy, reason },
+      });
+    });
+  }
+
+  /** Applies a pending change as its requester. The approver must be someone else. */
+  async function approve(approver: Principal, id: string, reason: string | null, context: RequestContext) {
+    const row = await load(approver.orgId, id);
+    if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
+    if (approver.id === row.requestedBy || approver.ownerId === row.requestedBy) {
+      throw changeErrors.self_approval('Another person must approve this change');
+    }
+    const applier = appliers.get(row.kind);
+    if (!applier) throw new Error(`no applier for change kind ${row.kind}`);
+    await decide(approver, row, 'approved', reason, context);
+    const payload: unknown = JSON.parse(
+      open(keyring, row.payload, changeAad(row.orgId, row.id)).toString('utf8'),
+    );
+    const requester: Access = {
+      principal: {
+        orgId: row.orgId,
+        kind: row.requestedByType as PrincipalKind,
+        id: row.requestedBy,
+        name: row.requestedBy,
+        roles: [],
+        scopes: null,
+        superuser: false,
+      },
+      context,
+      toolId: null,
+    };
+    try {
+      const resultId = await applier(requester, payload, row.targetId, approver);
+      await db.db
+        .update(vaultChanges)
+        .set({ status: 'applied', resultId })
+        .where(eq(vaultChanges.id, row.id));
+      return { ...row, status: 'applied', resultId, decidedBy: approver.id };
+    } catch (error) {
+      // Approved but not applicable any more (e.g. the setting moved on): say so, keep the record.
+      const code = error instanceof StewardError ? error.code : 'internal_error';
+      await db.db
+        .update(vaultChanges)
+        .set({ status: 'failed', decisionReason: `${reason ?? ''} [apply failed: ${code}]`.trim() })
+        .where(eq(vaultChanges.id, row.id));
+      throw error;
+    }
+  }
+
+  async function reject(approver: Principal, id: string, reason: string | null, context: RequestContext) {
+    const row = await load(approver.orgId, id);
+    if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
+    await decide(approver, row, 'rejected', reason, context);
+    return { ...row, status: 'rejected', decidedBy: approver.id, decisionReason: reason };
+  }
+
+  async function list(
+    orgId: string,
+    status: string | undefined,
+    page: { limit: number; before?: string | undefined },
+  ) {
+    const where = [eq(vaultChanges.orgId, orgId)];
+    if (status !== undefined) where.push(eq(vaultChanges.status, status));
+    if (page.before !== undefined) where.push(lt(vaultChanges.createdAt, new Date(page.before)));
+    return db.db
+      .select()
+      .from(vaultChanges)
+      .where(and(...where))
+      .orderBy(desc(vaultChanges.createdAt))
+      .limit(page.limit);
+  }
+
+  return {
+    fourEyes,
+    policy,
+    setPolicy,
+    approve,
+    reject,
+    list,
+    register: (kind: string, applier: Applier) => appliers.set(kind, applier),
+  };
+}
+
+export type FourEyesService = ReturnType<typeof createFourEyes>;
+
+const changeSchema = z.object({
+  id: z.string(),
+  kind: z.string(),
+  target_id: z.string().nullable(),
+  summary: z.record(z.string(), z.unknown()).describe('What the change does; secret values masked.'),
+  status: z.enum(['pending', 'approved', 'applied', 'rejected', 'failed']),
+  requested_by: z.string(),
+  decided_by: z.string().nullable(),
+  decision_reason: z.string().nullable(),
+  result_id: z.string().nullable(),
+  created_at: z.string(),
+  decided_at: z.string().nullable(),
+});
+
+const changeView = (c: ChangeRow) => ({
+  id: c.id,
+  kind: c.kind,
+  target_id: c.targetId,
+  summary: c.summary,
+  status: c.status as 'pending' | 'approved' | 'applied' | 'rejected' | 'failed',
+  requested_by: c.requestedBy,
+  decided_by: c.decidedBy,
+  decision_reason: c.decisionReason,
+  result_id: c.resultId,
+  created_at: c.createdAt.toISOString(),
+  decided_at: c.decidedAt?.toISOString() ?? null,
+});
+
+const policySchema = z.object({ four_eyes: z.boolean(), environments: z.array(z.string()) });
+
+/** `/v1/vault/policy` and `/v1/vault/changes`. */
+export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }> = async (
+  app,
+  { service },
+) => {
+  app.get(
+    '/v1/vault/policy',
+    {
+      config: { access: { permission: 'org:read' } },
+      schema: { tags: ['vault'], summary: 'Four-eyes policy of the org', response: { 200: policySchema } },
+    },
+    async (request) => {
+      const p = await service.policy(callerOf(request).orgId);
+      return { four_eyes: p.fourEyes, environments: p.environments };
+    },
+  );
+
+  app.put(
+    '/v1/vault/policy',
+    {
+      config: { access: { permission: 'org:update' } },
+      schema: {
+        tags: ['vault'],
+        summary: 'Turn four-eyes on or off (default environments: production)',
+        body: z.strictObject({
+          four_eyes: z.boolean(),
+          environments: z.array(z.string().min(1).max(40)).min(1).max(20).optional(),
+        }),
+        response: { 200: policySchema },
+      },
+    },
+    async (request) => {
+      const p = await service.setPolicy(callerOf(request), request.body, contextOf(request));
+      return { four_eyes: p.fourEyes, environments: p.environments };
+    },
+  );
+
+  app.get(
+    '/v1/vault/changes',
+    {
+      config: { access: { permission: 'approvals:read' } },
+      schema: {
+        tags: ['vault'],
+        summary: 'Changes held for approval, newest first',
+        querystring: z.strictObject({
+          ...pageQuery,
+          status: z.enum(['pending', 'approved', 'applied', 'rejected', 'failed']).optional(),
+        }),
+        response: { 200: listResponse(changeSchema) },
+      },
+    },
+    async (request) => {
+      const cursor = decodeCursor(request.query.cursor, z.object({ at: z.string().max(40) }));
+      const rows = await service.list(callerOf(request).orgId, request.query.status, {
+        limit: request.query.limit,
+        before: cursor?.at,
+      });
+      const last = rows.at(-1);
+      return {
+        data: rows.map(changeView),
+        next_cursor:
+          rows.length === request.query.limit && last
+            ? encodeCursor({ at: last.createdAt.toISOString() })
+            : null,
+      };
+    },
+  );
+
+  const decisionBody = z.strictObject({ reason: z.string().max(500).optional() }).nullish();
+  const idParams = z.object({ id: z.string().min(1).max(100) });
+
+  app.post(
+    '/v1/vault/changes/:id/approve',
+    {
+      config: { access: { permission: 'approvals:approve' } },
+      schema: {
+        tags: ['vault'],
+        summary: 'Approve and apply a change (never your own)',
+        params: idParams,
+        body: decisionBody,
+        response: { 200: changeSchema },
+      },
+    },
+    async (request) =>
+      changeView(
+        (await service.approve(
+          callerOf(request),
+          request.params.id,
+          request.body?.reason ?? null,
+          contextOf(request),
+        )) as ChangeRow,
+      ),
+  );
+
+  app.post(
+    '/v1/vault/changes/:id/reject',
+    {
+      config: { access: { permission: 'approvals:approve' } },
+      schema: {
+        tags: ['vault'],
+        summary: 'Reject a change (a requester may withdraw their own)',
+        params: idParams,
+        body: decisionBody,
+        response: { 200: changeSchema },
+      },
+    },
+    async (request) =>
+      changeView(
+        (await service.reject(
+          callerOf(request),
+          request.params.id,
+          request.body?.reason ?? null,
+          contextOf(request),
+        )) as ChangeRow,
+      ),
+  );
+};

@@ -1,0 +1,56 @@
+// drizzle-kit reads src/*/schema.ts: the vault's tables live next to their code and are
+// re-exported here so the one migration history sees them. The four-eyes tables, shared by
+// secrets and settings (and later flags), are defined here.
+import { boolean, index, jsonb, pgTable, text } from 'drizzle-orm/pg-core';
+import { at, idColumn } from '../db/columns.ts';
+import { environments, organizations } from '../tenancy/schema.ts';
+
+export * from './secrets/schema.ts';
+export * from './settings/schema.ts';
+
+/** Vault policy per org: whether changes in some environments need a second person's approval. */
+export const vaultPolicies = pgTable('vault_policies', {
+  orgId: text('org_id')
+    .primaryKey()
+    .references(() => organizations.id, { onDelete: 'cascade' }),
+  fourEyes: boolean('four_eyes').notNull().default(false),
+  /** Environment names the four-eyes rule covers. */
+  fourEyesEnvironments: jsonb('four_eyes_environments').$type<string[]>().notNull().default(['production']),
+  updatedBy: text('updated_by'),
+  updatedAt: at('updated_at').notNull().defaultNow(),
+});
+
+/**
+ * A change held for approval. `payload` is the request, sealed (it may carry a secret value)
+ * with AAD `org/<org>/change/<id>`; `summary` is what a reviewer sees, secret values masked.
+ */
+export const vaultChanges = pgTable(
+  'vault_changes',
+  {
+    id: idColumn(),
+    orgId: text('org_id')
+      .notNull()
+      .references(() => organizations.id, { onDelete: 'cascade' }),
+    environmentId: text('environment_id')
+      .notNull()
+      .references(() => environments.id, { onDelete: 'cascade' }),
+    kind: text('kind').notNull(),
+    targetId: text('target_id'),
+    summary: jsonb('summary').$type<Record<string, unknown>>().notNull(),
+    payload: text('payload').notNull(),
+    keyId: text('key_id').notNull(),
+    status: text('status').notNull().default('pending'),
+    requestedBy: text('requested_by').notNull(),
+    requestedByType: text('requested_by_type').notNull(),
+    decidedBy: text('decided_by'),
+    decisionReason: text('decision_reason'),
+    /** Id of the resource the applied change created or changed. */
+    resultId: text('result_id'),
+    createdAt: at('created_at').notNull().defaultNow(),
+    decidedAt: at('decided_at'),
+  },
+  (t) => [
+    index('vault_changes_org_status').on(t.orgId, t.status, t.createdAt),
+    index('vault_changes_key_id').on(t.keyId),
+  ],
+);

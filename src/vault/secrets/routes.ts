@@ -1,0 +1,395 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { callerOf } from '../../http/auth.ts';
+import { contextOf } from '../../http/context.ts';
+import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../../http/pagination.ts';
+import { toolIdOf } from '../common.ts';
+import {
+  type Access,
+  type Pending,
+  SECRET_TYPES,
+  type Secret,
+  type SecretService,
+  type SecretVersionInfo,
+} from './service.ts';
+
+const MAX_VALUE_BYTES = 65_536;
+
+const secretName = z
+  .string()
+  .regex(/^[A-Za-z_][A-Za-z0-9_.-]{0,127}$/, 'letters, digits, _ . -, starting with a letter or _ (≤ 128)');
+const value = z
+  .string()
+  .min(1)
+  .refine((v) => Buffer.byteLength(v, 'utf8') <= MAX_VALUE_BYTES, {
+    message: `at most ${MAX_VALUE_BYTES} bytes`,
+  })
+  .describe('The secret value (UTF-8; base64 for binary). Never returned except by reveal.');
+const tags = z.array(z.string().min(1).max(64)).max(50);
+const metadata = z
+  .record(z.string().max(100), z.unknown())
+  .refine((m) => JSON.stringify(m).length <= 16_384, { message: 'at most 16 KiB of JSON' });
+const rotationDays = z.number().int().min(1).max(3650);
+const isoDate = z.iso.datetime({ offset: true });
+const idParams = z.object({ id: z.string().min(1).max(100) });
+
+const secretSchema = z.object({
+  id: z.string(),
+  name: z.string(),
+  display_name: z.string().nullable(),
+  description: z.string().nullable(),
+  environment: z.string(),
+  secret_type: z.enum(SECRET_TYPES),
+  tags: z.array(z.string()),
+  metadata: z.record(z.string(), z.unknown()),
+  owner_id: z.string().nullable(),
+  required_permission: z.string().nullable(),
+  active: z.boolean(),
+  current_version: z.number().int(),
+  rotation_enabled: z.boolean(),
+  rotation_days: z.number().int().nullable(),
+  last_rotated_at: z.string().nullable(),
+  next_rotation_at: z.string().nullable(),
+  due_for_rotation: z.boolean(),
+  expires_at: z.string().nullable(),
+  last_accessed_at: z.string().nullable(),
+  created_by: z.string().nullable(),
+  updated_by: z.string().nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+
+const pendingSchema = z.object({
+  status: z.literal('pending_approval'),
+  change_id: z.string().describe('The pending change; another user with approvals:approve decides it.'),
+});
+
+const versionSchema = z.object({
+  version: z.number().int(),
+  active: z.boolean().describe('True for the current version.'),
+  reason: z.string().nullable(),
+  restored_from: z.number().int().nullable(),
+  key_id: z.string().describe('Master key id wrapping this version’s data key.'),
+  created_by: z.string().nullable(),
+  created_at: z.string(),
+});
+
+const iso = (d: Date | null) => (d === null ? null : d.toISOString());
+
+function secretView(s: Secret, now: Date) {
+  return {
+    id: s.id,
+    name: s.name,
+    display_name: s.displayName,
+    description: s.description,
+    environment: s.environment,
+    secret_type: s.secretType as (typeof SECRET_TYPES)[number],
+    tags: s.tags,
+    metadata: s.metadata,
+    owner_id: s.ownerId,
+    required_permission: s.requiredPermission,
+    active: s.active,
+    current_version: s.currentVersion,
+    rotation_enabled: s.rotationEnabled,
+    rotation_days: s.rotationDays,
+    last_rotated_at: iso(s.lastRotatedAt),
+    next_rotation_at: iso(s.nextRotationAt),
+    due_for_rotation: s.rotationEnabled && s.nextRotationAt !== null && s.nextRotationAt <= now,
+    expires_at: iso(s.expiresAt),
+    last_accessed_at: iso(s.lastAccessedAt),
+    created_by: s.createdBy,
+    updated_by: s.updatedBy,
+    created_at: s.createdAt.toISOString(),
+    updated_at: s.updatedAt.toISOString(),
+  };
+}
+
+const versionView = (v: SecretVersionInfo) => ({
+  version: v.version,
+  active: v.active,
+  reason: v.reason,
+  restored_from: v.restoredFrom,
+  key_id: v.keyId,
+  created_by: v.createdBy,
+  created_at: v.createdAt.toISOString(),
+});
+
+const isPending = (r: unknown): r is Pending => typeof r === 'object' && r !== null && 'pending' in r;
+const pendingReply = (reply: FastifyReply, p: Pending) =>
+  reply.code(202).send({ status: 'pending_approval' as const, change_id: p.changeId });
+
+const accessOf = (request: FastifyRequest): Access => ({
+  principal: callerOf(request),
+  context: contextOf(request),
+  toolId: toolIdOf(request),
+});
+
+const toolHeader = z.looseObject({
+  'x-steward-tool-id': z
+    .string()
+    .max(200)
+    .optional()
+    .describe('The tool an agent asks for (recorded in the access log when the caller is an agent).'),
+});
+
+/**
+ * `/v1/secrets`. Per-secret routes authenticate at the route and check the permission on the
+ * secret itself in the service, so grants on one secret id work.
+ */
+export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock: () => Date }> = async (
+  app,
+  { secrets, clock },
+) => {
+  app.post(
+    '/v1/secrets',
+    {
+      config: { access: { permission: 'secrets:create' } },
+      schema: {
+        tags: ['secrets'],
+        summary: 'Create a secret (version 1)',
+        headers: toolHeader,
+        body: z.strictObject({
+          name: secretName,
+          environment: z.string().min(1).max(40),
+          value,
+          secret_type: z.enum(SECRET_TYPES).optional(),
+          display_name: z.string().max(200).optional(),
+          description: z.string().max(2000).optional(),
+          tags: tags.optional(),
+          metadata: metadata.optional(),
+          owner_id: z
+            .string()
+            .min(1)
+            .max(100)
+            .optional()
+            .describe('Default: the caller. Needs secrets:admin.'),
+          required_permission: z
+            .string()
+            .max(100)
+            .optional()
+            .describe('A permission also needed (on this secret) to reveal it. Needs secrets:admin.'),
+          rotation_enabled: z.boolean().optional().describe('Default: true when rotation_days is given.'),
+          rotation_days: rotationDays.optional(),
+          expires_at: isoDate.optional(),
+        }),
+        response: { 201: secretSchema, 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await secrets.create(accessOf(request), request.body);
+      if (isPending(result)) return pendingReply(reply, result);
+      return reply.code(201).send(secretView(result, clock()));
+    },
+  );
+
+  app.get(
+    '/v1/secrets',
+    {
+      config: { access: { permission: 'secrets:read' } },
+      schema: {
+        tags: ['secrets'],
+        summary: 'List secrets (metadata only, never values)',
+        querystring: z.strictObject({
+          ...pageQuery,
+          environment: z.string().min(1).max(40).optional(),
+          secret_type: z.enum(SECRET_TYPES).optional(),
+          tag: z.string().min(1).max(64).optional(),
+          due_for_rotation: z
+            .enum(['true', 'false'])
+            .optional()
+            .describe('`true`: only secrets past their next rotation date.'),
+        }),
+        response: { 200: listResponse(secretSchema) },
+      },
+    },
+    async (request) => {
+      const q = request.query;
+      const cursor = decodeCursor(q.cursor, z.object({ id: z.string().max(100) }));
+      const rows = await secrets.list(
+        callerOf(request),
+        {
+          environment: q.environment,
+          secret_type: q.secret_type,
+          tag: q.tag,
+          due_for_rotation: q.due_for_rotation === 'true',
+        },
+        { limit: q.limit, after: cursor?.id },
+      );
+      const now = clock();
+      const last = rows.at(-1);
+      return {
+        data: rows.map((s) => secretView(s, now)),
+        next_cursor: rows.length === q.limit && last ? encodeCursor({ id: last.id }) : null,
+      };
+    },
+  );
+
+  app.get(
+    '/v1/secrets/:id',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['secrets'],
+        summary: "A secret's metadata (needs secrets:read on it)",
+        params: idParams,
+        headers: toolHeader,
+        response: { 200: secretSchema },
+      },
+    },
+    async (request) => secretView(await secrets.get(accessOf(request), request.params.id), clock()),
+  );
+
+  app.patch(
+    '/v1/secrets/:id',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['secrets'],
+        summary: "Change a secret's metadata and rotation policy (needs secrets:update on it)",
+        params: idParams,
+        headers: toolHeader,
+        body: z.strictObject({
+          display_name: z.string().max(200).nullable().optional(),
+          description: z.string().max(2000).nullable().optional(),
+          secret_type: z.enum(SECRET_TYPES).optional(),
+          tags: tags.optional(),
+          metadata: metadata.optional(),
+          owner_id: z.string().min(1).max(100).nullable().optional(),
+          required_permission: z.string().max(100).nullable().optional(),
+          active: z.boolean().optional(),
+          rotation_enabled: z.boolean().optional(),
+          rotation_days: rotationDays.nullable().optional(),
+          expires_at: isoDate.nullable().optional(),
+        }),
+        response: { 200: secretSchema },
+      },
+    },
+    async (request) =>
+      secretView(await secrets.update(accessOf(request), request.params.id, request.body), clock()),
+  );
+
+  app.post(
+    '/v1/secrets/:id/reveal',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['secrets'],
+        summary: 'Reveal the value (needs secrets:reveal on this secret; audited)',
+        description:
+          'Needs `secrets:reveal` on the secret (role, type grant or a grant on this id) and, when the ' +
+          'secret names one, its `required_permission`. Every attempt is in the access log.',
+        params: idParams,
+        headers: toolHeader,
+        body: z
+          .strictObject({
+            version: z.number().int().min(1).optional().describe('Default: the current version.'),
+          })
+          .nullish(),
+        response: {
+          200: z.object({
+            id: z.string(),
+            name: z.string(),
+            environment: z.string(),
+            version: z.number().int(),
+            value: z.string(),
+          }),
+        },
+      },
+    },
+    async (request) => {
+      const { secret, version, value } = await secrets.reveal(
+        accessOf(request),
+        request.params.id,
+        request.body?.version,
+      );
+      return { id: secret.id, name: secret.name, environment: secret.environment, version, value };
+    },
+  );
+
+  app.put(
+    '/v1/secrets/:id/value',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['secrets'],
+        summary: 'Write a new version (a rotation; needs secrets:update on it)',
+        params: idParams,
+        headers: toolHeader,
+        body: z.strictObject({ value, rotation_reason: z.string().max(500).optional() }),
+        response: { 200: secretSchema, 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await secrets.putValue(accessOf(request), request.params.id, request.body);
+      if (isPending(result)) return pendingReply(reply, result);
+      return secretView(result, clock());
+    },
+  );
+
+  app.get(
+    '/v1/secrets/:id/versions',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['secrets'],
+        summary: 'Versions, newest first (no values)',
+        params: idParams,
+        headers: toolHeader,
+        querystring: z.strictObject(pageQuery),
+        response: { 200: listResponse(versionSchema) },
+      },
+    },
+    async (request) => {
+      const cursor = decodeCursor(request.query.cursor, z.object({ v: z.number().int() }));
+      const rows = await secrets.versions(accessOf(request), request.params.id, {
+        limit: request.query.limit,
+        before: cursor?.v,
+      });
+      const last = rows.at(-1);
+      return {
+        data: rows.map(versionView),
+        next_cursor: rows.length === request.query.limit && last ? encodeCursor({ v: last.version }) : null,
+      };
+    },
+  );
+
+  app.post(
+    '/v1/secrets/:id/rollback',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['secrets'],
+        summary: "Restore a version's value as a new version (audited)",
+        params: idParams,
+        headers: toolHeader,
+        body: z.strictObject({ version: z.number().int().min(1), reason: z.string().max(500).optional() }),
+        response: { 200: secretSchema, 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await secrets.rollback(accessOf(request), request.params.id, request.body);
+      if (isPending(result)) return pendingReply(reply, result);
+      return secretView(result, clock());
+    },
+  );
+
+  app.delete(
+    '/v1/secrets/:id',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['secrets'],
+        summary: 'Delete a secret (needs secrets:delete on it; versions are kept for the record)',
+        params: idParams,
+        headers: toolHeader,
+        response: { 204: z.null(), 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const pending = await secrets.remove(accessOf(request), request.params.id);
+      if (pending) return pendingReply(reply, pending);
+      return reply.code(204).send(null);
+    },
+  );
+};

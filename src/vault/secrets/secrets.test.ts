@@ -1,0 +1,352 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { eq, sql } from 'drizzle-orm';
+import { STORES } from '../../../test/helpers/stores.ts';
+import { createKeyring } from '../../crypto/keyring.ts';
+import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
+import { rewrapAll } from './rewrap.ts';
+import { secretAccessLogs, secretVersions } from './schema.ts';
+
+const VALUE = 'sk_live_SUPERSECRET_do_not_leak_1234';
+
+for (const store of STORES) {
+  describe(`secrets (${store.kind})`, { skip: store.skip }, () => {
+    let v: VaultTestApp;
+    let secretId: string;
+
+    before(async () => {
+      v = await vaultTestApp(store.kind);
+    });
+    after(() => v?.close());
+
+    const create = (body: Record<string, unknown>, token = v.tokens.developer) =>
+      v.req('POST', '/v1/secrets', { token, body });
+
+    test('create, get, list: metadata only, never the value', async () => {
+      const res = await create({
+        name: 'STRIPE_KEY',
+        environment: 'production',
+        value: VALUE,
+        secret_type: 'api_key',
+        tags: ['payments'],
+        rotation_days: 30,
+      });
+      assert.equal(res.statusCode, 201, res.body);
+      const s = res.json();
+      secretId = s.id;
+      assert.match(s.id, /^sec_/);
+      assert.equal(s.current_version, 1);
+      assert.equal(s.rotation_enabled, true);
+      assert.equal(s.environment, 'production');
+      assert.ok(s.next_rotation_at);
+      assert.ok(!res.body.includes(VALUE));
+
+      const dup = await create({ name: 'STRIPE_KEY', environment: 'production', value: 'x' });
+      assert.equal(dup.statusCode, 409);
+      assert.equal(dup.json().code, 'secret_name_taken');
+      const otherEnv = await create({ name: 'STRIPE_KEY', environment: 'staging', value: 'y' });
+      assert.equal(otherEnv.statusCode, 201);
+
+      const list = await v.req('GET', '/v1/secrets?environment=production&tag=payments', {
+        token: v.tokens.viewer,
+      });
+      assert.equal(list.statusCode, 200, list.body);
+      assert.equal(list.json().data.length, 1);
+      assert.ok(!list.body.includes(VALUE));
+      const one = await v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.viewer });
+      assert.equal(one.statusCode, 200);
+      assert.ok(!one.body.includes(VALUE));
+
+      const page = await v.req('GET', '/v1/secrets?limit=1', { token: v.tokens.viewer });
+      assert.ok(page.json().next_cursor);
+      const page2 = await v.req('GET', `/v1/secrets?limit=1&cursor=${page.json().next_cursor}`, {
+        token: v.tokens.viewer,
+      });
+      assert.notEqual(page2.json().data[0].id, page.json().data[0].id);
+    });
+
+    test('reveal needs secrets:reveal; audited; every access logged with tool id for agents only', async () => {
+      const denied = await v.req('POST', `/v1/secrets/${secretId}/reveal`, { token: v.tokens.developer });
+      assert.equal(denied.statusCode, 403);
+      assert.equal(denied.json().code, 'permission_denied');
+      assert.ok(!denied.body.includes(VALUE));
+      const ok = await v.req('POST', `/v1/secrets/${secretId}/reveal`, {
+        token: v.tokens.manager,
+        headers: { 'x-steward-tool-id': 'deploy-tool' },
+      });
+      assert.equal(ok.statusCode, 200, ok.body);
+      assert.equal(ok.json().value, VALUE);
+      assert.equal(ok.json().version, 1);
+      assert.equal(ok.headers['cache-control'], 'no-store');
+
+      const logs = await v.t.store.db.db
+        .select()
+        .from(secretAccessLogs)
+        .where(eq(secretAccessLogs.secretId, secretId));
+      const reveals = logs.filter((l) => l.accessType === 'reveal');
+      assert.deepEqual(reveals.map((l) => l.success).sort(), [false, true]);
+      const good = reveals.find((l) => l.success);
+      assert.equal(good?.principalId, v.ids.manager);
+      assert.equal(good?.userAgent, 'vault-test');
+      assert.ok(good?.ip);
+      assert.equal(good?.toolId, null, 'a user is not an agent: no tool id');
+      assert.equal(reveals.find((l) => !l.success)?.errorCode, 'permission_denied');
+      assert.ok(logs.some((l) => l.accessType === 'write' && l.success));
+      assert.ok(logs.some((l) => l.accessType === 'read' && l.success));
+    });
+
+    test('new versions, versions list, rollback as a new version, reveal of old versions', async () => {
+      const put = await v.req('PUT', `/v1/secrets/${secretId}/value`, {
+        token: v.tokens.developer,
+        body: { value: 'v2-value', rotation_reason: 'scheduled' },
+      });
+      assert.equal(put.statusCode, 200, put.body);
+      assert.equal(put.json().current_version, 2);
+      const versions = await v.req('GET', `/v1/secrets/${secretId}/versions`, { token: v.tokens.viewer });
+      assert.deepEqual(
+        versions.json().data.map((x: { version: number; active: boolean }) => [x.version, x.active]),
+        [
+          [2, true],
+          [1, false],
+        ],
+      );
+      assert.equal(versions.json().data[0].reason, 'scheduled');
+      const rb = await v.req('POST', `/v1/secrets/${secretId}/rollback`, {
+        token: v.tokens.developer,
+        body: { version: 1 },
+      });
+      assert.equal(rb.statusCode, 200, rb.body);
+      assert.equal(rb.json().current_version, 3);
+      const now = await v.req('POST', `/v1/secrets/${secretId}/reveal`, { token: v.tokens.manager });
+      assert.equal(now.json().value, VALUE);
+      assert.equal(now.json().version, 3);
+      const old = await v.req('POST', `/v1/secrets/${secretId}/reveal`, {
+        token: v.tokens.manager,
+        body: { version: 2 },
+      });
+      assert.equal(old.json().value, 'v2-value');
+      const missing = await v.req('POST', `/v1/secrets/${secretId}/rollback`, {
+        token: v.tokens.developer,
+        body: { version: 99 },
+      });
+      assert.equal(missing.statusCode, 404);
+      assert.equal(missing.json().code, 'secret_version_not_found');
+    });
+
+    test('a ciphertext copied to another row does not open: 409 secret_undecryptable, never 500', async () => {
+      const other = await create({ name: 'OTHER', environment: 'production', value: 'other-value' });
+      const otherId = other.json().id;
+      const db = v.t.store.db.db;
+      const [source] = await db.select().from(secretVersions).where(eq(secretVersions.secretId, secretId));
+      assert.ok(source);
+      await db
+        .update(secretVersions)
+        .set({ value: source.value })
+        .where(sql`${secretVersions.secretId} = ${otherId} and ${secretVersions.version} = 1`);
+      const res = await v.req('POST', `/v1/secrets/${otherId}/reveal`, { token: v.tokens.manager });
+      assert.equal(res.statusCode, 409, res.body);
+      assert.equal(res.json().code, 'secret_undecryptable');
+      assert.equal(res.json().reason, 'integrity');
+      assert.ok(!res.body.includes(VALUE));
+      // Also a version copied within the same secret (v/1 → v/2 binding).
+      const rb = await v.req('POST', `/v1/secrets/${otherId}/rollback`, {
+        token: v.tokens.developer,
+        body: { version: 1 },
+      });
+      assert.equal(rb.statusCode, 409);
+      assert.equal(rb.json().code, 'secret_undecryptable');
+      const logs = await db.select().from(secretAccessLogs).where(eq(secretAccessLogs.secretId, otherId));
+      assert.ok(
+        logs.some((l) => l.accessType === 'reveal' && !l.success && l.errorCode === 'secret_undecryptable'),
+      );
+    });
+
+    test('bad inputs: wrong types, unknown fields, unknown environment, other org ids → 404', async () => {
+      const cases: [Record<string, unknown>, number, string][] = [
+        [{ name: 'A', environment: 'production', value: 42 }, 400, 'validation_failed'],
+        [{ name: 'A', environment: 'production', value: 'x', extra: 1 }, 400, 'validation_failed'],
+        [{ name: '1bad name', environment: 'production', value: 'x' }, 400, 'validation_failed'],
+        [{ name: 'A', environment: 'production', value: '' }, 400, 'validation_failed'],
+        [{ name: 'A', environment: 'production', value: 'x', secret_type: 'nope' }, 400, 'validation_failed'],
+        [{ name: 'A', environment: 'production', value: 'x', rotation_days: 0 }, 400, 'validation_failed'],
+        [{ name: 'A', environment: 'production', value: 'x', tags: 'a' }, 400, 'validation_failed'],
+        [{ name: 'A', environment: 'nowhere', value: 'x' }, 404, 'environment_not_found'],
+        [
+          { name: 'A', environment: 'production', value: 'x', required_permission: 'x:y' },
+          403,
+          'permission_denied',
+        ],
+      ];
+      for (const [body, status, code] of cases) {
+        const res = await create(body);
+        assert.equal(res.statusCode, status, `${JSON.stringify(body)} → ${res.body}`);
+        assert.equal(res.json().code, code);
+      }
+      const badPerm = await create(
+        { name: 'A', environment: 'production', value: 'x', required_permission: 'x:y' },
+        v.tokens.admin,
+      );
+      assert.equal(badPerm.json().code, 'invalid_required_permission');
+      const bad = await v.req('GET', '/v1/secrets?environment=nowhere', { token: v.tokens.viewer });
+      assert.equal(bad.statusCode, 404);
+      const due = await v.req('GET', '/v1/secrets?due_for_rotation=maybe', { token: v.tokens.viewer });
+      assert.equal(due.statusCode, 400);
+
+      const theirs = await create(
+        { name: 'THEIRS', environment: 'production', value: 'globex' },
+        v.tokens.other,
+      );
+      assert.equal(theirs.statusCode, 201, theirs.body);
+      const id = theirs.json().id;
+      for (const [method, url, body] of [
+        ['GET', `/v1/secrets/${id}`, undefined],
+        ['POST', `/v1/secrets/${id}/reveal`, undefined],
+        ['PUT', `/v1/secrets/${id}/value`, { value: 'x' }],
+        ['GET', `/v1/secrets/${id}/versions`, undefined],
+        ['POST', `/v1/secrets/${id}/rollback`, { version: 1 }],
+        ['PATCH', `/v1/secrets/${id}`, { description: 'x' }],
+        ['DELETE', `/v1/secrets/${id}`, undefined],
+        ['GET', '/v1/secrets/not-an-id', undefined],
+      ] as const) {
+        const res = await v.req(method, url, { token: v.tokens.admin, body });
+        assert.equal(res.statusCode, 404, `${method} ${url}: ${res.body}`);
+        assert.equal(res.json().code, 'secret_not_found');
+      }
+      const mine = await v.req('GET', '/v1/secrets', { token: v.tokens.admin });
+      assert.ok(!mine.json().data.some((s: { id: string }) => s.id === id));
+      const unauth = await v.req('POST', `/v1/secrets/${secretId}/reveal`);
+      assert.equal(unauth.statusCode, 401);
+    });
+
+    test('audit: events for every change and reveal, and no secret value anywhere', async () => {
+      const patched = await v.req('PATCH', `/v1/secrets/${secretId}`, {
+        token: v.tokens.developer,
+        body: { description: 'Stripe live key', rotation_days: 7 },
+      });
+      assert.equal(patched.statusCode, 200, patched.body);
+      const rows = await v.t.store.db.query<{ action: string; changes: unknown; details: unknown }>(
+        `select action, changes, details from audit_events where resource_id = $1 order by id`,
+        [secretId],
+      );
+      const actions = rows.map((r) => r.action);
+      for (const a of ['secret.created', 'secret.revealed', 'secret.updated', 'secret.rolled_back']) {
+        assert.ok(actions.includes(a), `${a} in ${actions}`);
+      }
+      const all = await v.t.store.db.query<{ j: string }>(
+        `select row_to_json(a)::text as j from audit_events a`,
+      );
+      for (const r of all) {
+        assert.ok(!r.j.includes(VALUE) && !r.j.includes('v2-value') && !r.j.includes('other-value'), r.j);
+      }
+    });
+
+    test('rotation: due list and one secret.rotation_due per secret per period', async () => {
+      const { secrets } = await import('../index.ts').then((m) => m.createVaultServices(v.t.app.steward));
+      const c = await create({ name: 'ROTATE_ME', environment: 'development', value: 'r', rotation_days: 1 });
+      const id = c.json().id;
+      assert.equal((await secrets.announceDueRotations()) >= 0, true);
+      v.t.now.ms += 2 * 86_400_000;
+      await v.relogin();
+      const due = await v.req('GET', '/v1/secrets?due_for_rotation=true', { token: v.tokens.viewer });
+      assert.ok(due.json().data.some((s: { id: string }) => s.id === id));
+      assert.ok(due.json().data.every((s: { due_for_rotation: boolean }) => s.due_for_rotation));
+      await secrets.announceDueRotations();
+      await secrets.announceDueRotations();
+      const count = async () =>
+        (
+          await v.t.store.db.query<{ n: number }>(
+            `select count(*)::int as n from audit_events where action = 'secret.rotation_due' and resource_id = $1`,
+            [id],
+          )
+        )[0]?.n;
+      assert.equal(await count(), 1);
+      // Rotating moves the period forward; the next due date is announced once more.
+      await v.req('PUT', `/v1/secrets/${id}/value`, { token: v.tokens.developer, body: { value: 'r2' } });
+      await secrets.announceDueRotations();
+      assert.equal(await count(), 1);
+      v.t.now.ms += 2 * 86_400_000;
+      await secrets.announceDueRotations();
+      assert.equal(await count(), 2);
+      await v.relogin();
+    });
+
+    test('re-wrap under a new master key, then reveal every version', async () => {
+      const app = v.t.app;
+      const db = v.t.store.db;
+      const oldKeyring = app.steward.keyring;
+      const newKey = randomBytes(32);
+      const both = createKeyringWith(newKey, oldKeyring);
+      const progress: number[] = [];
+      const result = await rewrapAll({ db, keyring: both, audit: app.steward.audit, batchSize: 3 }, (done) =>
+        progress.push(done),
+      );
+      assert.ok(result.rewrapped > 0);
+      assert.equal(result.remaining, 0);
+      assert.ok(progress.length >= 2, 'progress reported per batch');
+      const rows = await db.db.select().from(secretVersions).where(eq(secretVersions.secretId, secretId));
+      assert.ok(
+        rows.every((r) => r.keyId === both.current.id && r.value.startsWith(`v1.${both.current.id}.`)),
+      );
+      // Reveal through a service holding only the new key.
+      const { createSecretService } = await import('./service.ts');
+      const onlyNew = createSecretService({
+        db,
+        keyring: createKeyring(newKey),
+        audit: app.steward.audit,
+        authz: app.steward.authz,
+        tenancy: app.steward.tenancy,
+        clock: app.steward.clock,
+      });
+      const manager = await app.steward.identity.authenticate(`Bearer ${v.tokens.manager}`);
+      assert.ok(manager);
+      for (const r of rows) {
+        const out = await onlyNew.reveal(
+          {
+            principal: manager,
+            context: { ip: '127.0.0.1', userAgent: null, sessionId: null, requestId: 'r' },
+            toolId: null,
+          },
+          secretId,
+          r.version,
+        );
+        assert.equal(out.value, r.version === 2 ? 'v2-value' : VALUE);
+      }
+      const events = await db.query<{ n: number }>(
+        `select count(*)::int as n from audit_events where action = 'secret.rewrapped'`,
+      );
+      assert.ok((events[0]?.n ?? 0) >= 1);
+      const again = await rewrapAll({ db, keyring: both, audit: app.steward.audit, batchSize: 3 });
+      assert.equal(again.rewrapped, 0);
+    });
+
+    test('delete: gone from the API, name reusable, versions kept', async () => {
+      const dev = await v.req('DELETE', `/v1/secrets/${secretId}`, { token: v.tokens.developer });
+      assert.equal(dev.statusCode, 403);
+      const del = await v.req('DELETE', `/v1/secrets/${secretId}`, { token: v.tokens.manager });
+      assert.equal(del.statusCode, 204, del.body);
+      const get = await v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.manager });
+      assert.equal(get.statusCode, 404);
+      const again = await create({ name: 'STRIPE_KEY', environment: 'production', value: 'new' });
+      assert.equal(again.statusCode, 201);
+      const kept = await v.t.store.db.db
+        .select()
+        .from(secretVersions)
+        .where(eq(secretVersions.secretId, secretId));
+      assert.ok(kept.length >= 3);
+    });
+  });
+}
+
+import type { Keyring } from '../../crypto/keyring.ts';
+
+/** A keyring whose current key is `current` and that still unwraps with `previous`. */
+function createKeyringWith(current: Buffer, previous: Keyring): Keyring {
+  const next = createKeyring(current);
+  return {
+    ...next,
+    ids: [...next.ids, ...previous.ids],
+    has: (id) => next.has(id) || previous.has(id),
+    unwrap: (wrapped) => (next.has(wrapped.keyId) ? next.unwrap(wrapped) : previous.unwrap(wrapped)),
+  };
+}

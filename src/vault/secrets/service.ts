@@ -1,0 +1,1032 @@
+import { randomUUID } from 'node:crypto';
+import { and, asc, desc, eq, gt, inArray, isNull, lt, lte, or, type SQL, sql } from 'drizzle-orm';
+import type { AuditActor, AuditEventInput, AuditRecorder } from '../../audit/service.ts';
+import { actorOf } from '../../audit/service.ts';
+import { isPermission } from '../../authz/catalogue.ts';
+import type { Authz } from '../../authz/contract.ts';
+import type { InvalidationBus } from '../../bus/index.ts';
+import { open, seal, sealedKeyId } from '../../crypto/envelope.ts';
+import { CryptoError } from '../../crypto/errors.ts';
+import type { Keyring } from '../../crypto/keyring.ts';
+import type { DbHandle, DbOrTx } from '../../db/client.ts';
+import { isId, newId } from '../../db/ids.ts';
+import type { RequestContext } from '../../http/context.ts';
+import { StewardError } from '../../http/errors.ts';
+import type { Principal } from '../../http/principal.ts';
+import { environments } from '../../tenancy/schema.ts';
+import type { TenancyService } from '../../tenancy/service.ts';
+import { isUniqueViolation, requireOn } from '../common.ts';
+import type { FourEyes } from '../four-eyes.ts';
+import { secretErrors } from './errors.ts';
+import { secretAccessLogs, secrets, secretVersions } from './schema.ts';
+
+/** The kinds of secret SPEC section 4 names. */
+export const SECRET_TYPES = [
+  'api_key',
+  'password',
+  'certificate',
+  'ssh_key',
+  'token',
+  'connection_string',
+  'generic',
+] as const;
+export type SecretType = (typeof SECRET_TYPES)[number];
+
+/** What a secret access is, in `secret_access_logs`. */
+export type AccessType = 'read' | 'write' | 'delete' | 'reveal';
+
+export type SecretRow = typeof secrets.$inferSelect;
+/** A secret with its environment's name, as reads return it. */
+export type Secret = SecretRow & { environment: string };
+export type SecretVersionRow = typeof secretVersions.$inferSelect;
+export type SecretVersionInfo = Omit<SecretVersionRow, 'value'>;
+
+/** Who asks, from where, and which tool when an agent asked: travels with every call. */
+export interface Access {
+  principal: Principal;
+  context: RequestContext;
+  toolId: string | null;
+}
+
+export interface CreateSecretInput {
+  name: string;
+  environment: string;
+  value: string;
+  secret_type?: SecretType | undefined;
+  display_name?: string | undefined;
+  description?: string | undefined;
+  tags?: string[] | undefined;
+  metadata?: Record<string, unknown> | undefined;
+  owner_id?: string | undefined;
+  required_permission?: string | undefined;
+  rotation_enabled?: boolean | undefined;
+  rotation_days?: number | undefined;
+  expires_at?: string | undefined;
+}
+
+export interface UpdateSecretInput {
+  display_name?: string | null | undefined;
+  description?: string | null | undefined;
+  secret_type?: SecretType | undefined;
+  tags?: string[] | undefined;
+  metadata?: Record<string, unknown> | undefined;
+  owner_id?: string | null | undefined;
+  required_permission?: string | null | undefined;
+  active?: boolean | undefined;
+  rotation_enabled?: boolean | undefined;
+  rotation_days?: number | null | undefined;
+  expires_at?: string | null | undefined;
+}
+
+export interface SecretFilters {
+  environment?: string | undefined;
+  secret_type?: SecretType | undefined;
+  tag?: string | undefined;
+  due_for_rotation?: boolean | undefined;
+}
+
+/** A change that four-eyes held for approval instead of applying. */
+export interface Pending {
+  pending: true;
+  changeId: string;
+}
+
+export interface SecretServiceDeps {
+  db: DbHandle;
+  keyring: Keyring;
+  audit: AuditRecorder;
+  authz: Pick<Authz, 'check'>;
+  tenancy: Pick<TenancyService, 'environmentByName'>;
+  clock: () => Date;
+  fourEyes?: FourEyes | undefined;
+  /** Tells other instances to drop cached secret rows; without it the cache is this process's only. */
+  bus?: Pick<InvalidationBus, 'publish' | 'subscribe'> | undefined;
+  onError?: ((error: unknown, what: string) => void) | undefined;
+  /** How long a cached row serves reveals if a bus message was lost (default 2 s; 0 disables). */
+  cacheTtlMs?: number | undefined;
+}
+
+/** Bus topic on which instances announce that a secret changed (message: its id). */
+export const SECRETS_TOPIC = 'vault.secrets';
+
+const DAY_MS = 86_400_000;
+// last_accessed_at is a hint, not a log (the access log is): refresh it at most once a minute
+// so a hot secret does not turn every reveal into a row update.
+const LAST_ACCESS_GRANULARITY_MS = 60_000;
+
+/** The associated data binding a sealed value to its row: moved elsewhere, it will not open. */
+export const secretAad = (orgId: string, secretId: string, version: number) =>
+  `org/${orgId}/secret/${secretId}/v/${version}`;
+
+interface RevealRow {
+  id: string;
+  org_id: string;
+  environment_id: string;
+  environment: string;
+  name: string;
+  current_version: number;
+  required_permission: string | null;
+  active: boolean;
+  expires_at: Date | string | null;
+  last_accessed_at: Date | string | null;
+  sealed: string | null;
+}
+
+const REVEAL_SQL = `select s.id, s.org_id, s.environment_id, e.name as environment, s.name, s.current_version,
+  s.required_permission, s.active, s.expires_at, s.last_accessed_at, v.value as sealed
+from secrets s
+join environments e on e.id = s.environment_id
+left join secret_versions v on v.secret_id = s.id and v.version = coalesce($3::int, s.current_version)
+where s.org_id = $1 and s.id = $2 and s.deleted_at is null`;
+
+const dateOf = (d: Date | string | null) => (d === null ? null : d instanceof Date ? d : new Date(d));
+
+/** The fields of a secret the reveal path reads (the rest are not needed to answer). */
+type RevealSecret = Pick<
+  Secret,
+  | 'id'
+  | 'orgId'
+  | 'environmentId'
+  | 'environment'
+  | 'name'
+  | 'currentVersion'
+  | 'requiredPermission'
+  | 'active'
+  | 'expiresAt'
+  | 'lastAccessedAt'
+>;
+
+function revealRowToSecret(r: RevealRow): RevealSecret {
+  return {
+    id: r.id,
+    orgId: r.org_id,
+    environmentId: r.environment_id,
+    environment: r.environment,
+    name: r.name,
+    currentVersion: r.current_version,
+    requiredPermission: r.required_permission,
+    active: r.active,
+    expiresAt: dateOf(r.expires_at),
+    lastAccessedAt: dateOf(r.last_accessed_at),
+  };
+}
+
+// Errors already written to the access log by the code that threw them.
+const alreadyLogged = new WeakSet<object>();
+
+/** The audit view of a secret: metadata only. Keys avoid words the redactor masks (`secret…`). */
+function auditView(s: SecretRow | Secret) {
+  return {
+    name: s.name,
+    display_name: s.displayName,
+    description: s.description,
+    type: s.secretType,
+    tags: s.tags,
+    metadata: s.metadata,
+    owner_id: s.ownerId,
+    required_permission: s.requiredPermission,
+    active: s.active,
+    version: s.currentVersion,
+    rotation_enabled: s.rotationEnabled,
+    rotation_days: s.rotationDays,
+    expires_at: s.expiresAt?.toISOString() ?? null,
+  };
+}
+
+const nextRotation = (enabled: boolean, days: number | null, from: Date) =>
+  enabled && days !== null ? new Date(from.getTime() + days * DAY_MS) : null;
+
+/**
+ * Secrets: envelope-encrypted, versioned values with metadata, reveal, rotation and an access log.
+ * Every change writes its audit event and access-log row in its own transaction.
+ */
+export function createSecretService({
+  db,
+  keyring,
+  audit,
+  authz,
+  tenancy,
+  clock,
+  fourEyes,
+  bus,
+  onError = () => {},
+  cacheTtlMs = 2000,
+}: SecretServiceDeps) {
+  // The reveal path's row (metadata + sealed current value), by org and id. Dropped on every change
+  // here and, through the bus, on other instances; the TTL bounds staleness if a message is lost.
+  const revealCache = new Map<string, { row: RevealRow; until: number }>();
+  let epoch = 0;
+  const forget = (id: string) => {
+    epoch++;
+    for (const key of revealCache.keys()) if (key.endsWith(`/${id}`)) revealCache.delete(key);
+  };
+  bus?.subscribe(SECRETS_TOPIC, forget);
+  async function changed(id: string): Promise<void> {
+    forget(id);
+    try {
+      await bus?.publish(SECRETS_TOPIC, id);
+    } catch (error) {
+      onError(error, 'secret invalidation publish'); // other instances catch up within the TTL
+    }
+  }
+
+  async function revealRow(
+    orgId: string,
+    id: string,
+    version: number | undefined,
+  ): Promise<RevealRow | undefined> {
+    const key = `${orgId}/${id}`;
+    if (version === undefined && cacheTtlMs > 0) {
+      const hit = revealCache.get(key);
+      if (hit && hit.until > performance.now()) return hit.row;
+    }
+    const seen = epoch;
+    const [row] = await db.query<RevealRow>(REVEAL_SQL, [orgId, id, version ?? null]);
+    // Not cached when a change landed meanwhile: the row read may predate it.
+    if (row && version === undefined && cacheTtlMs > 0 && seen === epoch) {
+      if (revealCache.size >= 10_000) revealCache.clear();
+      revealCache.set(key, { row, until: performance.now() + cacheTtlMs });
+    }
+    return row;
+  }
+
+  async function writeLog(
+    tx: DbOrTx,
+    access: Access,
+    entry: {
+      secretId: string | null;
+      type: AccessType;
+      success: boolean;
+      version?: number | null;
+      errorCode?: string;
+    },
+  ): Promise<void> {
+    await tx.insert(secretAccessLogs).values(logRow(access, entry));
+  }
+
+  /** Runs an access; a refusal or failure is logged (best effort) before it propagates. */
+  async function logged<T>(
+    access: Access,
+    type: AccessType,
+    secretId: string,
+    run: () => Promise<T>,
+  ): Promise<T> {
+    try {
+      return await run();
+    } catch (error) {
+      if (error instanceof StewardError && !alreadyLogged.has(error)) {
+        await writeLog(db.db, access, {
+          secretId: secretId.slice(0, 200),
+          type,
+          success: false,
+          errorCode: error.code,
+        }).catch(() => {});
+      }
+      throw error;
+    }
+  }
+
+  type AccessLogRow = typeof secretAccessLogs.$inferInsert;
+  interface RevealRecord {
+    event: AuditEventInput;
+    log: AccessLogRow;
+    touch: string | null;
+    resolve: () => void;
+    reject: (error: unknown) => void;
+  }
+  const queue: RevealRecord[] = [];
+  let scheduled = false;
+  let inFlight = 0;
+  // PGlite is one connection: one batch at a time. PostgreSQL commits a few in parallel (group commit).
+  const maxInFlight = db.kind === 'postgres' ? 4 : 1;
+
+  /**
+   * Records a reveal (audit event + access-log row) and resolves once they are committed: the
+   * caller answers only then, so no value leaves without its record. Reveals arriving together
+   * are written by one transaction with two multi-row inserts, so under load the per-reveal cost
+   * of the write shrinks with the batch; alone, a reveal commits at once.
+   */
+  function recordReveal(entry: Omit<RevealRecord, 'resolve' | 'reject'>): Promise<void> {
+    return new Promise((resolve, reject) => {
+      queue.push({ ...entry, resolve, reject });
+      schedule();
+    });
+  }
+
+  function schedule(): void {
+    if (scheduled || inFlight >= maxInFlight || queue.length === 0) return;
+    scheduled = true;
+    // After the I/O phase, so every request already read joins the batch. (PGlite runs on this
+    // thread and resolves in microtasks: an immediate flush would write one reveal at a time.)
+    setImmediate(() => {
+      scheduled = false;
+      if (inFlight >= maxInFlight || queue.length === 0) return;
+      const batch = queue.splice(0, 500);
+      inFlight++;
+      void writeReveals(batch).finally(() => {
+        inFlight--;
+        schedule();
+      });
+      schedule();
+    });
+  }
+
+  async function writeReveals(batch: RevealRecord[]): Promise<void> {
+    try {
+      await db.db.transaction(async (tx) => {
+        await audit.record(
+          tx,
+          batch.map((b) => b.event),
+        );
+        await tx.insert(secretAccessLogs).values(batch.map((b) => b.log));
+        const touch = [...new Set(batch.flatMap((b) => (b.touch === null ? [] : [b.touch])))];
+        if (touch.length > 0) {
+          await tx.update(secrets).set({ lastAccessedAt: clock() }).where(inArray(secrets.id, touch));
+        }
+      });
+      for (const b of batch) b.resolve();
+    } catch (error) {
+      for (const b of batch) b.reject(error);
+    }
+  }
+
+  const logRow = (
+    access: Access,
+    entry: {
+      secretId: string | null;
+      type: AccessType;
+      success: boolean;
+      version?: number | null;
+      errorCode?: string;
+    },
+  ): AccessLogRow => ({
+    // No `sal_` prefix in src/db/ids.ts yet: a UUID until the db owner adds one.
+    id: randomUUID(),
+    orgId: access.principal.orgId,
+    secretId: entry.secretId,
+    version: entry.version ?? null,
+    accessType: entry.type,
+    principalType: access.principal.kind,
+    principalId: access.principal.id,
+    success: entry.success,
+    errorCode: entry.errorCode ?? null,
+    ip: access.context.ip,
+    userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
+    toolId: access.toolId,
+    requestId: access.context.requestId,
+    createdAt: clock(),
+  });
+
+  async function loadLive(orgId: string, id: string, tx: DbOrTx = db.db, forUpdate = false): Promise<Secret> {
+    if (!isId('sec', id)) throw secretErrors.secret_not_found();
+    const query = tx
+      .select({ secret: secrets, environment: environments.name })
+      .from(secrets)
+      .innerJoin(environments, eq(environments.id, secrets.environmentId))
+      .where(and(eq(secrets.orgId, orgId), eq(secrets.id, id), isNull(secrets.deletedAt)));
+    const [row] = forUpdate ? await query.for('update', { of: secrets }) : await query;
+    if (!row) throw secretErrors.secret_not_found();
+    return { ...row.secret, environment: row.environment };
+  }
+
+  const actor = (access: Access): AuditActor => actorOf(access.principal);
+
+  // ---- create ---------------------------------------------------------------------------
+
+  async function create(access: Access, input: CreateSecretInput): Promise<Secret | Pending> {
+    const { principal } = access;
+    const env = await tenancy.environmentByName(principal.orgId, input.environment);
+    if (input.required_permission !== undefined || input.owner_id !== undefined) {
+      await requireOn(authz, principal, 'secrets:admin', { type: 'secrets', id: '*' });
+    }
+    if (input.required_permission !== undefined && !isPermission(input.required_permission)) {
+      throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
+    }
+    if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
+      const changeId = await fourEyes.propose(access, {
+        kind: 'secret.create',
+        environmentId: env.id,
+        targetId: null,
+        payload: input,
+        summary: { name: input.name, environment: env.name, type: input.secret_type ?? 'generic' },
+      });
+      return { pending: true, changeId };
+    }
+    return applyCreate(access, input);
+  }
+
+  async function applyCreate(
+    access: Access,
+    input: CreateSecretInput,
+    approvedBy?: Principal,
+  ): Promise<Secret> {
+    const { principal } = access;
+    const env = await tenancy.environmentByName(principal.orgId, input.environment);
+    const now = clock();
+    const id = newId('sec');
+    const rotationDays = input.rotation_days ?? null;
+    const rotationEnabled = input.rotation_enabled ?? rotationDays !== null;
+    const sealed = seal(keyring, input.value, secretAad(principal.orgId, id, 1));
+    try {
+      return await db.db.transaction(async (tx) => {
+        const [row] = await tx
+          .insert(secrets)
+          .values({
+            id,
+            orgId: principal.orgId,
+            environmentId: env.id,
+            name: input.name,
+            displayName: input.display_name ?? null,
+            description: input.description ?? null,
+            secretType: input.secret_type ?? 'generic',
+            tags: input.tags ?? [],
+            metadata: input.metadata ?? {},
+            ownerId: input.owner_id ?? principal.ownerId ?? principal.id,
+            requiredPermission: input.required_permission ?? null,
+            currentVersion: 1,
+            rotationEnabled,
+            rotationDays,
+            lastRotatedAt: now,
+            nextRotationAt: nextRotation(rotationEnabled, rotationDays, now),
+            expiresAt: input.expires_at ? new Date(input.expires_at) : null,
+            createdBy: principal.id,
+            updatedBy: principal.id,
+            createdAt: now,
+            updatedAt: now,
+          })
+          .returning();
+        if (!row) throw new Error('secret insert returned nothing');
+        await tx.insert(secretVersions).values({
+          secretId: id,
+          version: 1,
+          orgId: principal.orgId,
+          value: sealed,
+          keyId: sealedKeyId(sealed),
+          active: true,
+          reason: 'created',
+          createdBy: principal.id,
+          createdAt: now,
+        });
+        await audit.record(tx, {
+          orgId: principal.orgId,
+          actor: actor(access),
+          action: 'secret.created',
+          resource: { type: 'secret', id },
+          context: access.context,
+          details: { environment: env.name, ...(approvedBy ? { approved_by: approvedBy.id } : {}) },
+          changes: { after: auditView(row) },
+        });
+        await writeLog(tx, access, { secretId: id, type: 'write', success: true, version: 1 });
+        return { ...row, environment: env.name };
+      });
+    } catch (error) {
+      if (isUniqueViolation(error)) {
+        throw secretErrors.secret_name_taken(`A secret named ${input.name} exists in ${env.name}`);
+      }
+      throw error;
+    }
+  }
+
+  // ---- reads ------------------------------------------------------------------------------
+
+  async function list(
+    principal: Principal,
+    filters: SecretFilters,
+    page: { limit: number; after?: string | undefined },
+  ): Promise<Secret[]> {
+    const where: SQL[] = [eq(secrets.orgId, principal.orgId), isNull(secrets.deletedAt)];
+    if (filters.environment !== undefined) {
+      const env = await tenancy.environmentByName(principal.orgId, filters.environment);
+      where.push(eq(secrets.environmentId, env.id));
+    }
+    if (filters.secret_type !== undefined) where.push(eq(secrets.secretType, filters.secret_type));
+    if (filters.tag !== undefined)
+      where.push(sql`${secrets.tags} @> ${JSON.stringify([filters.tag])}::jsonb`);
+    if (filters.due_for_rotation === true) {
+      where.push(
+        eq(secrets.active, true),
+        eq(secrets.rotationEnabled, true),
+        lte(secrets.nextRotationAt, clock()),
+      );
+    }
+    if (page.after !== undefined) where.push(gt(secrets.id, page.after));
+    const rows = await db.db
+      .select({ secret: secrets, environment: environments.name })
+      .from(secrets)
+      .innerJoin(environments, eq(environments.id, secrets.environmentId))
+      .where(and(...where))
+      .orderBy(asc(secrets.id))
+      .limit(page.limit);
+    return rows.map((r) => ({ ...r.secret, environment: r.environment }));
+  }
+
+  async function get(access: Access, id: string): Promise<Secret> {
+    return logged(access, 'read', id, async () => {
+      const secret = await loadLive(access.principal.orgId, id);
+      await requireOn(authz, access.principal, 'secrets:read', { type: 'secrets', id });
+      await writeLog(db.db, access, { secretId: id, type: 'read', success: true });
+      return secret;
+    });
+  }
+
+  async function versions(
+    access: Access,
+    id: string,
+    page: { limit: number; before?: number | undefined },
+  ): Promise<SecretVersionInfo[]> {
+    return logged(access, 'read', id, async () => {
+      await loadLive(access.principal.orgId, id);
+      await requireOn(authz, access.principal, 'secrets:read', { type: 'secrets', id });
+      const where = [eq(secretVersions.secretId, id)];
+      if (page.before !== undefined) where.push(lt(secretVersions.version, page.before));
+      const rows = await db.db
+        .select({
+          secretId: secretVersions.secretId,
+          version: secretVersions.version,
+          orgId: secretVersions.orgId,
+          keyId: secretVersions.keyId,
+          active: secretVersions.active,
+          reason: secretVersions.reason,
+          restoredFrom: secretVersions.restoredFrom,
+          createdBy: secretVersions.createdBy,
+          createdAt: secretVersions.createdAt,
+        })
+        .from(secretVersions)
+        .where(and(...where))
+        .orderBy(desc(secretVersions.version))
+        .limit(page.limit);
+      await writeLog(db.db, access, { secretId: id, type: 'read', success: true });
+      return rows;
+    });
+  }
+
+  // ---- reveal -----------------------------------------------------------------------------
+
+  /**
+   * The value of the current (or a given) version. Needs `secrets:reveal` on this secret (a role,
+   * a type grant or a grant on this id), plus the secret's `required_permission` when it has one.
+   * The audit event and the access-log row are written in one transaction before the value is
+   * returned: no reveal without its record.
+   */
+  async function reveal(
+    access: Access,
+    id: string,
+    version?: number,
+  ): Promise<{ secret: RevealSecret; version: number; value: string }> {
+    const { principal } = access;
+    return logged(access, 'reveal', id, async () => {
+      if (!isId('sec', id)) throw secretErrors.secret_not_found();
+      // The hot path: one plain statement (Drizzle's mapping doubles its cost on PGlite).
+      const row = await revealRow(principal.orgId, id, version);
+      if (!row) throw secretErrors.secret_not_found();
+      const secret = revealRowToSecret(row);
+      await requireOn(authz, principal, 'secrets:reveal', { type: 'secrets', id });
+      if (secret.requiredPermission !== null) {
+        await requireOn(authz, principal, secret.requiredPermission, { type: 'secrets', id });
+      }
+      if (!secret.active) throw secretErrors.secret_inactive('This secret is deactivated');
+      const now = clock();
+      if (secret.expiresAt !== null && secret.expiresAt <= now) {
+        throw secretErrors.secret_expired(`This secret expired at ${secret.expiresAt.toISOString()}`);
+      }
+      const v = version ?? secret.currentVersion;
+      if (row.sealed === null) throw secretErrors.secret_version_not_found(`No version ${v}`);
+      let value: string;
+      try {
+        value = open(keyring, row.sealed, secretAad(principal.orgId, id, v)).toString('utf8');
+      } catch (error) {
+        if (!(error instanceof CryptoError)) throw error;
+        throw await undecryptable(access, secret, v, error);
+      }
+      const touch =
+        secret.lastAccessedAt === null ||
+        now.getTime() - secret.lastAccessedAt.getTime() >= LAST_ACCESS_GRANULARITY_MS;
+      await recordReveal({
+        event: {
+          orgId: principal.orgId,
+          actor: actor(access),
+          action: 'secret.revealed',
+          resource: { type: 'secret', id },
+          context: access.context,
+          details: { name: secret.name, environment: secret.environment, version: v, tool_id: access.toolId },
+          sensitive: true,
+        },
+        log: logRow(access, { secretId: id, type: 'reveal', success: true, version: v }),
+        touch: touch ? id : null,
+      });
+      if (touch) row.last_accessed_at = now;
+      return { secret, version: v, value };
+    });
+  }
+
+  /** Records a value that would not open (audit + access log), and the error to answer with. */
+  async function undecryptable(
+    access: Access,
+    secret: Pick<Secret, 'id' | 'name'>,
+    version: number,
+    cause: CryptoError,
+  ) {
+    const reason = cause.code === 'unknown_key' ? 'unknown_master_key' : 'integrity';
+    await db.db.transaction(async (tx) => {
+      await audit.record(tx, {
+        orgId: access.principal.orgId,
+        actor: actor(access),
+        action: 'secret.revealed',
+        resource: { type: 'secret', id: secret.id },
+        context: access.context,
+        details: { name: secret.name, version, reason },
+        success: false,
+        errorMessage: `stored value did not open (${cause.code})`,
+        sensitive: true,
+      });
+      await writeLog(tx, access, {
+        secretId: secret.id,
+        type: 'reveal',
+        success: false,
+        version,
+        errorCode: 'secret_undecryptable',
+      });
+    });
+    const error = secretErrors.secret_undecryptable(
+      reason === 'unknown_master_key'
+        ? 'The value is wrapped under a master key this server does not hold'
+        : 'The stored value failed its integrity check (tampered or moved from another row)',
+      { reason },
+    );
+    alreadyLogged.add(error);
+    return error;
+  }
+
+  // ---- changes ------------------------------------------------------------------------------
+
+  async function gate(
+    access: Access,
+    secret: Secret,
+    kind: string,
+    payload: unknown,
+    summary: Record<string, unknown>,
+  ): Promise<Pending | null> {
+    if (!fourEyes || !(await fourEyes.required(access.principal.orgId, secret.environment))) return null;
+    const changeId = await fourEyes.propose(access, {
+      kind,
+      environmentId: secret.environmentId,
+      targetId: secret.id,
+      payload,
+      summary: { name: secret.name, environment: secret.environment, ...summary },
+    });
+    return { pending: true, changeId };
+  }
+
+  /** Writes a new version (a rotation): the value, why, and the next rotation date. */
+  async function putValue(
+    access: Access,
+    id: string,
+    input: { value: string; rotation_reason?: string | undefined },
+  ): Promise<Secret | Pending> {
+    return logged(access, 'write', id, async () => {
+      const secret = await loadLive(access.principal.orgId, id);
+      await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+      const pending = await gate(access, secret, 'secret.value', input, {
+        rotation_reason: input.rotation_reason ?? null,
+      });
+      return pending ?? applyValue(access, id, input);
+    });
+  }
+
+  async function applyValue(
+    access: Access,
+    id: string,
+    input: { value: string; rotation_reason?: string | undefined },
+    approvedBy?: Principal,
+  ): Promise<Secret> {
+    const out = await db.db.transaction(async (tx) => {
+      const secret = await loadLive(access.principal.orgId, id, tx, true);
+      const now = clock();
+      const version = secret.currentVersion + 1;
+      const sealed = seal(keyring, input.value, secretAad(secret.orgId, id, version));
+      await tx.update(secretVersions).set({ active: false }).where(eq(secretVersions.secretId, id));
+      await tx.insert(secretVersions).values({
+        secretId: id,
+        version,
+        orgId: secret.orgId,
+        value: sealed,
+        keyId: sealedKeyId(sealed),
+        active: true,
+        reason: input.rotation_reason ?? null,
+        createdBy: access.principal.id,
+        createdAt: now,
+      });
+      const [row] = await tx
+        .update(secrets)
+        .set({
+          currentVersion: version,
+          lastRotatedAt: now,
+          nextRotationAt: nextRotation(secret.rotationEnabled, secret.rotationDays, now),
+          updatedBy: access.principal.id,
+          updatedAt: now,
+        })
+        .where(eq(secrets.id, id))
+        .returning();
+      if (!row) throw secretErrors.secret_not_found();
+      await audit.record(tx, {
+        orgId: secret.orgId,
+        actor: actor(access),
+        action: 'secret.updated',
+        resource: { type: 'secret', id },
+        context: access.context,
+        details: {
+          name: secret.name,
+          environment: secret.environment,
+          rotation_reason: input.rotation_reason ?? null,
+          ...(approvedBy ? { approved_by: approvedBy.id } : {}),
+        },
+        changes: { before: { version: secret.currentVersion }, after: { version } },
+      });
+      await writeLog(tx, access, { secretId: id, type: 'write', success: true, version });
+      return { ...row, environment: secret.environment };
+    });
+    await changed(id);
+    return out;
+  }
+
+  /** Restores an older version's value as a new version (audited as secret.rolled_back). */
+  async function rollback(
+    access: Access,
+    id: string,
+    input: { version: number; reason?: string | undefined },
+  ): Promise<Secret | Pending> {
+    return logged(access, 'write', id, async () => {
+      const secret = await loadLive(access.principal.orgId, id);
+      await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+      const pending = await gate(access, secret, 'secret.rollback', input, { to_version: input.version });
+      return pending ?? applyRollback(access, id, input);
+    });
+  }
+
+  async function applyRollback(
+    access: Access,
+    id: string,
+    input: { version: number; reason?: string | undefined },
+    approvedBy?: Principal,
+  ): Promise<Secret> {
+    const result = await db.db.transaction(async (tx) => {
+      const secret = await loadLive(access.principal.orgId, id, tx, true);
+      const [target] = await tx
+        .select()
+        .from(secretVersions)
+        .where(and(eq(secretVersions.secretId, id), eq(secretVersions.version, input.version)));
+      if (!target) throw secretErrors.secret_version_not_found(`No version ${input.version}`);
+      let plaintext: Buffer;
+      try {
+        plaintext = open(keyring, target.value, secretAad(secret.orgId, id, input.version));
+      } catch (error) {
+        if (!(error instanceof CryptoError)) throw error;
+        return { undecryptable: error, secret };
+      }
+      const now = clock();
+      const version = secret.currentVersion + 1;
+      const sealed = seal(keyring, plaintext, secretAad(secret.orgId, id, version));
+      plaintext.fill(0);
+      await tx.update(secretVersions).set({ active: false }).where(eq(secretVersions.secretId, id));
+      await tx.insert(secretVersions).values({
+        secretId: id,
+        version,
+        orgId: secret.orgId,
+        value: sealed,
+        keyId: sealedKeyId(sealed),
+        active: true,
+        reason: input.reason ?? `rollback to version ${input.version}`,
+        restoredFrom: input.version,
+        createdBy: access.principal.id,
+        createdAt: now,
+      });
+      const [row] = await tx
+        .update(secrets)
+        .set({ currentVersion: version, updatedBy: access.principal.id, updatedAt: now })
+        .where(eq(secrets.id, id))
+        .returning();
+      if (!row) throw secretErrors.secret_not_found();
+      await audit.record(tx, {
+        orgId: secret.orgId,
+        actor: actor(access),
+        action: 'secret.rolled_back',
+        resource: { type: 'secret', id },
+        context: access.context,
+        details: {
+          name: secret.name,
+          environment: secret.environment,
+          restored_from: input.version,
+          reason: input.reason ?? null,
+          ...(approvedBy ? { approved_by: approvedBy.id } : {}),
+        },
+        changes: { before: { version: secret.currentVersion }, after: { version } },
+      });
+      await writeLog(tx, access, { secretId: id, type: 'write', success: true, version });
+      return { secret: { ...row, environment: secret.environment } };
+    });
+    if ('undecryptable' in result && result.undecryptable) {
+      throw await undecryptable(access, result.secret, input.version, result.undecryptable);
+    }
+    await changed(id);
+    return result.secret;
+  }
+
+  /** Changes metadata (not the value). Owner and required permission need `secrets:admin`. */
+  async function update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret> {
+    return logged(access, 'write', id, async () => {
+      const secret = await loadLive(access.principal.orgId, id);
+      await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+      if (input.required_permission !== undefined || input.owner_id !== undefined) {
+        await requireOn(authz, access.principal, 'secrets:admin', { type: 'secrets', id });
+      }
+      if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
+        throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
+      }
+      const out = await db.db.transaction(async (tx) => {
+        const before = await loadLive(access.principal.orgId, id, tx, true);
+        const now = clock();
+        const rotationEnabled = input.rotation_enabled ?? before.rotationEnabled;
+        const rotationDays = input.rotation_days === undefined ? before.rotationDays : input.rotation_days;
+        const [row] = await tx
+          .update(secrets)
+          .set({
+            ...(input.display_name !== undefined ? { displayName: input.display_name } : {}),
+            ...(input.description !== undefined ? { description: input.description } : {}),
+            ...(input.secret_type !== undefined ? { secretType: input.secret_type } : {}),
+            ...(input.tags !== undefined ? { tags: input.tags } : {}),
+            ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
+            ...(input.owner_id !== undefined ? { ownerId: input.owner_id } : {}),
+            ...(input.required_permission !== undefined
+              ? { requiredPermission: input.required_permission }
+              : {}),
+            ...(input.active !== undefined ? { active: input.active } : {}),
+            ...(input.expires_at !== undefined
+              ? { expiresAt: input.expires_at === null ? null : new Date(input.expires_at) }
+              : {}),
+            rotationEnabled,
+            rotationDays,
+            nextRotationAt: nextRotation(
+              rotationEnabled,
+              rotationDays,
+              before.lastRotatedAt ?? before.createdAt,
+            ),
+            updatedBy: access.principal.id,
+            updatedAt: now,
+          })
+          .where(eq(secrets.id, id))
+          .returning();
+        if (!row) throw secretErrors.secret_not_found();
+        await audit.record(tx, {
+          orgId: secret.orgId,
+          actor: actor(access),
+          action: 'secret.updated',
+          resource: { type: 'secret', id },
+          context: access.context,
+          changes: { before: auditView(before), after: auditView(row) },
+        });
+        await writeLog(tx, access, { secretId: id, type: 'write', success: true });
+        return { ...row, environment: secret.environment };
+      });
+      await changed(id);
+      return out;
+    });
+  }
+
+  /** Soft delete: the secret disappears from the API; versions and logs stay for the record. */
+  async function remove(access: Access, id: string): Promise<Pending | null> {
+    return logged(access, 'delete', id, async () => {
+      const secret = await loadLive(access.principal.orgId, id);
+      await requireOn(authz, access.principal, 'secrets:delete', { type: 'secrets', id });
+      const pending = await gate(access, secret, 'secret.delete', {}, {});
+      if (pending) return pending;
+      await applyRemove(access, id);
+      return null;
+    });
+  }
+
+  async function applyRemove(access: Access, id: string, approvedBy?: Principal): Promise<void> {
+    await db.db.transaction(async (tx) => {
+      const secret = await loadLive(access.principal.orgId, id, tx, true);
+      const now = clock();
+      await tx
+        .update(secrets)
+        .set({ deletedAt: now, active: false, updatedBy: access.principal.id, updatedAt: now })
+        .where(eq(secrets.id, id));
+      await audit.record(tx, {
+        orgId: secret.orgId,
+        actor: actor(access),
+        action: 'secret.deleted',
+        resource: { type: 'secret', id },
+        context: access.context,
+        details: { environment: secret.environment, ...(approvedBy ? { approved_by: approvedBy.id } : {}) },
+        changes: { before: auditView(secret) },
+      });
+      await writeLog(tx, access, { secretId: id, type: 'delete', success: true });
+    });
+    await changed(id);
+  }
+
+  // ---- rotation -----------------------------------------------------------------------------
+
+  /**
+   * Announces every secret past `next_rotation_at` once per period (`secret.rotation_due`,
+   * audited). Rows are claimed with SKIP LOCKED, so instances running this together split the
+   * work instead of announcing twice. Returns how many were announced.
+   */
+  async function announceDueRotations(batch = 100): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const now = clock();
+      const n = await db.db.transaction(async (tx) => {
+        const due = await tx
+          .select({
+            id: secrets.id,
+            orgId: secrets.orgId,
+            name: secrets.name,
+            environmentId: secrets.environmentId,
+            nextRotationAt: secrets.nextRotationAt,
+            rotationDays: secrets.rotationDays,
+          })
+          .from(secrets)
+          .where(
+            and(
+              isNull(secrets.deletedAt),
+              eq(secrets.active, true),
+              eq(secrets.rotationEnabled, true),
+              lte(secrets.nextRotationAt, now),
+              or(
+                isNull(secrets.rotationNotifiedFor),
+                lt(secrets.rotationNotifiedFor, secrets.nextRotationAt),
+              ),
+            ),
+          )
+          .orderBy(asc(secrets.nextRotationAt))
+          .limit(batch)
+          .for('update', { skipLocked: true });
+        if (due.length === 0) return 0;
+        for (const s of due) {
+          await tx.update(secrets).set({ rotationNotifiedFor: s.nextRotationAt }).where(eq(secrets.id, s.id));
+        }
+        await audit.record(
+          tx,
+          due.map((s) => ({
+            orgId: s.orgId,
+            actor: { type: 'system' as const, name: 'rotation' },
+            action: 'secret.rotation_due' as const,
+            resource: { type: 'secret', id: s.id },
+            details: {
+              name: s.name,
+              environment_id: s.environmentId,
+              next_rotation_at: s.nextRotationAt?.toISOString() ?? null,
+              rotation_days: s.rotationDays,
+            },
+          })),
+        );
+        return due.length;
+      });
+      total += n;
+      if (n < batch) return total;
+    }
+  }
+
+  /** Runs `announceDueRotations` every `intervalMs` (unref'd); `stop` waits for a run in flight. */
+  function startRotationScheduler(intervalMs: number, onError: (error: unknown) => void) {
+    let running: Promise<unknown> | null = null;
+    const tick = () => {
+      if (running) return;
+      running = announceDueRotations()
+        .catch(onError)
+        .finally(() => {
+          running = null;
+        });
+    };
+    const timer = setInterval(tick, intervalMs);
+    timer.unref();
+    return {
+      tick,
+      async stop() {
+        clearInterval(timer);
+        await running;
+      },
+    };
+  }
+
+  return {
+    create,
+    list,
+    get,
+    versions,
+    reveal,
+    putValue,
+    rollback,
+    update,
+    remove,
+    announceDueRotations,
+    startRotationScheduler,
+    /** Used by four-eyes once a change is approved. */
+    apply: { create: applyCreate, value: applyValue, rollback: applyRollback, remove: applyRemove },
+  };
+}
+
+/** The secrets service. */
+export type SecretService = ReturnType<typeof createSecretService>;

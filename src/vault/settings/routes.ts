@@ -1,0 +1,267 @@
+import type { FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { callerOf } from '../../http/auth.ts';
+import { contextOf } from '../../http/context.ts';
+import { httpErrors } from '../../http/errors.ts';
+import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../../http/pagination.ts';
+import { toolIdOf } from '../common.ts';
+import type { Access } from '../secrets/service.ts';
+import { rulesSchema, VALUE_TYPES } from './rules.ts';
+import { etagOf, type HistoryEntry, type Setting, type SettingService } from './service.ts';
+
+const settingKey = z
+  .string()
+  .regex(
+    /^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$/,
+    'letters, digits, _ . : -, starting with a letter or _ (≤ 200)',
+  );
+const envParam = z.string().min(1).max(40);
+const keyParams = z.object({ env: envParam, key: settingKey });
+const ifMatchHeader = z.looseObject({
+  'if-match': z
+    .string()
+    .max(100)
+    .optional()
+    .describe('The version (or ETag) you read. Required to update; a stale one is refused with 412.'),
+});
+
+const settingSchema = z.object({
+  id: z.string(),
+  environment: z.string(),
+  key: z.string(),
+  category: z.string().nullable(),
+  value_type: z.enum(VALUE_TYPES),
+  value: z.unknown().describe('Null and `masked: true` for secret settings.'),
+  masked: z.boolean(),
+  rules: z.record(z.string(), z.unknown()),
+  description: z.string().nullable(),
+  is_secret: z.boolean(),
+  encrypted: z.boolean(),
+  version: z.number().int(),
+  created_by: z.string().nullable(),
+  updated_by: z.string().nullable(),
+  created_at: z.string(),
+  updated_at: z.string(),
+});
+
+const historySchema = z.object({
+  version: z.number().int(),
+  action: z.enum(['created', 'updated', 'rolled_back']),
+  value_type: z.enum(VALUE_TYPES),
+  old_value: z.unknown(),
+  new_value: z.unknown(),
+  masked: z.boolean().describe('True when the values are hidden (a secret setting).'),
+  restored_from: z.number().int().nullable(),
+  changed_by: z.string().nullable(),
+  changed_by_type: z.string().nullable(),
+  ip: z.string().nullable(),
+  user_agent: z.string().nullable(),
+  request_id: z.string().nullable(),
+  created_at: z.string(),
+});
+
+const pendingSchema = z.object({ status: z.literal('pending_approval'), change_id: z.string() });
+
+function settingView(s: Setting) {
+  const r = s.row;
+  return {
+    id: r.id,
+    environment: s.environment,
+    key: r.key,
+    category: r.category,
+    value_type: r.valueType as (typeof VALUE_TYPES)[number],
+    value: s.value,
+    masked: s.masked,
+    rules: r.rules as Record<string, unknown>,
+    description: r.description,
+    is_secret: r.isSecret,
+    encrypted: r.encrypted,
+    version: r.version,
+    created_by: r.createdBy,
+    updated_by: r.updatedBy,
+    created_at: r.createdAt.toISOString(),
+    updated_at: r.updatedAt.toISOString(),
+  };
+}
+
+const historyView = (h: HistoryEntry) => ({
+  version: h.row.version,
+  action: h.row.action as 'created' | 'updated' | 'rolled_back',
+  value_type: h.row.valueType as (typeof VALUE_TYPES)[number],
+  old_value: h.oldValue,
+  new_value: h.newValue,
+  masked: h.masked,
+  restored_from: h.row.restoredFrom,
+  changed_by: h.row.changedBy,
+  changed_by_type: h.row.changedByType,
+  ip: h.row.ip,
+  user_agent: h.row.userAgent,
+  request_id: h.row.requestId,
+  created_at: h.row.createdAt.toISOString(),
+});
+
+const accessOf = (request: FastifyRequest): Access => ({
+  principal: callerOf(request),
+  context: contextOf(request),
+  toolId: toolIdOf(request),
+});
+
+/** `/v1/settings/{env}`: typed settings with ETag/If-Match, history and rollback. */
+export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> = async (
+  app,
+  { settings },
+) => {
+  app.get(
+    '/v1/settings/:env',
+    {
+      config: { access: { permission: 'settings:read' } },
+      schema: {
+        tags: ['settings'],
+        summary: 'All settings of an environment, by key (secret values masked)',
+        params: z.object({ env: envParam }),
+        querystring: z.strictObject({ ...pageQuery, category: z.string().min(1).max(100).optional() }),
+        response: { 200: listResponse(settingSchema) },
+      },
+    },
+    async (request) => {
+      const q = request.query;
+      const cursor = decodeCursor(q.cursor, z.object({ key: z.string().max(200) }));
+      const rows = await settings.list(callerOf(request), request.params.env, {
+        limit: q.limit,
+        after: cursor?.key,
+        category: q.category,
+      });
+      const last = rows.at(-1);
+      return {
+        data: rows.map(settingView),
+        next_cursor: rows.length === q.limit && last ? encodeCursor({ key: last.row.key }) : null,
+      };
+    },
+  );
+
+  app.get(
+    '/v1/settings/:env/:key',
+    {
+      config: { access: { permission: 'settings:read' } },
+      schema: {
+        tags: ['settings'],
+        summary: 'One setting, with its version as ETag',
+        params: keyParams,
+        response: { 200: settingSchema },
+      },
+    },
+    async (request, reply) => {
+      const s = await settings.get(callerOf(request), request.params.env, request.params.key);
+      reply.header('etag', etagOf(s.row.version));
+      return settingView(s);
+    },
+  );
+
+  app.put(
+    '/v1/settings/:env/:key',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['settings'],
+        summary: 'Create (201) or update (200, needs If-Match) a setting',
+        description:
+          'Creating needs `settings:create` and `value_type`; updating needs `settings:update` and ' +
+          '`If-Match: "<version>"` (missing → 428 `precondition_required`, stale → 412 `version_conflict`). ' +
+          'Omitted fields keep their value on update.',
+        params: keyParams,
+        headers: ifMatchHeader,
+        body: z.strictObject({
+          value: z.unknown(),
+          value_type: z.enum(VALUE_TYPES).optional(),
+          category: z.string().min(1).max(100).nullable().optional(),
+          rules: rulesSchema.optional(),
+          is_secret: z
+            .boolean()
+            .optional()
+            .describe('Masked in every response, history entry and audit event.'),
+          encrypted: z.boolean().optional().describe('Store the value sealed (default: is_secret).'),
+          description: z.string().max(2000).nullable().optional(),
+        }),
+        response: { 200: settingSchema, 201: settingSchema, 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      if (!('value' in (request.body as object))) {
+        throw httpErrors.validation_failed('body.value: Required', {
+          errors: [{ path: 'body.value', message: 'Required' }],
+        });
+      }
+      const result = await settings.put(
+        accessOf(request),
+        request.params.env,
+        request.params.key,
+        request.body,
+        request.headers['if-match'],
+      );
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      reply.header('etag', etagOf(result.setting.row.version));
+      return reply.code(result.created ? 201 : 200).send(settingView(result.setting));
+    },
+  );
+
+  app.get(
+    '/v1/settings/:env/:key/history',
+    {
+      config: { access: { permission: 'settings:read' } },
+      schema: {
+        tags: ['settings'],
+        summary: 'Immutable history, newest first (values masked for secret settings)',
+        params: keyParams,
+        querystring: z.strictObject(pageQuery),
+        response: { 200: listResponse(historySchema) },
+      },
+    },
+    async (request) => {
+      const cursor = decodeCursor(request.query.cursor, z.object({ v: z.number().int() }));
+      const rows = await settings.history(callerOf(request), request.params.env, request.params.key, {
+        limit: request.query.limit,
+        before: cursor?.v,
+      });
+      const last = rows.at(-1);
+      return {
+        data: rows.map(historyView),
+        next_cursor:
+          rows.length === request.query.limit && last && last.row.version > 1
+            ? encodeCursor({ v: last.row.version })
+            : null,
+      };
+    },
+  );
+
+  app.post(
+    '/v1/settings/:env/:key/rollback',
+    {
+      config: { access: 'authenticated' },
+      schema: {
+        tags: ['settings'],
+        summary: "Restore a version's value, type and rules as a new version (audited)",
+        params: keyParams,
+        headers: ifMatchHeader,
+        body: z.strictObject({ version: z.number().int().min(1) }),
+        response: { 200: settingSchema, 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await settings.rollback(
+        accessOf(request),
+        request.params.env,
+        request.params.key,
+        request.body,
+        request.headers['if-match'],
+      );
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      reply.header('etag', etagOf(result.row.version));
+      return settingView(result);
+    },
+  );
+};

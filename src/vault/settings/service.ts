@@ -1,0 +1,513 @@
+import { and, asc, desc, eq, gt, lte } from 'drizzle-orm';
+import type { AuditRecorder } from '../../audit/service.ts';
+import { actorOf } from '../../audit/service.ts';
+import type { Authz } from '../../authz/contract.ts';
+import { open, seal, sealedKeyId } from '../../crypto/envelope.ts';
+import { CryptoError } from '../../crypto/errors.ts';
+import type { Keyring } from '../../crypto/keyring.ts';
+import type { DbHandle, DbOrTx } from '../../db/client.ts';
+import { newId } from '../../db/ids.ts';
+import { httpErrors } from '../../http/errors.ts';
+import type { Principal } from '../../http/principal.ts';
+import type { Environment, TenancyService } from '../../tenancy/service.ts';
+import { isUniqueViolation, requireOn } from '../common.ts';
+import type { FourEyes } from '../four-eyes.ts';
+import type { Access, Pending } from '../secrets/service.ts';
+import { settingErrors } from './errors.ts';
+import { checkRules, checkValue, type ValueType } from './rules.ts';
+import { type SettingRules, settingHistory, settings } from './schema.ts';
+
+export type SettingRow = typeof settings.$inferSelect;
+export type HistoryRow = typeof settingHistory.$inferSelect;
+
+/** A setting as reads return it: the value decoded, or null and `masked` for secret settings. */
+export interface Setting {
+  row: SettingRow;
+  environment: string;
+  value: unknown;
+  masked: boolean;
+}
+
+/** One history entry: old and new value (masked for secret settings), who, from where. */
+export interface HistoryEntry {
+  row: HistoryRow;
+  oldValue: unknown;
+  newValue: unknown;
+  masked: boolean;
+}
+
+export interface PutSettingInput {
+  value: unknown;
+  value_type?: ValueType | undefined;
+  category?: string | null | undefined;
+  rules?: SettingRules | undefined;
+  is_secret?: boolean | undefined;
+  encrypted?: boolean | undefined;
+  description?: string | null | undefined;
+}
+
+export interface SettingServiceDeps {
+  db: DbHandle;
+  keyring: Keyring;
+  audit: AuditRecorder;
+  authz: Pick<Authz, 'check'>;
+  tenancy: Pick<TenancyService, 'environmentByName'>;
+  clock: () => Date;
+  fourEyes?: FourEyes | undefined;
+}
+
+/** The associated data binding a sealed setting value to its row and version. */
+export const settingAad = (orgId: string, settingId: string, version: number) =>
+  `org/${orgId}/setting/${settingId}/v/${version}`;
+
+/**
+ * Parses `If-Match`: `"3"`, `W/"3"`, `3` (a bare number, for curl users) or `*`. Returns the
+ * version, '*' or null when the header is not one of those.
+ */
+export function parseIfMatch(header: string | undefined): number | '*' | null | undefined {
+  if (header === undefined) return undefined;
+  const h = header.trim();
+  if (h === '*') return '*';
+  const m = /^(?:W\/)?"?(\d{1,9})"?$/.exec(h);
+  return m?.[1] === undefined ? null : Number(m[1]);
+}
+
+export const etagOf = (version: number) => `"${version}"`;
+
+/** The audit view of a setting state; `value` is masked by the caller's `secretFields`. */
+const auditView = (s: {
+  value: unknown;
+  valueType: string;
+  rules: SettingRules;
+  category: string | null;
+  description: string | null;
+  isSecret: boolean;
+  encrypted: boolean;
+  version: number;
+}) => ({
+  value: s.value,
+  value_type: s.valueType,
+  rules: s.rules,
+  category: s.category,
+  description: s.description,
+  masked: s.isSecret,
+  encrypted: s.encrypted,
+  version: s.version,
+});
+
+/**
+ * Typed settings with optimistic concurrency (version = ETag), validation rules, immutable history
+ * and rollback. Secret settings are masked in every response, history entry and audit event.
+ */
+export function createSettingService({
+  db,
+  keyring,
+  audit,
+  authz,
+  tenancy,
+  clock,
+  fourEyes,
+}: SettingServiceDeps) {
+  function decode(
+    orgId: string,
+    settingId: string,
+    version: number,
+    stored: { value: unknown; valueSealed: string | null; encrypted: boolean },
+  ): unknown {
+    if (!stored.encrypted || stored.valueSealed === null) return stored.value;
+    try {
+      return JSON.parse(
+        open(keyring, stored.valueSealed, settingAad(orgId, settingId, version)).toString('utf8'),
+      );
+    } catch (error) {
+      if (!(error instanceof CryptoError)) throw error;
+      throw settingErrors.setting_undecryptable(
+        error.code === 'unknown_key'
+          ? 'The value is wrapped under a master key this server does not hold'
+          : 'The stored value failed its integrity check (tampered or moved from another row)',
+        { reason: error.code === 'unknown_key' ? 'unknown_master_key' : 'integrity' },
+      );
+    }
+  }
+
+  function view(row: SettingRow, environment: string): Setting {
+    if (row.isSecret) return { row, environment, value: null, masked: true };
+    return { row, environment, value: decode(row.orgId, row.id, row.version, row), masked: false };
+  }
+
+  async function find(orgId: string, env: Environment, key: string, tx: DbOrTx = db.db, forUpdate = false) {
+    const query = tx
+      .select()
+      .from(settings)
+      .where(and(eq(settings.orgId, orgId), eq(settings.environmentId, env.id), eq(settings.key, key)));
+    const [row] = forUpdate ? await query.for('update') : await query;
+    return row ?? null;
+  }
+
+  async function load(orgId: string, envName: string, key: string) {
+    const env = await tenancy.environmentByName(orgId, envName);
+    const row = await find(orgId, env, key);
+    if (!row) throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+    return { env, row };
+  }
+
+  async function list(
+    principal: Principal,
+    envName: string,
+    page: { limit: number; after?: string | undefined; category?: string | undefined },
+  ): Promise<Setting[]> {
+    const env = await tenancy.environmentByName(principal.orgId, envName);
+    const where = [eq(settings.orgId, principal.orgId), eq(settings.environmentId, env.id)];
+    if (page.after !== undefined) where.push(gt(settings.key, page.after));
+    if (page.category !== undefined) where.push(eq(settings.category, page.category));
+    const rows = await db.db
+      .select()
+      .from(settings)
+      .where(and(...where))
+      .orderBy(asc(settings.key))
+      .limit(page.limit);
+    return rows.map((row) => view(row, env.name));
+  }
+
+  async function get(principal: Principal, envName: string, key: string): Promise<Setting> {
+    const { env, row } = await load(principal.orgId, envName, key);
+    return view(row, env.name);
+  }
+
+  function expectVersion(ifMatch: number | '*' | null | undefined, current: number | null): void {
+    if (ifMatch === null) {
+      throw httpErrors.validation_failed('If-Match must be a version number or an ETag ("3")', {
+        errors: [{ path: 'headers.if-match', message: 'not a version' }],
+      });
+    }
+    if (current === null) {
+      // RFC 9110: If-Match on a resource that does not exist fails.
+      if (ifMatch !== undefined) {
+        throw settingErrors.version_conflict('The setting does not exist; send no If-Match to create it', {
+          current_version: null,
+        });
+      }
+      return;
+    }
+    if (ifMatch === undefined) {
+      throw settingErrors.precondition_required(
+        `Updating needs If-Match with the version you read (current version ${current})`,
+        { current_version: current },
+      );
+    }
+    if (ifMatch !== '*' && ifMatch !== current) {
+      throw settingErrors.version_conflict(`The setting is at version ${current}, not ${ifMatch}`, {
+        current_version: current,
+      });
+    }
+  }
+
+  /** Creates or updates a setting; updates need `If-Match`. */
+  async function put(
+    access: Access,
+    envName: string,
+    key: string,
+    input: PutSettingInput,
+    ifMatchHeader: string | undefined,
+  ): Promise<{ setting: Setting; created: boolean } | Pending> {
+    const { principal } = access;
+    const env = await tenancy.environmentByName(principal.orgId, envName);
+    const existing = await find(principal.orgId, env, key);
+    const ifMatch = parseIfMatch(ifMatchHeader);
+    if (existing) await requireOn(authz, principal, 'settings:update', { type: 'settings', id: existing.id });
+    else await requireOn(authz, principal, 'settings:create', { type: 'settings', id: '*' });
+    expectVersion(ifMatch, existing?.version ?? null);
+    const valueType = input.value_type ?? (existing?.valueType as ValueType | undefined);
+    if (valueType === undefined) {
+      throw httpErrors.validation_failed('body.value_type: required when creating a setting', {
+        errors: [{ path: 'body.value_type', message: 'Required when creating a setting' }],
+      });
+    }
+    const rules = input.rules ?? existing?.rules ?? {};
+    checkRules(valueType, rules);
+    checkValue(valueType, rules, input.value);
+    if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
+      const isSecret = input.is_secret ?? existing?.isSecret ?? false;
+      const changeId = await fourEyes.propose(access, {
+        kind: 'setting.put',
+        environmentId: env.id,
+        targetId: existing?.id ?? null,
+        payload: {
+          environment: env.name,
+          key,
+          input: { ...input, value_type: valueType },
+          expectedVersion: existing?.version ?? null,
+        },
+        summary: {
+          environment: env.name,
+          key,
+          value_type: valueType,
+          value: isSecret ? '[REDACTED]' : input.value,
+          expected_version: existing?.version ?? null,
+        },
+      });
+      return { pending: true, changeId };
+    }
+    return applyPut(access, env, key, { ...input, value_type: valueType }, existing?.version ?? null);
+  }
+
+  async function applyPut(
+    access: Access,
+    env: Environment,
+    key: string,
+    input: PutSettingInput & { value_type: ValueType },
+    expectedVersion: number | null,
+    approvedBy?: Principal,
+  ): Promise<{ setting: Setting; created: boolean }> {
+    const { principal } = access;
+    try {
+      return await db.db.transaction(async (tx) => {
+        const before = await find(principal.orgId, env, key, tx, true);
+        if ((before?.version ?? null) !== expectedVersion) {
+          throw settingErrors.version_conflict(
+            before ? `The setting is at version ${before.version}` : 'The setting no longer exists',
+            { current_version: before?.version ?? null },
+          );
+        }
+        const now = clock();
+        const id = before?.id ?? newId('stg');
+        const version = (before?.version ?? 0) + 1;
+        const isSecret = input.is_secret ?? before?.isSecret ?? false;
+        const encrypted = input.encrypted ?? (before ? before.encrypted : isSecret);
+        const sealed = encrypted
+          ? seal(keyring, JSON.stringify(input.value), settingAad(principal.orgId, id, version))
+          : null;
+        const state = {
+          valueType: input.value_type,
+          value: encrypted ? null : (input.value as object),
+          valueSealed: sealed,
+          keyId: sealed === null ? null : sealedKeyId(sealed),
+          rules: input.rules ?? before?.rules ?? {},
+          category: input.category === undefined ? (before?.category ?? null) : input.category,
+          description: input.description === undefined ? (before?.description ?? null) : input.description,
+          isSecret,
+          encrypted,
+        };
+        const [row] = before
+          ? await tx
+              .update(settings)
+              .set({ ...state, version, updatedBy: principal.id, updatedAt: now })
+              .where(eq(settings.id, id))
+              .returning()
+          : await tx
+              .insert(settings)
+              .values({
+                id,
+                orgId: principal.orgId,
+                environmentId: env.id,
+                key,
+                ...state,
+                version,
+                createdBy: principal.id,
+                updatedBy: principal.id,
+                createdAt: now,
+                updatedAt: now,
+              })
+              .returning();
+        if (!row) throw new Error('setting write returned nothing');
+        await tx.insert(settingHistory).values({
+          settingId: id,
+          version,
+          orgId: principal.orgId,
+          action: before ? 'updated' : 'created',
+          ...state,
+          changedBy: principal.id,
+          changedByType: principal.kind,
+          ip: access.context.ip,
+          userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
+          requestId: access.context.requestId,
+          createdAt: now,
+        });
+        const beforeValue = before ? decodeForAudit(before) : undefined;
+        await audit.record(tx, {
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: 'setting.changed',
+          resource: { type: 'setting', id },
+          context: access.context,
+          details: { environment: env.name, key, ...(approvedBy ? { approved_by: approvedBy.id } : {}) },
+          changes: {
+            ...(before ? { before: auditView({ ...before, value: beforeValue }) } : {}),
+            after: auditView({ ...state, value: input.value, version }),
+          },
+          secretFields: isSecret || before?.isSecret ? ['value'] : [],
+        });
+        return { setting: view(row, env.name), created: before === null };
+      });
+    } catch (error) {
+      if (isUniqueViolation(error)) {
+        throw settingErrors.version_conflict('The setting was created meanwhile', { current_version: null });
+      }
+      throw error;
+    }
+  }
+
+  // A secret setting's old value is masked anyway: never decrypt what will not be shown.
+  function decodeForAudit(row: SettingRow): unknown {
+    if (row.isSecret) return null;
+    return decode(row.orgId, row.id, row.version, row);
+  }
+
+  async function history(
+    principal: Principal,
+    envName: string,
+    key: string,
+    page: { limit: number; before?: number | undefined },
+  ): Promise<HistoryEntry[]> {
+    const { row: setting } = await load(principal.orgId, envName, key);
+    const where = [eq(settingHistory.settingId, setting.id)];
+    if (page.before !== undefined) where.push(lte(settingHistory.version, page.before - 1));
+    // One row more than the page: the entry before the last gives its old value.
+    const rows = await db.db
+      .select()
+      .from(settingHistory)
+      .where(and(...where))
+      .orderBy(desc(settingHistory.version))
+      .limit(page.limit + 1);
+    const out: HistoryEntry[] = [];
+    for (let i = 0; i < Math.min(rows.length, page.limit); i++) {
+      const row = rows[i] as HistoryRow;
+      const previous = rows[i + 1];
+      const masked = setting.isSecret || row.isSecret || (previous?.isSecret ?? false);
+      out.push({
+        row,
+        masked,
+        newValue: masked ? null : decode(setting.orgId, setting.id, row.version, row),
+        oldValue:
+          masked || previous === undefined
+            ? null
+            : decode(setting.orgId, setting.id, previous.version, previous),
+      });
+    }
+    return out;
+  }
+
+  /** Restores a version's value, type and rules as a new version (audited as setting.rolled_back). */
+  async function rollback(
+    access: Access,
+    envName: string,
+    key: string,
+    input: { version: number },
+    ifMatchHeader: string | undefined,
+  ): Promise<Setting | Pending> {
+    const { principal } = access;
+    const { env, row } = await load(principal.orgId, envName, key);
+    await requireOn(authz, principal, 'settings:update', { type: 'settings', id: row.id });
+    const ifMatch = parseIfMatch(ifMatchHeader);
+    if (ifMatch !== undefined) expectVersion(ifMatch, row.version);
+    if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
+      const changeId = await fourEyes.propose(access, {
+        kind: 'setting.rollback',
+        environmentId: env.id,
+        targetId: row.id,
+        payload: { environment: env.name, key, version: input.version, expectedVersion: row.version },
+        summary: { environment: env.name, key, to_version: input.version, expected_version: row.version },
+      });
+      return { pending: true, changeId };
+    }
+    return applyRollback(access, env, key, input.version, row.version);
+  }
+
+  async function applyRollback(
+    access: Access,
+    env: Environment,
+    key: string,
+    toVersion: number,
+    expectedVersion: number,
+    approvedBy?: Principal,
+  ): Promise<Setting> {
+    const { principal } = access;
+    return db.db.transaction(async (tx) => {
+      const before = await find(principal.orgId, env, key, tx, true);
+      if (!before) throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+      if (before.version !== expectedVersion) {
+        throw settingErrors.version_conflict(`The setting is at version ${before.version}`, {
+          current_version: before.version,
+        });
+      }
+      const [target] = await tx
+        .select()
+        .from(settingHistory)
+        .where(and(eq(settingHistory.settingId, before.id), eq(settingHistory.version, toVersion)));
+      if (!target) throw settingErrors.setting_version_not_found(`No version ${toVersion}`);
+      const value = decode(principal.orgId, before.id, toVersion, target);
+      const now = clock();
+      const version = before.version + 1;
+      // Masking only ever widens: restoring a version from before the value was marked secret
+      // must not unmask it.
+      const isSecret = before.isSecret || target.isSecret;
+      const encrypted = before.encrypted || target.encrypted;
+      const sealed = encrypted
+        ? seal(keyring, JSON.stringify(value), settingAad(principal.orgId, before.id, version))
+        : null;
+      const state = {
+        valueType: target.valueType,
+        value: encrypted ? null : (value as object),
+        valueSealed: sealed,
+        keyId: sealed === null ? null : sealedKeyId(sealed),
+        rules: target.rules,
+        category: before.category,
+        description: before.description,
+        isSecret,
+        encrypted,
+      };
+      const [row] = await tx
+        .update(settings)
+        .set({ ...state, version, updatedBy: principal.id, updatedAt: now })
+        .where(eq(settings.id, before.id))
+        .returning();
+      if (!row) throw settingErrors.setting_not_found();
+      await tx.insert(settingHistory).values({
+        settingId: before.id,
+        version,
+        orgId: principal.orgId,
+        action: 'rolled_back',
+        ...state,
+        restoredFrom: toVersion,
+        changedBy: principal.id,
+        changedByType: principal.kind,
+        ip: access.context.ip,
+        userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
+        requestId: access.context.requestId,
+        createdAt: now,
+      });
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'setting.rolled_back',
+        resource: { type: 'setting', id: before.id },
+        context: access.context,
+        details: {
+          environment: env.name,
+          key,
+          restored_from: toVersion,
+          ...(approvedBy ? { approved_by: approvedBy.id } : {}),
+        },
+        changes: {
+          before: auditView({ ...before, value: decodeForAudit(before) }),
+          after: auditView({ ...state, value, version }),
+        },
+        secretFields: isSecret ? ['value'] : [],
+      });
+      return view(row, env.name);
+    });
+  }
+
+  return {
+    list,
+    get,
+    put,
+    history,
+    rollback,
+    /** Used by four-eyes once a change is approved. */
+    apply: { put: applyPut, rollback: applyRollback },
+  };
+}
+
+/** The settings service. */
+export type SettingService = ReturnType<typeof createSettingService>;

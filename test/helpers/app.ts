@@ -1,0 +1,49 @@
+import { randomBytes } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../../src/app.ts';
+import { loadConfig } from '../../src/config.ts';
+import { createKeyring } from '../../src/crypto/keyring.ts';
+import type { Principal } from '../../src/http/principal.ts';
+import { openTestStore, type StoreKind, type TestStore } from './stores.ts';
+
+/**
+ * A stand-in authenticator for tests of the foundation, before identity exists:
+ * `x-test-principal: <name>` picks one of the principals given to testApp.
+ * It lives in test/, never in src/.
+ */
+export function installTestPrincipals(app: FastifyInstance, principals: Record<string, Principal>): void {
+  app.steward.auth.addAuthenticator({
+    name: 'test',
+    authenticate: (request) => {
+      const name = request.headers['x-test-principal'];
+      return typeof name === 'string' ? (principals[name] ?? null) : null;
+    },
+  });
+}
+
+export interface TestApp {
+  app: FastifyInstance;
+  store: TestStore;
+  close(): Promise<void>;
+}
+
+/** A full app on a fresh store, with test-only config overrides. */
+export async function testApp(
+  kind: StoreKind = 'pglite',
+  env: Record<string, string> = {},
+  extend?: (app: FastifyInstance) => void | Promise<void>,
+): Promise<TestApp> {
+  const store = await openTestStore(kind);
+  const config = loadConfig({ LOG_LEVEL: 'silent', ...env });
+  const app = await buildApp(config, { db: store.db, keyring: createKeyring(randomBytes(32)) });
+  await extend?.(app);
+  await app.ready();
+  return {
+    app,
+    store,
+    close: async () => {
+      await app.close();
+      await store.dispose();
+    },
+  };
+}
