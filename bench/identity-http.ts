@@ -3,11 +3,14 @@
 //      check, roles from the authz index) against a bare Fastify route, in the same run;
 //   2. password logins per second (Argon2id, OWASP parameters, on the libuv pool);
 //   3. refreshes per second (each connection rotates its own refresh token, response after response).
-// Run: node --import tsx bench/identity-http.ts   (embedded PGlite; set DATABASE_URL for PostgreSQL)
+// Run: node --import tsx bench/identity-http.ts   (embedded PGlite; with DATABASE_URL, a fresh
+// database on that PostgreSQL server, dropped afterwards)
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
+import { createTestDatabase } from '../test/helpers/postgres.ts';
 import { load, report } from './lib/load.ts';
 import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
 
@@ -16,9 +19,12 @@ const PASSWORD = 'quiet harbour lighthouse 2026';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 
 const dataDir = mkdtempSync(join(tmpdir(), 'steward-bench-identity-'));
+const postgres = process.env.DATABASE_URL ? await createTestDatabase() : null;
+console.log(`Store: ${postgres ? 'PostgreSQL (DATABASE_URL)' : 'embedded PGlite'}`);
 const bare = await startBareFastify();
 const steward = await startSteward({
   STEWARD_DATA_DIR: dataDir,
+  ...(postgres ? { DATABASE_URL: postgres.url, STEWARD_MASTER_KEY: randomBytes(32).toString('base64') } : {}),
   STEWARD_ADMIN_EMAIL: EMAIL,
   STEWARD_ADMIN_PASSWORD: PASSWORD,
   LOGIN_IP_MAX_FAILURES: '100000',
@@ -115,5 +121,6 @@ try {
 } finally {
   await steward.stop();
   await bare.stop();
+  await postgres?.drop();
   rmSync(dataDir, { recursive: true, force: true });
 }

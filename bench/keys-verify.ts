@@ -12,6 +12,9 @@ import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
 const EMAIL = 'bench@example.com';
 const PASSWORD = 'quiet harbour lighthouse 2026';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+/** BENCH_ONLY=api-key: only the bare baseline and the X-API-Key caller (profiling runs). */
+const ONLY = process.env.BENCH_ONLY;
 
 const dataDir = mkdtempSync(join(tmpdir(), 'steward-bench-keys-'));
 const bare = await startBareFastify();
@@ -43,31 +46,35 @@ try {
   const body = JSON.stringify({ key });
 
   const rounds: LoadResult[] = [];
-  for (let i = 0; i < 2; i++) {
+  const bareRun = { url: `${bare.url}/`, pid: bare.process.pid };
+  const stewardRun = { url: `${steward.url}/v1/keys/verify`, pid: steward.process.pid };
+  for (let i = 0; i < ROUNDS; i++) {
     rounds.push(
       await load({
         label: 'bare Fastify POST /',
-        url: `${bare.url}/`,
+        ...bareRun,
         method: 'POST',
         headers: json,
         body,
         seconds: SECONDS,
       }),
     );
-    rounds.push(
-      await load({
-        label: 'Steward POST /v1/keys/verify (caller: Bearer JWT)',
-        url: `${steward.url}/v1/keys/verify`,
-        method: 'POST',
-        headers: { ...json, authorization: `Bearer ${token}` },
-        body,
-        seconds: SECONDS,
-      }),
-    );
+    if (ONLY === undefined) {
+      rounds.push(
+        await load({
+          label: 'Steward POST /v1/keys/verify (caller: Bearer JWT)',
+          ...stewardRun,
+          method: 'POST',
+          headers: { ...json, authorization: `Bearer ${token}` },
+          body,
+          seconds: SECONDS,
+        }),
+      );
+    }
     rounds.push(
       await load({
         label: 'Steward POST /v1/keys/verify (caller: X-API-Key)',
-        url: `${steward.url}/v1/keys/verify`,
+        ...stewardRun,
         method: 'POST',
         headers: { ...json, 'x-api-key': callerKey },
         body,
@@ -79,7 +86,7 @@ try {
     rounds.filter((r) => r.label === label).sort((a, b) => b.requestsPerSec - a.requestsPerSec)[0];
   const labels = [...new Set(rounds.map((r) => r.label))];
   report(
-    `POST /v1/keys/verify vs bare Fastify (50 connections, best of 2 interleaved ${SECONDS} s rounds; targets ≥ 75%, p99 ≤ 3 ms)`,
+    `POST /v1/keys/verify vs bare Fastify (50 connections, best of ${ROUNDS} interleaved ${SECONDS} s rounds; targets ≥ 75%, p99 ≤ 3 ms)`,
     labels.map(best).filter((r) => r !== undefined),
   );
   console.log('\nbetter-auth api-key verification: not measured (better-auth is not installed).');

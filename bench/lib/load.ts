@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import autocannon from 'autocannon';
 
 export interface LoadResult {
@@ -7,6 +8,12 @@ export interface LoadResult {
   p99: number;
   non2xx: number;
   errors: number;
+  /**
+   * CPU time (user + system) the server process spent per request, in µs; set when `pid` was
+   * given. Unlike req/s it barely moves when other work shares the machine, so it is the figure
+   * to compare on a busy one.
+   */
+  cpuUsPerRequest?: number;
 }
 
 export interface LoadOptions {
@@ -17,6 +24,23 @@ export interface LoadOptions {
   body?: string;
   connections?: number;
   seconds?: number;
+  /** The server's process id (Linux): measure its CPU time per request as well. */
+  pid?: number | undefined;
+}
+
+const TICK_US = 10_000; // /proc reports CPU time in clock ticks of 1/100 s (CLK_TCK on Linux)
+
+/** utime + stime of a process, in µs; undefined where /proc is not readable. */
+function cpuUs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may contain spaces) are space separated: utime is 14th, stime 15th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * TICK_US;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Loads one URL with autocannon; a short warm-up first so JIT and caches settle. */
@@ -29,8 +53,10 @@ export async function load(options: LoadOptions): Promise<LoadResult> {
     connections: options.connections ?? 50,
   };
   await autocannon({ ...base, duration: 1 });
+  const cpuBefore = cpuUs(options.pid);
   const result = await autocannon({ ...base, duration: options.seconds ?? 5 });
-  return {
+  const cpuAfter = cpuUs(options.pid);
+  const out: LoadResult = {
     label: options.label,
     requestsPerSec: result.requests.average,
     p50: result.latency.p50,
@@ -38,19 +64,29 @@ export async function load(options: LoadOptions): Promise<LoadResult> {
     non2xx: result.non2xx,
     errors: result.errors,
   };
+  if (cpuBefore !== undefined && cpuAfter !== undefined && result.requests.total > 0) {
+    out.cpuUsPerRequest = (cpuAfter - cpuBefore) / result.requests.total;
+  }
+  return out;
 }
 
 /** Prints a table of results with each one's ratio to the baseline (the first row). */
 export function report(title: string, results: LoadResult[]): void {
   const [baseline] = results;
   if (!baseline) return;
+  const cpu = results.every((r) => r.cpuUsPerRequest !== undefined);
   console.log(`\n${title}`);
-  console.log('| target | req/s | p50 ms | p99 ms | non-2xx | ratio to baseline |');
-  console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
+  console.log(
+    `| target | req/s | p50 ms | p99 ms | non-2xx | ratio to baseline |${cpu ? ' server CPU µs/req | baseline CPU / this CPU |' : ''}`,
+  );
+  console.log(`| --- | ---: | ---: | ---: | ---: | ---: |${cpu ? ' ---: | ---: |' : ''}`);
   for (const r of results) {
     const ratio = ((r.requestsPerSec / baseline.requestsPerSec) * 100).toFixed(1);
+    const cpuCells = cpu
+      ? ` ${(r.cpuUsPerRequest ?? 0).toFixed(1)} | ${(((baseline.cpuUsPerRequest ?? 0) / (r.cpuUsPerRequest ?? 1)) * 100).toFixed(1)}% |`
+      : '';
     console.log(
-      `| ${r.label} | ${Math.round(r.requestsPerSec)} | ${r.p50} | ${r.p99} | ${r.non2xx + r.errors} | ${ratio}% |`,
+      `| ${r.label} | ${Math.round(r.requestsPerSec)} | ${r.p50} | ${r.p99} | ${r.non2xx + r.errors} | ${ratio}% |${cpuCells}`,
     );
   }
 }

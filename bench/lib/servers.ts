@@ -32,6 +32,15 @@ export async function waitFor(url: string, timeoutMs = 30000): Promise<number> {
   throw new Error(`${url} did not become ready in ${timeoutMs} ms`);
 }
 
+/**
+ * BENCH_CPU_PROF=<dir>: servers write a V8 CPU profile there when they stop (summarise one with
+ * `node --import tsx bench/lib/profile.ts <file> [top] [window-ms]`).
+ */
+function profileFlags(): string[] {
+  const dir = process.env.BENCH_CPU_PROF;
+  return dir ? ['--cpu-prof', '--cpu-prof-dir', dir] : [];
+}
+
 export interface RunningServer {
   url: string;
   process: ChildProcess;
@@ -50,10 +59,14 @@ function stopper(child: ChildProcess): () => Promise<void> {
 /** The baseline: a bare Fastify JSON route in its own process, like the servers under test. */
 export async function startBareFastify(): Promise<RunningServer> {
   const port = await freePort();
-  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/lib/bare-server.ts', String(port)], {
-    cwd: ROOT,
-    stdio: ['ignore', 'inherit', 'inherit'],
-  });
+  const child = spawn(
+    process.execPath,
+    [...profileFlags(), '--import', 'tsx', 'bench/lib/bare-server.ts', String(port)],
+    {
+      cwd: ROOT,
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  );
   const url = `http://127.0.0.1:${port}`;
   await waitFor(`${url}/`);
   return { url, process: child, stop: stopper(child) };
@@ -65,7 +78,7 @@ export async function startSteward(
 ): Promise<RunningServer & { readyMs: number }> {
   const port = await freePort();
   const started = performance.now();
-  const child = spawn(process.execPath, ['bin/steward.js', 'serve'], {
+  const child = spawn(process.execPath, [...profileFlags(), 'bin/steward.js', 'serve'], {
     cwd: ROOT,
     // Embedded unless the caller says otherwise: a DATABASE_URL in the shell must not leak in.
     env: {

@@ -85,7 +85,8 @@ for (const { kind, skip } of STORES) {
         store.db.query("update audit_events set hash = repeat('b', 64) where org_id = $1", [org]),
         /append-only/,
       );
-      await store.db.db.transaction((tx) => audit.record(tx, event(org, 1)));
+      // An event written for the sequencer to link (PGlite links as it writes, unless told not to).
+      await store.db.db.transaction((tx) => audit.record(tx, event(org, 1), { link: false }));
       await assert.rejects(
         store.db.query(
           "update audit_events set seq = 2, prev_hash = 'x', hash = 'y', action = 'user.login' where org_id = $1 and hash is null",
@@ -94,6 +95,39 @@ for (const { kind, skip } of STORES) {
         /append-only/,
       );
       assert.deepEqual(await audit.verify(org), { valid: true, checked: 2, first_bad_sequence: null });
+    });
+
+    test('events linked as written and events linked by the sequencer make one chain', async () => {
+      const org = newId('org');
+      const other = newId('org');
+      const tricky = {
+        ...event(org, 1),
+        context: { ip: '2001:db8::1', userAgent: 'tab\there, "quoted", comma, newline\nand back\\slash' },
+        details: {
+          zeta: 1,
+          alpha: [1.5, -0, 1e21, 'é', { b: null, a: true }],
+          empty: '',
+          nested: { x: 'y' },
+        },
+        changes: { before: null, after: { list: [] } },
+      };
+      for (let round = 0; round < 3; round++) {
+        await store.db.db.transaction((tx) =>
+          audit.record(tx, [tricky, event(other, round)], { link: true }),
+        );
+        await store.db.db.transaction((tx) => audit.record(tx, event(org, round), { link: false }));
+        await audit.record(store.db.db, event(org, round)); // outside a transaction: the default
+      }
+      assert.deepEqual(await audit.verify(org), { valid: true, checked: 9, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(other), { valid: true, checked: 3, first_bad_sequence: null });
+      const [stored] = await audit
+        .list(org, { action: tricky.action, success: true }, { limit: 100 })
+        .then((rows) => rows.filter((r) => r.userAgent === tricky.context.userAgent));
+      assert.ok(stored, 'the tricky event is stored as given');
+      assert.deepEqual(
+        stored.details,
+        tricky.details === null ? null : JSON.parse(JSON.stringify(tricky.details)),
+      );
     });
 
     test('a tampered row is detected at its sequence', async () => {

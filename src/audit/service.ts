@@ -1,10 +1,11 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
-import { type DbHandle, type DbOrTx, rawExecute } from '../db/client.ts';
+import { PgTransaction } from 'drizzle-orm/pg-core';
+import { type DbHandle, type DbOrTx, rawExecute, rawInsertMany, rawQuery } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import type { Principal } from '../http/principal.ts';
 import type { AuditAction } from './actions.ts';
-import { eventHash, GENESIS_HASH } from './chain.ts';
+import { type ChainedFields, eventHash, GENESIS_HASH } from './chain.ts';
 import { type AuditFilters, listEvents, type StoredEvent } from './queries.ts';
 import { redact, storable, storableJson } from './redact.ts';
 import { auditChainHeads, auditCheckpoints, auditEvents } from './schema.ts';
@@ -74,9 +75,60 @@ export function actorOf(principal: Principal): AuditActor {
 
 const PAGE = 1000;
 
-const INSERT_EVENTS =
-  'insert into audit_events (id, org_id, actor_type, actor_id, actor_name, action, resource_type, resource_id, ' +
-  'ip, user_agent, session_id, request_id, details, changes, success, error_message, sensitive, retention_days, created_at) values';
+/** An event as stored, before it is linked into its org's chain. */
+type Row = Omit<ChainedFields, 'seq'>;
+
+const EVENT_COLUMNS = [
+  'id',
+  'org_id',
+  'actor_type',
+  'actor_id',
+  'actor_name',
+  'action',
+  'resource_type',
+  'resource_id',
+  'ip',
+  'user_agent',
+  'session_id',
+  'request_id',
+  'details',
+  'changes',
+  'success',
+  'error_message',
+  'sensitive',
+  'retention_days',
+  'created_at',
+] as const;
+const LINKED_COLUMNS = [...EVENT_COLUMNS, 'seq', 'prev_hash', 'hash'] as const;
+
+/** A row's values in `EVENT_COLUMNS` order. */
+const eventValues = (row: Row): unknown[] => [
+  row.id,
+  row.orgId,
+  row.actorType,
+  row.actorId,
+  row.actorName,
+  row.action,
+  row.resourceType,
+  row.resourceId,
+  row.ip,
+  row.userAgent,
+  row.sessionId,
+  row.requestId,
+  row.details,
+  row.changes,
+  row.success,
+  row.errorMessage,
+  row.sensitive,
+  row.retentionDays,
+  row.createdAt,
+];
+
+/** Takes the org's chain head (created at genesis on first use) and holds it until commit. */
+const LOCK_HEAD =
+  'insert into audit_chain_heads (org_id, last_seq, last_hash) values ($1, 0, $2) ' +
+  'on conflict (org_id) do update set last_seq = audit_chain_heads.last_seq returning last_seq, last_hash';
+const MOVE_HEAD = 'update audit_chain_heads set last_seq = $1, last_hash = $2 where org_id = $3';
 
 /** HKDF purpose of the key that signs purge checkpoints. */
 export const AUDIT_CHECKPOINT_KEY_PURPOSE = 'steward/audit/checkpoint/v1';
@@ -103,48 +155,60 @@ export function createAuditService({
   }
 
   /**
-   * Writes events within `tx`, so an event exists if and only if the change it
-   * records commits. One INSERT, no lock: the sequencer links committed events into
-   * the org's chain shortly after (verify and purge link first).
+   * Writes events within `tx`, so an event exists if and only if the change it records
+   * commits.
+   *
+   * On PostgreSQL, by default, one INSERT and no lock: the sequencer links committed events
+   * into the org's chain shortly after (verify and purge link first), so concurrent writers
+   * never queue behind the chain head (ADR 0002). On PGlite there is one connection and no
+   * concurrency to protect, so events are linked as they are written: two or three statements
+   * instead of one plus the sequencer's five. `link` overrides the default either way.
    */
-  async function record(tx: DbOrTx, input: AuditEventInput | readonly AuditEventInput[]): Promise<void> {
+  async function record(
+    tx: DbOrTx,
+    input: AuditEventInput | readonly AuditEventInput[],
+    options: { link?: boolean } = {},
+  ): Promise<void> {
     const inputs: readonly AuditEventInput[] = Array.isArray(input) ? input : [input as AuditEventInput];
     if (inputs.length === 0) return;
     const now = clock();
     const rows = inputs.map((event) => toRow(event, now));
-    const params: unknown[] = [];
-    const tuples = rows.map((row) => {
-      const values = [
-        row.id,
-        row.orgId,
-        row.actorType,
-        row.actorId,
-        row.actorName,
-        row.action,
-        row.resourceType,
-        row.resourceId,
-        row.ip,
-        row.userAgent,
-        row.sessionId,
-        row.requestId,
-        row.details === null ? null : JSON.stringify(row.details),
-        row.changes === null ? null : JSON.stringify(row.changes),
-        row.success,
-        row.errorMessage,
-        row.sensitive,
-        row.retentionDays,
-        now.toISOString(),
-      ];
-      const at = params.length;
-      params.push(...values);
-      return `(${values.map((_, i) => `$${at + i + 1}`).join(',')})`;
-    });
-    // Every change pays for this insert: it goes straight to the driver (src/db/client.ts).
-    await rawExecute(tx, `${INSERT_EVENTS} ${tuples.join(',')}`, params);
+    if (options.link ?? db.kind === 'pglite') {
+      // Reading the head and writing after it must not interleave with another transaction.
+      if (tx instanceof PgTransaction) await insertLinked(tx as DbOrTx, rows);
+      else await db.db.transaction((inner) => insertLinked(inner, rows));
+      return;
+    }
+    await rawInsertMany(tx, 'postgres', 'audit_events', EVENT_COLUMNS, rows.map(eventValues));
     sequencer.nudge();
   }
 
-  function toRow(input: AuditEventInput, now: Date): typeof auditEvents.$inferInsert {
+  /** Appends rows to their orgs' chains: lock each head (orgs in a fixed order), hash, insert, move. */
+  async function insertLinked(tx: DbOrTx, rows: Row[]): Promise<void> {
+    const byOrg = new Map<string, Row[]>();
+    for (const row of rows) byOrg.set(row.orgId, [...(byOrg.get(row.orgId) ?? []), row]);
+    for (const orgId of [...byOrg.keys()].sort()) {
+      const events = byOrg.get(orgId) ?? [];
+      const [head] = await rawQuery<{ last_seq: string | number; last_hash: string }>(tx, LOCK_HEAD, [
+        orgId,
+        GENESIS_HASH,
+      ]);
+      if (!head) throw new Error('audit chain head upsert returned nothing');
+      let seq = Number(head.last_seq);
+      let prevHash = head.last_hash;
+      const linked = events.map((row) => {
+        const fields = { ...row, seq: ++seq };
+        const hash = eventHash(prevHash, fields);
+        const values = [...eventValues(row), fields.seq, prevHash, hash];
+        prevHash = hash;
+        return values;
+      });
+      await rawInsertMany(tx, db.kind, 'audit_events', LINKED_COLUMNS, linked);
+      await rawExecute(tx, MOVE_HEAD, [seq, prevHash, orgId]);
+    }
+  }
+
+  function toRow(input: AuditEventInput, now: Date): Row {
     const secret = input.secretFields ?? [];
     return {
       id: newId('evt'),

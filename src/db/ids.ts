@@ -19,6 +19,8 @@ export const ID_PREFIXES = {
   sig: 'signal',
   sec: 'secret',
   stg: 'setting',
+  sal: 'secret access log entry',
+  chg: 'change held for approval',
   flg: 'feature flag',
   wh: 'webhook endpoint',
   msg: 'webhook message',
@@ -29,6 +31,7 @@ export const ID_PREFIXES = {
   chat: 'chat session',
   ckp: 'audit checkpoint',
   jwk: 'signing key',
+  inv: 'invitation',
 } as const;
 
 export type IdPrefix = keyof typeof ID_PREFIXES;

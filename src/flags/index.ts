@@ -1,9 +1,10 @@
 import type { FastifyInstance } from 'fastify';
 import type { StewardContext } from '../context.ts';
+import type { Environment } from '../tenancy/service.ts';
 import type { FourEyesService } from '../vault/four-eyes.ts';
-import type { Access } from '../vault/secrets/service.ts';
+import { createFlagMetrics, flagMetricsRoutes } from './metrics.ts';
 import { flagRoutes } from './routes.ts';
-import { createFlagService } from './service.ts';
+import { createFlagService, type SegmentInput } from './service.ts';
 import { createStreamHub } from './stream.ts';
 import type { Feature } from './types.ts';
 import { unleashClientRoutes } from './unleash-api.ts';
@@ -29,20 +30,44 @@ export async function registerFlags(
     fourEyes: changes.fourEyes,
     onError: (error, what) => app.log.error({ err: error }, what),
   });
-  changes.register('flag.create', async (who: Access, payload, _target, by) => {
-    return (await flags.apply.create(who, payload as { environment: string; feature: Feature }, by)).id;
-  });
-  changes.register('flag.replace', async (who, payload, _target, by) => {
-    const p = payload as { environment: string; feature: Feature; expectedVersion: number };
-    return (await flags.apply.replace(who, p, by)).id;
-  });
-  changes.register('flag.delete', async (who, payload, _target, by) => {
-    return flags.apply.remove(
-      who,
-      payload as { environment: string; name: string; expectedVersion: number },
-      by,
+  const envOf = (env: Environment | null): Environment => {
+    if (env === null) throw new Error('a flag change without its environment');
+    return env;
+  };
+  changes.register('flag.create', ({ tx, requester, payload, environment, approvedBy }) =>
+    flags.apply.create(tx, requester, envOf(environment), payload as { feature: Feature }, approvedBy),
+  );
+  changes.register('flag.replace', ({ tx, requester, payload, environment, approvedBy }) =>
+    flags.apply.replace(
+      tx,
+      requester,
+      envOf(environment),
+      payload as { feature: Feature; expectedVersion: number },
+      approvedBy,
+    ),
+  );
+  changes.register('flag.delete', ({ tx, requester, payload, environment, approvedBy }) =>
+    flags.apply.remove(
+      tx,
+      requester,
+      envOf(environment),
+      payload as { name: string; expectedVersion: number },
+      approvedBy,
+    ),
+  );
+  for (const kind of ['segment.create', 'segment.update'] as const) {
+    changes.register(kind, ({ tx, requester, payload, approvedBy }) =>
+      flags.apply.putSegment(
+        tx,
+        requester,
+        payload as { id: number | null; input: SegmentInput; expectedVersion: number | null },
+        approvedBy,
+      ),
     );
-  });
+  }
+  changes.register('segment.delete', ({ tx, requester, payload, approvedBy }) =>
+    flags.apply.removeSegment(tx, requester, payload as { id: number; expectedVersion: number }, approvedBy),
+  );
 
   const hub = createStreamHub(HEARTBEAT_MS);
   // Streams never end by themselves: close them before the server waits for its connections.
@@ -51,6 +76,8 @@ export async function registerFlags(
     done();
   });
   await app.register(flagRoutes, { flags, hub });
-  await app.register(unleashClientRoutes, { flags, keys: ctx.keys.service, bus: ctx.bus });
+  const metrics = createFlagMetrics({ db: ctx.db, clock: ctx.clock });
+  await app.register(flagMetricsRoutes, { flags, metrics });
+  await app.register(unleashClientRoutes, { flags, metrics, keys: ctx.keys.service, bus: ctx.bus });
   return { flags, hub };
 }

@@ -371,13 +371,19 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
       config: { access: { permission: 'flags:create' } },
       schema: {
         tags: ['flags'],
-        summary: 'Create a segment',
+        summary: 'Create a segment; 202 when four-eyes holds it (segments serve every environment)',
         body: segmentBody,
-        response: { 201: segmentSchema },
+        response: { 201: segmentSchema, 202: pendingSchema },
       },
     },
-    async (request, reply) =>
-      reply.code(201).send(segmentView(await flags.createSegment(accessOf(request), request.body))),
+    async (request, reply) => {
+      const result = await flags.createSegment(accessOf(request), request.body);
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      reply.header('etag', `"${result.version}"`);
+      return reply.code(201).send(segmentView(result));
+    },
   );
 
   app.get(
@@ -386,12 +392,16 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
       config: { access: { permission: 'flags:read' } },
       schema: {
         tags: ['flags'],
-        summary: 'One segment',
+        summary: 'One segment, with its version as ETag',
         params: segmentParams,
         response: { 200: segmentSchema },
       },
     },
-    async (request) => segmentView(await flags.getSegment(callerOf(request), request.params.id)),
+    async (request, reply) => {
+      const row = await flags.getSegment(callerOf(request), request.params.id);
+      reply.header('etag', `"${row.version}"`);
+      return segmentView(row);
+    },
   );
 
   app.put(
@@ -400,25 +410,50 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
       config: { access: { permission: 'flags:update' } },
       schema: {
         tags: ['flags'],
-        summary: 'Replace a segment (every flag using it changes at once)',
+        summary: 'Replace a segment (every flag using it changes at once); optional If-Match; 202 when held',
         params: segmentParams,
+        headers: ifMatchHeader,
         body: segmentBody,
-        response: { 200: segmentSchema },
+        response: { 200: segmentSchema, 202: pendingSchema },
       },
     },
-    async (request) =>
-      segmentView(await flags.updateSegment(accessOf(request), request.params.id, request.body)),
+    async (request, reply) => {
+      const result = await flags.updateSegment(
+        accessOf(request),
+        request.params.id,
+        request.body,
+        versionOf(request.headers['if-match']),
+      );
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      reply.header('etag', `"${result.version}"`);
+      return segmentView(result);
+    },
   );
 
   app.delete(
     '/v1/segments/:id',
     {
       config: { access: { permission: 'flags:delete' } },
-      schema: { tags: ['flags'], summary: 'Delete a segment no flag uses', params: segmentParams },
+      schema: {
+        tags: ['flags'],
+        summary: 'Delete a segment no flag uses; optional If-Match; 202 when held',
+        params: segmentParams,
+        headers: ifMatchHeader,
+        response: { 204: z.null(), 202: pendingSchema },
+      },
     },
     async (request, reply) => {
-      await flags.removeSegment(accessOf(request), request.params.id);
-      return reply.code(204).send();
+      const result = await flags.removeSegment(
+        accessOf(request),
+        request.params.id,
+        versionOf(request.headers['if-match']),
+      );
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      return reply.code(204).send(null);
     },
   );
 };

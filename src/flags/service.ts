@@ -58,6 +58,10 @@ export interface SegmentInput {
 }
 
 type Listener = (events: DeltaEvent[], snapshot: FlagSnapshot) => void;
+type State = Pick<FlagSnapshot, 'features' | 'segments'>;
+
+/** How many past states per environment `/api/client/delta` can answer with a difference. */
+const DELTA_STATES = 20;
 
 const auditFlag = (f: Feature | undefined, version: number | undefined) =>
   f === undefined ? undefined : { ...f, version };
@@ -71,9 +75,17 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
   const snapshots = new Map<string, Promise<FlagSnapshot>>();
   const envCache = new Map<string, Environment>();
   const listeners = new Map<string, Set<Listener>>();
+  // Recent states per (org, environment) by ETag, for `/api/client/delta`: a client holding one
+  // of them gets the difference; anyone else a hydration. ETags are content hashes, so a state
+  // an SDK got from another instance is recognised here too.
+  const recent = new Map<string, Map<string, State>>();
   let revision = 0;
 
   const keyOf = (orgId: string, envId: string) => `${orgId} ${envId}`;
+
+  /** Runs `work` in the caller's transaction (a four-eyes approval) or a new one. */
+  const inTx = <T>(tx: DbOrTx | undefined, work: (tx: DbOrTx) => Promise<T>): Promise<T> =>
+    tx ? work(tx) : db.db.transaction(work);
 
   async function environment(orgId: string, name: string): Promise<Environment> {
     const k = `${orgId} ${name}`;
@@ -106,6 +118,15 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       .digest('base64url')
       .slice(0, 27)}"`;
     revision += 1;
+    const k = keyOf(orgId, env.id);
+    const states = recent.get(k) ?? new Map<string, State>();
+    states.delete(etag);
+    states.set(etag, { features, segments });
+    for (const old of states.keys()) {
+      if (states.size <= DELTA_STATES) break;
+      states.delete(old);
+    }
+    recent.set(k, states);
     return {
       orgId,
       environment: env,
@@ -138,7 +159,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
   }
 
   /** Diff of two states as Unleash delta events (what the stream sends). */
-  function diff(before: FlagSnapshot, after: FlagSnapshot): DeltaEvent[] {
+  function diff(before: State, after: FlagSnapshot): DeltaEvent[] {
     const eventId = after.revision;
     const events: DeltaEvent[] = [];
     const old = new Map(before.features.map((f) => [f.name, JSON.stringify(f)]));
@@ -409,11 +430,12 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     feature: Feature,
     expected: number | null,
     approvedBy?: Principal,
+    outerTx?: DbOrTx,
   ): Promise<FlagRow> {
     const { principal } = access;
     let row: FlagRow | undefined;
     try {
-      row = await db.db.transaction(async (tx) => {
+      row = await inTx(outerTx, async (tx) => {
         const before = await find(principal.orgId, env, feature.name, tx, true);
         if (expected === null && before)
           throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
@@ -470,7 +492,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
         throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
       throw error;
     }
-    await announce(principal.orgId, env.id);
+    // In an approval's transaction, the approval announces once it committed.
+    if (!outerTx) await announce(principal.orgId, env.id);
     return row;
   }
 
@@ -505,9 +528,10 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     name: string,
     expected: number,
     approvedBy?: Principal,
+    outerTx?: DbOrTx,
   ): Promise<string> {
     const { principal } = access;
-    const id = await db.db.transaction(async (tx) => {
+    const id = await inTx(outerTx, async (tx) => {
       const before = await find(principal.orgId, env, name, tx, true);
       expect(before, expected, name);
       if (!before) throw flagErrors.flag_not_found();
@@ -532,31 +556,56 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       });
       return before.id;
     });
-    await announce(principal.orgId, env.id);
+    if (!outerTx) await announce(principal.orgId, env.id);
     return id;
   }
 
-  /** Four-eyes appliers: perform an approved change as its requester. */
+  /**
+   * Four-eyes appliers: perform an approved change as its requester inside the approval's
+   * transaction; the bus announcement waits for its commit (`afterCommit`).
+   */
   const apply = {
-    async create(who: Access, payload: { environment: string; feature: Feature }, by: Principal) {
-      const env = await environment(who.principal.orgId, payload.environment);
-      return write(who, env, payload.feature, null, by);
+    async create(tx: DbOrTx, who: Access, env: Environment, payload: { feature: Feature }, by: Principal) {
+      const row = await write(who, env, payload.feature, null, by, tx);
+      return { resultId: row.id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
     async replace(
+      tx: DbOrTx,
       who: Access,
-      payload: { environment: string; feature: Feature; expectedVersion: number },
+      env: Environment,
+      payload: { feature: Feature; expectedVersion: number },
       by: Principal,
     ) {
-      const env = await environment(who.principal.orgId, payload.environment);
-      return write(who, env, payload.feature, payload.expectedVersion, by);
+      const row = await write(who, env, payload.feature, payload.expectedVersion, by, tx);
+      return { resultId: row.id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
     async remove(
+      tx: DbOrTx,
       who: Access,
-      payload: { environment: string; name: string; expectedVersion: number },
+      env: Environment,
+      payload: { name: string; expectedVersion: number },
       by: Principal,
     ) {
-      const env = await environment(who.principal.orgId, payload.environment);
-      return applyRemove(who, env, payload.name, payload.expectedVersion, by);
+      const id = await applyRemove(who, env, payload.name, payload.expectedVersion, by, tx);
+      return { resultId: id, afterCommit: () => announce(who.principal.orgId, env.id) };
+    },
+    async putSegment(
+      tx: DbOrTx,
+      who: Access,
+      payload: { id: number | null; input: SegmentInput; expectedVersion: number | null },
+      by: Principal,
+    ) {
+      const row = await writeSegment(who, payload.id, payload.input, payload.expectedVersion, by, tx);
+      return { resultId: String(row.id), afterCommit: () => announce(who.principal.orgId, '*') };
+    },
+    async removeSegment(
+      tx: DbOrTx,
+      who: Access,
+      payload: { id: number; expectedVersion: number },
+      by: Principal,
+    ) {
+      await applyRemoveSegment(who, payload.id, payload.expectedVersion, by, tx);
+      return { resultId: String(payload.id), afterCommit: () => announce(who.principal.orgId, '*') };
     },
   };
 
@@ -582,13 +631,89 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     version: s.version,
   });
 
-  async function putSegment(access: Access, id: number | null, input: SegmentInput): Promise<SegmentRow> {
+  /** Segments serve every environment: held when four-eyes covers any environment of the org. */
+  async function segmentHeld(access: Access): Promise<boolean> {
+    return fourEyes !== undefined && (await fourEyes.requiredForOrg(access.principal.orgId));
+  }
+
+  async function segmentNamed(orgId: string, name: string, tx: DbOrTx = db.db) {
+    const [row] = await tx
+      .select({ id: flagSegments.id })
+      .from(flagSegments)
+      .where(and(eq(flagSegments.orgId, orgId), eq(flagSegments.name, name)));
+    return row ?? null;
+  }
+
+  function expectSegment(row: SegmentRow, expected: number | null | undefined): void {
+    if (expected === undefined || expected === null || row.version === expected) return;
+    throw flagErrors.version_conflict(`The segment is at version ${row.version}, not ${expected}`, {
+      current_version: row.version,
+    });
+  }
+
+  /** Flags (any environment) whose strategies use a segment. */
+  async function segmentUsers(orgId: string, id: number, tx: DbOrTx = db.db): Promise<string[]> {
+    const flags = await tx
+      .select({ name: featureFlags.name, definition: featureFlags.definition })
+      .from(featureFlags)
+      .where(eq(featureFlags.orgId, orgId));
+    const users = flags.filter((f) => f.definition.strategies.some((s) => s.segments?.includes(id)));
+    return [...new Set(users.map((u) => u.name))];
+  }
+
+  /** Creates (`id` null) or replaces a segment, or holds the change for approval. */
+  async function putSegment(
+    access: Access,
+    id: number | null,
+    input: SegmentInput,
+    expectedVersion?: number,
+  ): Promise<SegmentRow | Pending> {
     const { principal } = access;
     checkConstraints(input.constraints, 'body.constraints');
+    const before = id === null ? null : await getSegment(principal, id);
+    if (before) expectSegment(before, expectedVersion);
+    if (fourEyes && (await segmentHeld(access))) {
+      const taken = await segmentNamed(principal.orgId, input.name);
+      if (taken && taken.id !== id) throw flagErrors.segment_exists(`A segment ${input.name} exists`);
+      const changeId = await fourEyes.propose(access, {
+        kind: before ? 'segment.update' : 'segment.create',
+        environmentId: null,
+        targetId: before ? String(before.id) : null,
+        payload: { id, input, expectedVersion: before?.version ?? null },
+        summary: {
+          segment: input.name,
+          ...(before ? { before: segmentAudit(before) } : {}),
+          after: { name: input.name, description: input.description ?? null, constraints: input.constraints },
+        },
+      });
+      return { pending: true, changeId };
+    }
+    return writeSegment(access, id, input, before?.version ?? null);
+  }
+
+  async function writeSegment(
+    access: Access,
+    id: number | null,
+    input: SegmentInput,
+    expectedVersion: number | null,
+    approvedBy?: Principal,
+    outerTx?: DbOrTx,
+  ): Promise<SegmentRow> {
+    const { principal } = access;
     let row: SegmentRow | undefined;
     try {
-      row = await db.db.transaction(async (tx) => {
-        const before = id === null ? null : await getSegment(principal, id, tx);
+      row = await inTx(outerTx, async (tx) => {
+        let before: SegmentRow | null = null;
+        if (id !== null) {
+          const [locked] = await tx
+            .select()
+            .from(flagSegments)
+            .where(and(eq(flagSegments.orgId, principal.orgId), eq(flagSegments.id, id)))
+            .for('update');
+          if (!locked) throw flagErrors.segment_not_found(`No segment ${id}`);
+          expectSegment(locked, expectedVersion);
+          before = locked;
+        }
         const now = clock();
         const [written] = before
           ? await tx
@@ -623,7 +748,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
           action: before ? 'flag.updated' : 'flag.created',
           resource: { type: 'flag_segment', id: String(written.id) },
           context: access.context,
-          details: { segment: written.name },
+          details: { segment: written.name, ...(approvedBy ? { approved_by: approvedBy.id } : {}) },
           changes: { ...(before ? { before: segmentAudit(before) } : {}), after: segmentAudit(written) },
         });
         return written;
@@ -632,24 +757,53 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       if (isUniqueViolation(error)) throw flagErrors.segment_exists(`A segment ${input.name} exists`);
       throw error;
     }
-    await announce(principal.orgId, '*');
+    if (!outerTx) await announce(principal.orgId, '*');
     return row;
   }
 
-  async function removeSegment(access: Access, id: number): Promise<void> {
+  /** Deletes a segment no flag uses, or holds the deletion for approval. */
+  async function removeSegment(
+    access: Access,
+    id: number,
+    expectedVersion?: number,
+  ): Promise<{ deleted: true } | Pending> {
     const { principal } = access;
-    await db.db.transaction(async (tx) => {
-      const before = await getSegment(principal, id, tx);
-      const flags = await tx
-        .select({ name: featureFlags.name, definition: featureFlags.definition })
-        .from(featureFlags)
-        .where(eq(featureFlags.orgId, principal.orgId));
-      const users = flags.filter((f) => f.definition.strategies.some((s) => s.segments?.includes(id)));
-      if (users.length > 0) {
-        throw flagErrors.segment_in_use(
-          `Flags use this segment: ${[...new Set(users.map((u) => u.name))].join(', ')}`,
-        );
-      }
+    const before = await getSegment(principal, id);
+    expectSegment(before, expectedVersion);
+    const users = await segmentUsers(principal.orgId, id);
+    if (users.length > 0) throw flagErrors.segment_in_use(`Flags use this segment: ${users.join(', ')}`);
+    if (fourEyes && (await segmentHeld(access))) {
+      const changeId = await fourEyes.propose(access, {
+        kind: 'segment.delete',
+        environmentId: null,
+        targetId: String(id),
+        payload: { id, expectedVersion: before.version },
+        summary: { segment: before.name, before: segmentAudit(before) },
+      });
+      return { pending: true, changeId };
+    }
+    await applyRemoveSegment(access, id, before.version);
+    return { deleted: true };
+  }
+
+  async function applyRemoveSegment(
+    access: Access,
+    id: number,
+    expectedVersion: number,
+    approvedBy?: Principal,
+    outerTx?: DbOrTx,
+  ): Promise<void> {
+    const { principal } = access;
+    await inTx(outerTx, async (tx) => {
+      const [before] = await tx
+        .select()
+        .from(flagSegments)
+        .where(and(eq(flagSegments.orgId, principal.orgId), eq(flagSegments.id, id)))
+        .for('update');
+      if (!before) throw flagErrors.segment_not_found(`No segment ${id}`);
+      expectSegment(before, expectedVersion);
+      const users = await segmentUsers(principal.orgId, id, tx);
+      if (users.length > 0) throw flagErrors.segment_in_use(`Flags use this segment: ${users.join(', ')}`);
       await tx.delete(flagSegments).where(eq(flagSegments.id, id));
       await audit.record(tx, {
         orgId: principal.orgId,
@@ -657,11 +811,29 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
         action: 'flag.deleted',
         resource: { type: 'flag_segment', id: String(id) },
         context: access.context,
-        details: { segment: before.name },
+        details: { segment: before.name, ...(approvedBy ? { approved_by: approvedBy.id } : {}) },
         changes: { before: segmentAudit(before) },
       });
     });
-    await announce(principal.orgId, '*');
+    if (!outerTx) await announce(principal.orgId, '*');
+  }
+
+  /**
+   * Unleash's delta API: null when `known` (the client's ETag) is the current state (304); the
+   * events from a recent state the client holds; else one `hydration` event.
+   */
+  async function delta(
+    orgId: string,
+    envName: string,
+    known: string | undefined,
+  ): Promise<{ etag: string; events: DeltaEvent[] } | null> {
+    const s = await snapshot(orgId, envName);
+    if (known === s.etag) return null;
+    const before = known === undefined ? undefined : recent.get(keyOf(orgId, s.environment.id))?.get(known);
+    const events: DeltaEvent[] = before
+      ? diff(before, s)
+      : [{ type: 'hydration', eventId: s.revision, features: [...s.features], segments: [...s.segments] }];
+    return { etag: s.etag, events };
   }
 
   /** Every flag's outcome for a context (optionally only some flags). From memory when warm. */
@@ -686,9 +858,11 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     listSegments,
     getSegment,
     createSegment: (access: Access, input: SegmentInput) => putSegment(access, null, input),
-    updateSegment: (access: Access, id: number, input: SegmentInput) => putSegment(access, id, input),
+    updateSegment: (access: Access, id: number, input: SegmentInput, expectedVersion?: number) =>
+      putSegment(access, id, input, expectedVersion),
     removeSegment,
     evaluate,
+    delta,
     /** Number of cached snapshots (tests). */
     cached: () => snapshots.size,
   };

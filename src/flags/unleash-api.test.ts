@@ -47,6 +47,171 @@ describe('Unleash client API with unleash-client', () => {
     await v.close();
   });
 
+  const metricsOf = async (name: string, token = v.tokens.viewer) =>
+    v.req('GET', `/v1/flags/staging/${name}/metrics`, { token });
+
+  test('raw metrics are summed per flag per hour; unknown flags skipped; other orgs 404', async () => {
+    const report = (toggles: Record<string, unknown>, start = new Date().toISOString()) =>
+      fetch(`${address}/api/client/metrics`, {
+        method: 'POST',
+        headers: { authorization: key, 'content-type': 'application/json' },
+        body: JSON.stringify({ appName: 'raw', instanceId: 'i1', bucket: { start, stop: start, toggles } }),
+      });
+    const before = (await metricsOf('colours')).json().totals;
+    assert.equal((await report({ colours: { yes: 3, no: 1, variants: { red: 1, blue: 2 } } })).status, 202);
+    assert.equal(
+      (await report({ colours: { yes: 2, no: 0, variants: { red: 2 } }, 'no-such-flag': { yes: 9, no: 9 } }))
+        .status,
+      202,
+    );
+    const got = await metricsOf('colours');
+    assert.equal(got.statusCode, 200, got.body);
+    const m = got.json();
+    assert.deepEqual(m.totals, { yes: before.yes + 5, no: before.no + 1 });
+    const hour = m.data.at(-1);
+    assert.equal(new Date(hour.hour).getTime() % 3_600_000, 0, 'hour buckets');
+    assert.ok(hour.variants.red >= 3 && hour.variants.blue >= 2, JSON.stringify(hour));
+    const unknown = await v.t.store.db.query<{ n: number }>(
+      `select count(*)::int as n from flag_metrics where flag_name = 'no-such-flag'`,
+    );
+    assert.equal(unknown[0]?.n, 0, 'counts for flags the environment lacks are not stored');
+    assert.equal((await metricsOf('no-such-flag')).statusCode, 404);
+    assert.equal((await metricsOf('colours', v.tokens.other)).statusCode, 404, 'another org: 404');
+    assert.equal(
+      (await v.req('GET', '/v1/flags/staging/colours/metrics?hours=abc', { token: v.tokens.viewer }))
+        .statusCode,
+      400,
+    );
+    assert.equal(
+      (await v.req('GET', '/v1/flags/staging/colours/metrics?extra=1', { token: v.tokens.viewer }))
+        .statusCode,
+      400,
+    );
+    assert.equal((await v.req('GET', '/v1/flags/staging/colours/metrics')).statusCode, 401);
+  });
+
+  test('delta API: hydration, 304 when current, the difference after a change', async () => {
+    const get = (etag?: string) =>
+      fetch(`${address}/api/client/delta`, {
+        headers: { authorization: key, ...(etag ? { 'if-none-match': etag } : {}) },
+      });
+    const first = await get();
+    assert.equal(first.status, 200);
+    const body = (await first.json()) as { events: { type: string; features: { name: string }[] }[] };
+    assert.equal(body.events.length, 1);
+    assert.equal(body.events[0]?.type, 'hydration');
+    assert.ok(body.events[0]?.features.some((f) => f.name === 'colours'));
+    const etag = first.headers.get('etag') ?? '';
+    assert.equal((await get(etag)).status, 304);
+    const created = await v.req('POST', '/v1/flags/staging', {
+      token: v.tokens.manager,
+      body: { name: 'delta-new', enabled: true, strategies: [{ name: 'default' }] },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const next = await get(etag);
+    assert.equal(next.status, 200);
+    const changes = (await next.json()) as { events: { type: string; feature?: { name: string } }[] };
+    assert.deepEqual(
+      changes.events.map((e) => [e.type, e.feature?.name]),
+      [['feature-updated', 'delta-new']],
+    );
+    assert.notEqual(next.headers.get('etag'), etag);
+    const unknown = await get('"not-a-state-we-know"');
+    assert.equal(((await unknown.json()) as { events: { type: string }[] }).events[0]?.type, 'hydration');
+    const del = await v.req('DELETE', '/v1/flags/staging/delta-new', { token: v.tokens.manager });
+    assert.equal(del.statusCode, 204, del.body);
+    const removed = (await (await get(next.headers.get('etag') ?? '')).json()) as {
+      events: { type: string; featureName?: string }[];
+    };
+    assert.deepEqual(
+      removed.events.map((e) => [e.type, e.featureName]),
+      [['feature-removed', 'delta-new']],
+    );
+    assert.equal((await fetch(`${address}/api/client/delta`)).status, 401);
+  });
+
+  test('unleash-client in delta mode evaluates and follows changes', async () => {
+    const sdk = initialize({
+      url: `${address}/api/`,
+      appName: 'steward-delta',
+      customHeaders: { Authorization: key },
+      refreshInterval: 200,
+      disableMetrics: true,
+      experimentalMode: { type: 'polling', format: 'delta' },
+    });
+    try {
+      await once(sdk, 'synchronized');
+      assert.equal(sdk.isEnabled('colours', { userId: 'u1' }), true);
+      const put = await v.req('PUT', '/v1/flags/staging/colours', {
+        token: v.tokens.manager,
+        body: { name: 'colours', enabled: false, strategies: [{ name: 'default' }] },
+      });
+      assert.equal(put.statusCode, 200, put.body);
+      const deadline = Date.now() + 5000;
+      while (sdk.isEnabled('colours', { userId: 'u1' }) && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 50));
+      assert.equal(sdk.isEnabled('colours', { userId: 'u1' }), false);
+      const back = await v.req('PUT', '/v1/flags/staging/colours', {
+        token: v.tokens.manager,
+        body: {
+          name: 'colours',
+          enabled: true,
+          strategies: [{ name: 'default' }],
+          variants: [
+            { name: 'red', weight: 300, stickiness: 'userId', payload: { type: 'string', value: 'r' } },
+            { name: 'blue', weight: 700, stickiness: 'userId', payload: { type: 'string', value: 'b' } },
+          ],
+        },
+      });
+      assert.equal(back.statusCode, 200, back.body);
+    } finally {
+      sdk.destroy();
+    }
+  });
+
+  test('metrics and registration sent by unleash-client are counted', async () => {
+    const sdk = initialize({
+      url: `${address}/api/`,
+      appName: 'steward-metrics',
+      instanceId: 'sdk-instance-1',
+      customHeaders: { Authorization: key },
+      refreshInterval: 60_000,
+      // Sent by flushMetrics() below, not by a timer.
+      metricsInterval: 3_600_000,
+    });
+    try {
+      const registered = once(sdk, 'registered');
+      await once(sdk, 'synchronized');
+      await registered;
+      const before = (await metricsOf('rollout-30')).json().totals;
+      const beforeColours = (await metricsOf('colours')).json();
+      let on = 0;
+      for (let i = 0; i < 200; i++) {
+        if (sdk.isEnabled('rollout-30', { userId: `m-${i}` })) on++;
+        sdk.getVariant('colours', { userId: `m-${i}` });
+      }
+      await sdk.flushMetrics();
+      const after = (await metricsOf('rollout-30')).json().totals;
+      assert.deepEqual(after, { yes: before.yes + on, no: before.no + (200 - on) });
+      const colours = (await metricsOf('colours')).json();
+      const sum = (d: { variants: Record<string, number> }[]) =>
+        d.reduce((n, b) => n + Object.values(b.variants).reduce((x, y) => x + y, 0), 0);
+      assert.equal(sum(colours.data) - sum(beforeColours.data), 200, 'every variant counted');
+      const clients = await v.req('GET', '/v1/flag-clients/staging', { token: v.tokens.viewer });
+      assert.equal(clients.statusCode, 200, clients.body);
+      const mine = clients
+        .json()
+        .data.find((c: { instance_id: string }) => c.instance_id === 'sdk-instance-1');
+      assert.equal(mine?.app_name, 'steward-metrics');
+      assert.match(mine?.sdk_version ?? '', /^unleash-node-sdk:/);
+      const other = await v.req('GET', '/v1/flag-clients/staging', { token: v.tokens.other });
+      assert.equal(other.statusCode, 200);
+      assert.equal(other.json().data.length, 0, "another org sees none of this org's clients");
+    } finally {
+      sdk.destroy();
+    }
+  });
+
   test('raw Authorization key, Unleash shape, ETag 304, register/metrics 202, refusals', async () => {
     const res = await fetch(`${address}/api/client/features`, { headers: { authorization: key } });
     assert.equal(res.status, 200);
@@ -58,14 +223,35 @@ describe('Unleash client API with unleash-client', () => {
       headers: { authorization: key, 'if-none-match': etag },
     });
     assert.equal(again.status, 304);
-    for (const path of ['register', 'metrics']) {
-      const r = await fetch(`${address}/api/client/${path}`, {
+    const post = (path: string, body: unknown, auth = key) =>
+      fetch(`${address}/api/client/${path}`, {
         method: 'POST',
-        headers: { authorization: key, 'content-type': 'application/json' },
-        body: JSON.stringify({ appName: 'x', instanceId: 'y' }),
+        headers: { authorization: auth, 'content-type': 'application/json' },
+        body: JSON.stringify(body),
       });
-      assert.equal(r.status, 202);
+    assert.equal(
+      (await post('register', { appName: 'x', instanceId: 'y', sdkVersion: 'raw:1' })).status,
+      202,
+    );
+    const bucket = { start: new Date().toISOString(), stop: new Date().toISOString() };
+    assert.equal(
+      (await post('metrics', { appName: 'x', instanceId: 'y', bucket: { ...bucket, toggles: {} } })).status,
+      202,
+    );
+    // Wrong types, a missing bucket, negative counts: 400, nothing stored.
+    for (const bad of [
+      { appName: 'x' },
+      { appName: 'x', bucket: { ...bucket, toggles: { 'kill-switch': { yes: '1', no: 0 } } } },
+      { appName: 'x', bucket: { ...bucket, toggles: { 'kill-switch': { yes: -1, no: 0 } } } },
+      { appName: 7, bucket: { ...bucket, toggles: {} } },
+    ]) {
+      assert.equal((await post('metrics', bad)).status, 400, JSON.stringify(bad));
     }
+    assert.equal((await post('register', { instanceId: 'no-app' })).status, 400);
+    assert.equal(
+      (await post('metrics', { appName: 'x', bucket: { ...bucket, toggles: {} } }, '')).status,
+      401,
+    );
     assert.equal((await fetch(`${address}/api/client/features`)).status, 401);
     assert.equal(
       (await fetch(`${address}/api/client/features`, { headers: { authorization: 'stw_live_nope_abcdef' } }))

@@ -4,6 +4,7 @@ import type { InvalidationBus } from '../bus/index.ts';
 import { callerOf } from '../http/auth.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
+import { type ClientMetrics, clientMetricsBody, clientRegisterBody, type FlagMetrics } from './metrics.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
 
 /** Key metadata field naming the environment an Unleash SDK using the key sees. */
@@ -25,9 +26,10 @@ export interface KeyLookup {
  */
 export const unleashClientRoutes: FastifyPluginAsyncZod<{
   flags: FlagService;
+  metrics: FlagMetrics;
   keys: KeyLookup;
   bus: InvalidationBus;
-}> = async (app, { flags, keys, bus }) => {
+}> = async (app, { flags, metrics, keys, bus }) => {
   // Key id → environment name; dropped whenever any key changes (the keys domain's bus topic).
   const environments = new Map<string, string>();
   bus.subscribe('keys', () => environments.clear());
@@ -93,20 +95,69 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
     },
   );
 
-  // SDKs report themselves and their counts; Steward accepts and drops them (for now).
-  const accepted = z.looseObject({});
-  for (const path of ['/api/client/register', '/api/client/metrics'] as const) {
-    app.post(
-      path,
-      {
-        config: { access: { permission: 'flags:read' } },
-        schema: {
-          tags: ['unleash'],
-          summary: 'Unleash client API: accepted (202), not stored',
-          body: accepted,
-        },
+  app.get(
+    '/api/client/delta',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['unleash'],
+        summary: 'Unleash client API (delta): changes since the state the SDK holds',
+        description:
+          '`{events: [...]}` as Unleash serves it: with `If-None-Match` naming one of the last states ' +
+          'of the environment, the `feature-updated` / `feature-removed` / `segment-updated` / ' +
+          '`segment-removed` events leading to the current one; otherwise one `hydration` event with every ' +
+          'flag and segment. The current state answers 304. `ETag` names the state returned.',
+        querystring: z.looseObject({}),
       },
-      async (_request, reply) => reply.code(202).send(),
-    );
-  }
+    },
+    async (request, reply) => {
+      const principal = callerOf(request);
+      const known = request.headers['if-none-match'];
+      const d = await flags.delta(principal.orgId, await environmentOf(principal), known);
+      if (d === null) return reply.code(304).send();
+      reply.header('etag', d.etag).header('cache-control', 'no-cache');
+      return reply.type('application/json; charset=utf-8').send(JSON.stringify({ events: d.events }));
+    },
+  );
+
+  // SDK reports: registrations and evaluation counts, stored per the key's environment.
+  app.post(
+    '/api/client/register',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['unleash'],
+        summary: 'Unleash client API: an SDK instance registers (stored; see /v1/flag-clients/{env})',
+        body: clientRegisterBody,
+      },
+    },
+    async (request, reply) => {
+      const principal = callerOf(request);
+      const s = await flags.snapshot(principal.orgId, await environmentOf(principal));
+      await metrics.register(s, request.body);
+      return reply.code(202).send();
+    },
+  );
+
+  app.post(
+    '/api/client/metrics',
+    {
+      config: { access: { permission: 'flags:read' } },
+      schema: {
+        tags: ['unleash'],
+        summary: 'Unleash client API: evaluation counts, summed per flag per hour',
+        description:
+          "Counts go to the key's environment, in the hour of `bucket.start` (the current hour when that " +
+          'is more than 48 h old or in the future). Flags the environment does not have are skipped. ' +
+          'Read them at `GET /v1/flags/{env}/{name}/metrics`.',
+        body: clientMetricsBody,
+      },
+    },
+    async (request, reply) => {
+      const principal = callerOf(request);
+      const s = await flags.snapshot(principal.orgId, await environmentOf(principal));
+      await metrics.record(s, request.body as ClientMetrics);
+      return reply.code(202).send();
+    },
+  );
 };

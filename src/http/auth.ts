@@ -1,4 +1,10 @@
-import type { FastifyInstance, FastifyRequest, onRequestHookHandler } from 'fastify';
+import type {
+  FastifyInstance,
+  FastifyReply,
+  FastifyRequest,
+  HookHandlerDoneFunction,
+  onRequestHookHandler,
+} from 'fastify';
 import { httpErrors } from './errors.ts';
 import type { Principal } from './principal.ts';
 
@@ -27,8 +33,17 @@ declare module 'fastify' {
  */
 export interface Authenticator {
   readonly name: string;
+  /**
+   * Optional cheap, synchronous test: true when the request carries this authenticator's kind
+   * of credential and no other kind. Authenticators that have one are asked before the chain,
+   * so a recognised request skips the others (and, when `authenticate` answers synchronously,
+   * never waits for a promise: the API key hot path).
+   */
+  recognizes?(request: FastifyRequest): boolean;
   authenticate(request: FastifyRequest): Promise<Principal | null> | Principal | null;
 }
+
+type MaybePromise<T> = T | Promise<T>;
 
 /** Answers route-level permission checks; the authz domain provides the real one. */
 export interface Authorizer {
@@ -48,30 +63,86 @@ export class AuthRegistry {
   private readonly authenticators: Authenticator[] = [];
   authorizer: Authorizer = superuserOnlyAuthorizer;
 
+  private readonly recognizers: Authenticator[] = [];
+
   addAuthenticator(authenticator: Authenticator): void {
     this.authenticators.push(authenticator);
+    if (authenticator.recognizes !== undefined) this.recognizers.push(authenticator);
   }
 
-  async authenticate(request: FastifyRequest): Promise<Principal | null> {
-    for (const authenticator of this.authenticators) {
-      const principal = await authenticator.authenticate(request);
-      if (principal) return principal;
+  /**
+   * The caller, or null when no authenticator finds a credential. Synchronous when the
+   * authenticator that answers is (a warm API key), so the hot path allocates no promise.
+   */
+  authenticate(request: FastifyRequest): MaybePromise<Principal | null> {
+    for (const authenticator of this.recognizers) {
+      if (authenticator.recognizes?.(request) !== true) continue;
+      const principal = authenticator.authenticate(request);
+      if (principal instanceof Promise) return principal.then((p) => p ?? this.chain(request, 0));
+      if (principal !== null) return principal;
+      break;
+    }
+    return this.chain(request, 0);
+  }
+
+  /** Tries the authenticators in registration order, from `from`; awaits only those that return promises. */
+  private chain(request: FastifyRequest, from: number): MaybePromise<Principal | null> {
+    for (let i = from; i < this.authenticators.length; i++) {
+      const principal = (this.authenticators[i] as Authenticator).authenticate(request);
+      if (principal instanceof Promise) return principal.then((p) => p ?? this.chain(request, i + 1));
+      if (principal !== null) return principal;
     }
     return null;
   }
 }
 
 function requireCaller(registry: AuthRegistry, permission: string | null): onRequestHookHandler {
-  return async (request, reply) => {
-    const principal = await registry.authenticate(request);
-    if (!principal) throw httpErrors.unauthenticated('Send a bearer token or an API key');
+  // A callback hook, not an async one: a warm API key or token is admitted without a promise
+  // or a microtask (docs/adr/0003).
+  function admit(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    principal: Principal | null,
+    done: HookHandlerDoneFunction,
+  ): void {
+    if (!principal) {
+      done(httpErrors.unauthenticated('Send a bearer token or an API key'));
+      return;
+    }
     request.principal = principal;
     if (request.authHeaders !== null) reply.headers(request.authHeaders);
-    if (permission === null) return;
-    const pending = registry.authorizer.prepare?.(principal);
-    if (pending !== undefined) await pending;
-    if (!registry.authorizer.can(principal, permission)) {
-      throw httpErrors.permission_denied(`This action needs ${permission}`, { permission });
+    if (permission === null) {
+      done();
+      return;
+    }
+    let pending: Promise<void> | undefined;
+    try {
+      pending = registry.authorizer.prepare?.(principal);
+    } catch (error) {
+      done(error as Error);
+      return;
+    }
+    if (pending === undefined) decide(principal, permission, done);
+    else pending.then(() => decide(principal, permission, done), done);
+  }
+  function decide(principal: Principal, needed: string, done: HookHandlerDoneFunction): void {
+    let allowed: boolean;
+    try {
+      allowed = registry.authorizer.can(principal, needed);
+    } catch (error) {
+      done(error as Error);
+      return;
+    }
+    if (allowed) done();
+    else done(httpErrors.permission_denied(`This action needs ${needed}`, { permission: needed }));
+  }
+  return (request, reply, done) => {
+    // A synchronous throw from an authenticator reaches Fastify's hook runner, which answers with it.
+    const found = registry.authenticate(request);
+    if (found instanceof Promise) {
+      found.then((principal) => admit(request, reply, principal, done), done);
+    } else {
+      admit(request, reply, found, done);
     }
   };
 }

@@ -271,8 +271,13 @@ describe('CORS', () => {
 
 describe('graceful shutdown', () => {
   test('in-flight requests finish after close() is called; new ones are refused', async () => {
+    let arrived: () => void = () => {};
+    const hasArrived = new Promise<void>((resolve) => {
+      arrived = resolve;
+    });
     const t = await testApp('pglite', {}, (app) => {
       app.get('/v1/probe/slow', { config: { access: 'public' } }, async () => {
+        arrived();
         await new Promise((resolve) => setTimeout(resolve, 300));
         return { done: true };
       });
@@ -281,7 +286,7 @@ describe('graceful shutdown', () => {
     const address = t.app.server.address();
     assert.ok(address && typeof address === 'object');
     const inFlight = fetch(`http://127.0.0.1:${address.port}/v1/probe/slow`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await hasArrived; // in flight for certain, however slow the machine
     const closing = t.app.close();
     const res = await inFlight;
     assert.equal(res.status, 200);

@@ -44,11 +44,39 @@ function render(series: Iterable<RouteSeries>): string {
   ].join('\n');
 }
 
+/**
+ * Renders a domain's own series as Prometheus text (with `# HELP` and `# TYPE` lines, ending in
+ * a newline), from counters it keeps as plain numbers: called when /metrics is scraped, never per request.
+ */
+export type SeriesRenderer = () => string;
+
 /** The app's metrics: the registry of process metrics, and the per-request recorder. */
 export interface RequestMetrics {
   registry: Registry;
   /** Counts a response and observes its latency (time to send, as the server sees it). */
   record(request: FastifyRequest, reply: FastifyReply): void;
+  /** Adds a domain's series to /metrics (the keys domain: verifications by code). */
+  addSeries(render: SeriesRenderer): void;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The app's metrics (installMetrics), so domain plugins can add their series. */
+    stewardMetrics: RequestMetrics;
+  }
+}
+
+/** One counter with a single label, every value listed (zeros included, so rates start at once). */
+export function renderCounter(
+  name: string,
+  help: string,
+  label: string,
+  values: Readonly<Record<string, number>>,
+): string {
+  const lines = [`# HELP ${name} ${help}`, `# TYPE ${name} counter`];
+  for (const [value, n] of Object.entries(values))
+    lines.push(`${name}{${label}="${labelValue(value)}"} ${n}`);
+  return `${lines.join('\n')}\n`;
 }
 
 /**
@@ -85,9 +113,14 @@ export function installMetrics(app: FastifyInstance): RequestMetrics {
     series.count++;
   };
 
+  const extra: SeriesRenderer[] = [];
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
     reply.type(registry.contentType);
-    return (await registry.metrics()) + render(byRoute.values());
+    let text = (await registry.metrics()) + render(byRoute.values());
+    for (const series of extra) text += series();
+    return text;
   });
-  return { registry, record };
+  const metrics: RequestMetrics = { registry, record, addSeries: (series) => extra.push(series) };
+  app.decorate('stewardMetrics', metrics);
+  return metrics;
 }

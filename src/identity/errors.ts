@@ -31,4 +31,10 @@ export const identityErrors = defineErrors({
   superuser_exists: { status: 409, title: 'A superuser already exists' },
   not_a_user: { status: 403, title: 'Only a signed-in user can do this' },
   cannot_deactivate_self: { status: 409, title: 'You cannot deactivate yourself' },
+  invitation_not_found: { status: 404, title: 'Invitation not found' },
+  invitation_invalid: { status: 404, title: 'Unknown invitation token' },
+  invitation_expired: { status: 410, title: 'Invitation expired' },
+  invitation_revoked: { status: 410, title: 'Invitation revoked' },
+  invitation_used: { status: 409, title: 'Invitation already accepted' },
+  signup_disabled: { status: 403, title: 'Sign-up is closed for this organization' },
 });

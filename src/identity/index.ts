@@ -1,9 +1,10 @@
 import type { FastifyPluginAsync } from 'fastify';
-import { defaultPrincipalDirectory } from '../authz/service.ts';
+import { type AuthzService, defaultPrincipalDirectory } from '../authz/service.ts';
 import type { Config } from '../config.ts';
 import type { StewardContext } from '../context.ts';
 import { isId } from '../db/ids.ts';
 import { createLoginIpLimiter } from './limiter.ts';
+import { registrationRoutes } from './registration-routes.ts';
 import { identityRoutes } from './routes.ts';
 import { createIdentityService, type IdentityDeps, type IdentityService } from './service.ts';
 
@@ -23,16 +24,29 @@ export function identitySettings(config: Config): IdentityDeps['settings'] {
 
 /** Builds the identity service with its per-IP limiter (Redis-backed when REDIS_URL is set). */
 export async function openIdentityService(
-  deps: Omit<IdentityDeps, 'limiter' | 'settings'> & { config: Config; onError?: (error: Error) => void },
+  deps: Omit<IdentityDeps, 'limiter' | 'settings' | 'authz' | 'rolesOfSync'> & {
+    /** The authz service; its index cache, when present, gives roles without a promise. */
+    authz: IdentityDeps['authz'] & Partial<Pick<AuthzService, 'cache'>>;
+    config: Config;
+    onError?: (error: Error) => void;
+  },
 ): Promise<IdentityService> {
   const { config, onError, ...rest } = deps;
+  const { authz } = rest;
   const limiter = await createLoginIpLimiter({
     maxFailures: config.LOGIN_IP_MAX_FAILURES,
     windowSeconds: config.LOGIN_IP_WINDOW_SECONDS,
     redisUrl: config.REDIS_URL,
     ...(onError ? { onError } : {}),
   });
-  return createIdentityService({ ...rest, limiter, settings: identitySettings(config) });
+  return createIdentityService({
+    ...rest,
+    limiter,
+    settings: identitySettings(config),
+    rolesOfSync: authz.cache
+      ? (orgId, principalId) => authz.cache?.get(orgId)?.rolesOf(principalId)
+      : undefined,
+  });
 }
 
 /** Loads signing keys and revoked sessions, plugs the access-token authenticator in, adds the routes. */
@@ -51,4 +65,5 @@ export const identityPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async
     authenticate: (request) => identity.authenticate(request.headers.authorization),
   });
   await app.register(identityRoutes, { identity });
+  await app.register(registrationRoutes, { identity, clock: ctx.clock });
 };

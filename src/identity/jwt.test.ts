@@ -216,6 +216,21 @@ describe('TokenVerifier rotation and cache', () => {
     assert.equal(v.stats().size, 0);
   });
 
+  it('cached(): only what verify() accepted, only until min(exp, cache TTL), forgotten on key change', async () => {
+    const clock = new Clock(t0);
+    const v = verifier([keyA], clock, { cacheTtlSeconds: 60 });
+    const { token } = await sign(keyA, t0, 30);
+    assert.equal(v.cached(token), undefined, 'never verified: not vouched for');
+    const claims = await v.verify(token);
+    assert.equal(v.cached(token), claims);
+    clock.ms = t0 + 30_000; // exp
+    assert.equal(v.cached(token), undefined);
+    clock.ms = t0;
+    await v.verify(token);
+    v.setKeys([keyB.publicJwk]);
+    assert.equal(v.cached(token), undefined, 'a key change empties the cache');
+  });
+
   it('never caches a refused token and hands out frozen claims', async () => {
     const v = verifier([keyA]);
     const { token } = await sign(keyA);

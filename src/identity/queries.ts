@@ -84,3 +84,23 @@ export async function revokeSessions(
     .returning({ id: sessions.id });
   return rows.map((r) => r.id);
 }
+
+/**
+ * A user by email with the org a login without `org` lands in (the oldest active membership),
+ * in one round trip: the login hot path.
+ */
+export async function userByEmailWithHomeOrg(
+  db: DbOrTx,
+  email: string,
+): Promise<{ user: User; homeOrgId: string | null } | undefined> {
+  const [row] = await db
+    .select({
+      user: users,
+      homeOrgId: sql<
+        string | null
+      >`(select m.org_id from org_memberships m where m.user_id = ${users.id} and m.active order by m.created_at, m.org_id limit 1)`,
+    })
+    .from(users)
+    .where(sql`lower(${users.email}) = lower(${email})`);
+  return row;
+}

@@ -8,12 +8,15 @@ import type { Organization } from '../tenancy/service.ts';
 import type { Session } from './queries.ts';
 import type { IdentityService, Origin, UserView } from './service.ts';
 
-const email = z.email().max(320);
+export const email = z.email().max(320);
 // Length limits here only stop abuse; the password policy (12+, not common) runs in the service.
-const password = z.string().min(1).max(1024);
-const roleName = z.string().min(1).max(100);
+export const password = z.string().min(1).max(1024);
+export const roleName = z.string().min(1).max(100);
+export const username = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$/, 'letters, digits, . _ -, 2 to 64 characters');
 
-const userSchema = z.object({
+export const userSchema = z.object({
   id: z.string(),
   email: z.string(),
   username: z.string().nullable(),
@@ -33,7 +36,7 @@ const userSchema = z.object({
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
-const userView = ({ user: u, active, roles }: UserView) => ({
+export const userView = ({ user: u, active, roles }: UserView) => ({
   id: u.id,
   email: u.email,
   username: u.username,
@@ -90,10 +93,10 @@ const orgView = (o: Organization) => ({
   created_at: o.createdAt.toISOString(),
 });
 
-const idCursor = z.object({ id: z.string() });
-const idParams = z.strictObject({ id: z.string().max(100) });
+export const idCursor = z.object({ id: z.string() });
+export const idParams = z.strictObject({ id: z.string().max(100) });
 
-const originOf = (request: FastifyRequest): Origin => contextOf(request);
+export const originOf = (request: FastifyRequest): Origin => contextOf(request);
 
 /** Users, orgs, login, 2FA, sessions, /v1/me and the JWKS. */
 export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }> = async (
@@ -395,10 +398,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
         body: z.strictObject({
           email,
           password,
-          username: z
-            .string()
-            .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$/, 'letters, digits, . _ -, 2 to 64 characters')
-            .optional(),
+          username: username.optional(),
           full_name: z.string().min(1).max(200).optional(),
           roles: z.array(roleName).max(20).optional(),
         }),
@@ -455,11 +455,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
         params: idParams,
         body: z.strictObject({
           full_name: z.string().min(1).max(200).nullable().optional(),
-          username: z
-            .string()
-            .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$/, 'letters, digits, . _ -, 2 to 64 characters')
-            .nullable()
-            .optional(),
+          username: username.nullable().optional(),
           active: z.boolean().optional(),
           roles: z.array(roleName).max(20).optional(),
         }),
@@ -480,6 +476,36 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
     },
     async (request) =>
       userView(await identity.unlockUser(callerOf(request), request.params.id, contextOf(request))),
+  );
+
+  app.get(
+    '/v1/users/:id/sessions',
+    {
+      // Who may revoke a session may see it; IPs and user agents are more than users:read shows.
+      config: { access: { permission: 'users:update' } },
+      schema: {
+        tags,
+        summary: "A user's live sessions in the caller's org, newest first",
+        description: 'Revoke one with `DELETE /v1/auth/sessions/{id}` (needs `users:update`).',
+        params: idParams,
+        querystring: z.strictObject(pageQuery),
+        response: { 200: listResponse(sessionSchema) },
+      },
+    },
+    async (request) => {
+      const caller = callerOf(request);
+      const after = decodeCursor(request.query.cursor, idCursor);
+      const rows = await identity.listUserSessions(caller, request.params.id, {
+        limit: request.query.limit + 1,
+        afterId: after?.id,
+      });
+      const page = rows.slice(0, request.query.limit);
+      const last = page.at(-1);
+      return {
+        data: page.map((s) => sessionView(s, caller.sessionId)),
+        next_cursor: rows.length > page.length && last ? encodeCursor({ id: last.id }) : null,
+      };
+    },
   );
 
   app.delete(

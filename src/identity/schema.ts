@@ -134,3 +134,41 @@ export const signingKeys = pgTable(
   // At most one active key, even with several instances starting at once.
   (t) => [uniqueIndex('signing_keys_one_active').on(sql`(true)`).where(sql`${t.retiredAt} is null`)],
 );
+
+/**
+ * An invitation to join an org: the token is shown once to the admin who creates it and only its
+ * SHA-256 is stored. Accepting it creates the user with `roles`; it is usable once, until
+ * `expires_at`, unless revoked.
+ */
+export const invitations = pgTable(
+  'invitations',
+  {
+    id: idColumn(),
+    orgId: text('org_id')
+      .notNull()
+      .references(() => organizations.id, { onDelete: 'cascade' }),
+    email: text('email').notNull(),
+    roles: jsonb('roles').$type<string[]>().notNull().default([]),
+    /** SHA-256 (hex) of the invitation token. */
+    tokenHash: text('token_hash').notNull(),
+    createdBy: text('created_by'),
+    createdAt: at('created_at').notNull().defaultNow(),
+    expiresAt: at('expires_at').notNull(),
+    acceptedAt: at('accepted_at'),
+    /** The user the invitation created (set with `accepted_at`). */
+    acceptedUserId: text('accepted_user_id').references(() => users.id, { onDelete: 'set null' }),
+    revokedAt: at('revoked_at'),
+    revokedBy: text('revoked_by'),
+  },
+  (t) => [uniqueIndex('invitations_token_hash').on(t.tokenHash), index('invitations_org').on(t.orgId, t.id)],
+);
+
+/** Per-org identity settings (one row per org, absent = defaults): open sign-up, off by default. */
+export const identitySettings = pgTable('identity_settings', {
+  orgId: text('org_id')
+    .primaryKey()
+    .references(() => organizations.id, { onDelete: 'cascade' }),
+  openSignup: boolean('open_signup').notNull().default(false),
+  updatedBy: text('updated_by'),
+  ...timestamps,
+});

@@ -7,6 +7,7 @@ import type { StewardContext } from '../context.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle } from '../db/client.ts';
 import { isId } from '../db/ids.ts';
+import { renderCounter } from '../http/metrics.ts';
 import type { Principal } from '../http/principal.ts';
 import type { IdentityService } from '../identity/service.ts';
 import { keyErrors } from './errors.ts';
@@ -29,7 +30,7 @@ function rateHeaders(v: Verification): Record<string, string> {
 }
 
 /** Turns a verification into the request's principal, or the error the caller sees. */
-function principalOf(request: FastifyRequest, v: Verification, nowMs: number): Principal {
+function principalOf(request: FastifyRequest, v: Verification): Principal {
   const key = v.key;
   if (v.code === 'valid' && key !== null) {
     if (v.limit >= 0) request.authHeaders = rateHeaders(v);
@@ -52,14 +53,33 @@ function principalOf(request: FastifyRequest, v: Verification, nowMs: number): P
     case 'rate_limited':
       throw keyErrors.rate_limited('The key’s rate limit is used up', extra, rateHeaders(v));
     case 'quota_exceeded': {
-      const endMs = key === null ? nowMs : Date.parse(key.periodEndIso);
+      const endMs = key === null ? v.nowMs : Date.parse(key.periodEndIso);
       throw keyErrors.quota_exceeded(`The quota resets at ${key?.periodEndIso ?? 'period end'}`, extra, {
-        'retry-after': String(Math.max(1, Math.ceil((endMs - nowMs) / 1000))),
+        'retry-after': String(Math.max(1, Math.ceil((endMs - v.nowMs) / 1000))),
       });
     }
     default:
       throw keyErrors.key_not_found(undefined, extra);
   }
+}
+
+/**
+ * Whether a request carries an API key and no other credential: `X-API-Key` without an
+ * `Authorization` header, or `Authorization: Bearer stw_…`. With an access token in
+ * Authorization as well, the chain decides (the token first, as before this shortcut).
+ */
+function carriesApiKey(request: FastifyRequest): boolean {
+  const authorization = request.headers.authorization;
+  if (authorization === undefined) return request.headers['x-api-key'] !== undefined;
+  return isApiKeyBearer(authorization);
+}
+
+function isApiKeyBearer(authorization: string): boolean {
+  return (
+    authorization.length >= 12 &&
+    authorization.startsWith('stw_', 7) &&
+    authorization.slice(0, 7).toLowerCase() === 'bearer '
+  );
 }
 
 /** What openKeys needs: the foundation's services. */
@@ -163,23 +183,25 @@ export type KeysDomain = Awaited<ReturnType<typeof openKeys>>;
 /** The `Bearer stw_…` / `X-API-Key` authenticator for every Steward route, and the routes. */
 export const keysPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async (app, { ctx }) => {
   const { service, verifier } = ctx.keys;
-  const { clock } = ctx;
   ctx.onShutdown(() => ctx.keys.stop());
+  // Verifications are counted, not audited: plain numbers in the verifier, rendered when scraped.
+  app.stewardMetrics.addSeries(() =>
+    renderCounter(
+      'steward_api_key_verifications_total',
+      'API key verifications (every route and POST /v1/keys/verify) by result code',
+      'code',
+      verifier.counts(),
+    ),
+  );
 
   ctx.auth.addAuthenticator({
     name: 'api-key',
+    recognizes: carriesApiKey,
     authenticate(request) {
       let key = request.headers['x-api-key'];
       if (key === undefined) {
         const authorization = request.headers.authorization;
-        if (
-          authorization === undefined ||
-          authorization.length < 12 ||
-          !authorization.startsWith('stw_', 7) ||
-          authorization.slice(0, 7).toLowerCase() !== 'bearer '
-        ) {
-          return null;
-        }
+        if (authorization === undefined || !isApiKeyBearer(authorization)) return null;
         key = authorization.slice(7).trim();
       }
       if (typeof key !== 'string') {
@@ -187,11 +209,11 @@ export const keysPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async (ap
       }
       const result = verifier.verify(key, { ip: request.ip });
       return result instanceof Promise
-        ? result.then((v) => principalOf(request, v, clock().getTime()))
-        : principalOf(request, result, clock().getTime());
+        ? result.then((v) => principalOf(request, v))
+        : principalOf(request, result);
     },
   });
 
-  await app.register(keysRoutes, { keys: service, verifier, clock });
+  await app.register(keysRoutes, { keys: service, verifier });
   await app.register(webhookKeyRoutes, { keys: service });
 };

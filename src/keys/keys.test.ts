@@ -181,6 +181,48 @@ for (const store of STORES) {
       assert.equal((await verify(both.key)).code, 'expired');
     });
 
+    test('verifications are counted by code at /metrics (both routes)', async () => {
+      const scrape = async () => {
+        const res = await t.app.inject({ method: 'GET', url: '/metrics' });
+        assert.equal(res.statusCode, 200);
+        assert.match(res.body, /^# TYPE steward_api_key_verifications_total counter$/m);
+        const counts: Record<string, number> = {};
+        for (const m of res.body.matchAll(/^steward_api_key_verifications_total\{code="(\w+)"\} (\d+)$/gm)) {
+          counts[m[1] as string] = Number(m[2]);
+        }
+        return counts;
+      };
+      const k = await create();
+      const before = await scrape();
+      // Every code is exported from the start, zeros included.
+      assert.deepEqual(Object.keys(before).sort(), [
+        'disabled',
+        'expired',
+        'ip_not_allowed',
+        'malformed',
+        'not_found',
+        'permission_denied',
+        'quota_exceeded',
+        'rate_limited',
+        'revoked',
+        'valid',
+      ]);
+      assert.equal((await verify(k.key)).code, 'valid');
+      assert.equal((await withKey(k.key)).statusCode, 200);
+      assert.equal((await verify('nope')).code, 'malformed');
+      problem(await withKey(`${k.key.slice(0, -1)}${k.key.endsWith('a') ? 'b' : 'a'}`), 401, 'key_malformed');
+      const { generateKey } = await import('./format.ts');
+      assert.equal((await verify(generateKey('stw', 'live'))).code, 'not_found');
+      const after = await scrape();
+      const delta = Object.fromEntries(
+        Object.entries(after)
+          .map(([code, n]) => [code, n - (before[code] ?? 0)])
+          .filter(([, n]) => n !== 0),
+      );
+      assert.deepEqual(delta, { valid: 2, malformed: 2, not_found: 1 });
+      assert.equal(after.valid, t.app.steward.keys.verifier.counts().valid);
+    });
+
     test('verify needs api_keys:verify', async () => {
       const k = await create({ scopes: ['api_keys:read'] });
       const res = await t.app.inject({
@@ -281,6 +323,22 @@ for (const store of STORES) {
       const after = (await t.call('GET', `/v1/keys/${k.id}`, { token })).json();
       assert.equal(after.usage.request_count, 1);
       assert.equal(Date.parse(after.usage.period_start), periodStart + 86_400_000);
+    });
+
+    test('flush() waits for a flush already under way (the timer’s): usage is written when it resolves', async () => {
+      const verifier = t.app.steward.keys.verifier;
+      const k = await create();
+      for (let i = 0; i < 5; i++) assert.equal((await verify(k.key)).code, 'valid');
+      const flushesBefore = verifier.stats().flushes;
+      const underWay = verifier.flush(); // takes the pending counts, as the timer does
+      await verifier.flush(); // nothing left pending: must still wait for the write under way
+      assert.ok(verifier.stats().flushes > flushesBefore, 'returned before the write under way finished');
+      const [row] = await t.store.db.query<{ request_count: number }>(
+        'select request_count from api_keys where id = $1',
+        [k.id],
+      );
+      assert.equal(row?.request_count, 5);
+      await underWay;
     });
 
     test('IP allowlist: IPv6 CIDR; X-Forwarded-For believed only from a trusted proxy', async () => {

@@ -77,6 +77,8 @@ export interface Verification {
   remaining: number;
   resetMs: number;
   quotaRemaining: number;
+  /** The clock as the checks read it (unix ms); 0 when no check needed it (malformed, not found). */
+  nowMs: number;
 }
 
 export interface VerifyOptions {
@@ -121,7 +123,22 @@ export function createVerifier(deps: VerifierDeps) {
   const settingsByOrg = new Map<string, q.KeySettings>();
   /** Per key id: usage not yet written. */
   let pending = new Map<string, { delta: number; periodStartMs: number; lastUsedMs: number }>();
-  const stats = { verifications: 0, byCode: new Map<VerifyCode, number>(), flushes: 0, loads: 0 };
+  /** The batch being written (taken out of `pending`), so a key read meanwhile still counts it. */
+  let inFlight: typeof pending | null = null;
+  const stats = { verifications: 0, flushes: 0, loads: 0 };
+  // A plain object with every code: one monomorphic increment per verification.
+  const byCode: Record<VerifyCode, number> = {
+    valid: 0,
+    malformed: 0,
+    not_found: 0,
+    revoked: 0,
+    expired: 0,
+    disabled: 0,
+    ip_not_allowed: 0,
+    rate_limited: 0,
+    quota_exceeded: 0,
+    permission_denied: 0,
+  };
   let stopped = false;
 
   function evict(id: string): void {
@@ -208,6 +225,7 @@ export function createVerifier(deps: VerifierDeps) {
       ownerId: row.ownerId,
     });
     const local = pending.get(row.id);
+    const writing = inFlight?.get(row.id);
     return {
       id: row.id,
       hash: row.hash,
@@ -226,9 +244,13 @@ export function createVerifier(deps: VerifierDeps) {
       periodMs,
       periodStartMs,
       periodEndIso: new Date(periodStartMs + periodMs).toISOString(),
+      // The row's total, plus what this instance counted and has not written yet (pending, and a
+      // batch being written while the row was read: its total may or may not include it, and
+      // counting it twice until the flush returns the totals errs on the side of the quota).
       count:
         (periodStartMs === dbStart ? row.requestCount : 0) +
-        (local !== undefined && local.periodStartMs === periodStartMs ? local.delta : 0),
+        (local !== undefined && local.periodStartMs === periodStartMs ? local.delta : 0) +
+        (writing !== undefined && writing.periodStartMs === periodStartMs ? writing.delta : 0),
       settings,
       burstWindowStartMs: 0,
       burstCount: 0,
@@ -271,12 +293,12 @@ export function createVerifier(deps: VerifierDeps) {
 
   function record(code: VerifyCode): void {
     stats.verifications++;
-    stats.byCode.set(code, (stats.byCode.get(code) ?? 0) + 1);
+    byCode[code]++;
   }
 
-  function fail(code: VerifyCode, key: CachedKey | null): Verification {
+  function fail(code: VerifyCode, key: CachedKey | null, nowMs = 0): Verification {
     record(code);
-    return { code, key, limit: NO_LIMIT, remaining: NO_LIMIT, resetMs: 0, quotaRemaining: NO_LIMIT };
+    return { code, key, limit: NO_LIMIT, remaining: NO_LIMIT, resetMs: 0, quotaRemaining: NO_LIMIT, nowMs };
   }
 
   function ipAllowed(list: BlockList, ip: string): boolean {
@@ -318,16 +340,16 @@ export function createVerifier(deps: VerifierDeps) {
     if (options.orgId !== undefined && key.orgId !== options.orgId) return fail('not_found', null);
     if (key.revoked) return fail('revoked', key);
     const nowMs = clock().getTime();
-    if (nowMs >= key.expiresAtMs) return fail('expired', key);
-    if (!key.active) return fail('disabled', key);
-    if (key.allow !== null && !ipAllowed(key.allow, options.ip)) return fail('ip_not_allowed', key);
+    if (nowMs >= key.expiresAtMs) return fail('expired', key, nowMs);
+    if (!key.active) return fail('disabled', key, nowMs);
+    if (key.allow !== null && !ipAllowed(key.allow, options.ip)) return fail('ip_not_allowed', key, nowMs);
     if (key.limiter === null) return afterRateLimit(key, options, nowMs, NO_LIMIT, NO_LIMIT, 0);
     const limit = key.ratelimit?.limit ?? 0;
     return key.limiter.consume(key.id).then(
       (res) => afterRateLimit(key, options, clock().getTime(), limit, res.remainingPoints, res.msBeforeNext),
       (error: unknown) => {
         if (!(error instanceof RateLimiterRes)) throw error;
-        const out = fail('rate_limited', key);
+        const out = fail('rate_limited', key, clock().getTime());
         out.limit = limit;
         out.remaining = 0;
         out.resetMs = error.msBeforeNext;
@@ -350,7 +372,15 @@ export function createVerifier(deps: VerifierDeps) {
       key.periodEndIso = new Date(key.periodStartMs + key.periodMs).toISOString();
       key.count = 0;
     }
-    const out: Verification = { code: 'valid', key, limit, remaining, resetMs, quotaRemaining: NO_LIMIT };
+    const out: Verification = {
+      code: 'valid',
+      key,
+      limit,
+      remaining,
+      resetMs,
+      quotaRemaining: NO_LIMIT,
+      nowMs,
+    };
     if (key.quota !== null) {
       if (key.count >= key.quota) {
         out.code = 'quota_exceeded';
@@ -414,11 +444,29 @@ export function createVerifier(deps: VerifierDeps) {
     return true;
   }
 
-  /** Writes pending usage in one statement and takes the totals back. */
+  let flushing: Promise<void> | null = null;
+
+  /**
+   * Writes pending usage in one statement and takes the totals back. Waits for a flush already
+   * under way (the timer's) first, so everything counted before the call is written when it
+   * resolves — tests and shutdown rely on that.
+   */
   async function flush(): Promise<void> {
+    while (flushing !== null) await flushing.catch(() => {});
     if (pending.size === 0) return;
+    const run = writePending();
+    flushing = run;
+    try {
+      await run;
+    } finally {
+      flushing = null;
+    }
+  }
+
+  async function writePending(): Promise<void> {
     const batch = pending;
     pending = new Map();
+    inFlight = batch;
     const deltas: q.UsageDelta[] = [];
     for (const [id, entry] of batch) {
       deltas.push({
@@ -430,6 +478,7 @@ export function createVerifier(deps: VerifierDeps) {
     }
     try {
       const rows = await q.addUsage(db, deltas);
+      inFlight = null;
       stats.flushes++;
       for (const row of rows) {
         const hash = hashById.get(row.id);
@@ -443,6 +492,7 @@ export function createVerifier(deps: VerifierDeps) {
           (local !== undefined && local.periodStartMs === startMs ? local.delta : 0);
       }
     } catch (error) {
+      inFlight = null;
       // Put the counts back for the next attempt rather than lose them.
       for (const [id, entry] of batch) {
         const now = pending.get(id);
@@ -468,34 +518,34 @@ export function createVerifier(deps: VerifierDeps) {
     }
   }
 
-  let flushing: Promise<void> | null = null;
   const flushTimer = setInterval(() => {
-    if (flushing !== null) return;
-    flushing = flush()
-      .catch((error: unknown) => deps.onError(error, 'api key usage flush'))
-      .finally(() => {
-        flushing = null;
-      });
+    if (flushing !== null || pending.size === 0) return;
+    flush().catch((error: unknown) => deps.onError(error, 'api key usage flush'));
   }, deps.flushMs);
   flushTimer.unref();
   let polling = false;
-  const pollTimer = setInterval(() => {
-    if (polling) return;
-    polling = true;
-    poll()
-      .catch((error: unknown) => deps.onError(error, 'api key invalidation poll'))
-      .finally(() => {
-        polling = false;
-      });
-  }, deps.pollMs);
-  pollTimer.unref();
+  // Embedded mode (PGlite) is one process per data folder, and every change to a key goes through
+  // this process's service, which invalidates directly: there is nobody else's change to poll for,
+  // and each poll is a query through the in-process database (its share of a busy server's CPU).
+  const pollTimer =
+    db.kind === 'pglite'
+      ? undefined
+      : setInterval(() => {
+          if (polling) return;
+          polling = true;
+          poll()
+            .catch((error: unknown) => deps.onError(error, 'api key invalidation poll'))
+            .finally(() => {
+              polling = false;
+            });
+        }, deps.pollMs);
+  pollTimer?.unref();
 
   /** Stops the timers and writes what is pending (shutdown). */
   async function stop(): Promise<void> {
     stopped = true;
     clearInterval(flushTimer);
     clearInterval(pollTimer);
-    if (flushing !== null) await flushing;
     await flush();
   }
 
@@ -507,9 +557,14 @@ export function createVerifier(deps: VerifierDeps) {
     flush,
     poll,
     stop,
+    /** Verifications since start by code, every code present (the /metrics counter). */
+    counts: (): Readonly<Record<VerifyCode, number>> => byCode,
     stats: () => ({
       verifications: stats.verifications,
-      byCode: Object.fromEntries(stats.byCode),
+      /** Verifications since start, by code (codes not seen yet are absent). */
+      byCode: Object.fromEntries(Object.entries(byCode).filter(([, n]) => n > 0)) as Partial<
+        Record<VerifyCode, number>
+      >,
       flushes: stats.flushes,
       loads: stats.loads,
       cached: byHash.size,

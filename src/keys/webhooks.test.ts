@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { after, before, beforeEach, describe, test } from 'node:test';
+import { crc32 } from 'node:zlib';
 import { Webhook } from 'standardwebhooks';
 import { StewardError } from '../http/errors.ts';
 import { ADMIN, type IdentityTestApp, identityTestApp } from '../identity/test-support.ts';
-import { API_KEY_PRODUCT, displayPrefix, generateKey, isWellFormed } from './format.ts';
+import { API_KEY_PRODUCT, crc32Ascii, displayPrefix, generateKey, isWellFormed } from './format.ts';
 import { parseCidr, verifyStandardWebhook } from './service.ts';
 
 interface Vectors {
@@ -116,6 +118,18 @@ describe('Standard Webhooks vectors', () => {
     assert.equal(parseCidr('2001:db8::/129'), null);
     assert.equal(parseCidr('2001:db8::/32'), '2001:db8::/32');
     assert.equal(parseCidr('10.1.2.3'), '10.1.2.3');
+  });
+
+  test('key format: the checksum is zlib CRC-32, so keys issued before the JS loop still verify', () => {
+    for (let i = 0; i < 200; i++) {
+      const text = randomBytes(1 + (i % 60)).toString('base64');
+      assert.equal(crc32Ascii(text), crc32(text), text);
+    }
+    // Issued by the earlier format.ts (zlib.crc32 over the head): must stay well-formed.
+    const issued = 'stw_live_HsXyNqvcTStJ77ui8dAH7wYZm6o35EPPzAvfegadXsj3_38tmy2';
+    assert.equal(isWellFormed(API_KEY_PRODUCT, issued), true);
+    assert.equal(isWellFormed(API_KEY_PRODUCT, issued.replace('_live_', '_lïve_')), false);
+    assert.equal(isWellFormed(API_KEY_PRODUCT, issued.replace('stw_live_H', 'stw_live_0')), false);
   });
 });
 

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { STORES } from '../../test/helpers/stores.ts';
 import { type VaultTestApp, vaultTestApp } from './test-support.ts';
 
 const VALUE = 'prod-db-password-four-eyes-only';
@@ -113,3 +114,200 @@ describe('four-eyes changes for production (pglite)', () => {
     assert.equal(other.statusCode, 404, 'another org never sees the change');
   });
 });
+
+for (const { kind, skip } of STORES) {
+  describe(`four-eyes: more held changes, approval in one transaction (${kind})`, { skip }, () => {
+    let v: VaultTestApp;
+    before(async () => {
+      v = await vaultTestApp(kind);
+      const on = await v.req('PUT', '/v1/vault/policy', { token: v.tokens.admin, body: { four_eyes: true } });
+      assert.equal(on.statusCode, 200, on.body);
+    });
+    after(() => v?.close());
+
+    const approve = (id: string, token: string) =>
+      v.req('POST', `/v1/vault/changes/${id}/approve`, { token });
+
+    test('two concurrent approvals: one applies, the other is refused; applied once', async () => {
+      const held = await v.req('PUT', '/v1/settings/production/pool_size', {
+        token: v.tokens.developer,
+        body: { value: 8, value_type: 'int' },
+      });
+      assert.equal(held.statusCode, 202, held.body);
+      const id = held.json().change_id;
+      assert.match(id, /^chg_/);
+      const [a, b] = await Promise.all([approve(id, v.tokens.manager), approve(id, v.tokens.manager2)]);
+      assert.deepEqual([a.statusCode, b.statusCode].sort(), [200, 409], `${a.body} ${b.body}`);
+      const history = await v.req('GET', '/v1/settings/production/pool_size/history', {
+        token: v.tokens.viewer,
+      });
+      assert.equal(history.json().data.length, 1, 'applied exactly once');
+      const rows = await v.t.store.db.query<{ status: string; result_id: string | null }>(
+        `select status, result_id from vault_changes where id = $1`,
+        [id],
+      );
+      assert.equal(rows[0]?.status, 'applied');
+      assert.ok(rows[0]?.result_id?.startsWith('stg_'));
+      const approvals = await v.t.store.db.query<{ n: number }>(
+        `select count(*)::int as n from audit_events where action = 'change.approved' and resource_id = $1`,
+        [id],
+      );
+      assert.equal(approvals[0]?.n, 1);
+    });
+
+    test('a change that no longer applies fails as a whole: nothing written, status failed', async () => {
+      const first = await v.req('PUT', '/v1/settings/production/retries', {
+        token: v.tokens.developer,
+        body: { value: 1, value_type: 'int' },
+      });
+      assert.equal((await approve(first.json().change_id, v.tokens.manager)).statusCode, 200);
+      const a = await v.req('PUT', '/v1/settings/production/retries', {
+        token: v.tokens.developer,
+        headers: { 'if-match': '"1"' },
+        body: { value: 2 },
+      });
+      const b = await v.req('PUT', '/v1/settings/production/retries', {
+        token: v.tokens.developer,
+        headers: { 'if-match': '"1"' },
+        body: { value: 3 },
+      });
+      assert.equal((await approve(a.json().change_id, v.tokens.manager)).statusCode, 200);
+      const stale = await approve(b.json().change_id, v.tokens.manager);
+      assert.equal(stale.statusCode, 412, stale.body);
+      const read = await v.req('GET', '/v1/settings/production/retries', { token: v.tokens.viewer });
+      assert.equal(read.json().value, 2);
+      assert.equal(read.json().version, 2);
+      const rows = await v.t.store.db.query<{ status: string; result_id: string | null }>(
+        `select status, result_id from vault_changes where id = $1`,
+        [b.json().change_id],
+      );
+      assert.deepEqual(rows[0], { status: 'failed', result_id: null });
+    });
+
+    test('deleting a production setting is held; approval deletes it, history kept', async () => {
+      const created = await v.req('PUT', '/v1/settings/production/to_drop', {
+        token: v.tokens.developer,
+        body: { value: 'x', value_type: 'string' },
+      });
+      assert.equal((await approve(created.json().change_id, v.tokens.manager)).statusCode, 200);
+      const noMatch = await v.req('DELETE', '/v1/settings/production/to_drop', { token: v.tokens.manager });
+      assert.equal(noMatch.statusCode, 428, 'If-Match checked before holding');
+      const held = await v.req('DELETE', '/v1/settings/production/to_drop', {
+        token: v.tokens.manager,
+        headers: { 'if-match': '"1"' },
+      });
+      assert.equal(held.statusCode, 202, held.body);
+      assert.equal(
+        (await v.req('GET', '/v1/settings/production/to_drop', { token: v.tokens.viewer })).statusCode,
+        200,
+        'still there while pending',
+      );
+      assert.equal((await approve(held.json().change_id, v.tokens.manager2)).statusCode, 200);
+      assert.equal(
+        (await v.req('GET', '/v1/settings/production/to_drop', { token: v.tokens.viewer })).statusCode,
+        404,
+      );
+      const history = await v.req('GET', '/v1/settings/production/to_drop/history', {
+        token: v.tokens.viewer,
+      });
+      assert.deepEqual(
+        history.json().data.map((h: { action: string }) => h.action),
+        ['deleted', 'created'],
+      );
+    });
+
+    test('PATCH of a production secret is held and applied as the requester', async () => {
+      const held = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'API_TOKEN', environment: 'production', value: 'tok-value-1' },
+      });
+      const secretId = (await approve(held.json().change_id, v.tokens.manager2)).json().result_id;
+      const patch = await v.req('PATCH', `/v1/secrets/${secretId}`, {
+        token: v.tokens.manager,
+        body: { description: 'the payment provider token', tags: ['payments'] },
+      });
+      assert.equal(patch.statusCode, 202, patch.body);
+      const unchanged = await v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.manager });
+      assert.equal(unchanged.json().description, null, 'nothing applied while pending');
+      const bad = await v.req('PATCH', `/v1/secrets/${secretId}`, {
+        token: v.tokens.manager,
+        body: { description: 5 },
+      });
+      assert.equal(bad.statusCode, 400);
+      const unknownField = await v.req('PATCH', `/v1/secrets/${secretId}`, {
+        token: v.tokens.manager,
+        body: { nope: true },
+      });
+      assert.equal(unknownField.statusCode, 400);
+      const badPerm = await v.req('PATCH', `/v1/secrets/${secretId}`, {
+        token: v.tokens.admin,
+        body: { required_permission: 'no:such' },
+      });
+      assert.equal(badPerm.statusCode, 400, 'checked before holding');
+      const viewer = await v.req('PATCH', `/v1/secrets/${secretId}`, {
+        token: v.tokens.viewer,
+        body: { description: 'x' },
+      });
+      assert.equal(viewer.statusCode, 403);
+      const other = await v.req('PATCH', `/v1/secrets/${secretId}`, {
+        token: v.tokens.other,
+        body: { description: 'x' },
+      });
+      assert.equal(other.statusCode, 404, "another org's secret");
+      assert.equal((await approve(patch.json().change_id, v.tokens.manager)).statusCode, 403, 'not your own');
+      const ok = await approve(patch.json().change_id, v.tokens.manager2);
+      assert.equal(ok.statusCode, 200, ok.body);
+      assert.equal(ok.json().result_id, secretId);
+      const meta = (await v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.manager })).json();
+      assert.equal(meta.description, 'the payment provider token');
+      assert.deepEqual(meta.tags, ['payments']);
+      assert.equal(meta.updated_by, v.ids.manager, 'applied as the requester');
+    });
+
+    test('segment create, update and delete are held (segments serve production too)', async () => {
+      const body = {
+        name: 'beta-users',
+        constraints: [{ contextName: 'role', operator: 'IN', values: ['beta'] }],
+      };
+      const held = await v.req('POST', '/v1/segments', { token: v.tokens.manager, body });
+      assert.equal(held.statusCode, 202, held.body);
+      assert.equal((await v.req('GET', '/v1/segments', { token: v.tokens.viewer })).json().data.length, 0);
+      const created = await approve(held.json().change_id, v.tokens.manager2);
+      assert.equal(created.statusCode, 200, created.body);
+      const segId = Number(created.json().result_id);
+      const seg = await v.req('GET', `/v1/segments/${segId}`, { token: v.tokens.viewer });
+      assert.equal(seg.json().created_by, v.ids.manager);
+
+      const dup = await v.req('POST', '/v1/segments', { token: v.tokens.manager, body });
+      assert.equal(dup.statusCode, 409, 'a taken name is refused before holding');
+      const stale = await v.req('PUT', `/v1/segments/${segId}`, {
+        token: v.tokens.manager,
+        headers: { 'if-match': '"7"' },
+        body: { ...body, description: 'x' },
+      });
+      assert.equal(stale.statusCode, 412);
+      const upd = await v.req('PUT', `/v1/segments/${segId}`, {
+        token: v.tokens.manager,
+        headers: { 'if-match': '"1"' },
+        body: { ...body, description: 'beta testers' },
+      });
+      assert.equal(upd.statusCode, 202, upd.body);
+      const other = await v.req('PUT', `/v1/segments/${segId}`, { token: v.tokens.other, body });
+      assert.equal(other.statusCode, 404, "another org's segment");
+      assert.equal((await approve(upd.json().change_id, v.tokens.manager2)).statusCode, 200);
+      const after1 = (await v.req('GET', `/v1/segments/${segId}`, { token: v.tokens.viewer })).json();
+      assert.equal(after1.description, 'beta testers');
+      assert.equal(after1.version, 2);
+
+      const del = await v.req('DELETE', `/v1/segments/${segId}`, { token: v.tokens.manager });
+      assert.equal(del.statusCode, 202, del.body);
+      assert.equal((await approve(del.json().change_id, v.tokens.manager2)).statusCode, 200);
+      assert.equal((await v.req('GET', `/v1/segments/${segId}`, { token: v.tokens.viewer })).statusCode, 404);
+      const audit = await v.t.store.db.query<{ n: number }>(
+        `select count(*)::int as n from audit_events where resource_type = 'flag_segment' and details->>'approved_by' = $1`,
+        [v.ids.manager2],
+      );
+      assert.equal(audit[0]?.n, 3);
+    });
+  });
+}

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { and, desc, eq, lt } from 'drizzle-orm';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
@@ -7,18 +6,22 @@ import { actorOf } from '../audit/service.ts';
 import { open, seal, sealedKeyId } from '../crypto/envelope.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
+import { newId } from '../db/ids.ts';
 import { callerOf } from '../http/auth.ts';
 import { contextOf, type RequestContext } from '../http/context.ts';
 import { defineErrors, StewardError } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Principal, PrincipalKind } from '../http/principal.ts';
+import { environments } from '../tenancy/schema.ts';
+import type { Environment } from '../tenancy/service.ts';
 import { vaultChanges, vaultPolicies } from './schema.ts';
 import type { Access } from './secrets/service.ts';
 
 /** A change to hold for approval. `payload` is the request as given (sealed at rest). */
 export interface ProposedChange {
   kind: string;
-  environmentId: string;
+  /** The environment the change is in; null for org-wide changes (flag segments). */
+  environmentId: string | null;
   targetId: string | null;
   payload: unknown;
   /** What a reviewer sees; secret values already masked. */
@@ -28,17 +31,33 @@ export interface ProposedChange {
 /** Four-eyes: whether an org wants approval for an environment, and how to hold a change. */
 export interface FourEyes {
   required(orgId: string, environment: string): Promise<boolean>;
+  /** For org-wide changes (segments serve every environment): whether four-eyes covers any. */
+  requiredForOrg(orgId: string): Promise<boolean>;
   /** Stores the change as pending (audited `change.requested`); returns its id. */
   propose(access: Access, change: ProposedChange): Promise<string>;
 }
 
-/** Performs an approved change as its requester; returns the id of what it created or changed. */
-export type Applier = (
-  requester: Access,
-  payload: unknown,
-  targetId: string | null,
-  approvedBy: Principal,
-) => Promise<string | null>;
+/** What an applier gets: the approval's transaction, the requester, the change as proposed. */
+export interface ApplyInput {
+  /** The approval's transaction: the change must be written in it, and nothing outside it. */
+  tx: DbOrTx;
+  requester: Access;
+  payload: unknown;
+  targetId: string | null;
+  /** The change's environment, read in `tx`; null for org-wide changes. */
+  environment: Environment | null;
+  approvedBy: Principal;
+}
+
+/** What an applier did: the id it created or changed, and work to run once the approval committed. */
+export interface Applied {
+  resultId: string | null;
+  /** E.g. cache invalidation: run after the commit, never before (other instances would re-read old rows). */
+  afterCommit?: (() => Promise<void>) | undefined;
+}
+
+/** Performs an approved change as its requester, inside the approval's transaction. */
+export type Applier = (input: ApplyInput) => Promise<Applied>;
 
 export const changeErrors = defineErrors({
   change_not_found: { status: 404, title: 'Change not found' },
@@ -61,11 +80,13 @@ export function createFourEyes({
   keyring,
   audit,
   clock,
+  onError = () => {},
 }: {
   db: DbHandle;
   keyring: Keyring;
   audit: AuditRecorder;
   clock: () => Date;
+  onError?: ((error: unknown, what: string) => void) | undefined;
 }) {
   const appliers = new Map<string, Applier>();
 
@@ -123,10 +144,13 @@ export function createFourEyes({
       const p = await policy(orgId);
       return p.fourEyes && p.environments.includes(environment);
     },
+    async requiredForOrg(orgId) {
+      const p = await policy(orgId);
+      return p.fourEyes && p.environments.length > 0;
+    },
     async propose(access, change) {
       const { principal } = access;
-      // No `chg_` prefix in src/db/ids.ts yet: a UUID until the db owner adds one.
-      const id = randomUUID();
+      const id = newId('chg');
       const sealed = seal(keyring, JSON.stringify(change.payload), changeAad(principal.orgId, id));
       await db.db.transaction(async (tx) => {
         await tx.insert(vaultChanges).values({
@@ -165,25 +189,24 @@ export function createFourEyes({
     return row;
   }
 
-  /** Claims a pending change (pending → status) and records the decision, in one transaction. */
-  async function decide(
+  /** Claims a pending change (pending → rejected) and records the decision, in one transaction. */
+  async function decideRejected(
     approver: Principal,
     row: ChangeRow,
-    status: 'approved' | 'rejected',
     reason: string | null,
     context: RequestContext,
   ) {
     await db.db.transaction(async (tx) => {
       const claimed = await tx
         .update(vaultChanges)
-        .set({ status, decidedBy: approver.id, decisionReason: reason, decidedAt: clock() })
+        .set({ status: 'rejected', decidedBy: approver.id, decisionReason: reason, decidedAt: clock() })
         .where(and(eq(vaultChanges.id, row.id), eq(vaultChanges.status, 'pending')))
         .returning({ id: vaultChanges.id });
       if (claimed.length === 0) throw changeErrors.change_decided('This change was decided already');
       await audit.record(tx, {
         orgId: row.orgId,
         actor: actorOf(approver),
-        action: status === 'approved' ? 'change.approved' : 'change.rejected',
+        action: 'change.rejected',
         resource: { type: 'change', id: row.id },
         context,
         details: { kind: row.kind, target_id: row.targetId, requested_by: row.requestedBy, reason },
@@ -191,7 +214,14 @@ export function createFourEyes({
     });
   }
 
-  /** Applies a pending change as its requester. The approver must be someone else. */
+  /**
+   * Approves a change and applies it as its requester, in one transaction: the claim
+   * (`pending → applied`, a conditional UPDATE that holds the row lock until commit), the change,
+   * and `change.approved`. A concurrent approval waits on that lock, then finds the change decided
+   * (409); a crash leaves it pending. When the change no longer applies (a StewardError, e.g. the
+   * setting moved: 412), the transaction rolls back and the change is marked `failed` in a second
+   * one; any other error (the database went away) leaves it pending, to be approved again.
+   */
   async function approve(approver: Principal, id: string, reason: string | null, context: RequestContext) {
     const row = await load(approver.orgId, id);
     if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
@@ -200,7 +230,6 @@ export function createFourEyes({
     }
     const applier = appliers.get(row.kind);
     if (!applier) throw new Error(`no applier for change kind ${row.kind}`);
-    await decide(approver, row, 'approved', reason, context);
     const payload: unknown = JSON.parse(
       open(keyring, row.payload, changeAad(row.orgId, row.id)).toString('utf8'),
     );
@@ -217,28 +246,107 @@ export function createFourEyes({
       context,
       toolId: null,
     };
+    const decidedAt = clock();
+    let applied: Applied;
     try {
-      const resultId = await applier(requester, payload, row.targetId, approver);
-      await db.db
-        .update(vaultChanges)
-        .set({ status: 'applied', resultId })
-        .where(eq(vaultChanges.id, row.id));
-      return { ...row, status: 'applied', resultId, decidedBy: approver.id };
+      applied = await db.db.transaction(async (tx) => {
+        const claimed = await tx
+          .update(vaultChanges)
+          .set({ status: 'applied', decidedBy: approver.id, decisionReason: reason, decidedAt })
+          .where(and(eq(vaultChanges.id, row.id), eq(vaultChanges.status, 'pending')))
+          .returning({ id: vaultChanges.id });
+        if (claimed.length === 0) throw changeErrors.change_decided('This change was decided already');
+        const [environment] =
+          row.environmentId === null
+            ? [null]
+            : await tx.select().from(environments).where(eq(environments.id, row.environmentId));
+        if (environment === undefined) throw changeErrors.change_not_found('Its environment is gone');
+        const out = await applier({
+          tx,
+          requester,
+          payload,
+          targetId: row.targetId,
+          environment,
+          approvedBy: approver,
+        });
+        await tx.update(vaultChanges).set({ resultId: out.resultId }).where(eq(vaultChanges.id, row.id));
+        await audit.record(tx, {
+          orgId: row.orgId,
+          actor: actorOf(approver),
+          action: 'change.approved',
+          resource: { type: 'change', id: row.id },
+          context,
+          details: {
+            kind: row.kind,
+            target_id: row.targetId,
+            requested_by: row.requestedBy,
+            reason,
+            result_id: out.resultId,
+          },
+        });
+        return out;
+      });
     } catch (error) {
-      // Approved but not applicable any more (e.g. the setting moved on): say so, keep the record.
-      const code = error instanceof StewardError ? error.code : 'internal_error';
-      await db.db
-        .update(vaultChanges)
-        .set({ status: 'failed', decisionReason: `${reason ?? ''} [apply failed: ${code}]`.trim() })
-        .where(eq(vaultChanges.id, row.id));
+      if (error instanceof StewardError && error.code !== 'change_decided') {
+        await markFailed(approver, row, reason, error.code, context);
+      }
       throw error;
     }
+    if (applied.afterCommit) {
+      await applied.afterCommit().catch((error: unknown) => onError(error, `after ${row.kind} applied`));
+    }
+    return {
+      ...row,
+      status: 'applied',
+      resultId: applied.resultId,
+      decidedBy: approver.id,
+      decisionReason: reason,
+      decidedAt,
+    };
+  }
+
+  /** Approved, but it no longer applies: say so and keep the record (only if still pending). */
+  async function markFailed(
+    approver: Principal,
+    row: ChangeRow,
+    reason: string | null,
+    code: string,
+    context: RequestContext,
+  ) {
+    await db.db.transaction(async (tx) => {
+      const claimed = await tx
+        .update(vaultChanges)
+        .set({
+          status: 'failed',
+          decidedBy: approver.id,
+          decisionReason: `${reason ?? ''} [apply failed: ${code}]`.trim(),
+          decidedAt: clock(),
+        })
+        .where(and(eq(vaultChanges.id, row.id), eq(vaultChanges.status, 'pending')))
+        .returning({ id: vaultChanges.id });
+      if (claimed.length === 0) return;
+      await audit.record(tx, {
+        orgId: row.orgId,
+        actor: actorOf(approver),
+        action: 'change.approved',
+        resource: { type: 'change', id: row.id },
+        context,
+        details: {
+          kind: row.kind,
+          target_id: row.targetId,
+          requested_by: row.requestedBy,
+          reason,
+          outcome: 'failed',
+          error_code: code,
+        },
+      });
+    });
   }
 
   async function reject(approver: Principal, id: string, reason: string | null, context: RequestContext) {
     const row = await load(approver.orgId, id);
     if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
-    await decide(approver, row, 'rejected', reason, context);
+    await decideRejected(approver, row, reason, context);
     return { ...row, status: 'rejected', decidedBy: approver.id, decisionReason: reason };
   }
 

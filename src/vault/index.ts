@@ -1,9 +1,27 @@
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { and, eq, isNull } from 'drizzle-orm';
 import type { FastifyPluginAsync } from 'fastify';
+import { isPermission } from '../authz/catalogue.ts';
+import type { InvalidationBus } from '../bus/index.ts';
 import type { StewardContext } from '../context.ts';
+import type { DbHandle, DbOrTx } from '../db/client.ts';
+import { isId } from '../db/ids.ts';
 import { registerFlags } from '../flags/index.ts';
-import { createFourEyes, fourEyesRoutes } from './four-eyes.ts';
+import { environments } from '../tenancy/schema.ts';
+import type { Environment, TenancyService } from '../tenancy/service.ts';
+import { requireOn } from './common.ts';
+import { type Applied, createFourEyes, fourEyesRoutes } from './four-eyes.ts';
+import { secretErrors } from './secrets/errors.ts';
 import { secretRoutes } from './secrets/routes.ts';
-import { type CreateSecretInput, createSecretService } from './secrets/service.ts';
+import { secrets as secretsTable } from './secrets/schema.ts';
+import {
+  type Access,
+  type CreateSecretInput,
+  createSecretService,
+  type Pending,
+  type Secret,
+  type UpdateSecretInput,
+} from './secrets/service.ts';
 import { settingRoutes } from './settings/routes.ts';
 import type { ValueType } from './settings/rules.ts';
 import { createSettingService, type PutSettingInput } from './settings/service.ts';
@@ -11,9 +29,85 @@ import { createSettingService, type PutSettingInput } from './settings/service.t
 /** How often each instance looks for secrets past their rotation date (SKIP LOCKED splits the work). */
 const ROTATION_CHECK_MS = 60_000;
 
+/** An approval's transaction, and bus messages to send once it committed. */
+interface Ambient {
+  tx: DbOrTx;
+  published: [topic: string, message: string][];
+}
+
+/**
+ * The secrets service opens its own transactions (`db.db.transaction`) and publishes cache
+ * invalidations itself; its file is not ours to change. So that an approved secret change is
+ * written in the approval's transaction, the service gets a database handle that, while an
+ * approval runs (AsyncLocalStorage), hands out that transaction — `transaction(fn)` becomes
+ * `fn(tx)`, any other query runs on `tx` — and a bus whose messages wait for the commit.
+ * Outside an approval both are the real ones. (Bridge until the secrets appliers take a `tx`.)
+ */
+function ambientBridge(ctx: StewardContext) {
+  const store = new AsyncLocalStorage<Ambient>();
+  const real = ctx.db.db;
+  const db: DbHandle = {
+    kind: ctx.db.kind,
+    query: (sql, params) => ctx.db.query(sql, params),
+    close: () => ctx.db.close(),
+    db: new Proxy(real, {
+      get(target, prop) {
+        const ambient = store.getStore();
+        if (ambient === undefined) {
+          const v: unknown = Reflect.get(target, prop, target);
+          return typeof v === 'function' ? v.bind(target) : v;
+        }
+        if (prop === 'transaction') {
+          return <T>(work: (tx: DbOrTx) => Promise<T>) => work(ambient.tx);
+        }
+        const v: unknown = Reflect.get(ambient.tx, prop, ambient.tx);
+        return typeof v === 'function' ? v.bind(ambient.tx) : v;
+      },
+    }),
+  };
+  const bus: Pick<InvalidationBus, 'publish' | 'subscribe'> = {
+    async publish(topic, message) {
+      const ambient = store.getStore();
+      if (ambient) ambient.published.push([topic, message]);
+      else await ctx.bus.publish(topic, message);
+    },
+    subscribe: (topic, handler) => ctx.bus.subscribe(topic, handler),
+  };
+  const tenancy: Pick<TenancyService, 'environmentByName'> = {
+    async environmentByName(orgId, name) {
+      const ambient = store.getStore();
+      if (ambient === undefined) return ctx.tenancy.environmentByName(orgId, name);
+      const [env] = await ambient.tx
+        .select()
+        .from(environments)
+        .where(and(eq(environments.orgId, orgId), eq(environments.name, name)));
+      if (!env) return ctx.tenancy.environmentByName(orgId, name); // throws its 404
+      return env;
+    },
+  };
+  /** Runs `work` inside the approval's transaction; the bus messages go out after the commit. */
+  async function within(tx: DbOrTx, work: () => Promise<string | null>): Promise<Applied> {
+    const ambient: Ambient = { tx, published: [] };
+    const resultId = await store.run(ambient, work);
+    return {
+      resultId,
+      afterCommit: async () => {
+        for (const [topic, message] of ambient.published) await ctx.bus.publish(topic, message);
+      },
+    };
+  }
+  return { db, bus, tenancy, within };
+}
+
 /** Builds the vault's services from the app context, four-eyes appliers registered. */
 export function createVaultServices(ctx: StewardContext, onError?: (error: unknown, what: string) => void) {
-  const changes = createFourEyes({ db: ctx.db, keyring: ctx.keyring, audit: ctx.audit, clock: ctx.clock });
+  const changes = createFourEyes({
+    db: ctx.db,
+    keyring: ctx.keyring,
+    audit: ctx.audit,
+    clock: ctx.clock,
+    onError,
+  });
   const deps = {
     db: ctx.db,
     keyring: ctx.keyring,
@@ -23,36 +117,142 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
     clock: ctx.clock,
     fourEyes: changes.fourEyes,
   };
-  const secrets = createSecretService({ ...deps, bus: ctx.bus, onError });
+  const bridge = ambientBridge(ctx);
+  const service = createSecretService({
+    ...deps,
+    db: bridge.db,
+    tenancy: bridge.tenancy,
+    bus: bridge.bus,
+    onError,
+  });
   const settings = createSettingService(deps);
 
-  changes.register('secret.create', async (who, payload, _target, by) => {
-    return (await secrets.apply.create(who, payload as CreateSecretInput, by)).id;
-  });
-  changes.register('secret.value', async (who, payload, target, by) => {
-    return (await secrets.apply.value(who, target ?? '', payload as { value: string }, by)).id;
-  });
-  changes.register('secret.rollback', async (who, payload, target, by) => {
-    return (await secrets.apply.rollback(who, target ?? '', payload as { version: number }, by)).id;
-  });
-  changes.register('secret.delete', async (who, _payload, target, by) => {
-    await secrets.apply.remove(who, target ?? '', by);
-    return target;
-  });
-  changes.register('setting.put', async (who, payload, _target, by) => {
+  /**
+   * `PATCH /v1/secrets/{id}` held like the other secret changes: the requester's checks as the
+   * service makes them (404, `secrets:update`, `secrets:admin` for owner / required permission, a
+   * known permission), then `secret.update` is proposed. Refusals on this path are not in the
+   * access log (the service's logger is internal to it); outside four-eyes the service runs as is.
+   */
+  async function update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret | Pending> {
+    const { principal } = access;
+    const [row] = isId('sec', id)
+      ? await ctx.db.db
+          .select({
+            name: secretsTable.name,
+            environmentId: secretsTable.environmentId,
+            env: environments.name,
+          })
+          .from(secretsTable)
+          .innerJoin(environments, eq(environments.id, secretsTable.environmentId))
+          .where(
+            and(
+              eq(secretsTable.orgId, principal.orgId),
+              eq(secretsTable.id, id),
+              isNull(secretsTable.deletedAt),
+            ),
+          )
+      : [];
+    if (!row || !(await changes.fourEyes.required(principal.orgId, row.env))) {
+      return service.update(access, id, input);
+    }
+    await requireOn(ctx.authz, principal, 'secrets:update', { type: 'secrets', id });
+    if (input.required_permission !== undefined || input.owner_id !== undefined) {
+      await requireOn(ctx.authz, principal, 'secrets:admin', { type: 'secrets', id });
+    }
+    if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
+      throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
+    }
+    const changeId = await changes.fourEyes.propose(access, {
+      kind: 'secret.update',
+      environmentId: row.environmentId,
+      targetId: id,
+      payload: input,
+      // Metadata, never the value: shown to reviewers as is.
+      summary: { name: row.name, environment: row.env, changes: input },
+    });
+    return { pending: true, changeId };
+  }
+  const secrets = { ...service, update };
+
+  const envOf = (env: Environment | null): Environment => {
+    if (env === null) throw new Error('a setting change without its environment');
+    return env;
+  };
+  changes.register('secret.create', ({ tx, requester, payload, approvedBy }) =>
+    bridge.within(
+      tx,
+      async () => (await service.apply.create(requester, payload as CreateSecretInput, approvedBy)).id,
+    ),
+  );
+  changes.register('secret.value', ({ tx, requester, payload, targetId, approvedBy }) =>
+    bridge.within(
+      tx,
+      async () =>
+        (await service.apply.value(requester, targetId ?? '', payload as { value: string }, approvedBy)).id,
+    ),
+  );
+  changes.register('secret.rollback', ({ tx, requester, payload, targetId, approvedBy }) =>
+    bridge.within(
+      tx,
+      async () =>
+        (await service.apply.rollback(requester, targetId ?? '', payload as { version: number }, approvedBy))
+          .id,
+    ),
+  );
+  changes.register('secret.delete', ({ tx, requester, targetId, approvedBy }) =>
+    bridge.within(tx, async () => {
+      await service.apply.remove(requester, targetId ?? '', approvedBy);
+      return targetId;
+    }),
+  );
+  // The service's update re-checks the requester's permissions at approval: they still need them.
+  changes.register('secret.update', ({ tx, requester, payload, targetId }) =>
+    bridge.within(
+      tx,
+      async () => (await service.update(requester, targetId ?? '', payload as UpdateSecretInput)).id,
+    ),
+  );
+  changes.register('setting.put', async ({ tx, requester, payload, environment, approvedBy }) => {
     const p = payload as {
-      environment: string;
       key: string;
       input: PutSettingInput & { value_type: ValueType };
       expectedVersion: number | null;
     };
-    const env = await ctx.tenancy.environmentByName(who.principal.orgId, p.environment);
-    return (await settings.apply.put(who, env, p.key, p.input, p.expectedVersion, by)).setting.row.id;
+    const out = await settings.apply.put(
+      requester,
+      envOf(environment),
+      p.key,
+      p.input,
+      p.expectedVersion,
+      approvedBy,
+      tx,
+    );
+    return { resultId: out.setting.row.id };
   });
-  changes.register('setting.rollback', async (who, payload, _target, by) => {
-    const p = payload as { environment: string; key: string; version: number; expectedVersion: number };
-    const env = await ctx.tenancy.environmentByName(who.principal.orgId, p.environment);
-    return (await settings.apply.rollback(who, env, p.key, p.version, p.expectedVersion, by)).row.id;
+  changes.register('setting.rollback', async ({ tx, requester, payload, environment, approvedBy }) => {
+    const p = payload as { key: string; version: number; expectedVersion: number };
+    const out = await settings.apply.rollback(
+      requester,
+      envOf(environment),
+      p.key,
+      p.version,
+      p.expectedVersion,
+      approvedBy,
+      tx,
+    );
+    return { resultId: out.row.id };
+  });
+  changes.register('setting.delete', async ({ tx, requester, payload, environment, approvedBy }) => {
+    const p = payload as { key: string; expectedVersion: number };
+    const id = await settings.apply.remove(
+      requester,
+      envOf(environment),
+      p.key,
+      p.expectedVersion,
+      approvedBy,
+      tx,
+    );
+    return { resultId: id };
   });
   return { secrets, settings, changes };
 }

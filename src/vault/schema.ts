@@ -31,9 +31,8 @@ export const vaultChanges = pgTable(
     orgId: text('org_id')
       .notNull()
       .references(() => organizations.id, { onDelete: 'cascade' }),
-    environmentId: text('environment_id')
-      .notNull()
-      .references(() => environments.id, { onDelete: 'cascade' }),
+    /** Null for org-wide changes (flag segments serve every environment). */
+    environmentId: text('environment_id').references(() => environments.id, { onDelete: 'cascade' }),
     kind: text('kind').notNull(),
     targetId: text('target_id'),
     summary: jsonb('summary').$type<Record<string, unknown>>().notNull(),

@@ -12,7 +12,13 @@ import {
   type Secret,
   type SecretService,
   type SecretVersionInfo,
+  type UpdateSecretInput,
 } from './service.ts';
+
+/** The secrets service with metadata updates that four-eyes may hold (src/vault/index.ts). */
+export type HeldSecretService = Omit<SecretService, 'update'> & {
+  update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret | Pending>;
+};
 
 const MAX_VALUE_BYTES = 65_536;
 
@@ -137,7 +143,7 @@ const toolHeader = z.looseObject({
  * `/v1/secrets`. Per-secret routes authenticate at the route and check the permission on the
  * secret itself in the service, so grants on one secret id work.
  */
-export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock: () => Date }> = async (
+export const secretRoutes: FastifyPluginAsyncZod<{ secrets: HeldSecretService; clock: () => Date }> = async (
   app,
   { secrets, clock },
 ) => {
@@ -262,11 +268,13 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
           rotation_days: rotationDays.nullable().optional(),
           expires_at: isoDate.nullable().optional(),
         }),
-        response: { 200: secretSchema },
+        response: { 200: secretSchema, 202: pendingSchema },
       },
     },
-    async (request) =>
-      secretView(await secrets.update(accessOf(request), request.params.id, request.body), clock()),
+    async (request, reply) => {
+      const result = await secrets.update(accessOf(request), request.params.id, request.body);
+      return isPending(result) ? pendingReply(reply, result) : secretView(result, clock());
+    },
   );
 
   app.post(

@@ -47,7 +47,7 @@ const settingSchema = z.object({
 
 const historySchema = z.object({
   version: z.number().int(),
-  action: z.enum(['created', 'updated', 'rolled_back']),
+  action: z.enum(['created', 'updated', 'rolled_back', 'deleted']),
   value_type: z.enum(VALUE_TYPES),
   old_value: z.unknown(),
   new_value: z.unknown(),
@@ -87,7 +87,7 @@ function settingView(s: Setting) {
 
 const historyView = (h: HistoryEntry) => ({
   version: h.row.version,
-  action: h.row.action as 'created' | 'updated' | 'rolled_back',
+  action: h.row.action as 'created' | 'updated' | 'rolled_back' | 'deleted',
   value_type: h.row.valueType as (typeof VALUE_TYPES)[number],
   old_value: h.oldValue,
   new_value: h.newValue,
@@ -204,6 +204,35 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
       }
       reply.header('etag', etagOf(result.setting.row.version));
       return reply.code(result.created ? 201 : 200).send(settingView(result.setting));
+    },
+  );
+
+  app.delete(
+    '/v1/settings/:env/:key',
+    {
+      config: { access: { permission: 'settings:delete' } },
+      schema: {
+        tags: ['settings'],
+        summary: 'Delete a setting (needs If-Match); its history stays readable',
+        description:
+          'Needs `settings:delete` on the setting and `If-Match: "<version>"` (missing → 428, stale → 412). ' +
+          'The history gets a `deleted` entry; putting the key again creates it with the next version.',
+        params: keyParams,
+        headers: ifMatchHeader,
+        response: { 204: z.null(), 202: pendingSchema },
+      },
+    },
+    async (request, reply) => {
+      const result = await settings.remove(
+        accessOf(request),
+        request.params.env,
+        request.params.key,
+        request.headers['if-match'],
+      );
+      if ('pending' in result) {
+        return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
+      }
+      return reply.code(204).send(null);
     },
   );
 

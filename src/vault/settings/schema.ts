@@ -41,6 +41,11 @@ export const settings = pgTable(
     version: integer('version').notNull().default(1),
     createdBy: text('created_by'),
     updatedBy: text('updated_by'),
+    /**
+     * Set by a delete: the row stays (its history references it) but is gone from the API. Putting
+     * the key again revives it with the next version, so versions never repeat for a key.
+     */
+    deletedAt: at('deleted_at'),
     ...timestamps,
   },
   (t) => [uniqueIndex('settings_org_env_key').on(t.orgId, t.environmentId, t.key)],

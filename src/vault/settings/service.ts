@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, lte } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, isNull, lte } from 'drizzle-orm';
 import type { AuditRecorder } from '../../audit/service.ts';
 import { actorOf } from '../../audit/service.ts';
 import type { Authz } from '../../authz/contract.ts';
@@ -135,6 +135,11 @@ export function createSettingService({
     return { row, environment, value: decode(row.orgId, row.id, row.version, row), masked: false };
   }
 
+  /** Runs `work` in the caller's transaction (a four-eyes approval) or a new one. */
+  const inTx = <T>(tx: DbOrTx | undefined, work: (tx: DbOrTx) => Promise<T>): Promise<T> =>
+    tx ? work(tx) : db.db.transaction(work);
+
+  /** The row of a key, deleted or not (a deleted row keeps its history and its version count). */
   async function find(orgId: string, env: Environment, key: string, tx: DbOrTx = db.db, forUpdate = false) {
     const query = tx
       .select()
@@ -144,10 +149,12 @@ export function createSettingService({
     return row ?? null;
   }
 
-  async function load(orgId: string, envName: string, key: string) {
+  async function load(orgId: string, envName: string, key: string, includeDeleted = false) {
     const env = await tenancy.environmentByName(orgId, envName);
     const row = await find(orgId, env, key);
-    if (!row) throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+    if (!row || (row.deletedAt !== null && !includeDeleted)) {
+      throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+    }
     return { env, row };
   }
 
@@ -157,7 +164,11 @@ export function createSettingService({
     page: { limit: number; after?: string | undefined; category?: string | undefined },
   ): Promise<Setting[]> {
     const env = await tenancy.environmentByName(principal.orgId, envName);
-    const where = [eq(settings.orgId, principal.orgId), eq(settings.environmentId, env.id)];
+    const where = [
+      eq(settings.orgId, principal.orgId),
+      eq(settings.environmentId, env.id),
+      isNull(settings.deletedAt),
+    ];
     if (page.after !== undefined) where.push(gt(settings.key, page.after));
     if (page.category !== undefined) where.push(eq(settings.category, page.category));
     const rows = await db.db
@@ -212,7 +223,10 @@ export function createSettingService({
   ): Promise<{ setting: Setting; created: boolean } | Pending> {
     const { principal } = access;
     const env = await tenancy.environmentByName(principal.orgId, envName);
-    const existing = await find(principal.orgId, env, key);
+    const row = await find(principal.orgId, env, key);
+    // A deleted setting is created again: create's permission and no If-Match, but the write
+    // still expects the deleted row's version, so a concurrent re-creation conflicts.
+    const existing = row?.deletedAt === null ? row : null;
     const ifMatch = parseIfMatch(ifMatchHeader);
     if (existing) await requireOn(authz, principal, 'settings:update', { type: 'settings', id: existing.id });
     else await requireOn(authz, principal, 'settings:create', { type: 'settings', id: '*' });
@@ -236,7 +250,7 @@ export function createSettingService({
           environment: env.name,
           key,
           input: { ...input, value_type: valueType },
-          expectedVersion: existing?.version ?? null,
+          expectedVersion: row?.version ?? null,
         },
         summary: {
           environment: env.name,
@@ -248,7 +262,7 @@ export function createSettingService({
       });
       return { pending: true, changeId };
     }
-    return applyPut(access, env, key, { ...input, value_type: valueType }, existing?.version ?? null);
+    return applyPut(access, env, key, { ...input, value_type: valueType }, row?.version ?? null);
   }
 
   async function applyPut(
@@ -258,20 +272,26 @@ export function createSettingService({
     input: PutSettingInput & { value_type: ValueType },
     expectedVersion: number | null,
     approvedBy?: Principal,
+    outerTx?: DbOrTx,
   ): Promise<{ setting: Setting; created: boolean }> {
     const { principal } = access;
     try {
-      return await db.db.transaction(async (tx) => {
-        const before = await find(principal.orgId, env, key, tx, true);
-        if ((before?.version ?? null) !== expectedVersion) {
+      return await inTx(outerTx, async (tx) => {
+        const row0 = await find(principal.orgId, env, key, tx, true);
+        if ((row0?.version ?? null) !== expectedVersion) {
+          const live = row0?.deletedAt === null ? row0 : null;
           throw settingErrors.version_conflict(
-            before ? `The setting is at version ${before.version}` : 'The setting no longer exists',
-            { current_version: before?.version ?? null },
+            live
+              ? `The setting is at version ${live.version}`
+              : 'The setting was created or deleted meanwhile',
+            { current_version: live?.version ?? null },
           );
         }
+        // `before`: the live setting this write changes; null for a creation (also of a deleted key).
+        const before = row0?.deletedAt === null ? row0 : null;
         const now = clock();
-        const id = before?.id ?? newId('stg');
-        const version = (before?.version ?? 0) + 1;
+        const id = row0?.id ?? newId('stg');
+        const version = (row0?.version ?? 0) + 1;
         const isSecret = input.is_secret ?? before?.isSecret ?? false;
         const encrypted = input.encrypted ?? (before ? before.encrypted : isSecret);
         const sealed = encrypted
@@ -294,21 +314,35 @@ export function createSettingService({
               .set({ ...state, version, updatedBy: principal.id, updatedAt: now })
               .where(eq(settings.id, id))
               .returning()
-          : await tx
-              .insert(settings)
-              .values({
-                id,
-                orgId: principal.orgId,
-                environmentId: env.id,
-                key,
-                ...state,
-                version,
-                createdBy: principal.id,
-                updatedBy: principal.id,
-                createdAt: now,
-                updatedAt: now,
-              })
-              .returning();
+          : row0
+            ? await tx
+                .update(settings)
+                .set({
+                  ...state,
+                  version,
+                  deletedAt: null,
+                  createdBy: principal.id,
+                  updatedBy: principal.id,
+                  createdAt: now,
+                  updatedAt: now,
+                })
+                .where(eq(settings.id, id))
+                .returning()
+            : await tx
+                .insert(settings)
+                .values({
+                  id,
+                  orgId: principal.orgId,
+                  environmentId: env.id,
+                  key,
+                  ...state,
+                  version,
+                  createdBy: principal.id,
+                  updatedBy: principal.id,
+                  createdAt: now,
+                  updatedAt: now,
+                })
+                .returning();
         if (!row) throw new Error('setting write returned nothing');
         await tx.insert(settingHistory).values({
           settingId: id,
@@ -359,7 +393,8 @@ export function createSettingService({
     key: string,
     page: { limit: number; before?: number | undefined },
   ): Promise<HistoryEntry[]> {
-    const { row: setting } = await load(principal.orgId, envName, key);
+    // History outlives a delete: a deleted key's history stays readable.
+    const { row: setting } = await load(principal.orgId, envName, key, true);
     const where = [eq(settingHistory.settingId, setting.id)];
     if (page.before !== undefined) where.push(lte(settingHistory.version, page.before - 1));
     // One row more than the page: the entry before the last gives its old value.
@@ -420,11 +455,14 @@ export function createSettingService({
     toVersion: number,
     expectedVersion: number,
     approvedBy?: Principal,
+    outerTx?: DbOrTx,
   ): Promise<Setting> {
     const { principal } = access;
-    return db.db.transaction(async (tx) => {
+    return inTx(outerTx, async (tx) => {
       const before = await find(principal.orgId, env, key, tx, true);
-      if (!before) throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+      if (!before || before.deletedAt !== null) {
+        throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+      }
       if (before.version !== expectedVersion) {
         throw settingErrors.version_conflict(`The setting is at version ${before.version}`, {
           current_version: before.version,
@@ -435,6 +473,11 @@ export function createSettingService({
         .from(settingHistory)
         .where(and(eq(settingHistory.settingId, before.id), eq(settingHistory.version, toVersion)));
       if (!target) throw settingErrors.setting_version_not_found(`No version ${toVersion}`);
+      if (target.action === 'deleted') {
+        throw settingErrors.setting_version_not_found(
+          `Version ${toVersion} is a deletion: there is no value`,
+        );
+      }
       const value = decode(principal.orgId, before.id, toVersion, target);
       const now = clock();
       const version = before.version + 1;
@@ -498,14 +541,108 @@ export function createSettingService({
     });
   }
 
+  /** Deletes a setting (needs If-Match); its history stays, with a `deleted` entry. */
+  async function remove(
+    access: Access,
+    envName: string,
+    key: string,
+    ifMatchHeader: string | undefined,
+  ): Promise<{ deleted: true } | Pending> {
+    const { principal } = access;
+    const { env, row } = await load(principal.orgId, envName, key);
+    await requireOn(authz, principal, 'settings:delete', { type: 'settings', id: row.id });
+    expectVersion(parseIfMatch(ifMatchHeader), row.version);
+    if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
+      const changeId = await fourEyes.propose(access, {
+        kind: 'setting.delete',
+        environmentId: env.id,
+        targetId: row.id,
+        payload: { environment: env.name, key, expectedVersion: row.version },
+        summary: { environment: env.name, key, deleted: true, expected_version: row.version },
+      });
+      return { pending: true, changeId };
+    }
+    await applyRemove(access, env, key, row.version);
+    return { deleted: true };
+  }
+
+  async function applyRemove(
+    access: Access,
+    env: Environment,
+    key: string,
+    expectedVersion: number,
+    approvedBy?: Principal,
+    outerTx?: DbOrTx,
+  ): Promise<string> {
+    const { principal } = access;
+    return inTx(outerTx, async (tx) => {
+      const before = await find(principal.orgId, env, key, tx, true);
+      if (!before || before.deletedAt !== null) {
+        throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+      }
+      if (before.version !== expectedVersion) {
+        throw settingErrors.version_conflict(`The setting is at version ${before.version}`, {
+          current_version: before.version,
+        });
+      }
+      const now = clock();
+      const version = before.version + 1;
+      const state = {
+        valueType: before.valueType,
+        value: null,
+        valueSealed: null,
+        keyId: null,
+        rules: before.rules,
+        category: before.category,
+        description: before.description,
+        isSecret: before.isSecret,
+        encrypted: before.encrypted,
+      };
+      await tx
+        .update(settings)
+        .set({ ...state, version, deletedAt: now, updatedBy: principal.id, updatedAt: now })
+        .where(eq(settings.id, before.id));
+      await tx.insert(settingHistory).values({
+        settingId: before.id,
+        version,
+        orgId: principal.orgId,
+        action: 'deleted',
+        ...state,
+        changedBy: principal.id,
+        changedByType: principal.kind,
+        ip: access.context.ip,
+        userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
+        requestId: access.context.requestId,
+        createdAt: now,
+      });
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'setting.deleted',
+        resource: { type: 'setting', id: before.id },
+        context: access.context,
+        details: {
+          environment: env.name,
+          key,
+          deleted: true,
+          ...(approvedBy ? { approved_by: approvedBy.id } : {}),
+        },
+        changes: { before: auditView({ ...before, value: decodeForAudit(before) }) },
+        secretFields: before.isSecret ? ['value'] : [],
+      });
+      return before.id;
+    });
+  }
+
   return {
     list,
     get,
     put,
     history,
     rollback,
-    /** Used by four-eyes once a change is approved. */
-    apply: { put: applyPut, rollback: applyRollback },
+    remove,
+    /** Used by four-eyes once a change is approved, inside the approval's transaction. */
+    apply: { put: applyPut, rollback: applyRollback, remove: applyRemove },
   };
 }
 

@@ -333,5 +333,73 @@ for (const store of STORES) {
       });
       assert.equal(theirHistory.statusCode, 404);
     });
+
+    test('delete: If-Match required, history kept, 404 after, the key can be created again', async () => {
+      const created = await put('staging', 'feature_limit', {
+        value: 5,
+        value_type: 'int',
+        rules: { max: 10 },
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      const del = (ifMatch?: string, token = v.tokens.manager, key = 'feature_limit') =>
+        v.req('DELETE', `/v1/settings/staging/${key}`, {
+          token,
+          headers: ifMatch === undefined ? {} : { 'if-match': ifMatch },
+        });
+      assert.equal((await del()).statusCode, 428);
+      const stale = await del('"9"');
+      assert.equal(stale.statusCode, 412);
+      assert.equal(stale.json().current_version, 1);
+      assert.equal((await del('abc')).statusCode, 400);
+      assert.equal((await del('"1"', v.tokens.viewer)).statusCode, 403, 'viewers hold no settings:delete');
+      assert.equal((await del('"1"', v.tokens.other)).statusCode, 404, "another org's setting");
+      assert.equal((await del('"1"', v.tokens.manager, 'no_such_key')).statusCode, 404);
+      assert.equal((await del('"1"', v.tokens.manager, 'bad key!')).statusCode, 400);
+      const ok = await del('"1"');
+      assert.equal(ok.statusCode, 204, ok.body);
+      assert.equal((await del('"2"')).statusCode, 404, 'gone');
+      assert.equal(
+        (await v.req('GET', '/v1/settings/staging/feature_limit', { token: v.tokens.viewer })).statusCode,
+        404,
+      );
+      const all = await v.req('GET', '/v1/settings/staging', { token: v.tokens.viewer });
+      assert.ok(!all.json().data.some((s: { key: string }) => s.key === 'feature_limit'));
+      const history = await v.req('GET', '/v1/settings/staging/feature_limit/history', {
+        token: v.tokens.viewer,
+      });
+      assert.equal(history.statusCode, 200);
+      assert.deepEqual(
+        history
+          .json()
+          .data.map((h: { version: number; action: string; old_value: unknown }) => [
+            h.version,
+            h.action,
+            h.old_value,
+          ]),
+        [
+          [2, 'deleted', 5],
+          [1, 'created', null],
+        ],
+      );
+      // Updating a deleted key is a creation: no If-Match, value_type needed; versions continue.
+      assert.equal((await put('staging', 'feature_limit', { value: 6 }, '"2"')).statusCode, 412);
+      assert.equal((await put('staging', 'feature_limit', { value: 6 })).statusCode, 400);
+      const again = await put('staging', 'feature_limit', { value: 20, value_type: 'int' });
+      assert.equal(again.statusCode, 201, again.body);
+      assert.equal(again.json().version, 3);
+      assert.deepEqual(again.json().rules, {}, 'the deleted rules do not come back');
+      const audit = await v.t.store.db.query<{ n: number }>(
+        `select count(*)::int as n from audit_events where action = 'setting.deleted'
+           and resource_id = $1 and details->>'deleted' = 'true'`,
+        [created.json().id],
+      );
+      assert.equal(audit[0]?.n, 1);
+      const rollback = await v.req('POST', '/v1/settings/staging/feature_limit/rollback', {
+        token: v.tokens.developer,
+        body: { version: 2 },
+      });
+      assert.equal(rollback.statusCode, 404, 'a deletion has no value to restore');
+      assert.equal(rollback.json().code, 'setting_version_not_found');
+    });
   });
 }

@@ -1,0 +1,397 @@
+// Registration other than by an admin: invitations (a show-once token an admin hands to someone)
+// and open sign-up, a per-org setting that is off by default.
+import { randomBytes } from 'node:crypto';
+import { and, desc, eq, gt, isNull, lt } from 'drizzle-orm';
+import type { AuditContext } from '../audit/service.ts';
+import { actorOf } from '../audit/service.ts';
+import type { DbOrTx } from '../db/client.ts';
+import { isId, newId } from '../db/ids.ts';
+import type { Principal } from '../http/principal.ts';
+import type { Organization } from '../tenancy/service.ts';
+import {
+  assertPasswordPolicy,
+  displayName,
+  type IdentityCore,
+  type Origin,
+  rateLimitedError,
+  type UserView,
+  uniqueViolation,
+} from './core.ts';
+import { identityErrors } from './errors.ts';
+import { hashPassword } from './password.ts';
+import { userByEmail } from './queries.ts';
+import { identitySettings, invitations } from './schema.ts';
+import { sha256Hex } from './tokens.ts';
+import { assertFree, insertMember } from './users.ts';
+
+export type Invitation = typeof invitations.$inferSelect;
+export type InvitationStatus = 'pending' | 'accepted' | 'revoked' | 'expired';
+
+/** Per-org identity settings; absent row = these defaults. */
+export interface SignupSettings {
+  openSignup: boolean;
+}
+export const DEFAULT_SIGNUP_SETTINGS: SignupSettings = { openSignup: false };
+
+export const INVITATION_DEFAULT_TTL_HOURS = 7 * 24;
+const INVITATION_TOKEN_PREFIX = 'inv_';
+
+/** An invitation's state at `now`: accepted and revoked are final, expiry only applies to pending ones. */
+export function invitationStatus(invitation: Invitation, now: Date): InvitationStatus {
+  if (invitation.acceptedAt) return 'accepted';
+  if (invitation.revokedAt) return 'revoked';
+  return invitation.expiresAt <= now ? 'expired' : 'pending';
+}
+
+/** What a new user sends to register (invitation or open sign-up). */
+export interface Registration {
+  password: string;
+  username?: string | undefined;
+  full_name?: string | undefined;
+}
+
+export function createInvitations(core: IdentityCore) {
+  const { db, audit, authz, tenancy, limiter, clock } = core;
+  // Thrown inside a transaction to roll it back on purpose (role validation).
+  const DRY_RUN = Symbol('dry run');
+
+  /**
+   * Runs authz's own checks on the roles an invitation will grant (unknown role 404, a role the
+   * inviter could not assign 403) by assigning them to a stand-in user in a transaction that is
+   * always rolled back: the invitation cannot smuggle in rights its creator does not have.
+   */
+  async function assertRolesAssignable(principal: Principal, email: string, roles: readonly string[]) {
+    if (roles.length === 0) return;
+    await db.db
+      .transaction(async (tx) => {
+        await insertMember(
+          core,
+          tx,
+          {
+            email,
+            passwordHash: '!',
+            orgId: principal.orgId,
+            roles,
+            createdBy: null,
+            by: principal,
+          },
+          undefined,
+        );
+        throw DRY_RUN;
+      })
+      .catch((error: unknown) => {
+        if (error !== DRY_RUN) uniqueViolation(error);
+      });
+  }
+
+  /** Admin: invites `email` into the caller's org. The token is in this answer only. */
+  async function createInvitation(
+    principal: Principal,
+    input: { email: string; roles?: string[] | undefined; expires_in_hours?: number | undefined },
+    origin: AuditContext,
+  ): Promise<{ invitation: Invitation; token: string }> {
+    if (await userByEmail(db.db, input.email)) throw identityErrors.email_taken();
+    const roles = [...new Set(input.roles ?? [])].sort();
+    await assertRolesAssignable(principal, input.email, roles);
+    const now = clock();
+    const token = `${INVITATION_TOKEN_PREFIX}${randomBytes(32).toString('base64url')}`;
+    const ttlHours = input.expires_in_hours ?? INVITATION_DEFAULT_TTL_HOURS;
+    const invitation = await db.db.transaction(async (tx) => {
+      const [row] = await tx
+        .insert(invitations)
+        .values({
+          id: newId('inv'),
+          orgId: principal.orgId,
+          email: input.email,
+          roles,
+          tokenHash: sha256Hex(token),
+          createdBy: principal.kind === 'user' ? principal.id : (principal.ownerId ?? principal.id),
+          createdAt: now,
+          expiresAt: new Date(now.getTime() + ttlHours * 3_600_000),
+        })
+        .returning();
+      if (!row) throw new Error('invitation insert returned nothing');
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'invitation.created',
+        resource: { type: 'invitation', id: row.id },
+        context: origin,
+        details: { email: row.email, roles, expires_at: row.expiresAt.toISOString() },
+      });
+      return row;
+    });
+    return { invitation, token };
+  }
+
+  /** Invitations of the caller's org, newest first. */
+  async function listInvitations(
+    principal: Principal,
+    page: { limit: number; afterId?: string | undefined },
+  ): Promise<Invitation[]> {
+    return db.db
+      .select()
+      .from(invitations)
+      .where(
+        and(
+          eq(invitations.orgId, principal.orgId),
+          page.afterId ? lt(invitations.id, page.afterId) : undefined,
+        ),
+      )
+      .orderBy(desc(invitations.id))
+      .limit(page.limit);
+  }
+
+  async function getInvitation(principal: Principal, id: string, tx: DbOrTx = db.db): Promise<Invitation> {
+    const [row] = isId('inv', id)
+      ? await tx
+          .select()
+          .from(invitations)
+          .where(and(eq(invitations.id, id), eq(invitations.orgId, principal.orgId)))
+      : [];
+    if (!row) throw identityErrors.invitation_not_found();
+    return row;
+  }
+
+  /** Admin: withdraws a pending invitation (idempotent); an accepted one cannot be. */
+  async function revokeInvitation(principal: Principal, id: string, origin: AuditContext): Promise<void> {
+    const found = await getInvitation(principal, id);
+    if (found.acceptedAt) throw identityErrors.invitation_used();
+    if (found.revokedAt) return;
+    const now = clock();
+    await db.db.transaction(async (tx) => {
+      const [row] = await tx
+        .update(invitations)
+        .set({ revokedAt: now, revokedBy: principal.id })
+        .where(and(eq(invitations.id, id), isNull(invitations.acceptedAt), isNull(invitations.revokedAt)))
+        .returning();
+      if (!row) {
+        // Accepted or revoked in between.
+        const again = await getInvitation(principal, id, tx);
+        if (again.acceptedAt) throw identityErrors.invitation_used();
+        return;
+      }
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'invitation.revoked',
+        resource: { type: 'invitation', id },
+        context: origin,
+        details: { email: row.email, was: invitationStatus(found, now) },
+      });
+    });
+  }
+
+  function refusal(invitation: Invitation | undefined, now: Date) {
+    if (!invitation) return identityErrors.invitation_invalid();
+    const status = invitationStatus(invitation, now);
+    if (status === 'accepted') return identityErrors.invitation_used();
+    if (status === 'revoked') return identityErrors.invitation_revoked();
+    if (status === 'expired') return identityErrors.invitation_expired();
+    return null;
+  }
+
+  /** Public: the invited person chooses a password; the user is created in the org with the invited roles. */
+  async function acceptInvitation(
+    input: Registration & { token: string },
+    origin: Origin,
+  ): Promise<{ view: UserView; orgId: string }> {
+    const tokenHash = sha256Hex(input.token);
+    const [invitation] = await db.db.select().from(invitations).where(eq(invitations.tokenHash, tokenHash));
+    const refused = refusal(invitation, clock());
+    if (refused || !invitation) throw refused ?? identityErrors.invitation_invalid();
+    assertPasswordPolicy(input.password, { email: invitation.email, username: input.username ?? null });
+    await assertFree(db.db, invitation.email, input.username);
+    const hash = await hashPassword(input.password);
+    const now = clock();
+    const { user, after } = await db.db
+      .transaction(async (tx) => {
+        // Conditional: two requests racing with one token cannot both create a user.
+        const [claimed] = await tx
+          .update(invitations)
+          .set({ acceptedAt: now })
+          .where(
+            and(
+              eq(invitations.id, invitation.id),
+              isNull(invitations.acceptedAt),
+              isNull(invitations.revokedAt),
+              gt(invitations.expiresAt, now),
+            ),
+          )
+          .returning({ id: invitations.id });
+        if (!claimed) {
+          const [again] = await tx.select().from(invitations).where(eq(invitations.id, invitation.id));
+          throw refusal(again, now) ?? identityErrors.invitation_invalid();
+        }
+        const created = await insertMember(
+          core,
+          tx,
+          {
+            email: invitation.email,
+            username: input.username,
+            fullName: input.full_name,
+            passwordHash: hash,
+            orgId: invitation.orgId,
+            roles: invitation.roles,
+            createdBy: invitation.createdBy,
+            by: null,
+          },
+          origin,
+        );
+        await tx
+          .update(invitations)
+          .set({ acceptedUserId: created.user.id })
+          .where(eq(invitations.id, invitation.id));
+        const actor = { type: 'user' as const, id: created.user.id, name: displayName(created.user) };
+        await audit.record(tx, [
+          {
+            orgId: invitation.orgId,
+            actor,
+            action: 'user.created',
+            resource: { type: 'user', id: created.user.id },
+            context: origin,
+            changes: {
+              after: {
+                email: created.user.email,
+                username: created.user.username,
+                full_name: created.user.fullName,
+                roles: invitation.roles,
+              },
+            },
+            details: { via: 'invitation', invitation_id: invitation.id },
+          },
+          {
+            orgId: invitation.orgId,
+            actor,
+            action: 'invitation.accepted',
+            resource: { type: 'invitation', id: invitation.id },
+            context: origin,
+            details: { user_id: created.user.id, invited_by: invitation.createdBy },
+          },
+        ]);
+        return created;
+      })
+      .catch(uniqueViolation);
+    for (const run of after) await run();
+    return {
+      view: { user, active: true, roles: await authz.rolesOf(invitation.orgId, user.id) },
+      orgId: invitation.orgId,
+    };
+  }
+
+  // ---------------------------------------------------------------- open sign-up
+
+  async function settingsOf(orgId: string): Promise<SignupSettings> {
+    const [row] = await db.db.select().from(identitySettings).where(eq(identitySettings.orgId, orgId));
+    return row ? { openSignup: row.openSignup } : DEFAULT_SIGNUP_SETTINGS;
+  }
+
+  async function getSettings(principal: Principal): Promise<SignupSettings> {
+    return settingsOf(principal.orgId);
+  }
+
+  async function putSettings(
+    principal: Principal,
+    input: SignupSettings,
+    origin: AuditContext,
+  ): Promise<SignupSettings> {
+    const before = await settingsOf(principal.orgId);
+    const now = clock();
+    await db.db.transaction(async (tx) => {
+      await tx
+        .insert(identitySettings)
+        .values({ orgId: principal.orgId, ...input, updatedBy: principal.id, createdAt: now, updatedAt: now })
+        .onConflictDoUpdate({
+          target: identitySettings.orgId,
+          set: { ...input, updatedBy: principal.id, updatedAt: now },
+        });
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'signup.policy_changed',
+        resource: { type: 'identity_settings', id: principal.orgId },
+        context: origin,
+        changes: { before: { open_signup: before.openSignup }, after: { open_signup: input.openSignup } },
+      });
+    });
+    return input;
+  }
+
+  async function findOrg(org: string): Promise<Organization | null> {
+    if (isId('org', org)) return tenancy.getOrg(org).catch(() => null);
+    return tenancy.findOrgBySlug(org);
+  }
+
+  /**
+   * Public sign-up into an org whose `open_signup` is on; the new user has no role until an admin
+   * gives one. A closed or unknown org answers the same 403. Refusals count against the per-IP
+   * login limiter, so sign-up cannot be used to enumerate emails faster than logins can.
+   */
+  async function signup(
+    input: Registration & { email: string; org: string },
+    origin: Origin,
+  ): Promise<{ view: UserView; orgId: string }> {
+    const wait = await limiter.blockedFor(origin.ip);
+    if (wait > 0) throw rateLimitedError(wait);
+    const org = await findOrg(input.org);
+    if (!org || !(await settingsOf(org.id)).openSignup) {
+      await limiter.recordFailure(origin.ip);
+      throw identityErrors.signup_disabled();
+    }
+    assertPasswordPolicy(input.password, { email: input.email, username: input.username ?? null });
+    try {
+      await assertFree(db.db, input.email, input.username);
+    } catch (error) {
+      await limiter.recordFailure(origin.ip);
+      throw error;
+    }
+    const hash = await hashPassword(input.password);
+    const { user, after } = await db.db
+      .transaction(async (tx) => {
+        const created = await insertMember(
+          core,
+          tx,
+          {
+            email: input.email,
+            username: input.username,
+            fullName: input.full_name,
+            passwordHash: hash,
+            orgId: org.id,
+            roles: [],
+            createdBy: null,
+            by: null,
+          },
+          origin,
+        );
+        const actor = { type: 'user' as const, id: created.user.id, name: displayName(created.user) };
+        await audit.record(tx, {
+          orgId: org.id,
+          actor,
+          action: 'user.signed_up',
+          resource: { type: 'user', id: created.user.id },
+          context: origin,
+          changes: {
+            after: {
+              email: created.user.email,
+              username: created.user.username,
+              full_name: created.user.fullName,
+            },
+          },
+        });
+        return created;
+      })
+      .catch(uniqueViolation);
+    for (const run of after) await run();
+    return { view: { user, active: true, roles: [] }, orgId: org.id };
+  }
+
+  return {
+    createInvitation,
+    listInvitations,
+    revokeInvitation,
+    acceptInvitation,
+    getSignupSettings: getSettings,
+    putSignupSettings: putSettings,
+    signup,
+  };
+}

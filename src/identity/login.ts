@@ -1,0 +1,338 @@
+// Logins: password, then (with 2FA) a TOTP or recovery code; lockout and the per-IP limiter;
+// opening the session.
+import { and, eq, isNull, lt, or, sql } from 'drizzle-orm';
+import type { AuditEventInput } from '../audit/service.ts';
+import { open } from '../crypto/envelope.ts';
+import { type DbOrTx, rawExecute } from '../db/client.ts';
+import { isId, newId } from '../db/ids.ts';
+import type { StewardError } from '../http/errors.ts';
+import {
+  displayName,
+  type IdentityCore,
+  type LoginResult,
+  lockedError,
+  type Origin,
+  rateLimitedError,
+  SYSTEM_ACTOR,
+  type TokenPair,
+  totpAad,
+} from './core.ts';
+import { identityErrors } from './errors.ts';
+import { hashPassword, verifyDummy, verifyPassword } from './password.ts';
+import { membership, type User, userByEmail, userByEmailWithHomeOrg, userById } from './queries.ts';
+import { matchRecoveryCode } from './recovery-codes.ts';
+import { mfaChallenges, users } from './schema.ts';
+import { newMfaToken, sha256Hex } from './tokens.ts';
+import { verifyTotp } from './totp.ts';
+
+const MFA_MAX_ATTEMPTS = 5;
+
+// $1 session id, $2 user, $3 org, $4 access jti, $5 refresh hash, $6 ip, $7 user agent,
+// $8 device name, $9 now, $10 expiry.
+const OPEN_SESSION =
+  'with opened as (insert into sessions (id, user_id, org_id, access_jti, refresh_hash, refresh_generation, ' +
+  'ip, user_agent, device_name, created_at, last_activity_at, expires_at) ' +
+  'values ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9::timestamptz, $9::timestamptz, $10::timestamptz)) ' +
+  'update users set last_login_at = $9::timestamptz, failed_login_count = 0, lock_count = 0, locked_until = null ' +
+  'where id = $2';
+
+/** Login steps and the session a successful one opens. */
+export function createLogin(core: IdentityCore) {
+  const { db, keyring, audit, authz, tenancy, limiter, clock, settings, refreshTokens } = core;
+
+  /** Opens a session inside `tx`: the row, the user's login bookkeeping and the audit event. */
+  async function openSession(
+    tx: DbOrTx,
+    user: User,
+    orgId: string,
+    origin: Origin,
+    method: string,
+    deviceName: string | undefined,
+    roles: readonly string[],
+  ): Promise<TokenPair> {
+    const now = clock();
+    const sessionId = newId('ses');
+    const refresh = refreshTokens.issue(sessionId, 0);
+    const access = await core.signFor(user.id, orgId, sessionId, roles);
+    // One statement for the session row and the user's login bookkeeping, straight to the driver
+    // (inside `tx`): logins are a hot path and Drizzle's builder costs more than the statement.
+    await rawExecute(tx, OPEN_SESSION, [
+      sessionId,
+      user.id,
+      orgId,
+      access.jti,
+      refresh.hash,
+      origin.ip,
+      origin.userAgent ?? null,
+      deviceName ?? null,
+      now.toISOString(),
+      new Date(now.getTime() + settings.sessionTtlDays * 86_400_000).toISOString(),
+    ]);
+    await audit.record(tx, {
+      orgId,
+      actor: { type: 'user', id: user.id, name: displayName(user) },
+      action: 'user.login',
+      resource: { type: 'session', id: sessionId },
+      context: { ...origin, sessionId },
+      details: { method, ...(deviceName ? { device_name: deviceName } : {}) },
+    });
+    return {
+      access_token: access.token,
+      refresh_token: refresh.token,
+      token_type: 'Bearer',
+      expires_in: settings.accessTokenTtlSeconds,
+    };
+  }
+
+  /**
+   * Counts a failed password or 2FA code against the account; the Nth in a row locks it for
+   * LOGIN_LOCKOUT_MINUTES × 2^(locks so far). Returns the error to answer with.
+   */
+  async function failLogin(
+    user: User,
+    orgId: string,
+    origin: Origin,
+    reason: string,
+    error: StewardError,
+  ): Promise<StewardError> {
+    const now = clock();
+    let lockedUntil: Date | null = null;
+    await db.db.transaction(async (tx) => {
+      const [row] = await tx
+        .update(users)
+        .set({ failedLoginCount: sql`${users.failedLoginCount} + 1` })
+        .where(eq(users.id, user.id))
+        .returning({ failed: users.failedLoginCount, lockCount: users.lockCount });
+      const events: AuditEventInput[] = [
+        {
+          orgId,
+          actor: { type: 'user', id: user.id, name: displayName(user) },
+          action: 'user.login_failed',
+          resource: { type: 'user', id: user.id },
+          context: origin,
+          details: { reason },
+          success: false,
+        },
+      ];
+      if (row && row.failed >= settings.maxFailures) {
+        const lockCount = row.lockCount + 1;
+        const minutes = settings.lockoutMinutes * 2 ** Math.min(lockCount - 1, 16);
+        lockedUntil = new Date(now.getTime() + minutes * 60_000);
+        await tx
+          .update(users)
+          .set({ failedLoginCount: 0, lockCount, lockedUntil })
+          .where(eq(users.id, user.id));
+        events.push({
+          orgId,
+          actor: SYSTEM_ACTOR,
+          action: 'user.locked',
+          resource: { type: 'user', id: user.id },
+          context: origin,
+          details: { locked_until: lockedUntil.toISOString(), lock_count: lockCount, failures: row.failed },
+        });
+      }
+      await audit.record(tx, events);
+    });
+    await limiter.recordFailure(origin.ip);
+    if (lockedUntil !== null) return lockedError(lockedUntil);
+    return error;
+  }
+
+  /** The user and the org the login lands in: the named one (if a member), else the oldest active membership. */
+  async function resolveLogin(email: string, org: string | undefined) {
+    if (org === undefined) {
+      const found = await userByEmailWithHomeOrg(db.db, email);
+      const homeOrgId = found?.homeOrgId;
+      return { user: found?.user, org: null, member: homeOrgId ? { orgId: homeOrgId } : undefined };
+    }
+    const user = await userByEmail(db.db, email);
+    const found = isId('org', org)
+      ? await tenancy.getOrg(org).catch(() => null)
+      : await tenancy.findOrgBySlug(org);
+    if (!found || !user) return { user, org: found, member: undefined };
+    const m = await membership(db.db, found.id, user.id);
+    return { user, org: found, member: m?.active ? m : undefined };
+  }
+
+  /** Step one of a login: password. Unknown user and wrong password answer alike, in the same time. */
+  async function login(
+    input: { email: string; password: string; org?: string | undefined; device_name?: string | undefined },
+    origin: Origin,
+  ): Promise<LoginResult> {
+    const wait = await limiter.blockedFor(origin.ip);
+    if (wait > 0) {
+      await verifyDummy();
+      throw rateLimitedError(wait);
+    }
+    const { user, org, member } = await resolveLogin(input.email, input.org);
+    if (!user?.active || !member) {
+      await verifyDummy();
+      await limiter.recordFailure(origin.ip);
+      if (org) {
+        await audit.record(db.db, {
+          orgId: org.id,
+          actor: user ? { type: 'user', id: user.id, name: displayName(user) } : { type: 'user', name: null },
+          action: 'user.login_failed',
+          context: origin,
+          details: { reason: user ? 'not_a_member' : 'unknown_user' },
+          success: false,
+        });
+      }
+      throw identityErrors.invalid_credentials();
+    }
+    const now = clock();
+    if (user.lockedUntil && user.lockedUntil > now) {
+      await verifyDummy();
+      await audit.record(db.db, {
+        orgId: member.orgId,
+        actor: { type: 'user', id: user.id, name: displayName(user) },
+        action: 'user.login_failed',
+        resource: { type: 'user', id: user.id },
+        context: origin,
+        details: { reason: 'locked' },
+        success: false,
+      });
+      throw lockedError(user.lockedUntil);
+    }
+    const check = await verifyPassword(user.passwordHash, input.password);
+    if (!check.ok) {
+      throw await failLogin(
+        user,
+        member.orgId,
+        origin,
+        'wrong_password',
+        identityErrors.invalid_credentials(),
+      );
+    }
+    if (check.needsRehash) {
+      await db.db
+        .update(users)
+        .set({ passwordHash: await hashPassword(input.password) })
+        .where(eq(users.id, user.id));
+    }
+    if (user.totpEnabled) {
+      const challenge = newMfaToken();
+      await db.db.insert(mfaChallenges).values({
+        tokenHash: challenge.hash,
+        userId: user.id,
+        orgId: member.orgId,
+        createdAt: now,
+        expiresAt: new Date(now.getTime() + settings.mfaTokenTtlSeconds * 1000),
+      });
+      return { mfa_required: true, mfa_token: challenge.token };
+    }
+    const roles = await authz.rolesOf(member.orgId, user.id);
+    return db.db.transaction((tx) =>
+      openSession(tx, user, member.orgId, origin, 'password', input.device_name, roles),
+    );
+  }
+
+  /** Step two: a TOTP code (not replayable) or a recovery code (single use). */
+  async function loginMfa(
+    input: { mfa_token: string; code: string; device_name?: string | undefined },
+    origin: Origin,
+  ): Promise<TokenPair> {
+    const wait = await limiter.blockedFor(origin.ip);
+    if (wait > 0) throw rateLimitedError(wait);
+    const tokenHash = sha256Hex(input.mfa_token);
+    const [challenge] = await db.db
+      .select()
+      .from(mfaChallenges)
+      .where(eq(mfaChallenges.tokenHash, tokenHash));
+    const now = clock();
+    if (!challenge || challenge.usedAt) throw identityErrors.mfa_token_invalid();
+    if (challenge.expiresAt <= now) throw identityErrors.mfa_token_expired();
+    const user = await userById(db.db, challenge.userId);
+    if (!user?.active || !user.totpEnabled || !user.totpSecret) throw identityErrors.mfa_token_invalid();
+    if (user.lockedUntil && user.lockedUntil > now) throw lockedError(user.lockedUntil);
+
+    const code = input.code.trim();
+    let method: 'password+totp' | 'password+recovery_code';
+    let totpStep: number | undefined;
+    let remainingCodes: string[] | undefined;
+    if (/^\d{3}[\s-]?\d{3}$/.test(code)) {
+      method = 'password+totp';
+      const secret = open(keyring, user.totpSecret, totpAad(user.id)).toString('utf8');
+      const result = verifyTotp(secret, code, { nowMs: now.getTime(), lastUsedStep: user.totpLastStep });
+      if (!result.ok) {
+        await spendAttempt(tokenHash);
+        throw await failLogin(
+          user,
+          challenge.orgId,
+          origin,
+          result.reason === 'replayed' ? 'totp_replayed' : 'wrong_totp',
+          result.reason === 'replayed'
+            ? identityErrors.mfa_code_replayed()
+            : identityErrors.mfa_code_invalid(),
+        );
+      }
+      totpStep = result.step;
+    } else {
+      method = 'password+recovery_code';
+      const index = matchRecoveryCode(code, user.recoveryCodeHashes);
+      if (index < 0) {
+        await spendAttempt(tokenHash);
+        throw await failLogin(
+          user,
+          challenge.orgId,
+          origin,
+          'wrong_recovery_code',
+          identityErrors.mfa_code_invalid(),
+        );
+      }
+      remainingCodes = user.recoveryCodeHashes.filter((_, i) => i !== index);
+    }
+
+    const roles = await authz.rolesOf(challenge.orgId, user.id);
+    return db.db.transaction(async (tx) => {
+      const used = await tx
+        .update(mfaChallenges)
+        .set({ usedAt: now })
+        .where(and(eq(mfaChallenges.tokenHash, tokenHash), isNull(mfaChallenges.usedAt)))
+        .returning({ tokenHash: mfaChallenges.tokenHash });
+      if (used.length === 0) throw identityErrors.mfa_token_invalid();
+      if (totpStep !== undefined) {
+        // Conditional on the step: two requests racing with one code cannot both pass.
+        const stepped = await tx
+          .update(users)
+          .set({ totpLastStep: totpStep })
+          .where(and(eq(users.id, user.id), or(isNull(users.totpLastStep), lt(users.totpLastStep, totpStep))))
+          .returning({ id: users.id });
+        if (stepped.length === 0) throw identityErrors.mfa_code_replayed();
+      } else if (remainingCodes !== undefined) {
+        const spent = await tx
+          .update(users)
+          .set({ recoveryCodeHashes: remainingCodes })
+          .where(
+            and(
+              eq(users.id, user.id),
+              sql`${users.recoveryCodeHashes} = ${JSON.stringify(user.recoveryCodeHashes)}::jsonb`,
+            ),
+          )
+          .returning({ id: users.id });
+        if (spent.length === 0) throw identityErrors.mfa_code_invalid();
+        await audit.record(tx, {
+          orgId: challenge.orgId,
+          actor: { type: 'user', id: user.id, name: displayName(user) },
+          action: 'user.recovery_code_used',
+          resource: { type: 'user', id: user.id },
+          context: origin,
+          details: { remaining: remainingCodes.length },
+        });
+      }
+      return openSession(tx, user, challenge.orgId, origin, method, input.device_name, roles);
+    });
+  }
+
+  async function spendAttempt(tokenHash: string): Promise<void> {
+    await db.db
+      .update(mfaChallenges)
+      .set({
+        attempts: sql`${mfaChallenges.attempts} + 1`,
+        usedAt: sql`case when ${mfaChallenges.attempts} + 1 >= ${MFA_MAX_ATTEMPTS} then now() else null end`,
+      })
+      .where(eq(mfaChallenges.tokenHash, tokenHash));
+  }
+
+  return { login, loginMfa };
+}

@@ -1,0 +1,111 @@
+// TOTP two-factor authentication of the signed-in user: enrol, confirm (recovery codes), disable.
+import { and, eq } from 'drizzle-orm';
+import type { AuditContext } from '../audit/service.ts';
+import { actorOf } from '../audit/service.ts';
+import { open, seal } from '../crypto/envelope.ts';
+import type { Principal } from '../http/principal.ts';
+import { type IdentityCore, totpAad } from './core.ts';
+import { identityErrors } from './errors.ts';
+import { verifyPassword } from './password.ts';
+import { generateRecoveryCodes, matchRecoveryCode } from './recovery-codes.ts';
+import { users } from './schema.ts';
+import { generateTotpSecret, otpauthUri, verifyTotp } from './totp.ts';
+
+const TOTP_ISSUER = 'Steward';
+
+export function createTwoFactor(core: IdentityCore) {
+  const { db, keyring, audit, clock } = core;
+
+  async function enrollTotp(principal: Principal, origin: AuditContext) {
+    const user = await core.currentUser(principal);
+    if (user.totpEnabled) throw identityErrors.totp_already_enabled();
+    const secret = generateTotpSecret();
+    await db.db.transaction(async (tx) => {
+      await tx
+        .update(users)
+        .set({ totpSecret: seal(keyring, secret, totpAad(user.id)), totpLastStep: null, updatedAt: clock() })
+        .where(and(eq(users.id, user.id), eq(users.totpEnabled, false)));
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'user.totp_enrolled',
+        resource: { type: 'user', id: user.id },
+        context: origin,
+      });
+    });
+    return { secret, otpauth_uri: otpauthUri({ secret, account: user.email, issuer: TOTP_ISSUER }) };
+  }
+
+  async function confirmTotp(principal: Principal, code: string, origin: AuditContext) {
+    const user = await core.currentUser(principal);
+    if (user.totpEnabled) throw identityErrors.totp_already_enabled();
+    if (!user.totpSecret) throw identityErrors.totp_not_enrolled('Call POST /v1/auth/totp/enroll first');
+    const secret = open(keyring, user.totpSecret, totpAad(user.id)).toString('utf8');
+    const result = verifyTotp(secret, code, { nowMs: clock().getTime(), lastUsedStep: user.totpLastStep });
+    if (!result.ok) throw identityErrors.totp_code_invalid(undefined, { reason: result.reason });
+    const recovery = generateRecoveryCodes();
+    await db.db.transaction(async (tx) => {
+      const done = await tx
+        .update(users)
+        .set({
+          totpEnabled: true,
+          totpLastStep: result.step,
+          recoveryCodeHashes: recovery.hashes,
+          updatedAt: clock(),
+        })
+        .where(and(eq(users.id, user.id), eq(users.totpEnabled, false)))
+        .returning({ id: users.id });
+      if (done.length === 0) throw identityErrors.totp_already_enabled();
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'user.totp_enabled',
+        resource: { type: 'user', id: user.id },
+        context: origin,
+        details: { recovery_codes: recovery.codes.length },
+      });
+    });
+    return { recovery_codes: recovery.codes };
+  }
+
+  async function disableTotp(
+    principal: Principal,
+    input: { password: string; code: string },
+    origin: AuditContext,
+  ): Promise<void> {
+    const user = await core.currentUser(principal);
+    if (!user.totpEnabled || !user.totpSecret) throw identityErrors.totp_not_enabled();
+    const check = await verifyPassword(user.passwordHash, input.password);
+    if (!check.ok) throw identityErrors.password_incorrect();
+    const secret = open(keyring, user.totpSecret, totpAad(user.id)).toString('utf8');
+    const result = verifyTotp(secret, input.code, {
+      nowMs: clock().getTime(),
+      lastUsedStep: user.totpLastStep,
+    });
+    const recoveryIndex = result.ok ? -1 : matchRecoveryCode(input.code, user.recoveryCodeHashes);
+    if (!result.ok && recoveryIndex < 0)
+      throw identityErrors.totp_code_invalid(undefined, { reason: result.reason });
+    await db.db.transaction(async (tx) => {
+      await tx
+        .update(users)
+        .set({
+          totpEnabled: false,
+          totpSecret: null,
+          totpLastStep: null,
+          recoveryCodeHashes: [],
+          updatedAt: clock(),
+        })
+        .where(eq(users.id, user.id));
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'user.totp_disabled',
+        resource: { type: 'user', id: user.id },
+        context: origin,
+        details: { by: 'self' },
+      });
+    });
+  }
+
+  return { enrollTotp, confirmTotp, disableTotp };
+}

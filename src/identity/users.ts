@@ -1,0 +1,362 @@
+// The users admin API of an org: create, list, get, update (name, active, roles), deactivate,
+// unlock; and the user insertion shared with invitations and sign-up.
+import { and, eq, sql } from 'drizzle-orm';
+import type { AuditContext } from '../audit/service.ts';
+import { actorOf } from '../audit/service.ts';
+import type { DbOrTx } from '../db/client.ts';
+import { isId, newId } from '../db/ids.ts';
+import type { Principal } from '../http/principal.ts';
+import {
+  type AfterCommit,
+  assertPasswordPolicy,
+  type IdentityCore,
+  type UserView,
+  uniqueViolation,
+} from './core.ts';
+import { identityErrors } from './errors.ts';
+import { hashPassword } from './password.ts';
+import {
+  activeMemberships,
+  listMembers,
+  type Membership,
+  memberById,
+  revokeSessions,
+  type User,
+  userByEmail,
+} from './queries.ts';
+import { orgMemberships, users } from './schema.ts';
+
+/** A new user and their membership of one org, as inserted by insertMember. */
+export interface NewMember {
+  email: string;
+  username?: string | null | undefined;
+  fullName?: string | null | undefined;
+  passwordHash: string;
+  orgId: string;
+  roles: readonly string[];
+  verified?: boolean;
+  /** Who created the user (`usr_…`), or null (sign-up, bootstrap). */
+  createdBy: string | null;
+  /** Recorded on the membership when it differs (an API key creating a user: the key's id). */
+  membershipCreatedBy?: string | null;
+  /** Who assigns the roles, for authz's audit events; null: the system. */
+  by: Principal | null;
+}
+
+/** Assigns roles inside `tx`; returns what to run after the commit. */
+export async function assignRoles(
+  core: Pick<IdentityCore, 'authz'>,
+  tx: DbOrTx,
+  orgId: string,
+  userId: string,
+  roles: readonly string[],
+  by: Principal | null,
+  context: AuditContext | undefined,
+): Promise<AfterCommit[]> {
+  const after: AfterCommit[] = [];
+  for (const role of new Set(roles)) {
+    const r = await core.authz.assignRoleInTx(tx, {
+      orgId,
+      principalId: userId,
+      role,
+      by,
+      ...(context ? { context } : {}),
+    });
+    after.push(r.afterCommit);
+  }
+  return after;
+}
+
+/** Inserts a user, their membership and their roles inside `tx` (the caller audits). */
+export async function insertMember(
+  core: Pick<IdentityCore, 'authz' | 'clock'>,
+  tx: DbOrTx,
+  input: NewMember,
+  origin: AuditContext | undefined,
+): Promise<{ user: User; after: AfterCommit[] }> {
+  const now = core.clock();
+  const id = newId('usr');
+  const [user] = await tx
+    .insert(users)
+    .values({
+      id,
+      email: input.email,
+      username: input.username ?? null,
+      fullName: input.fullName ?? null,
+      passwordHash: input.passwordHash,
+      verified: input.verified ?? false,
+      passwordChangedAt: now,
+      createdBy: input.createdBy,
+      createdAt: now,
+      updatedAt: now,
+    })
+    .returning();
+  if (!user) throw new Error('user insert returned nothing');
+  await tx.insert(orgMemberships).values({
+    orgId: input.orgId,
+    userId: id,
+    createdBy: input.membershipCreatedBy === undefined ? input.createdBy : input.membershipCreatedBy,
+  });
+  const after = await assignRoles(core, tx, input.orgId, id, input.roles, input.by, origin);
+  return { user, after };
+}
+
+/** Refuses an email or username already in use (the unique indexes decide races). */
+export async function assertFree(
+  db: DbOrTx,
+  email: string,
+  username: string | undefined | null,
+): Promise<void> {
+  if (await userByEmail(db, email)) throw identityErrors.email_taken();
+  await assertUsernameFree(db, username);
+}
+
+async function assertUsernameFree(db: DbOrTx, username: string | undefined | null): Promise<void> {
+  if (username) {
+    const [clash] = await db
+      .select({ id: users.id })
+      .from(users)
+      .where(sql`lower(${users.username}) = lower(${username})`);
+    if (clash) throw identityErrors.username_taken();
+  }
+}
+
+export function createUsers(core: IdentityCore) {
+  const { db, audit, authz, clock, revocation } = core;
+
+  async function view(orgId: string, user: User, m: Membership): Promise<UserView> {
+    return { user, active: user.active && m.active, roles: await authz.rolesOf(orgId, user.id) };
+  }
+
+  async function createUser(
+    principal: Principal,
+    input: {
+      email: string;
+      password: string;
+      username?: string | undefined;
+      full_name?: string | undefined;
+      roles?: string[] | undefined;
+    },
+    origin: AuditContext,
+  ): Promise<UserView> {
+    assertPasswordPolicy(input.password, { email: input.email, username: input.username ?? null });
+    await assertFree(db.db, input.email, input.username);
+    const hash = await hashPassword(input.password);
+    const { user, after } = await db.db
+      .transaction(async (tx) => {
+        const created = await insertMember(
+          core,
+          tx,
+          {
+            email: input.email,
+            username: input.username,
+            fullName: input.full_name,
+            passwordHash: hash,
+            orgId: principal.orgId,
+            roles: input.roles ?? [],
+            createdBy: principal.kind === 'user' ? principal.id : (principal.ownerId ?? principal.id),
+            membershipCreatedBy: principal.id,
+            by: principal,
+          },
+          origin,
+        );
+        const { user } = created;
+        await audit.record(tx, {
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: 'user.created',
+          resource: { type: 'user', id: user.id },
+          context: origin,
+          changes: {
+            after: {
+              email: user.email,
+              username: user.username,
+              full_name: user.fullName,
+              roles: input.roles ?? [],
+            },
+          },
+        });
+        return created;
+      })
+      .catch(uniqueViolation);
+    for (const run of after) await run();
+    return { user, active: true, roles: await authz.rolesOf(principal.orgId, user.id) };
+  }
+
+  async function listUsers(principal: Principal, page: { limit: number; afterId?: string | undefined }) {
+    const rows = await listMembers(db.db, principal.orgId, {
+      limit: page.limit + 1,
+      ...(page.afterId ? { afterId: page.afterId } : {}),
+    });
+    const views = await Promise.all(
+      rows.slice(0, page.limit).map((r) => view(principal.orgId, r.user, r.membership)),
+    );
+    return { views, more: rows.length > page.limit };
+  }
+
+  async function getMember(orgId: string, userId: string) {
+    const found = isId('usr', userId) ? await memberById(db.db, orgId, userId) : undefined;
+    if (!found) throw identityErrors.user_not_found();
+    return found;
+  }
+
+  async function getUser(principal: Principal, userId: string): Promise<UserView> {
+    const { user, membership: m } = await getMember(principal.orgId, userId);
+    return view(principal.orgId, user, m);
+  }
+
+  async function updateUser(
+    principal: Principal,
+    userId: string,
+    input: {
+      full_name?: string | null | undefined;
+      username?: string | null | undefined;
+      active?: boolean | undefined;
+      roles?: string[] | undefined;
+    },
+    origin: AuditContext,
+  ): Promise<UserView> {
+    const { user, membership: m } = await getMember(principal.orgId, userId);
+    if (input.active === false) {
+      await deactivateUser(principal, userId, origin);
+      const { user: u, membership: m2 } = await getMember(principal.orgId, userId);
+      input = { ...input, active: undefined };
+      if (input.full_name === undefined && input.username === undefined && input.roles === undefined) {
+        return view(principal.orgId, u, m2);
+      }
+    }
+    if (input.username && input.username.toLowerCase() !== user.username?.toLowerCase()) {
+      await assertUsernameFree(db.db, input.username);
+    }
+    const beforeRoles = await authz.rolesOf(principal.orgId, userId);
+    const now = clock();
+    const after = await db.db
+      .transaction(async (tx) => {
+        const set: Partial<typeof users.$inferInsert> = { updatedAt: now };
+        const before: Record<string, unknown> = {};
+        const changed: Record<string, unknown> = {};
+        if (input.full_name !== undefined && input.full_name !== user.fullName) {
+          set.fullName = input.full_name;
+          before.full_name = user.fullName;
+          changed.full_name = input.full_name;
+        }
+        if (input.username !== undefined && input.username !== user.username) {
+          set.username = input.username;
+          before.username = user.username;
+          changed.username = input.username;
+        }
+        await tx.update(users).set(set).where(eq(users.id, userId));
+        if (input.active === true && !(m.active && user.active)) {
+          await tx
+            .update(orgMemberships)
+            .set({ active: true, updatedAt: now })
+            .where(and(eq(orgMemberships.orgId, principal.orgId), eq(orgMemberships.userId, userId)));
+          await tx.update(users).set({ active: true }).where(eq(users.id, userId));
+          before.active = false;
+          changed.active = true;
+        }
+        const runs: (() => Promise<void>)[] = [];
+        if (input.roles !== undefined) {
+          const next = [...new Set(input.roles)].sort();
+          if (next.join(',') !== [...beforeRoles].sort().join(',')) {
+            const un = await authz.unassignAllInTx(tx, {
+              orgId: principal.orgId,
+              principalId: userId,
+              by: principal,
+              context: origin,
+            });
+            runs.push(un.afterCommit);
+            runs.push(...(await assignRoles(core, tx, principal.orgId, userId, next, principal, origin)));
+            before.roles = beforeRoles;
+            changed.roles = next;
+          }
+        }
+        if (Object.keys(changed).length > 0) {
+          await audit.record(tx, {
+            orgId: principal.orgId,
+            actor: actorOf(principal),
+            action: 'user.updated',
+            resource: { type: 'user', id: userId },
+            context: origin,
+            changes: { before, after: changed },
+          });
+        }
+        return runs;
+      })
+      .catch(uniqueViolation);
+    for (const run of after) await run();
+    await core.userChanged(userId);
+    return getUser(principal, userId);
+  }
+
+  /** Deactivates a user in the caller's org: membership off, roles removed, sessions revoked. */
+  async function deactivateUser(principal: Principal, userId: string, origin: AuditContext): Promise<void> {
+    const { user, membership: m } = await getMember(principal.orgId, userId);
+    if (principal.kind === 'user' && principal.id === userId) throw identityErrors.cannot_deactivate_self();
+    if (!m.active && !user.active) return;
+    const now = clock();
+    const { runs, revoked } = await db.db.transaction(async (tx) => {
+      await tx
+        .update(orgMemberships)
+        .set({ active: false, updatedAt: now })
+        .where(and(eq(orgMemberships.orgId, principal.orgId), eq(orgMemberships.userId, userId)));
+      const others = await activeMemberships(tx, userId);
+      const global = others.length === 0;
+      if (global) await tx.update(users).set({ active: false, updatedAt: now }).where(eq(users.id, userId));
+      const un = await authz.unassignAllInTx(tx, {
+        orgId: principal.orgId,
+        principalId: userId,
+        by: principal,
+        context: origin,
+      });
+      const revoked = await revokeSessions(tx, { userId, orgId: principal.orgId }, 'user_deactivated', now);
+      await audit.record(tx, [
+        {
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: 'user.deactivated',
+          resource: { type: 'user', id: userId },
+          context: origin,
+          changes: { before: { active: true }, after: { active: false } },
+          details: { revoked_sessions: revoked.length, deactivated_everywhere: global },
+        },
+        ...revoked.map((id) => ({
+          orgId: principal.orgId,
+          actor: actorOf(principal),
+          action: 'session.revoked' as const,
+          resource: { type: 'session', id },
+          context: origin,
+          details: { user_id: userId, reason: 'user_deactivated' },
+        })),
+      ]);
+      return { runs: [un.afterCommit], revoked };
+    });
+    for (const run of runs) await run();
+    await revocation.publish(revoked);
+    await core.userChanged(userId);
+  }
+
+  async function unlockUser(principal: Principal, userId: string, origin: AuditContext): Promise<UserView> {
+    const { user } = await getMember(principal.orgId, userId);
+    await db.db.transaction(async (tx) => {
+      await tx
+        .update(users)
+        .set({ failedLoginCount: 0, lockCount: 0, lockedUntil: null, updatedAt: clock() })
+        .where(eq(users.id, userId));
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'user.unlocked',
+        resource: { type: 'user', id: userId },
+        context: origin,
+        changes: {
+          before: { locked_until: user.lockedUntil?.toISOString() ?? null },
+          after: { locked_until: null },
+        },
+      });
+    });
+    return getUser(principal, userId);
+  }
+
+  return { createUser, listUsers, getMember, getUser, updateUser, deactivateUser, unlockUser };
+}
