@@ -85,7 +85,7 @@ for (const { kind, skip } of STORES) {
         store.db.query("update audit_events set hash = repeat('b', 64) where org_id = $1", [org]),
         /append-only/,
       );
-      // An event written for the sequencer to link (PGlite links as it writes, unless told not to).
+      // An event written for the sequencer to link (the default).
       await store.db.db.transaction((tx) => audit.record(tx, event(org, 1), { link: false }));
       await assert.rejects(
         store.db.query(
@@ -116,7 +116,7 @@ for (const { kind, skip } of STORES) {
           audit.record(tx, [tricky, event(other, round)], { link: true }),
         );
         await store.db.db.transaction((tx) => audit.record(tx, event(org, round), { link: false }));
-        await audit.record(store.db.db, event(org, round)); // outside a transaction: the default
+        await audit.record(store.db.db, event(org, round), { link: true }); // opens its own transaction
       }
       assert.deepEqual(await audit.verify(org), { valid: true, checked: 9, first_bad_sequence: null });
       assert.deepEqual(await audit.verify(other), { valid: true, checked: 3, first_bad_sequence: null });

@@ -158,11 +158,12 @@ export function createAuditService({
    * Writes events within `tx`, so an event exists if and only if the change it records
    * commits.
    *
-   * On PostgreSQL, by default, one INSERT and no lock: the sequencer links committed events
-   * into the org's chain shortly after (verify and purge link first), so concurrent writers
-   * never queue behind the chain head (ADR 0002). On PGlite there is one connection and no
-   * concurrency to protect, so events are linked as they are written: two or three statements
-   * instead of one plus the sequencer's five. `link` overrides the default either way.
+   * By default one INSERT and no lock: the sequencer links committed events into the org's
+   * chain shortly after (verify and purge link first), so concurrent writers never queue behind
+   * the chain head (ADR 0002). `link: true` links them as they are written instead — lock the
+   * head, hash, insert, move the head — for a transaction that appends a batch and nothing else
+   * on PGlite, where nobody else can wait on the head and the sequencer's per-row linking UPDATE
+   * would cost more than the batch (ADR 0002, amendment).
    */
   async function record(
     tx: DbOrTx,
@@ -173,7 +174,7 @@ export function createAuditService({
     if (inputs.length === 0) return;
     const now = clock();
     const rows = inputs.map((event) => toRow(event, now));
-    if (options.link ?? db.kind === 'pglite') {
+    if (options.link === true) {
       // Reading the head and writing after it must not interleave with another transaction.
       if (tx instanceof PgTransaction) await insertLinked(tx as DbOrTx, rows);
       else await db.db.transaction((inner) => insertLinked(inner, rows));

@@ -110,20 +110,21 @@ export async function rawQuery<Row>(db: DbOrTx, text: string, params: unknown[])
   return ((await driverClient(db, 'rawQuery').query(text, params)).rows ?? []) as Row[];
 }
 
+/**
+ * A value in PostgreSQL's text input form, as COPY takes it: dates
+ * as ISO timestamps, booleans as true/false, objects and arrays as JSON; null stays null.
+ */
+function asText(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  if (value instanceof Date) return value.toISOString();
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
+}
+
 /** A value as one CSV field for COPY: null is an empty unquoted field, everything else quoted. */
 function csvField(value: unknown): string {
-  if (value === null || value === undefined) return '';
-  const text =
-    value instanceof Date
-      ? value.toISOString()
-      : typeof value === 'object'
-        ? JSON.stringify(value)
-        : typeof value === 'boolean'
-          ? value
-            ? 't'
-            : 'f'
-          : String(value);
-  return `"${text.replaceAll('"', '""')}"`;
+  const text = asText(value);
+  return text === null ? '' : `"${text.replaceAll('"', '""')}"`;
 }
 
 /**
