@@ -106,5 +106,32 @@ for (const { kind, skip } of STORES) {
       assert.ok(!events.body.includes('a long enough passphrase'), 'no password in the trail');
       assert.ok(!events.body.includes(secret), 'no TOTP seed in the trail');
     });
+
+    test('concurrent refreshes share a statement; a token presented twice at once is a reuse', async () => {
+      const sessions = await Promise.all(
+        Array.from({ length: 6 }, () => t.tokensFor(ADMIN.email, ADMIN.password)),
+      );
+      const refresh = (refresh_token: string) =>
+        t.call('POST', '/v1/auth/refresh', { body: { refresh_token } });
+      // Six sessions at once, twice over: every one rotates, and the new tokens work.
+      let current = sessions.map((s) => s.refresh_token);
+      for (let round = 0; round < 2; round++) {
+        const answers = await Promise.all(current.map(refresh));
+        for (const a of answers) assert.equal(a.statusCode, 200, a.body);
+        current = answers.map((a) => a.json().refresh_token as string);
+        assert.equal(new Set(current).size, 6);
+      }
+      // One session's token twice in the same batch: one rotation, one reuse, the session revoked.
+      const [target, ...others] = current;
+      assert.ok(target);
+      const [a, b, ...rest] = await Promise.all([refresh(target), refresh(target), ...others.map(refresh)]);
+      assert.deepEqual([a?.statusCode, b?.statusCode].sort(), [200, 401]);
+      const loser = a?.statusCode === 401 ? a : b;
+      assert.equal(loser?.json().code, 'refresh_token_reused');
+      const winner = a?.statusCode === 200 ? a : b;
+      const after = await refresh(winner?.json().refresh_token);
+      assert.equal(after.json().code, 'session_revoked');
+      for (const r of rest) assert.equal(r.statusCode, 200, r.body);
+    });
   });
 }

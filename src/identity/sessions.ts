@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { and, desc, eq, gt, isNull, lt } from 'drizzle-orm';
 import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
+import { batchesInFlight, createBatcher } from '../db/batcher.ts';
 import { isId } from '../db/ids.ts';
 import type { Principal } from '../http/principal.ts';
 import { type IdentityCore, type Origin, requireUser, SYSTEM_ACTOR, type TokenPair } from './core.ts';
@@ -16,15 +17,59 @@ export interface SessionPage {
   afterId?: string | undefined;
 }
 
-// $1 session, $2 presented generation, $3 its hash, $4 next hash, $5 new access jti, $6 now.
+// Rotates the refresh tokens of a batch in one statement. $1 now; $2 the batch as JSON:
+// [{id: session, gen: presented generation, hash: its hash, next_hash, jti: new access jti}].
+// A row comes back only where the presented generation and hash are the session's current ones;
+// two items for one session (a token presented twice at once) move it once: the row names the
+// winner by its jti, and the other is treated as the reuse it is.
+const ROTATE_REFRESHES =
+  'update sessions s set refresh_generation = v.gen + 1, refresh_hash = v.next_hash, access_jti = v.jti, ' +
+  'last_activity_at = $1::timestamptz ' +
+  'from jsonb_to_recordset($2::text::jsonb) as v(id text, gen int, hash text, next_hash text, jti text) ' +
+  'where s.id = v.id and s.refresh_generation = v.gen and s.refresh_hash = v.hash ' +
+  'and s.revoked_at is null and s.expires_at > $1::timestamptz ' +
+  'returning v.jti, s.user_id, s.org_id';
+
+// The same for one session, without the JSON: $1 now, $2 session, $3 generation, $4 its hash,
+// $5 next hash, $6 new access jti.
 const ROTATE_REFRESH =
-  'update sessions set refresh_generation = $2::int + 1, refresh_hash = $4, access_jti = $5, ' +
-  'last_activity_at = $6::timestamptz where id = $1 and refresh_generation = $2::int and refresh_hash = $3 ' +
-  'and revoked_at is null and expires_at > $6::timestamptz ' +
-  'returning user_id, org_id';
+  'update sessions set refresh_generation = $3::int + 1, refresh_hash = $5, access_jti = $6, ' +
+  'last_activity_at = $1::timestamptz where id = $2 and refresh_generation = $3::int and refresh_hash = $4 ' +
+  'and revoked_at is null and expires_at > $1::timestamptz ' +
+  'returning $6 as jti, user_id, org_id';
+
+interface Rotation {
+  id: string;
+  gen: number;
+  hash: string;
+  next_hash: string;
+  jti: string;
+}
+interface Rotated {
+  /** Which item won: the access-token jti is random per request, the next hash is not. */
+  jti: string;
+  user_id: string;
+  org_id: string;
+}
 
 export function createSessions(core: IdentityCore) {
   const { db, audit, authz, clock, settings, refreshTokens, revocation } = core;
+
+  // Refreshes arriving together share one statement and one commit (group commit): on PGlite a
+  // statement's commit costs far more than the row it changes.
+  const rotations = createBatcher<Rotation, Rotated | undefined>({
+    maxInFlight: batchesInFlight(db),
+    run: async (items) => {
+      const now = clock().toISOString();
+      const [one] = items;
+      const rows =
+        items.length === 1 && one !== undefined
+          ? await db.query<Rotated>(ROTATE_REFRESH, [now, one.id, one.gen, one.hash, one.next_hash, one.jti])
+          : await db.query<Rotated>(ROTATE_REFRESHES, [now, JSON.stringify(items)]);
+      const byJti = new Map(rows.map((r) => [r.jti, r]));
+      return items.map((item) => byJti.get(item.jti));
+    },
+  });
 
   /** Rotates a refresh token. Presenting a rotated one revokes the whole session. */
   async function refresh(refreshToken: string, origin: Origin): Promise<TokenPair> {
@@ -33,16 +78,15 @@ export function createSessions(core: IdentityCore) {
     const now = clock();
     const next = refreshTokens.issue(parsed.sessionId, parsed.generation + 1);
     const jti = randomBytes(16).toString('base64url');
-    // One statement on the hot path: it both checks the presented generation and rotates it.
-    // Sent straight to the driver: Drizzle's builder costs more than the statement itself.
-    const [row] = await db.query<{ user_id: string; org_id: string }>(ROTATE_REFRESH, [
-      parsed.sessionId,
-      parsed.generation,
-      parsed.hash,
-      next.hash,
+    // One statement checks the presented generation and rotates it, shared with concurrent
+    // refreshes; sent straight to the driver (Drizzle's builder costs more than the statement).
+    const row = await rotations.submit({
+      id: parsed.sessionId,
+      gen: parsed.generation,
+      hash: parsed.hash,
+      next_hash: next.hash,
       jti,
-      now.toISOString(),
-    ]);
+    });
     if (row) {
       const roles =
         core.rolesOfSync?.(row.org_id, row.user_id) ?? (await authz.rolesOf(row.org_id, row.user_id));

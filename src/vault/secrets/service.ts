@@ -7,6 +7,7 @@ import type { InvalidationBus } from '../../bus/index.ts';
 import { open, seal, sealedKeyId } from '../../crypto/envelope.ts';
 import { CryptoError } from '../../crypto/errors.ts';
 import type { Keyring } from '../../crypto/keyring.ts';
+import { batchesInFlight, createBatcher } from '../../db/batcher.ts';
 import { type DbHandle, type DbOrTx, rawInsertMany } from '../../db/client.ts';
 import { isId, newId } from '../../db/ids.ts';
 import type { RequestContext } from '../../http/context.ts';
@@ -290,75 +291,46 @@ export function createSecretService({
     event: AuditEventInput;
     log: AccessLogRow;
     touch: string | null;
-    resolve: () => void;
-    reject: (error: unknown) => void;
   }
-  const queue: RevealRecord[] = [];
-  let scheduled = false;
-  let inFlight = 0;
-  // PGlite is one connection: one batch at a time. PostgreSQL commits a few in parallel (group commit).
-  const maxInFlight = db.kind === 'postgres' ? 4 : 1;
 
   /**
-   * Records a reveal (audit event + access-log row) and resolves once they are committed: the
-   * caller answers only then, so no value leaves without its record. Reveals arriving together
-   * are written by one transaction with two multi-row inserts, so under load the per-reveal cost
-   * of the write shrinks with the batch; alone, a reveal commits at once.
+   * Records a reveal (audit event + access-log row); `submit` resolves once they are committed:
+   * the caller answers only then, so no value leaves without its record. Reveals arriving
+   * together share one transaction (src/db/batcher.ts).
    */
-  function recordReveal(entry: Omit<RevealRecord, 'resolve' | 'reject'>): Promise<void> {
-    return new Promise((resolve, reject) => {
-      queue.push({ ...entry, resolve, reject });
-      schedule();
-    });
-  }
-
-  function schedule(): void {
-    if (scheduled || inFlight >= maxInFlight || queue.length === 0) return;
-    scheduled = true;
-    // After the I/O phase, so every request already read joins the batch. (PGlite runs on this
-    // thread and resolves in microtasks: an immediate flush would write one reveal at a time.)
-    setImmediate(() => {
-      scheduled = false;
-      if (inFlight >= maxInFlight || queue.length === 0) return;
-      const batch = queue.splice(0, 500);
-      inFlight++;
-      void writeReveals(batch).finally(() => {
-        inFlight--;
-        schedule();
-      });
-      schedule();
-    });
-  }
+  const reveals = createBatcher<RevealRecord, void>({
+    maxInFlight: batchesInFlight(db),
+    run: async (batch) => {
+      await writeReveals(batch);
+      return [];
+    },
+  });
+  const recordReveal = (entry: RevealRecord) => reveals.submit(entry);
 
   async function writeReveals(batch: RevealRecord[]): Promise<void> {
-    try {
-      await db.db.transaction(async (tx) => {
-        await rawInsertMany(
-          tx,
-          db.kind,
-          'secret_access_logs',
-          ACCESS_LOG_COLUMNS,
-          batch.map((b) => accessLogValues(b.log)),
-        );
-        const touch = [...new Set(batch.flatMap((b) => (b.touch === null ? [] : [b.touch])))];
-        if (touch.length > 0) {
-          await tx.update(secrets).set({ lastAccessedAt: clock() }).where(inArray(secrets.id, touch));
-        }
-        // Last, so that the chain head is held for the shortest time. On PGlite (one connection, so
-        // nobody waits on the head) the events are linked as they are written: a batch costs three
-        // statements instead of the sequencer's pass and a linking UPDATE per row. On PostgreSQL
-        // holding the head made a batch twice as slow (14 vs 7 ms for 50 events): the sequencer
-        // links them after the commit.
-        await audit.record(
-          tx,
-          batch.map((b) => b.event),
-          { link: db.kind === 'pglite' },
-        );
-      });
-      for (const b of batch) b.resolve();
-    } catch (error) {
-      for (const b of batch) b.reject(error);
-    }
+    await db.db.transaction(async (tx) => {
+      await rawInsertMany(
+        tx,
+        db.kind,
+        'secret_access_logs',
+        ACCESS_LOG_COLUMNS,
+        batch.map((b) => accessLogValues(b.log)),
+      );
+      const touch = [...new Set(batch.flatMap((b) => (b.touch === null ? [] : [b.touch])))];
+      if (touch.length > 0) {
+        await tx.update(secrets).set({ lastAccessedAt: clock() }).where(inArray(secrets.id, touch));
+      }
+      // Last, so that the chain head is held for the shortest time. On PGlite (one connection, so
+      // nobody waits on the head) the events are linked as they are written: a batch costs three
+      // statements instead of the sequencer's pass and a linking UPDATE per row. On PostgreSQL
+      // holding the head made a batch twice as slow (14 vs 7 ms for 50 events): the sequencer
+      // links them after the commit.
+      await audit.record(
+        tx,
+        batch.map((b) => b.event),
+        { link: db.kind === 'pglite' },
+      );
+    });
   }
 
   const ACCESS_LOG_COLUMNS = [
