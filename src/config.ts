@@ -68,6 +68,13 @@ export const configSchema = z.object({
     .max(64 * 1024 * 1024)
     .default(1024 * 1024)
     .describe('Largest accepted request body, in bytes.'),
+  FLAG_METRICS_RETENTION_DAYS: z.coerce
+    .number()
+    .int()
+    .min(1)
+    .max(3650)
+    .default(90)
+    .describe('Hourly SDK evaluation counts and SDK instances not seen for this long are deleted.'),
   AUDIT_RETENTION_DAYS: z.coerce
     .number()
     .int()

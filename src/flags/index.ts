@@ -11,6 +11,8 @@ import { unleashClientRoutes } from './unleash-api.ts';
 
 /** Heartbeat comment on every server-sent-events stream. */
 const HEARTBEAT_MS = 15_000;
+/** How often SDK metrics past their retention are deleted. */
+const PURGE_EVERY_MS = 3_600_000;
 
 /**
  * Feature flags: the service (compiled engines per org + environment, invalidated over the bus),
@@ -77,7 +79,14 @@ export async function registerFlags(
   });
   await app.register(flagRoutes, { flags, hub });
   const metrics = createFlagMetrics({ db: ctx.db, clock: ctx.clock });
+  const retention = setInterval(() => {
+    metrics
+      .purge(ctx.config.FLAG_METRICS_RETENTION_DAYS)
+      .catch((error: unknown) => app.log.error({ err: error }, 'flag metrics purge'));
+  }, PURGE_EVERY_MS);
+  retention.unref();
+  ctx.onShutdown(async () => clearInterval(retention));
   await app.register(flagMetricsRoutes, { flags, metrics });
   await app.register(unleashClientRoutes, { flags, metrics, keys: ctx.keys.service, bus: ctx.bus });
-  return { flags, hub };
+  return { flags, hub, metrics };
 }

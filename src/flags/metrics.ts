@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gte, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gte, lt, sql } from 'drizzle-orm';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { DbHandle } from '../db/client.ts';
@@ -170,7 +170,24 @@ export function createFlagMetrics({ db, clock }: { db: DbHandle; clock: () => Da
       .limit(limit);
   }
 
-  return { record, register, forFlag, clients };
+  /**
+   * Deletes hourly counts older than `days`, and SDK instances not seen for as long (the retention
+   * an operator sets with FLAG_METRICS_RETENTION_DAYS). Returns how many rows of each went.
+   */
+  async function purge(days: number): Promise<{ buckets: number; clients: number }> {
+    const before = new Date(clock().getTime() - days * 24 * HOUR_MS);
+    const buckets = await db.db
+      .delete(flagMetrics)
+      .where(lt(flagMetrics.hour, before))
+      .returning({ hour: flagMetrics.hour });
+    const gone = await db.db
+      .delete(flagClients)
+      .where(lt(flagClients.lastSeenAt, before))
+      .returning({ appName: flagClients.appName });
+    return { buckets: buckets.length, clients: gone.length };
+  }
+
+  return { record, register, forFlag, clients, purge };
 }
 
 export type FlagMetrics = ReturnType<typeof createFlagMetrics>;

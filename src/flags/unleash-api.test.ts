@@ -4,6 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { initialize, type Unleash } from 'unleash-client';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
 import { createFlagEngine } from './engine.ts';
+import { createFlagMetrics } from './metrics.ts';
 
 // The official unleash-client package, pointed at a live Steward, evaluates Steward's flags.
 describe('Unleash client API with unleash-client', () => {
@@ -88,6 +89,21 @@ describe('Unleash client API with unleash-client', () => {
       400,
     );
     assert.equal((await v.req('GET', '/v1/flags/staging/colours/metrics')).statusCode, 401);
+  });
+
+  test('metrics and SDK instances past their retention are purged, nothing younger', async () => {
+    const count = async (table: 'flag_metrics' | 'flag_clients') =>
+      (await v.t.store.db.query<{ n: number }>(`select count(*)::int as n from ${table}`))[0]?.n ?? 0;
+    const stored = await count('flag_metrics');
+    assert.ok(stored > 0 && (await count('flag_clients')) > 0, 'the test above left counts');
+    const at = (ms: number) => createFlagMetrics({ db: v.t.store.db, clock: () => new Date(ms) });
+    assert.deepEqual(await at(v.t.now.ms).purge(90), { buckets: 0, clients: 0 });
+    assert.equal(await count('flag_metrics'), stored);
+    const later = await at(v.t.now.ms + 91 * 86_400_000).purge(90);
+    assert.equal(later.buckets, stored);
+    assert.ok(later.clients > 0);
+    assert.equal(await count('flag_metrics'), 0);
+    assert.equal(await count('flag_clients'), 0);
   });
 
   test('delta API: hydration, 304 when current, the difference after a change', async () => {
