@@ -1,7 +1,7 @@
 import { and, asc, eq } from 'drizzle-orm';
 import type { AuditContext, AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
-import type { DbHandle } from '../db/client.ts';
+import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import type { Principal } from '../http/principal.ts';
 import { tenancyErrors } from './errors.ts';
@@ -104,8 +104,9 @@ export function createTenancyService({ db, audit }: TenancyDeps) {
   }
 
   /** Resolves an environment name within an org, or throws environment_not_found. */
-  async function environmentByName(orgId: string, name: string): Promise<Environment> {
-    const [env] = await db.db
+  /** `tx`: read inside the caller's transaction (on PGlite, a read beside an open one would wait for it). */
+  async function environmentByName(orgId: string, name: string, tx: DbOrTx = db.db): Promise<Environment> {
+    const [env] = await tx
       .select()
       .from(environments)
       .where(and(eq(environments.orgId, orgId), eq(environments.name, name)));

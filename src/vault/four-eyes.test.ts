@@ -216,6 +216,53 @@ for (const { kind, skip } of STORES) {
       );
     });
 
+    test('held value, rollback and delete of a production secret: each applied on approval, reveals follow', async () => {
+      const created = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'SIGNING_KEY', environment: 'production', value: 'first-value' },
+      });
+      const secretId = (await approve(created.json().change_id, v.tokens.manager2)).json().result_id;
+      const reveal = async () =>
+        (await v.req('POST', `/v1/secrets/${secretId}/reveal`, { token: v.tokens.manager2 })).json().value;
+      assert.equal(await reveal(), 'first-value'); // now cached on this instance
+
+      const put = await v.req('PUT', `/v1/secrets/${secretId}/value`, {
+        token: v.tokens.manager,
+        body: { value: 'second-value', rotation_reason: 'scheduled' },
+      });
+      assert.equal(put.statusCode, 202, put.body);
+      assert.equal(await reveal(), 'first-value', 'nothing applied while pending');
+      assert.equal((await approve(put.json().change_id, v.tokens.manager2)).statusCode, 200);
+      assert.equal(await reveal(), 'second-value', 'the cache was dropped once the approval committed');
+
+      const back = await v.req('POST', `/v1/secrets/${secretId}/rollback`, {
+        token: v.tokens.manager,
+        body: { version: 1 },
+      });
+      assert.equal(back.statusCode, 202, back.body);
+      assert.equal((await approve(back.json().change_id, v.tokens.manager2)).statusCode, 200);
+      assert.equal(await reveal(), 'first-value');
+      const meta = (await v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.manager })).json();
+      assert.equal(meta.current_version, 3, 'a rollback is a new version');
+
+      const del = await v.req('DELETE', `/v1/secrets/${secretId}`, { token: v.tokens.manager });
+      assert.equal(del.statusCode, 202, del.body);
+      assert.equal(await reveal(), 'first-value', 'still there while pending');
+      assert.equal((await approve(del.json().change_id, v.tokens.manager2)).statusCode, 200);
+      const gone = await v.req('POST', `/v1/secrets/${secretId}/reveal`, { token: v.tokens.manager2 });
+      assert.equal(gone.statusCode, 404);
+      const actions = await v.t.store.db.query<{ action: string }>(
+        "select action from audit_events where resource_id = $1 and action like 'secret.%' order by id",
+        [secretId],
+      );
+      for (const a of ['secret.created', 'secret.updated', 'secret.rolled_back', 'secret.deleted']) {
+        assert.ok(
+          actions.some((r) => r.action === a),
+          `${a} audited (${actions.map((r) => r.action).join(', ')})`,
+        );
+      }
+    });
+
     test('PATCH of a production secret is held and applied as the requester', async () => {
       const held = await v.req('POST', '/v1/secrets', {
         token: v.tokens.manager,

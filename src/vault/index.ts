@@ -1,16 +1,13 @@
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { and, eq, isNull } from 'drizzle-orm';
 import type { FastifyPluginAsync } from 'fastify';
 import { isPermission } from '../authz/catalogue.ts';
-import type { InvalidationBus } from '../bus/index.ts';
 import type { StewardContext } from '../context.ts';
-import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { isId } from '../db/ids.ts';
 import { registerFlags } from '../flags/index.ts';
 import { environments } from '../tenancy/schema.ts';
-import type { Environment, TenancyService } from '../tenancy/service.ts';
+import type { Environment } from '../tenancy/service.ts';
 import { requireOn } from './common.ts';
-import { type Applied, createFourEyes, fourEyesRoutes } from './four-eyes.ts';
+import { type Applied, type ApplyInput, createFourEyes, fourEyesRoutes } from './four-eyes.ts';
 import { secretErrors } from './secrets/errors.ts';
 import { secretRoutes } from './secrets/routes.ts';
 import { secrets as secretsTable } from './secrets/schema.ts';
@@ -21,6 +18,7 @@ import {
   type Pending,
   type Secret,
   type UpdateSecretInput,
+  type Within,
 } from './secrets/service.ts';
 import { settingRoutes } from './settings/routes.ts';
 import type { ValueType } from './settings/rules.ts';
@@ -28,76 +26,6 @@ import { createSettingService, type PutSettingInput } from './settings/service.t
 
 /** How often each instance looks for secrets past their rotation date (SKIP LOCKED splits the work). */
 const ROTATION_CHECK_MS = 60_000;
-
-/** An approval's transaction, and bus messages to send once it committed. */
-interface Ambient {
-  tx: DbOrTx;
-  published: [topic: string, message: string][];
-}
-
-/**
- * The secrets service opens its own transactions (`db.db.transaction`) and publishes cache
- * invalidations itself; its file is not ours to change. So that an approved secret change is
- * written in the approval's transaction, the service gets a database handle that, while an
- * approval runs (AsyncLocalStorage), hands out that transaction — `transaction(fn)` becomes
- * `fn(tx)`, any other query runs on `tx` — and a bus whose messages wait for the commit.
- * Outside an approval both are the real ones. (Bridge until the secrets appliers take a `tx`.)
- */
-function ambientBridge(ctx: StewardContext) {
-  const store = new AsyncLocalStorage<Ambient>();
-  const real = ctx.db.db;
-  const db: DbHandle = {
-    kind: ctx.db.kind,
-    query: (sql, params) => ctx.db.query(sql, params),
-    close: () => ctx.db.close(),
-    db: new Proxy(real, {
-      get(target, prop) {
-        const ambient = store.getStore();
-        if (ambient === undefined) {
-          const v: unknown = Reflect.get(target, prop, target);
-          return typeof v === 'function' ? v.bind(target) : v;
-        }
-        if (prop === 'transaction') {
-          return <T>(work: (tx: DbOrTx) => Promise<T>) => work(ambient.tx);
-        }
-        const v: unknown = Reflect.get(ambient.tx, prop, ambient.tx);
-        return typeof v === 'function' ? v.bind(ambient.tx) : v;
-      },
-    }),
-  };
-  const bus: Pick<InvalidationBus, 'publish' | 'subscribe'> = {
-    async publish(topic, message) {
-      const ambient = store.getStore();
-      if (ambient) ambient.published.push([topic, message]);
-      else await ctx.bus.publish(topic, message);
-    },
-    subscribe: (topic, handler) => ctx.bus.subscribe(topic, handler),
-  };
-  const tenancy: Pick<TenancyService, 'environmentByName'> = {
-    async environmentByName(orgId, name) {
-      const ambient = store.getStore();
-      if (ambient === undefined) return ctx.tenancy.environmentByName(orgId, name);
-      const [env] = await ambient.tx
-        .select()
-        .from(environments)
-        .where(and(eq(environments.orgId, orgId), eq(environments.name, name)));
-      if (!env) return ctx.tenancy.environmentByName(orgId, name); // throws its 404
-      return env;
-    },
-  };
-  /** Runs `work` inside the approval's transaction; the bus messages go out after the commit. */
-  async function within(tx: DbOrTx, work: () => Promise<string | null>): Promise<Applied> {
-    const ambient: Ambient = { tx, published: [] };
-    const resultId = await store.run(ambient, work);
-    return {
-      resultId,
-      afterCommit: async () => {
-        for (const [topic, message] of ambient.published) await ctx.bus.publish(topic, message);
-      },
-    };
-  }
-  return { db, bus, tenancy, within };
-}
 
 /** Builds the vault's services from the app context, four-eyes appliers registered. */
 export function createVaultServices(ctx: StewardContext, onError?: (error: unknown, what: string) => void) {
@@ -117,14 +45,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
     clock: ctx.clock,
     fourEyes: changes.fourEyes,
   };
-  const bridge = ambientBridge(ctx);
-  const service = createSecretService({
-    ...deps,
-    db: bridge.db,
-    tenancy: bridge.tenancy,
-    bus: bridge.bus,
-    onError,
-  });
+  const service = createSecretService({ ...deps, bus: ctx.bus, onError });
   const settings = createSettingService(deps);
 
   /**
@@ -178,38 +99,67 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
     if (env === null) throw new Error('a setting change without its environment');
     return env;
   };
-  changes.register('secret.create', ({ tx, requester, payload, approvedBy }) =>
-    bridge.within(
-      tx,
-      async () => (await service.apply.create(requester, payload as CreateSecretInput, approvedBy)).id,
+  /**
+   * A secret change applied in the approval's transaction; the caches are dropped once it has
+   * committed.
+   */
+  const applySecret =
+    (apply: (input: ApplyInput, within: Within) => Promise<string | null>) =>
+    async (input: ApplyInput): Promise<Applied> => {
+      const within: Within = { tx: input.tx, changed: [] };
+      const resultId = await apply(input, within);
+      return { resultId, afterCommit: () => service.committed(within) };
+    };
+  changes.register(
+    'secret.create',
+    applySecret(
+      async ({ requester, payload, approvedBy }, within) =>
+        (await service.apply.create(requester, payload as CreateSecretInput, approvedBy, within)).id,
     ),
   );
-  changes.register('secret.value', ({ tx, requester, payload, targetId, approvedBy }) =>
-    bridge.within(
-      tx,
-      async () =>
-        (await service.apply.value(requester, targetId ?? '', payload as { value: string }, approvedBy)).id,
+  changes.register(
+    'secret.value',
+    applySecret(
+      async ({ requester, payload, targetId, approvedBy }, within) =>
+        (
+          await service.apply.value(
+            requester,
+            targetId ?? '',
+            payload as { value: string },
+            approvedBy,
+            within,
+          )
+        ).id,
     ),
   );
-  changes.register('secret.rollback', ({ tx, requester, payload, targetId, approvedBy }) =>
-    bridge.within(
-      tx,
-      async () =>
-        (await service.apply.rollback(requester, targetId ?? '', payload as { version: number }, approvedBy))
-          .id,
+  changes.register(
+    'secret.rollback',
+    applySecret(
+      async ({ requester, payload, targetId, approvedBy }, within) =>
+        (
+          await service.apply.rollback(
+            requester,
+            targetId ?? '',
+            payload as { version: number },
+            approvedBy,
+            within,
+          )
+        ).id,
     ),
   );
-  changes.register('secret.delete', ({ tx, requester, targetId, approvedBy }) =>
-    bridge.within(tx, async () => {
-      await service.apply.remove(requester, targetId ?? '', approvedBy);
+  changes.register(
+    'secret.delete',
+    applySecret(async ({ requester, targetId, approvedBy }, within) => {
+      await service.apply.remove(requester, targetId ?? '', approvedBy, within);
       return targetId;
     }),
   );
   // The service's update re-checks the requester's permissions at approval: they still need them.
-  changes.register('secret.update', ({ tx, requester, payload, targetId }) =>
-    bridge.within(
-      tx,
-      async () => (await service.update(requester, targetId ?? '', payload as UpdateSecretInput)).id,
+  changes.register(
+    'secret.update',
+    applySecret(
+      async ({ requester, payload, targetId }, within) =>
+        (await service.update(requester, targetId ?? '', payload as UpdateSecretInput, within)).id,
     ),
   );
   changes.register('setting.put', async ({ tx, requester, payload, environment, approvedBy }) => {

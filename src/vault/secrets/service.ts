@@ -197,6 +197,16 @@ const nextRotation = (enabled: boolean, days: number | null, from: Date) =>
   enabled && days !== null ? new Date(from.getTime() + days * DAY_MS) : null;
 
 /**
+ * An approval's transaction (four-eyes), for a change applied inside it: every statement of the
+ * change runs on `tx`, and the ids whose caches must be dropped wait in `changed` for the commit
+ * (dropped before it, another instance could re-read and cache the old row).
+ */
+export interface Within {
+  tx: DbOrTx;
+  changed: string[];
+}
+
+/**
  * Secrets: envelope-encrypted, versioned values with metadata, reveal, rotation and an access log.
  * Every change writes its audit event and access-log row in its own transaction.
  */
@@ -228,6 +238,15 @@ export function createSecretService({
     } catch (error) {
       onError(error, 'secret invalidation publish'); // other instances catch up within the TTL
     }
+  }
+
+  /** Runs `work` in the approval's transaction when there is one, else in a transaction of its own. */
+  const inTx = <T>(within: Within | undefined, work: (tx: DbOrTx) => Promise<T>): Promise<T> =>
+    within ? work(within.tx) : db.db.transaction(work);
+  /** Drops a changed secret from the caches now, or, inside an approval, once it has committed. */
+  async function changedNowOrAfter(within: Within | undefined, id: string): Promise<void> {
+    if (within) within.changed.push(id);
+    else await changed(id);
   }
 
   async function revealRow(
@@ -270,12 +289,13 @@ export function createSecretService({
     type: AccessType,
     secretId: string,
     run: () => Promise<T>,
+    within?: Within,
   ): Promise<T> {
     try {
       return await run();
     } catch (error) {
       if (error instanceof StewardError && !alreadyLogged.has(error)) {
-        await writeLog(db.db, access, {
+        await writeLog(within?.tx ?? db.db, access, {
           secretId: secretId.slice(0, 200),
           type,
           success: false,
@@ -434,16 +454,17 @@ export function createSecretService({
     access: Access,
     input: CreateSecretInput,
     approvedBy?: Principal,
+    within?: Within,
   ): Promise<Secret> {
     const { principal } = access;
-    const env = await tenancy.environmentByName(principal.orgId, input.environment);
+    const env = await tenancy.environmentByName(principal.orgId, input.environment, within?.tx);
     const now = clock();
     const id = newId('sec');
     const rotationDays = input.rotation_days ?? null;
     const rotationEnabled = input.rotation_enabled ?? rotationDays !== null;
     const sealed = seal(keyring, input.value, secretAad(principal.orgId, id, 1));
     try {
-      return await db.db.transaction(async (tx) => {
+      return await inTx(within, async (tx) => {
         const [row] = await tx
           .insert(secrets)
           .values({
@@ -713,8 +734,9 @@ export function createSecretService({
     id: string,
     input: { value: string; rotation_reason?: string | undefined },
     approvedBy?: Principal,
+    within?: Within,
   ): Promise<Secret> {
-    const out = await db.db.transaction(async (tx) => {
+    const out = await inTx(within, async (tx) => {
       const secret = await loadLive(access.principal.orgId, id, tx, true);
       const now = clock();
       const version = secret.currentVersion + 1;
@@ -760,7 +782,7 @@ export function createSecretService({
       await writeLog(tx, access, { secretId: id, type: 'write', success: true, version });
       return { ...row, environment: secret.environment };
     });
-    await changed(id);
+    await changedNowOrAfter(within, id);
     return out;
   }
 
@@ -783,8 +805,9 @@ export function createSecretService({
     id: string,
     input: { version: number; reason?: string | undefined },
     approvedBy?: Principal,
+    within?: Within,
   ): Promise<Secret> {
-    const result = await db.db.transaction(async (tx) => {
+    const result = await inTx(within, async (tx) => {
       const secret = await loadLive(access.principal.orgId, id, tx, true);
       const [target] = await tx
         .select()
@@ -842,69 +865,80 @@ export function createSecretService({
     if ('undecryptable' in result && result.undecryptable) {
       throw await undecryptable(access, result.secret, input.version, result.undecryptable);
     }
-    await changed(id);
+    await changedNowOrAfter(within, id);
     return result.secret;
   }
 
   /** Changes metadata (not the value). Owner and required permission need `secrets:admin`. */
-  async function update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret> {
-    return logged(access, 'write', id, async () => {
-      const secret = await loadLive(access.principal.orgId, id);
-      await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
-      if (input.required_permission !== undefined || input.owner_id !== undefined) {
-        await requireOn(authz, access.principal, 'secrets:admin', { type: 'secrets', id });
-      }
-      if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
-        throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
-      }
-      const out = await db.db.transaction(async (tx) => {
-        const before = await loadLive(access.principal.orgId, id, tx, true);
-        const now = clock();
-        const rotationEnabled = input.rotation_enabled ?? before.rotationEnabled;
-        const rotationDays = input.rotation_days === undefined ? before.rotationDays : input.rotation_days;
-        const [row] = await tx
-          .update(secrets)
-          .set({
-            ...(input.display_name !== undefined ? { displayName: input.display_name } : {}),
-            ...(input.description !== undefined ? { description: input.description } : {}),
-            ...(input.secret_type !== undefined ? { secretType: input.secret_type } : {}),
-            ...(input.tags !== undefined ? { tags: input.tags } : {}),
-            ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
-            ...(input.owner_id !== undefined ? { ownerId: input.owner_id } : {}),
-            ...(input.required_permission !== undefined
-              ? { requiredPermission: input.required_permission }
-              : {}),
-            ...(input.active !== undefined ? { active: input.active } : {}),
-            ...(input.expires_at !== undefined
-              ? { expiresAt: input.expires_at === null ? null : new Date(input.expires_at) }
-              : {}),
-            rotationEnabled,
-            rotationDays,
-            nextRotationAt: nextRotation(
+  async function update(
+    access: Access,
+    id: string,
+    input: UpdateSecretInput,
+    within?: Within,
+  ): Promise<Secret> {
+    return logged(
+      access,
+      'write',
+      id,
+      async () => {
+        const secret = await loadLive(access.principal.orgId, id, within?.tx);
+        await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+        if (input.required_permission !== undefined || input.owner_id !== undefined) {
+          await requireOn(authz, access.principal, 'secrets:admin', { type: 'secrets', id });
+        }
+        if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
+          throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
+        }
+        const out = await inTx(within, async (tx) => {
+          const before = await loadLive(access.principal.orgId, id, tx, true);
+          const now = clock();
+          const rotationEnabled = input.rotation_enabled ?? before.rotationEnabled;
+          const rotationDays = input.rotation_days === undefined ? before.rotationDays : input.rotation_days;
+          const [row] = await tx
+            .update(secrets)
+            .set({
+              ...(input.display_name !== undefined ? { displayName: input.display_name } : {}),
+              ...(input.description !== undefined ? { description: input.description } : {}),
+              ...(input.secret_type !== undefined ? { secretType: input.secret_type } : {}),
+              ...(input.tags !== undefined ? { tags: input.tags } : {}),
+              ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
+              ...(input.owner_id !== undefined ? { ownerId: input.owner_id } : {}),
+              ...(input.required_permission !== undefined
+                ? { requiredPermission: input.required_permission }
+                : {}),
+              ...(input.active !== undefined ? { active: input.active } : {}),
+              ...(input.expires_at !== undefined
+                ? { expiresAt: input.expires_at === null ? null : new Date(input.expires_at) }
+                : {}),
               rotationEnabled,
               rotationDays,
-              before.lastRotatedAt ?? before.createdAt,
-            ),
-            updatedBy: access.principal.id,
-            updatedAt: now,
-          })
-          .where(eq(secrets.id, id))
-          .returning();
-        if (!row) throw secretErrors.secret_not_found();
-        await audit.record(tx, {
-          orgId: secret.orgId,
-          actor: actor(access),
-          action: 'secret.updated',
-          resource: { type: 'secret', id },
-          context: access.context,
-          changes: { before: auditView(before), after: auditView(row) },
+              nextRotationAt: nextRotation(
+                rotationEnabled,
+                rotationDays,
+                before.lastRotatedAt ?? before.createdAt,
+              ),
+              updatedBy: access.principal.id,
+              updatedAt: now,
+            })
+            .where(eq(secrets.id, id))
+            .returning();
+          if (!row) throw secretErrors.secret_not_found();
+          await audit.record(tx, {
+            orgId: secret.orgId,
+            actor: actor(access),
+            action: 'secret.updated',
+            resource: { type: 'secret', id },
+            context: access.context,
+            changes: { before: auditView(before), after: auditView(row) },
+          });
+          await writeLog(tx, access, { secretId: id, type: 'write', success: true });
+          return { ...row, environment: secret.environment };
         });
-        await writeLog(tx, access, { secretId: id, type: 'write', success: true });
-        return { ...row, environment: secret.environment };
-      });
-      await changed(id);
-      return out;
-    });
+        await changedNowOrAfter(within, id);
+        return out;
+      },
+      within,
+    );
   }
 
   /** Soft delete: the secret disappears from the API; versions and logs stay for the record. */
@@ -919,8 +953,13 @@ export function createSecretService({
     });
   }
 
-  async function applyRemove(access: Access, id: string, approvedBy?: Principal): Promise<void> {
-    await db.db.transaction(async (tx) => {
+  async function applyRemove(
+    access: Access,
+    id: string,
+    approvedBy?: Principal,
+    within?: Within,
+  ): Promise<void> {
+    await inTx(within, async (tx) => {
       const secret = await loadLive(access.principal.orgId, id, tx, true);
       const now = clock();
       await tx
@@ -938,7 +977,7 @@ export function createSecretService({
       });
       await writeLog(tx, access, { secretId: id, type: 'delete', success: true });
     });
-    await changed(id);
+    await changedNowOrAfter(within, id);
   }
 
   // ---- rotation -----------------------------------------------------------------------------
@@ -1040,6 +1079,10 @@ export function createSecretService({
     startRotationScheduler,
     /** Used by four-eyes once a change is approved. */
     apply: { create: applyCreate, value: applyValue, rollback: applyRollback, remove: applyRemove },
+    /** After an approval's commit: the cache invalidations its applies deferred. */
+    committed: async (within: Within) => {
+      for (const id of within.changed) await changed(id);
+    },
   };
 }
 
