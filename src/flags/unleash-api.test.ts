@@ -107,8 +107,8 @@ describe('Unleash client API with unleash-client', () => {
   });
 
   test('delta API: hydration, 304 when current, the difference after a change', async () => {
-    const get = (etag?: string) =>
-      fetch(`${address}/api/client/delta`, {
+    const get = (etag?: string, query = '') =>
+      fetch(`${address}/api/client/delta${query}`, {
         headers: { authorization: key, ...(etag ? { 'if-none-match': etag } : {}) },
       });
     const first = await get();
@@ -132,6 +132,16 @@ describe('Unleash client API with unleash-client', () => {
       [['feature-updated', 'delta-new']],
     );
     assert.notEqual(next.headers.get('etag'), etag);
+    // namePrefix: only the flags (and flag events) it names.
+    const prefixed = (await (await get(undefined, '?namePrefix=col')).json()) as {
+      events: { type: string; features: { name: string }[] }[];
+    };
+    assert.deepEqual(
+      prefixed.events[0]?.features.map((f) => f.name),
+      ['colours'],
+    );
+    const elsewhere = (await (await get(etag, '?namePrefix=col')).json()) as { events: unknown[] };
+    assert.deepEqual(elsewhere.events, [], 'delta-new is not under col…');
     const unknown = await get('"not-a-state-we-know"');
     assert.equal(((await unknown.json()) as { events: { type: string }[] }).events[0]?.type, 'hydration');
     const del = await v.req('DELETE', '/v1/flags/staging/delta-new', { token: v.tokens.manager });

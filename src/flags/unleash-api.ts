@@ -6,6 +6,7 @@ import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import { type ClientMetrics, clientMetricsBody, clientRegisterBody, type FlagMetrics } from './metrics.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
+import type { DeltaEvent } from './types.ts';
 
 /** Key metadata field naming the environment an Unleash SDK using the key sees. */
 export const FLAGS_ENVIRONMENT_METADATA = 'flags_environment';
@@ -16,6 +17,20 @@ const BY_KEY_MARKER: Record<string, string> = { live: 'production', test: 'devel
 /** What the client API needs of the keys domain: a key's environment marker and metadata. */
 export interface KeyLookup {
   get(caller: Principal, id: string): Promise<{ environment: string; metadata: Record<string, unknown> }>;
+}
+
+/** A delta event as an SDK asking only for flags named `prefix…` sees it (segments always pass). */
+function withPrefix(event: DeltaEvent, prefix: string): DeltaEvent[] {
+  switch (event.type) {
+    case 'hydration':
+      return [{ ...event, features: event.features.filter((f) => f.name.startsWith(prefix)) }];
+    case 'feature-updated':
+      return event.feature.name.startsWith(prefix) ? [event] : [];
+    case 'feature-removed':
+      return event.featureName.startsWith(prefix) ? [event] : [];
+    default:
+      return [event];
+  }
 }
 
 /**
@@ -106,8 +121,9 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
           '`{events: [...]}` as Unleash serves it: with `If-None-Match` naming one of the last states ' +
           'of the environment, the `feature-updated` / `feature-removed` / `segment-updated` / ' +
           '`segment-removed` events leading to the current one; otherwise one `hydration` event with every ' +
-          'flag and segment. The current state answers 304. `ETag` names the state returned.',
-        querystring: z.looseObject({}),
+          'flag and segment. The current state answers 304. `ETag` names the state returned. ' +
+          '`namePrefix` keeps the flags (and flag events) whose names start with it.',
+        querystring: z.looseObject({ namePrefix: z.string().max(100).optional() }),
       },
     },
     async (request, reply) => {
@@ -116,7 +132,9 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
       const d = await flags.delta(principal.orgId, await environmentOf(principal), known);
       if (d === null) return reply.code(304).send();
       reply.header('etag', d.etag).header('cache-control', 'no-cache');
-      return reply.type('application/json; charset=utf-8').send(JSON.stringify({ events: d.events }));
+      const prefix = request.query.namePrefix;
+      const events = prefix === undefined ? d.events : d.events.flatMap((e) => withPrefix(e, prefix));
+      return reply.type('application/json; charset=utf-8').send(JSON.stringify({ events }));
     },
   );
 
