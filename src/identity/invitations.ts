@@ -18,11 +18,11 @@ import {
   uniqueViolation,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
-import { hashPassword } from './password.ts';
-import { userByEmail } from './queries.ts';
-import { identitySettings, invitations } from './schema.ts';
+import { hashPassword, verifyPassword } from './password.ts';
+import { membership, type User, userByEmail } from './queries.ts';
+import { identitySettings, invitations, orgMemberships } from './schema.ts';
 import { sha256Hex } from './tokens.ts';
-import { assertFree, insertMember } from './users.ts';
+import { assertFree, assignRoles, insertMember } from './users.ts';
 
 export type Invitation = typeof invitations.$inferSelect;
 export type InvitationStatus = 'pending' | 'accepted' | 'revoked' | 'expired';
@@ -60,7 +60,7 @@ export function createInvitations(core: IdentityCore) {
    * inviter could not assign 403) by assigning them to a stand-in user in a transaction that is
    * always rolled back: the invitation cannot smuggle in rights its creator does not have.
    */
-  async function assertRolesAssignable(principal: Principal, email: string, roles: readonly string[]) {
+  async function assertRolesAssignable(principal: Principal, roles: readonly string[]) {
     if (roles.length === 0) return;
     await db.db
       .transaction(async (tx) => {
@@ -68,7 +68,8 @@ export function createInvitations(core: IdentityCore) {
           core,
           tx,
           {
-            email,
+            // A stand-in: the invitee may exist already, and only the roles are on trial here.
+            email: `dry-run+${randomBytes(8).toString('hex')}@invalid`,
             passwordHash: '!',
             orgId: principal.orgId,
             roles,
@@ -90,9 +91,15 @@ export function createInvitations(core: IdentityCore) {
     input: { email: string; roles?: string[] | undefined; expires_in_hours?: number | undefined },
     origin: AuditContext,
   ): Promise<{ invitation: Invitation; token: string }> {
-    if (await userByEmail(db.db, input.email)) throw identityErrors.email_taken();
+    // Someone with an account elsewhere joins with it; someone here already is not invited again.
+    const existing = await userByEmail(db.db, input.email);
+    if (existing && (await membership(db.db, principal.orgId, existing.id))) {
+      throw identityErrors.already_member(
+        'This user belongs to the organization already (an inactive member is reactivated with PATCH /v1/users/{id})',
+      );
+    }
     const roles = [...new Set(input.roles ?? [])].sort();
-    await assertRolesAssignable(principal, input.email, roles);
+    await assertRolesAssignable(principal, roles);
     const now = clock();
     const token = `${INVITATION_TOKEN_PREFIX}${randomBytes(32).toString('base64url')}`;
     const ttlHours = input.expires_in_hours ?? INVITATION_DEFAULT_TTL_HOURS;
@@ -200,29 +207,15 @@ export function createInvitations(core: IdentityCore) {
     const [invitation] = await db.db.select().from(invitations).where(eq(invitations.tokenHash, tokenHash));
     const refused = refusal(invitation, clock());
     if (refused || !invitation) throw refused ?? identityErrors.invitation_invalid();
+    const existing = await userByEmail(db.db, invitation.email);
+    if (existing) return joinWithAccount(invitation, existing, input.password, origin);
     assertPasswordPolicy(input.password, { email: invitation.email, username: input.username ?? null });
     await assertFree(db.db, invitation.email, input.username);
     const hash = await hashPassword(input.password);
     const now = clock();
     const { user, after } = await db.db
       .transaction(async (tx) => {
-        // Conditional: two requests racing with one token cannot both create a user.
-        const [claimed] = await tx
-          .update(invitations)
-          .set({ acceptedAt: now })
-          .where(
-            and(
-              eq(invitations.id, invitation.id),
-              isNull(invitations.acceptedAt),
-              isNull(invitations.revokedAt),
-              gt(invitations.expiresAt, now),
-            ),
-          )
-          .returning({ id: invitations.id });
-        if (!claimed) {
-          const [again] = await tx.select().from(invitations).where(eq(invitations.id, invitation.id));
-          throw refusal(again, now) ?? identityErrors.invitation_invalid();
-        }
+        await claim(tx, invitation, now);
         const created = await insertMember(
           core,
           tx,
@@ -277,6 +270,71 @@ export function createInvitations(core: IdentityCore) {
       view: { user, active: true, roles: await authz.rolesOf(invitation.orgId, user.id) },
       orgId: invitation.orgId,
     };
+  }
+
+  /**
+   * An invitation for an email that has an account: its owner proves it with their current
+   * password (which stays as it is) and joins the org with the invited roles. No tokens are
+   * issued here: signing in to the new org is a login, with 2FA where it is on. A wrong password
+   * counts against the per-IP limiter, as a failed login does.
+   */
+  async function joinWithAccount(
+    invitation: Invitation,
+    user: User,
+    password: string,
+    origin: Origin,
+  ): Promise<{ view: UserView; orgId: string }> {
+    const wait = await limiter.blockedFor(origin.ip);
+    if (wait > 0) throw rateLimitedError(wait);
+    const check = await verifyPassword(user.passwordHash, password);
+    if (!check.ok || !user.active) {
+      await limiter.recordFailure(origin.ip);
+      throw identityErrors.invalid_credentials();
+    }
+    const now = clock();
+    const after = await db.db.transaction(async (tx) => {
+      await claim(tx, invitation, now);
+      if (await membership(tx, invitation.orgId, user.id)) throw identityErrors.already_member();
+      await tx
+        .insert(orgMemberships)
+        .values({ orgId: invitation.orgId, userId: user.id, createdBy: invitation.createdBy });
+      const assigned = await assignRoles(core, tx, invitation.orgId, user.id, invitation.roles, null, origin);
+      await tx.update(invitations).set({ acceptedUserId: user.id }).where(eq(invitations.id, invitation.id));
+      await audit.record(tx, {
+        orgId: invitation.orgId,
+        actor: { type: 'user', id: user.id, name: displayName(user) },
+        action: 'invitation.accepted',
+        resource: { type: 'invitation', id: invitation.id },
+        context: origin,
+        details: { user_id: user.id, invited_by: invitation.createdBy, existing_account: true },
+      });
+      return assigned;
+    });
+    for (const run of after) await run();
+    return {
+      view: { user, active: true, roles: await authz.rolesOf(invitation.orgId, user.id) },
+      orgId: invitation.orgId,
+    };
+  }
+
+  /** Marks the invitation used, once: two requests racing with one token cannot both use it. */
+  async function claim(tx: DbOrTx, invitation: Invitation, now: Date): Promise<void> {
+    const [claimed] = await tx
+      .update(invitations)
+      .set({ acceptedAt: now })
+      .where(
+        and(
+          eq(invitations.id, invitation.id),
+          isNull(invitations.acceptedAt),
+          isNull(invitations.revokedAt),
+          gt(invitations.expiresAt, now),
+        ),
+      )
+      .returning({ id: invitations.id });
+    if (!claimed) {
+      const [again] = await tx.select().from(invitations).where(eq(invitations.id, invitation.id));
+      throw refusal(again, now) ?? identityErrors.invitation_invalid();
+    }
   }
 
   // ---------------------------------------------------------------- open sign-up

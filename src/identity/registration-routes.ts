@@ -70,7 +70,8 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
         summary: "Invite someone into the caller's org (the token is in this response only)",
         description:
           'Hand the token to the invitee, who calls `POST /v1/auth/invitations/accept`. Roles are checked now: ' +
-          'you cannot invite with a role you could not assign.',
+          'you cannot invite with a role you could not assign. Someone with an account (in another org) may be ' +
+          'invited; a member of this org may not (`already_member` 409).',
         body: z.strictObject({
           email,
           roles: z.array(roleName).max(20).optional(),
@@ -148,10 +149,13 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
       config: { access: 'public' },
       schema: {
         tags,
-        summary: 'Accept an invitation: creates your user in the inviting org, then log in',
+        summary: 'Accept an invitation: creates your user in the inviting org (or joins it), then log in',
         description:
+          'When the invited email has an account already, `password` is its current password (unchanged) and ' +
+          'the account joins the org with the invited roles; a wrong one is `invalid_credentials` 401 and counts ' +
+          'against the per-IP login limit. ' +
           'Errors: `invitation_invalid` 404, `invitation_expired` / `invitation_revoked` 410, ' +
-          '`invitation_used` 409, password policy 400, `email_taken` / `username_taken` 409.',
+          '`invitation_used` / `already_member` 409, password policy 400, `username_taken` 409.',
         body: z.strictObject({ token: z.string().min(1).max(200), ...profile }),
         response: { 201: registered },
       },

@@ -163,7 +163,7 @@ for (const { kind, skip } of STORES) {
       assert.equal(revokes.length, 1, 'one invitation.revoked event, not two');
     });
 
-    test('invitations: roles are checked against the inviter, emails in use refused, other orgs 404', async () => {
+    test('invitations: roles are checked against the inviter, members refused, other orgs 404', async () => {
       const escalate = await invite(manager, { email: 'quinn@example.com', roles: ['admin'] });
       assert.equal(escalate.statusCode, 403, escalate.body);
       const unknownRole = await invite(admin, { email: 'quinn@example.com', roles: ['no-such-role'] });
@@ -176,7 +176,7 @@ for (const { kind, skip } of STORES) {
 
       const taken = await invite(admin, { email: 'VIC@example.com' });
       assert.equal(taken.statusCode, 409);
-      assert.equal(taken.json().code, 'email_taken');
+      assert.equal(taken.json().code, 'already_member');
 
       const forbidden = await invite(viewer, { email: 'rita@example.com' });
       assert.equal(forbidden.statusCode, 403);
@@ -198,6 +198,47 @@ for (const { kind, skip } of STORES) {
         (await accept({ token: fine.json().token, password: PASS, username: 'quinn' })).statusCode,
         201,
       );
+    });
+
+    test('an account from another org joins with its own password; a wrong one is refused', async () => {
+      // Gus has an account in Globex; our admin invites him here as a developer.
+      const gus = await t.call('POST', '/v1/users', {
+        token: globexAdmin,
+        body: { email: 'gus@globex.example', password: PASS, roles: ['manager'] },
+      });
+      assert.equal(gus.statusCode, 201, gus.body);
+      const created = await invite(admin, { email: 'Gus@Globex.example', roles: ['developer'] });
+      assert.equal(created.statusCode, 201, created.body);
+      const { token, id } = created.json();
+      const wrong = await accept({ token, password: 'not his password at all' });
+      assert.equal(wrong.statusCode, 401);
+      assert.equal(wrong.json().code, 'invalid_credentials');
+      const listed = await t.call('GET', '/v1/invitations', { token: admin });
+      assert.equal(
+        listed.json().data.find((i: { id: string }) => i.id === id)?.status,
+        'pending',
+        'a failed proof does not use the invitation',
+      );
+      const joined = await accept({ token, password: PASS });
+      assert.equal(joined.statusCode, 201, joined.body);
+      assert.deepEqual(joined.json().user.roles, ['developer']);
+      assert.equal(joined.json().user.id, gus.json().id, 'the same account, not a new one');
+      assert.equal((await accept({ token, password: PASS })).json().code, 'invitation_used');
+      // Same account, same password, now in both orgs: each login lands where it is asked to.
+      const here = await t.login('gus@globex.example', PASS, { org: 'default' });
+      assert.equal(here.statusCode, 200, here.body);
+      const me = await t.call('GET', '/v1/me', { token: here.json().access_token });
+      assert.deepEqual(me.json().roles, ['developer']);
+      const there = await t.login('gus@globex.example', PASS, { org: 'globex' });
+      const meThere = await t.call('GET', '/v1/me', { token: there.json().access_token });
+      assert.deepEqual(meThere.json().roles, ['manager'], 'his roles in Globex are untouched');
+      // A member is not invited twice.
+      const again = await invite(admin, { email: 'gus@globex.example' });
+      assert.equal(again.json().code, 'already_member');
+      const events = (
+        await t.call('GET', '/v1/audit/events?action=invitation.accepted', { token: admin })
+      ).json().data as Ev[];
+      assert.ok(events.some((e) => e.resource.id === id && e.details?.existing_account === true));
     });
 
     test('invitations: bad inputs answer 400, never 500', async () => {
