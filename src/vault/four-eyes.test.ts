@@ -296,6 +296,12 @@ for (const { kind, skip } of STORES) {
         body: { description: 'x' },
       });
       assert.equal(viewer.statusCode, 403);
+      const refusals = await v.t.store.db.query<{ n: number }>(
+        `select count(*)::int as n from secret_access_logs
+          where secret_id = $1 and access_type = 'write' and not success and error_code = 'permission_denied'`,
+        [secretId],
+      );
+      assert.equal(refusals[0]?.n, 1, 'a refused held change is in the access log like any other');
       const other = await v.req('PATCH', `/v1/secrets/${secretId}`, {
         token: v.tokens.other,
         body: { description: 'x' },

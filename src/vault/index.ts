@@ -1,22 +1,12 @@
-import { and, eq, isNull } from 'drizzle-orm';
 import type { FastifyPluginAsync } from 'fastify';
-import { isPermission } from '../authz/catalogue.ts';
 import type { StewardContext } from '../context.ts';
-import { isId } from '../db/ids.ts';
 import { registerFlags } from '../flags/index.ts';
-import { environments } from '../tenancy/schema.ts';
 import type { Environment } from '../tenancy/service.ts';
-import { requireOn } from './common.ts';
 import { type Applied, type ApplyInput, createFourEyes, fourEyesRoutes } from './four-eyes.ts';
-import { secretErrors } from './secrets/errors.ts';
 import { secretRoutes } from './secrets/routes.ts';
-import { secrets as secretsTable } from './secrets/schema.ts';
 import {
-  type Access,
   type CreateSecretInput,
   createSecretService,
-  type Pending,
-  type Secret,
   type UpdateSecretInput,
   type Within,
 } from './secrets/service.ts';
@@ -48,52 +38,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
   const service = createSecretService({ ...deps, bus: ctx.bus, onError });
   const settings = createSettingService(deps);
 
-  /**
-   * `PATCH /v1/secrets/{id}` held like the other secret changes: the requester's checks as the
-   * service makes them (404, `secrets:update`, `secrets:admin` for owner / required permission, a
-   * known permission), then `secret.update` is proposed. Refusals on this path are not in the
-   * access log (the service's logger is internal to it); outside four-eyes the service runs as is.
-   */
-  async function update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret | Pending> {
-    const { principal } = access;
-    const [row] = isId('sec', id)
-      ? await ctx.db.db
-          .select({
-            name: secretsTable.name,
-            environmentId: secretsTable.environmentId,
-            env: environments.name,
-          })
-          .from(secretsTable)
-          .innerJoin(environments, eq(environments.id, secretsTable.environmentId))
-          .where(
-            and(
-              eq(secretsTable.orgId, principal.orgId),
-              eq(secretsTable.id, id),
-              isNull(secretsTable.deletedAt),
-            ),
-          )
-      : [];
-    if (!row || !(await changes.fourEyes.required(principal.orgId, row.env))) {
-      return service.update(access, id, input);
-    }
-    await requireOn(ctx.authz, principal, 'secrets:update', { type: 'secrets', id });
-    if (input.required_permission !== undefined || input.owner_id !== undefined) {
-      await requireOn(ctx.authz, principal, 'secrets:admin', { type: 'secrets', id });
-    }
-    if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
-      throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
-    }
-    const changeId = await changes.fourEyes.propose(access, {
-      kind: 'secret.update',
-      environmentId: row.environmentId,
-      targetId: id,
-      payload: input,
-      // Metadata, never the value: shown to reviewers as is.
-      summary: { name: row.name, environment: row.env, changes: input },
-    });
-    return { pending: true, changeId };
-  }
-  const secrets = { ...service, update };
+  const secrets = service;
 
   const envOf = (env: Environment | null): Environment => {
     if (env === null) throw new Error('a setting change without its environment');
@@ -154,12 +99,12 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
       return targetId;
     }),
   );
-  // The service's update re-checks the requester's permissions at approval: they still need them.
+  // The requester's permissions are checked again at approval: they must still hold them.
   changes.register(
     'secret.update',
     applySecret(
       async ({ requester, payload, targetId }, within) =>
-        (await service.update(requester, targetId ?? '', payload as UpdateSecretInput, within)).id,
+        (await service.apply.update(requester, targetId ?? '', payload as UpdateSecretInput, within)).id,
     ),
   );
   changes.register('setting.put', async ({ tx, requester, payload, environment, approvedBy }) => {

@@ -12,13 +12,7 @@ import {
   type Secret,
   type SecretService,
   type SecretVersionInfo,
-  type UpdateSecretInput,
 } from './service.ts';
-
-/** The secrets service with metadata updates that four-eyes may hold (src/vault/index.ts). */
-export type HeldSecretService = Omit<SecretService, 'update'> & {
-  update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret | Pending>;
-};
 
 const MAX_VALUE_BYTES = 65_536;
 
@@ -143,7 +137,7 @@ const toolHeader = z.looseObject({
  * `/v1/secrets`. Per-secret routes authenticate at the route and check the permission on the
  * secret itself in the service, so grants on one secret id work.
  */
-export const secretRoutes: FastifyPluginAsyncZod<{ secrets: HeldSecretService; clock: () => Date }> = async (
+export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock: () => Date }> = async (
   app,
   { secrets, clock },
 ) => {

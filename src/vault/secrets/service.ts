@@ -869,8 +869,34 @@ export function createSecretService({
     return result.secret;
   }
 
-  /** Changes metadata (not the value). Owner and required permission need `secrets:admin`. */
-  async function update(
+  /**
+   * Changes metadata (not the value). Owner and required permission need `secrets:admin`. Held
+   * for a second approver where four-eyes covers the environment, after the same checks.
+   */
+  async function update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret | Pending> {
+    return logged(access, 'write', id, async () => {
+      const secret = await checkUpdate(access, id, input);
+      // Metadata, never the value: shown to reviewers as is.
+      const pending = await gate(access, secret, 'secret.update', input, { changes: input });
+      return pending ?? writeUpdate(access, secret, input);
+    });
+  }
+
+  /** The requester's checks for a metadata change, made again when an approval applies it. */
+  async function checkUpdate(access: Access, id: string, input: UpdateSecretInput, tx?: DbOrTx) {
+    const secret = await loadLive(access.principal.orgId, id, tx);
+    await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+    if (input.required_permission !== undefined || input.owner_id !== undefined) {
+      await requireOn(authz, access.principal, 'secrets:admin', { type: 'secrets', id });
+    }
+    if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
+      throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
+    }
+    return secret;
+  }
+
+  /** An approved metadata change: the requester's checks again, then the write. */
+  async function applyUpdate(
     access: Access,
     id: string,
     input: UpdateSecretInput,
@@ -880,65 +906,65 @@ export function createSecretService({
       access,
       'write',
       id,
-      async () => {
-        const secret = await loadLive(access.principal.orgId, id, within?.tx);
-        await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
-        if (input.required_permission !== undefined || input.owner_id !== undefined) {
-          await requireOn(authz, access.principal, 'secrets:admin', { type: 'secrets', id });
-        }
-        if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
-          throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
-        }
-        const out = await inTx(within, async (tx) => {
-          const before = await loadLive(access.principal.orgId, id, tx, true);
-          const now = clock();
-          const rotationEnabled = input.rotation_enabled ?? before.rotationEnabled;
-          const rotationDays = input.rotation_days === undefined ? before.rotationDays : input.rotation_days;
-          const [row] = await tx
-            .update(secrets)
-            .set({
-              ...(input.display_name !== undefined ? { displayName: input.display_name } : {}),
-              ...(input.description !== undefined ? { description: input.description } : {}),
-              ...(input.secret_type !== undefined ? { secretType: input.secret_type } : {}),
-              ...(input.tags !== undefined ? { tags: input.tags } : {}),
-              ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
-              ...(input.owner_id !== undefined ? { ownerId: input.owner_id } : {}),
-              ...(input.required_permission !== undefined
-                ? { requiredPermission: input.required_permission }
-                : {}),
-              ...(input.active !== undefined ? { active: input.active } : {}),
-              ...(input.expires_at !== undefined
-                ? { expiresAt: input.expires_at === null ? null : new Date(input.expires_at) }
-                : {}),
-              rotationEnabled,
-              rotationDays,
-              nextRotationAt: nextRotation(
-                rotationEnabled,
-                rotationDays,
-                before.lastRotatedAt ?? before.createdAt,
-              ),
-              updatedBy: access.principal.id,
-              updatedAt: now,
-            })
-            .where(eq(secrets.id, id))
-            .returning();
-          if (!row) throw secretErrors.secret_not_found();
-          await audit.record(tx, {
-            orgId: secret.orgId,
-            actor: actor(access),
-            action: 'secret.updated',
-            resource: { type: 'secret', id },
-            context: access.context,
-            changes: { before: auditView(before), after: auditView(row) },
-          });
-          await writeLog(tx, access, { secretId: id, type: 'write', success: true });
-          return { ...row, environment: secret.environment };
-        });
-        await changedNowOrAfter(within, id);
-        return out;
-      },
+      async () => writeUpdate(access, await checkUpdate(access, id, input, within?.tx), input, within),
       within,
     );
+  }
+
+  async function writeUpdate(
+    access: Access,
+    secret: Secret,
+    input: UpdateSecretInput,
+    within?: Within,
+  ): Promise<Secret> {
+    const { id } = secret;
+    const out = await inTx(within, async (tx) => {
+      const before = await loadLive(access.principal.orgId, id, tx, true);
+      const now = clock();
+      const rotationEnabled = input.rotation_enabled ?? before.rotationEnabled;
+      const rotationDays = input.rotation_days === undefined ? before.rotationDays : input.rotation_days;
+      const [row] = await tx
+        .update(secrets)
+        .set({
+          ...(input.display_name !== undefined ? { displayName: input.display_name } : {}),
+          ...(input.description !== undefined ? { description: input.description } : {}),
+          ...(input.secret_type !== undefined ? { secretType: input.secret_type } : {}),
+          ...(input.tags !== undefined ? { tags: input.tags } : {}),
+          ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
+          ...(input.owner_id !== undefined ? { ownerId: input.owner_id } : {}),
+          ...(input.required_permission !== undefined
+            ? { requiredPermission: input.required_permission }
+            : {}),
+          ...(input.active !== undefined ? { active: input.active } : {}),
+          ...(input.expires_at !== undefined
+            ? { expiresAt: input.expires_at === null ? null : new Date(input.expires_at) }
+            : {}),
+          rotationEnabled,
+          rotationDays,
+          nextRotationAt: nextRotation(
+            rotationEnabled,
+            rotationDays,
+            before.lastRotatedAt ?? before.createdAt,
+          ),
+          updatedBy: access.principal.id,
+          updatedAt: now,
+        })
+        .where(eq(secrets.id, id))
+        .returning();
+      if (!row) throw secretErrors.secret_not_found();
+      await audit.record(tx, {
+        orgId: secret.orgId,
+        actor: actor(access),
+        action: 'secret.updated',
+        resource: { type: 'secret', id },
+        context: access.context,
+        changes: { before: auditView(before), after: auditView(row) },
+      });
+      await writeLog(tx, access, { secretId: id, type: 'write', success: true });
+      return { ...row, environment: secret.environment };
+    });
+    await changedNowOrAfter(within, id);
+    return out;
   }
 
   /** Soft delete: the secret disappears from the API; versions and logs stay for the record. */
@@ -1078,7 +1104,13 @@ export function createSecretService({
     announceDueRotations,
     startRotationScheduler,
     /** Used by four-eyes once a change is approved. */
-    apply: { create: applyCreate, value: applyValue, rollback: applyRollback, remove: applyRemove },
+    apply: {
+      create: applyCreate,
+      value: applyValue,
+      rollback: applyRollback,
+      remove: applyRemove,
+      update: applyUpdate,
+    },
     /** After an approval's commit: the cache invalidations its applies deferred. */
     committed: async (within: Within) => {
       for (const id of within.changed) await changed(id);
