@@ -149,6 +149,20 @@ export function createSettingService({
     return row ?? null;
   }
 
+  /** The live setting, locked for this transaction, if it is still at `expectedVersion`. */
+  async function lockAt(tx: DbOrTx, orgId: string, env: Environment, key: string, expectedVersion: number) {
+    const row = await find(orgId, env, key, tx, true);
+    if (!row || row.deletedAt !== null) {
+      throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
+    }
+    if (row.version !== expectedVersion) {
+      throw settingErrors.version_conflict(`The setting is at version ${row.version}`, {
+        current_version: row.version,
+      });
+    }
+    return row;
+  }
+
   async function load(orgId: string, envName: string, key: string, includeDeleted = false) {
     const env = await tenancy.environmentByName(orgId, envName);
     const row = await find(orgId, env, key);
@@ -459,15 +473,7 @@ export function createSettingService({
   ): Promise<Setting> {
     const { principal } = access;
     return inTx(outerTx, async (tx) => {
-      const before = await find(principal.orgId, env, key, tx, true);
-      if (!before || before.deletedAt !== null) {
-        throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
-      }
-      if (before.version !== expectedVersion) {
-        throw settingErrors.version_conflict(`The setting is at version ${before.version}`, {
-          current_version: before.version,
-        });
-      }
+      const before = await lockAt(tx, principal.orgId, env, key, expectedVersion);
       const [target] = await tx
         .select()
         .from(settingHistory)
@@ -576,15 +582,7 @@ export function createSettingService({
   ): Promise<string> {
     const { principal } = access;
     return inTx(outerTx, async (tx) => {
-      const before = await find(principal.orgId, env, key, tx, true);
-      if (!before || before.deletedAt !== null) {
-        throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
-      }
-      if (before.version !== expectedVersion) {
-        throw settingErrors.version_conflict(`The setting is at version ${before.version}`, {
-          current_version: before.version,
-        });
-      }
+      const before = await lockAt(tx, principal.orgId, env, key, expectedVersion);
       const now = clock();
       const version = before.version + 1;
       const state = {
