@@ -6,6 +6,7 @@ import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { DbOrTx } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
+import { StewardError } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import type { Organization } from '../tenancy/service.ts';
 import {
@@ -30,8 +31,10 @@ export type InvitationStatus = 'pending' | 'accepted' | 'revoked' | 'expired';
 /** Per-org identity settings; absent row = these defaults. */
 export interface SignupSettings {
   openSignup: boolean;
+  /** The role a signed-up user starts with; null: none. */
+  signupRole: string | null;
 }
-export const DEFAULT_SIGNUP_SETTINGS: SignupSettings = { openSignup: false };
+export const DEFAULT_SIGNUP_SETTINGS: SignupSettings = { openSignup: false, signupRole: null };
 
 export const INVITATION_DEFAULT_TTL_HOURS = 7 * 24;
 const INVITATION_TOKEN_PREFIX = 'inv_';
@@ -341,7 +344,7 @@ export function createInvitations(core: IdentityCore) {
 
   async function settingsOf(orgId: string): Promise<SignupSettings> {
     const [row] = await db.db.select().from(identitySettings).where(eq(identitySettings.orgId, orgId));
-    return row ? { openSignup: row.openSignup } : DEFAULT_SIGNUP_SETTINGS;
+    return row ? { openSignup: row.openSignup, signupRole: row.signupRole } : DEFAULT_SIGNUP_SETTINGS;
   }
 
   async function getSettings(principal: Principal): Promise<SignupSettings> {
@@ -353,6 +356,8 @@ export function createInvitations(core: IdentityCore) {
     input: SignupSettings,
     origin: AuditContext,
   ): Promise<SignupSettings> {
+    // The caller must be able to assign the role themselves (an unknown role is 404).
+    if (input.signupRole !== null) await assertRolesAssignable(principal, [input.signupRole]);
     const before = await settingsOf(principal.orgId);
     const now = clock();
     await db.db.transaction(async (tx) => {
@@ -369,7 +374,10 @@ export function createInvitations(core: IdentityCore) {
         action: 'signup.policy_changed',
         resource: { type: 'identity_settings', id: principal.orgId },
         context: origin,
-        changes: { before: { open_signup: before.openSignup }, after: { open_signup: input.openSignup } },
+        changes: {
+          before: { open_signup: before.openSignup, signup_role: before.signupRole },
+          after: { open_signup: input.openSignup, signup_role: input.signupRole },
+        },
       });
     });
     return input;
@@ -381,8 +389,9 @@ export function createInvitations(core: IdentityCore) {
   }
 
   /**
-   * Public sign-up into an org whose `open_signup` is on; the new user has no role until an admin
-   * gives one. A closed or unknown org answers the same 403. Refusals count against the per-IP
+   * Public sign-up into an org whose `open_signup` is on; the new user starts with the org's
+   * `signup_role`, or none (also when that role has been deleted since it was chosen). A closed
+   * or unknown org answers the same 403. Refusals count against the per-IP
    * login limiter, so sign-up cannot be used to enumerate emails faster than logins can.
    */
   async function signup(
@@ -392,7 +401,8 @@ export function createInvitations(core: IdentityCore) {
     const wait = await limiter.blockedFor(origin.ip);
     if (wait > 0) throw rateLimitedError(wait);
     const org = await findOrg(input.org);
-    if (!org || !(await settingsOf(org.id)).openSignup) {
+    const settings = org ? await settingsOf(org.id) : DEFAULT_SIGNUP_SETTINGS;
+    if (!org || !settings.openSignup) {
       await limiter.recordFailure(origin.ip);
       throw identityErrors.signup_disabled();
     }
@@ -404,8 +414,8 @@ export function createInvitations(core: IdentityCore) {
       throw error;
     }
     const hash = await hashPassword(input.password);
-    const { user, after } = await db.db
-      .transaction(async (tx) => {
+    const register = (roles: string[]) =>
+      db.db.transaction(async (tx) => {
         const created = await insertMember(
           core,
           tx,
@@ -415,7 +425,7 @@ export function createInvitations(core: IdentityCore) {
             fullName: input.full_name,
             passwordHash: hash,
             orgId: org.id,
-            roles: [],
+            roles,
             createdBy: null,
             by: null,
           },
@@ -433,14 +443,24 @@ export function createInvitations(core: IdentityCore) {
               email: created.user.email,
               username: created.user.username,
               full_name: created.user.fullName,
+              roles,
             },
           },
         });
         return created;
+      });
+    const roles = settings.signupRole === null ? [] : [settings.signupRole];
+    const { user, after } = await register(roles)
+      .catch((error: unknown) => {
+        // The role was deleted after it was chosen: the user signs up without one, as by default.
+        if (roles.length > 0 && error instanceof StewardError && error.code === 'role_not_found') {
+          return register([]);
+        }
+        throw error;
       })
       .catch(uniqueViolation);
     for (const run of after) await run();
-    return { view: { user, active: true, roles: [] }, orgId: org.id };
+    return { view: { user, active: true, roles: await authz.rolesOf(org.id, user.id) }, orgId: org.id };
   }
 
   return {

@@ -188,8 +188,20 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
     },
   );
 
-  const settingsSchema = z.strictObject({
-    open_signup: z.boolean().describe('Anyone may create a user in this org with POST /v1/auth/signup.'),
+  const openSignup = z.boolean().describe('Anyone may create a user in this org with POST /v1/auth/signup.');
+  const signupRole = z
+    .string()
+    .min(1)
+    .max(100)
+    .nullable()
+    .describe(
+      'The role a signed-up user starts with (one you can assign yourself); null: none until an admin gives one.',
+    );
+  const settingsSchema = z.object({ open_signup: openSignup, signup_role: signupRole });
+  const settingsBody = z.strictObject({ open_signup: openSignup, signup_role: signupRole.optional() });
+  const settingsView = (s: { openSignup: boolean; signupRole: string | null }) => ({
+    open_signup: s.openSignup,
+    signup_role: s.signupRole,
   });
 
   app.get(
@@ -199,8 +211,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
       schema: { tags, summary: "The org's registration settings", response: { 200: settingsSchema } },
     },
     async (request) => {
-      const s = await identity.getSignupSettings(callerOf(request));
-      return { open_signup: s.openSignup };
+      return settingsView(await identity.getSignupSettings(callerOf(request)));
     },
   );
 
@@ -211,17 +222,18 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
       schema: {
         tags,
         summary: "Set the org's registration settings",
-        body: settingsSchema,
+        description: 'Replaces both settings: an omitted `signup_role` is none.',
+        body: settingsBody,
         response: { 200: settingsSchema },
       },
     },
     async (request) => {
       const s = await identity.putSignupSettings(
         callerOf(request),
-        { openSignup: request.body.open_signup },
+        { openSignup: request.body.open_signup, signupRole: request.body.signup_role ?? null },
         contextOf(request),
       );
-      return { open_signup: s.openSignup };
+      return settingsView(s);
     },
   );
 };

@@ -169,6 +169,8 @@ export const identitySettings = pgTable('identity_settings', {
     .primaryKey()
     .references(() => organizations.id, { onDelete: 'cascade' }),
   openSignup: boolean('open_signup').notNull().default(false),
+  /** The role a signed-up user starts with (by name); null: none until an admin gives one. */
+  signupRole: text('signup_role'),
   updatedBy: text('updated_by'),
   ...timestamps,
 });

@@ -1,0 +1,1 @@
+ALTER TABLE "identity_settings" ADD COLUMN "signup_role" text;
