@@ -180,7 +180,7 @@ export function createAuditService({
       else await db.db.transaction((inner) => insertLinked(inner, rows));
       return;
     }
-    await rawInsertMany(tx, 'postgres', 'audit_events', EVENT_COLUMNS, rows.map(eventValues));
+    await rawInsertMany(tx, db.kind, 'audit_events', EVENT_COLUMNS, rows.map(eventValues));
     sequencer.nudge();
   }
 
