@@ -2,11 +2,11 @@
 // transaction (as a domain change records it), from concurrent writers in ONE org
 // (the worst case for a per-org chain), then linked by the sequencer and verified.
 import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { createAuditService } from '../src/audit/service.ts';
 import { type DbHandle, openDatabase } from '../src/db/client.ts';
 import { newId } from '../src/db/ids.ts';
 import { runMigrations } from '../src/db/migrate.ts';
+import { createTestDatabase } from '../test/helpers/postgres.ts';
 
 async function measure(label: string, db: DbHandle, writers: number, total: number) {
   const audit = createAuditService({ db, checkpointKey: randomBytes(32), defaultRetentionDays: 365 });
@@ -52,21 +52,15 @@ await measure('PGlite (in memory)', pglite, 1, 5000);
 await pglite.close();
 
 if (process.env.DATABASE_URL) {
-  const name = `steward_bench_${randomBytes(4).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: process.env.DATABASE_URL });
-  await admin.connect();
-  await admin.query(`create database ${name}`);
-  const url = new URL(process.env.DATABASE_URL);
-  url.pathname = `/${name}`;
-  const db = await openDatabase({ dataDir: 'unused', databaseUrl: url.toString(), poolSize: 40 });
+  const postgres = await createTestDatabase();
+  const db = await openDatabase({ dataDir: 'unused', databaseUrl: postgres.url, poolSize: 40 });
   try {
     await runMigrations(db);
     await measure('PostgreSQL (1 writer)', db, 1, 2000);
     await measure('PostgreSQL (32 writers)', db, 32, 20000);
   } finally {
     await db.close();
-    await admin.query(`drop database ${name} with (force)`);
-    await admin.end();
+    await postgres.drop();
   }
 } else {
   console.log('PostgreSQL: skipped (DATABASE_URL is not set)');
