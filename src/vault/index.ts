@@ -38,7 +38,6 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
   const service = createSecretService({ ...deps, bus: ctx.bus, onError });
   const settings = createSettingService(deps);
 
-  const secrets = service;
 
   const envOf = (env: Environment | null): Environment => {
     if (env === null) throw new Error('a setting change without its environment');
@@ -149,7 +148,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
     );
     return { resultId: id };
   });
-  return { secrets, settings, changes };
+  return { secrets: service, settings, changes };
 }
 
 /** The vault: secrets, settings, four-eyes changes (flags plug in below), and the rotation scheduler. */
