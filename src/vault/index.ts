@@ -38,7 +38,6 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
   const service = createSecretService({ ...deps, bus: ctx.bus, onError });
   const settings = createSettingService(deps);
 
-
   const envOf = (env: Environment | null): Environment => {
     if (env === null) throw new Error('a setting change without its environment');
     return env;
