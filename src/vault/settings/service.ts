@@ -95,6 +95,15 @@ const auditView = (s: {
   version: s.version,
 });
 
+/** Who made a history entry, from where: the same fields on every entry. */
+const changedByOf = (access: Access) => ({
+  changedBy: access.principal.id,
+  changedByType: access.principal.kind,
+  ip: access.context.ip,
+  userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
+  requestId: access.context.requestId,
+});
+
 /**
  * Typed settings with optimistic concurrency (version = ETag), validation rules, immutable history
  * and rollback. Secret settings are masked in every response, history entry and audit event.
@@ -364,11 +373,7 @@ export function createSettingService({
           orgId: principal.orgId,
           action: before ? 'updated' : 'created',
           ...state,
-          changedBy: principal.id,
-          changedByType: principal.kind,
-          ip: access.context.ip,
-          userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
-          requestId: access.context.requestId,
+          ...changedByOf(access),
           createdAt: now,
         });
         const beforeValue = before ? decodeForAudit(before) : undefined;
@@ -518,11 +523,7 @@ export function createSettingService({
         action: 'rolled_back',
         ...state,
         restoredFrom: toVersion,
-        changedBy: principal.id,
-        changedByType: principal.kind,
-        ip: access.context.ip,
-        userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
-        requestId: access.context.requestId,
+        ...changedByOf(access),
         createdAt: now,
       });
       await audit.record(tx, {
@@ -606,11 +607,7 @@ export function createSettingService({
         orgId: principal.orgId,
         action: 'deleted',
         ...state,
-        changedBy: principal.id,
-        changedByType: principal.kind,
-        ip: access.context.ip,
-        userAgent: access.context.userAgent?.slice(0, 1000) ?? null,
-        requestId: access.context.requestId,
+        ...changedByOf(access),
         createdAt: now,
       });
       await audit.record(tx, {
