@@ -31,7 +31,7 @@ export interface LoadOptions {
 const TICK_US = 10_000; // /proc reports CPU time in clock ticks of 1/100 s (CLK_TCK on Linux)
 
 /** utime + stime of a process, in µs; undefined where /proc is not readable. */
-function cpuUs(pid: number | undefined): number | undefined {
+export function cpuUs(pid: number | undefined): number | undefined {
   if (pid === undefined) return undefined;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');

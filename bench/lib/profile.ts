@@ -19,7 +19,9 @@ interface Profile {
   timeDeltas: number[];
 }
 
-const [file, topArg, windowArg, callersOf] = process.argv.slice(2);
+const [file, topArg, windowText, callersOf] = process.argv.slice(2);
+// An empty window argument (to reach callersOf) means the whole profile.
+const windowArg = windowText === '' ? undefined : windowText;
 if (!file) throw new Error('usage: profile.ts <file.cpuprofile> [top]');
 const top = Number(topArg ?? 40);
 const profile = JSON.parse(readFileSync(file, 'utf8')) as Profile;

@@ -13,6 +13,12 @@ export interface SequencerOptions {
    * sweep is a query: on PGlite that is main-thread time, so not more often than needed.
    */
   intervalMs?: number;
+  /**
+   * How long a nudge waits before its pass, so that a burst of writes is linked in one pass.
+   * Default: 5 ms on PostgreSQL; 50 ms on PGlite, where a pass is about seven statements on the
+   * thread that serves requests (at 8 concurrent logins, a 5 ms wait made 0.55 passes per login).
+   */
+  nudgeDelayMs?: number;
   onError?: (error: unknown) => void;
 }
 
@@ -30,6 +36,7 @@ export function createSequencer({
   db,
   batchSize = 1000,
   intervalMs = 1000,
+  nudgeDelayMs = db.kind === 'pglite' ? 50 : 5,
   onError = () => {},
 }: SequencerOptions) {
   let timer: NodeJS.Timeout | undefined;
@@ -125,7 +132,7 @@ export function createSequencer({
       soon = setTimeout(() => {
         soon = undefined;
         background();
-      }, 5);
+      }, nudgeDelayMs);
       soon.unref();
     },
     start(): void {

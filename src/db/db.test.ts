@@ -6,12 +6,28 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';
 import { openDatabase } from './client.ts';
-import { isId, newId, prefixOf } from './ids.ts';
+import { isId, newId, pooledRandom, prefixOf } from './ids.ts';
 import { DataDirLockedError, lockDataDir } from './lock.ts';
 
 const tempDir = () => mkdtempSync(join(tmpdir(), 'steward-db-'));
 
 describe('ids', () => {
+  test('the pooled random source gives every byte value, evenly, across pool refills', () => {
+    const random = pooledRandom();
+    const counts = new Array<number>(256).fill(0);
+    const draws = 256 * 200; // 12.5 pools of 4 KiB
+    for (let i = 0; i < draws; i++) {
+      const r = random();
+      assert.ok(r >= 0 && r < 1 && Number.isInteger(r * 256), String(r));
+      counts[r * 256] = (counts[r * 256] ?? 0) + 1;
+    }
+    // Expected 200 each; a fair source stays within ±50% with overwhelming probability (σ ≈ 14).
+    assert.ok(
+      counts.every((n) => n > 100 && n < 300),
+      `min ${Math.min(...counts)} max ${Math.max(...counts)}`,
+    );
+  });
+
   test('typed, well-formed and time-ordered', () => {
     const ids = Array.from({ length: 1000 }, () => newId('evt'));
     assert.ok(ids.every((id) => isId('evt', id)));

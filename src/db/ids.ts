@@ -1,3 +1,4 @@
+import { randomFillSync } from 'node:crypto';
 import { monotonicFactory } from 'ulidx';
 
 /**
@@ -38,7 +39,24 @@ export type IdPrefix = keyof typeof ID_PREFIXES;
 
 // Monotonic: ids made in the same millisecond still sort in creation order,
 // which keeps time-ordered ids (events, messages) usable as cursors.
-const ulid = monotonicFactory();
+const ulid = monotonicFactory(pooledRandom());
+
+/**
+ * ulidx's own source of randomness asks the OS for one byte per character (16 calls per id): on a
+ * reveal that was 3.6% of the server's CPU. This one draws the same CSPRNG bytes 4 KiB at a time.
+ * A byte / 256 picks each of the 32 Base32 characters with exactly equal chance (256 = 8 × 32).
+ */
+export function pooledRandom(): () => number {
+  const pool = Buffer.alloc(4096);
+  let next = pool.length;
+  return () => {
+    if (next === pool.length) {
+      randomFillSync(pool);
+      next = 0;
+    }
+    return (pool[next++] as number) / 256;
+  };
+}
 
 /** A new time-ordered id, e.g. `newId('org')` → `org_01JD…`. */
 export function newId<P extends IdPrefix>(prefix: P): `${P}_${string}` {

@@ -3,7 +3,9 @@ import { performance } from 'node:perf_hooks';
 import { describe, it } from 'node:test';
 import { hash, parseOptions } from '@node-rs/argon2';
 import {
+  ARGON2_CONCURRENCY,
   ARGON2_PARAMS,
+  argon2Running,
   checkPasswordPolicy,
   DUMMY_HASH,
   hashPassword,
@@ -72,6 +74,29 @@ describe('hashPassword / verifyPassword', () => {
         v: 1,
       },
     );
+  });
+
+  it('runs at most one Argon2 computation per core, and every queued one completes', async () => {
+    const h = await hashPassword('correct horse battery staple');
+    let peak = 0;
+    const sample = setInterval(() => {
+      peak = Math.max(peak, argon2Running());
+    }, 1);
+    const many = 3 * ARGON2_CONCURRENCY + 1;
+    const results = await Promise.all(
+      Array.from({ length: many }, (_, i) =>
+        i % 3 === 2
+          ? verifyDummy().then(() => false)
+          : verifyPassword(h, i % 3 === 0 ? 'correct horse battery staple' : 'wrong').then((c) => c.ok),
+      ),
+    );
+    clearInterval(sample);
+    assert.deepEqual(
+      results,
+      Array.from({ length: many }, (_, i) => i % 3 === 0),
+    );
+    assert.ok(peak >= 1 && peak <= ARGON2_CONCURRENCY, `peak ${peak}, limit ${ARGON2_CONCURRENCY}`);
+    assert.equal(argon2Running(), 0, 'every slot handed back');
   });
 
   it('spends about as long on an unknown user as on a wrong password', async () => {

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { Algorithm, Options } from '@node-rs/argon2';
 import { hash, parseOptions, verify } from '@node-rs/argon2';
 
@@ -25,12 +26,37 @@ export const DUMMY_HASH =
 // Far above any password the policy accepts, far below what would make hashing the input costly.
 const VERIFY_INPUT_LIMIT = 4 * PASSWORD_MAX_LENGTH;
 
+/**
+ * At most one Argon2 computation per core at a time; the rest wait their turn in order. libuv's
+ * pool runs four at once, and on this 2-core machine four 12 MiB computations evicted each other
+ * from cache and starved the event loop of CPU: 77 logins/s with four at once, 96/s with two
+ * (bench/identity-http.ts). An unknown user's dummy verify queues alike, so the same-time rule holds.
+ */
+export const ARGON2_CONCURRENCY = availableParallelism();
+let running = 0;
+const waiting: (() => void)[] = [];
+
+async function gated<T>(task: () => Promise<T>): Promise<T> {
+  if (running < ARGON2_CONCURRENCY) running++;
+  else await new Promise<void>((resolve) => waiting.push(resolve)); // the finisher hands its slot over
+  try {
+    return await task();
+  } finally {
+    const next = waiting.shift();
+    if (next) next();
+    else running--;
+  }
+}
+
+/** Argon2 computations running now (tests: never above ARGON2_CONCURRENCY). */
+export const argon2Running = () => running;
+
 // NFKC so that the same password typed on two keyboards (composed vs decomposed é) matches.
 const normalize = (password: string) => password.normalize('NFKC');
 
 /** Argon2id hash in PHC string form, computed on the libuv thread pool. */
 export function hashPassword(password: string): Promise<string> {
-  return hash(normalize(password), OPTIONS);
+  return gated(() => hash(normalize(password), OPTIONS));
 }
 
 /** Result of a password check; `needsRehash` is only ever true alongside `ok`. */
@@ -52,7 +78,7 @@ export async function verifyPassword(stored: string, password: string): Promise<
     await verifyDummy();
     return { ok: false, needsRehash: false };
   }
-  const ok = await verify(stored, normalize(password));
+  const ok = await gated(() => verify(stored, normalize(password)));
   const current =
     params.algorithm === ARGON2ID &&
     params.version === VERSION_0X13 &&
@@ -65,7 +91,7 @@ export async function verifyPassword(stored: string, password: string): Promise<
 
 /** Spends the time of one real verify, so an unknown user answers as slowly as a wrong password. */
 export async function verifyDummy(): Promise<void> {
-  await verify(DUMMY_HASH, 'not the password');
+  await gated(() => verify(DUMMY_HASH, 'not the password'));
 }
 
 /** Why a new password is refused. */
