@@ -7,9 +7,9 @@
 // database on that PostgreSQL server, dropped afterwards)
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent, request } from 'node:http';
 import autocannon from 'autocannon';
 import { createTestDatabase } from '../test/helpers/postgres.ts';
 import { cpuUs, load, report } from './lib/load.ts';
