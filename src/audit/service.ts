@@ -1,8 +1,9 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { and, asc, eq, gt, sql } from 'drizzle-orm';
 import { PgTransaction } from 'drizzle-orm/pg-core';
-import { type DbHandle, type DbOrTx, rawExecute, rawInsertMany, rawQuery } from '../db/client.ts';
+import { type DbHandle, type DbOrTx, rawInsertMany } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
+import { prepared, runPrepared } from '../db/prepared.ts';
 import type { Principal } from '../http/principal.ts';
 import type { AuditAction } from './actions.ts';
 import { type ChainedFields, eventHash, GENESIS_HASH } from './chain.ts';
@@ -125,10 +126,15 @@ const eventValues = (row: Row): unknown[] => [
 ];
 
 /** Takes the org's chain head (created at genesis on first use) and holds it until commit. */
-const LOCK_HEAD =
+const LOCK_HEAD = prepared(
+  'audit_lock_head',
   'insert into audit_chain_heads (org_id, last_seq, last_hash) values ($1, 0, $2) ' +
-  'on conflict (org_id) do update set last_seq = audit_chain_heads.last_seq returning last_seq, last_hash';
-const MOVE_HEAD = 'update audit_chain_heads set last_seq = $1, last_hash = $2 where org_id = $3';
+    'on conflict (org_id) do update set last_seq = audit_chain_heads.last_seq returning last_seq, last_hash',
+);
+const MOVE_HEAD = prepared(
+  'audit_move_head',
+  'update audit_chain_heads set last_seq = $1, last_hash = $2 where org_id = $3',
+);
 
 /** HKDF purpose of the key that signs purge checkpoints. */
 export const AUDIT_CHECKPOINT_KEY_PURPOSE = 'steward/audit/checkpoint/v1';
@@ -190,7 +196,7 @@ export function createAuditService({
     for (const row of rows) byOrg.set(row.orgId, [...(byOrg.get(row.orgId) ?? []), row]);
     for (const orgId of [...byOrg.keys()].sort()) {
       const events = byOrg.get(orgId) ?? [];
-      const [head] = await rawQuery<{ last_seq: string | number; last_hash: string }>(tx, LOCK_HEAD, [
+      const [head] = await runPrepared<{ last_seq: string | number; last_hash: string }>(tx, LOCK_HEAD, [
         orgId,
         GENESIS_HASH,
       ]);
@@ -205,7 +211,7 @@ export function createAuditService({
         return values;
       });
       await rawInsertMany(tx, db.kind, 'audit_events', LINKED_COLUMNS, linked);
-      await rawExecute(tx, MOVE_HEAD, [seq, prevHash, orgId]);
+      await runPrepared(tx, MOVE_HEAD, [seq, prevHash, orgId]);
     }
   }
 

@@ -4,6 +4,7 @@ import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
 import pg from 'pg';
 import { lockDataDir } from './lock.ts';
+import { type PreparedStatement, prepared, runPrepared, trackTransactions } from './prepared.ts';
 
 /**
  * The one database type every query function takes. A transaction is a PgDatabase
@@ -40,6 +41,7 @@ async function openPglite(dataDir: string): Promise<DbHandle> {
   const release = inMemory ? () => {} : lockDataDir(dataDir);
   try {
     const client = await PGlite.create(inMemory ? undefined : dataDir);
+    trackTransactions(client);
     const db = drizzlePglite({ client }) as unknown as DbOrTx;
     return {
       db,
@@ -88,7 +90,7 @@ type DriverClient = {
  * atomicity is unchanged. Fails loudly if a Drizzle upgrade moves the client, rather than
  * silently writing outside the transaction.
  */
-function driverClient(db: DbOrTx, caller: string): DriverClient {
+export function driverClient(db: DbOrTx, caller: string): DriverClient {
   const client = (db as unknown as { _?: { session?: { client?: Partial<DriverClient> } } })._?.session
     ?.client;
   if (typeof client?.query !== 'function')
@@ -127,6 +129,26 @@ function csvField(value: unknown): string {
   return text === null ? '' : `"${text.replaceAll('"', '""')}"`;
 }
 
+/** Objects and arrays as JSON text (jsonb columns), the rest as the driver takes it. */
+const asParam = (value: unknown): unknown =>
+  value !== null && typeof value === 'object' && !(value instanceof Date) ? JSON.stringify(value) : value;
+
+const singleInserts = new Map<string, PreparedStatement>();
+
+/** The prepared one-row INSERT of these columns into `table` (both the caller's constants). */
+function insertOne(table: string, columns: readonly string[]): PreparedStatement {
+  const key = `${table} (${columns.join(', ')})`;
+  let statement = singleInserts.get(key);
+  if (statement === undefined) {
+    statement = prepared(
+      `insert_one_${singleInserts.size}`,
+      `insert into ${key} values (${columns.map((_, i) => `$${i + 1}`).join(', ')})`,
+    );
+    singleInserts.set(key, statement);
+  }
+  return statement;
+}
+
 /**
  * Inserts many rows into `table` within `db` (a transaction or not). On PGlite, two rows or more
  * are one `COPY … FROM '/dev/blob'` in CSV: PGlite binds parameters in JavaScript, and a multi-row
@@ -143,9 +165,13 @@ export async function rawInsertMany(
   rows: readonly (readonly unknown[])[],
 ): Promise<void> {
   if (rows.length === 0) return;
+  // One row is one prepared INSERT anywhere: COPY pays off from the second row on.
+  if (rows.length === 1) {
+    await runPrepared(db, insertOne(table, columns), (rows[0] as readonly unknown[]).map(asParam));
+    return;
+  }
   const client = driverClient(db, 'rawInsertMany');
-  // One row is one plain INSERT anywhere: COPY pays off from the second row on.
-  if (kind === 'pglite' && rows.length > 1) {
+  if (kind === 'pglite') {
     const csv = rows.map((row) => row.map(csvField).join(',')).join('\n');
     await client.query(`copy ${table} (${columns.join(', ')}) from '/dev/blob' with (format csv)`, [], {
       blob: new Blob([csv, '\n']),
@@ -155,13 +181,7 @@ export async function rawInsertMany(
   const params: unknown[] = [];
   const tuples = rows.map((row) => {
     const at = params.length;
-    for (const value of row) {
-      params.push(
-        value !== null && typeof value === 'object' && !(value instanceof Date)
-          ? JSON.stringify(value)
-          : value,
-      );
-    }
+    for (const value of row) params.push(asParam(value));
     return `(${row.map((_, i) => `$${at + i + 1}`).join(',')})`;
   });
   await client.query(`insert into ${table} (${columns.join(', ')}) values ${tuples.join(',')}`, params);

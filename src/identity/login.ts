@@ -3,8 +3,9 @@
 import { and, eq, isNull, lt, or, sql } from 'drizzle-orm';
 import type { AuditEventInput } from '../audit/service.ts';
 import { open } from '../crypto/envelope.ts';
-import { type DbOrTx, rawExecute } from '../db/client.ts';
+import type { DbOrTx } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
+import { prepared, runPrepared } from '../db/prepared.ts';
 import type { StewardError } from '../http/errors.ts';
 import {
   displayName,
@@ -29,12 +30,14 @@ const MFA_MAX_ATTEMPTS = 5;
 
 // $1 session id, $2 user, $3 org, $4 access jti, $5 refresh hash, $6 ip, $7 user agent,
 // $8 device name, $9 now, $10 expiry.
-const OPEN_SESSION =
+const OPEN_SESSION = prepared(
+  'login_open_session',
   'with opened as (insert into sessions (id, user_id, org_id, access_jti, refresh_hash, refresh_generation, ' +
-  'ip, user_agent, device_name, created_at, last_activity_at, expires_at) ' +
-  'values ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9::timestamptz, $9::timestamptz, $10::timestamptz)) ' +
-  'update users set last_login_at = $9::timestamptz, failed_login_count = 0, lock_count = 0, locked_until = null ' +
-  'where id = $2';
+    'ip, user_agent, device_name, created_at, last_activity_at, expires_at) ' +
+    'values ($1, $2, $3, $4, $5, 0, $6, $7, $8, $9::timestamptz, $9::timestamptz, $10::timestamptz)) ' +
+    'update users set last_login_at = $9::timestamptz, failed_login_count = 0, lock_count = 0, locked_until = null ' +
+    'where id = $2',
+);
 
 /** Login steps and the session a successful one opens. */
 export function createLogin(core: IdentityCore) {
@@ -56,7 +59,7 @@ export function createLogin(core: IdentityCore) {
     const access = await core.signFor(user.id, orgId, sessionId, roles);
     // One statement for the session row and the user's login bookkeeping, straight to the driver
     // (inside `tx`): logins are a hot path and Drizzle's builder costs more than the statement.
-    await rawExecute(tx, OPEN_SESSION, [
+    await runPrepared(tx, OPEN_SESSION, [
       sessionId,
       user.id,
       orgId,

@@ -5,6 +5,7 @@ import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import { batchesInFlight, createBatcher } from '../db/batcher.ts';
 import { isId } from '../db/ids.ts';
+import { prepared, runPrepared } from '../db/prepared.ts';
 import type { Principal } from '../http/principal.ts';
 import { type IdentityCore, type Origin, requireUser, SYSTEM_ACTOR, type TokenPair } from './core.ts';
 import { identityErrors } from './errors.ts';
@@ -22,21 +23,25 @@ export interface SessionPage {
 // A row comes back only where the presented generation and hash are the session's current ones;
 // two items for one session (a token presented twice at once) move it once: the row names the
 // winner by its jti, and the other is treated as the reuse it is.
-const ROTATE_REFRESHES =
+const ROTATE_REFRESHES = prepared(
+  'refresh_rotate_many',
   'update sessions s set refresh_generation = v.gen + 1, refresh_hash = v.next_hash, access_jti = v.jti, ' +
-  'last_activity_at = $1::timestamptz ' +
-  'from jsonb_to_recordset($2::text::jsonb) as v(id text, gen int, hash text, next_hash text, jti text) ' +
-  'where s.id = v.id and s.refresh_generation = v.gen and s.refresh_hash = v.hash ' +
-  'and s.revoked_at is null and s.expires_at > $1::timestamptz ' +
-  'returning v.jti, s.user_id, s.org_id';
+    'last_activity_at = $1::timestamptz ' +
+    'from jsonb_to_recordset($2::text::jsonb) as v(id text, gen int, hash text, next_hash text, jti text) ' +
+    'where s.id = v.id and s.refresh_generation = v.gen and s.refresh_hash = v.hash ' +
+    'and s.revoked_at is null and s.expires_at > $1::timestamptz ' +
+    'returning v.jti, s.user_id, s.org_id',
+);
 
 // The same for one session, without the JSON: $1 now, $2 session, $3 generation, $4 its hash,
 // $5 next hash, $6 new access jti.
-const ROTATE_REFRESH =
+const ROTATE_REFRESH = prepared(
+  'refresh_rotate_one',
   'update sessions set refresh_generation = $3::int + 1, refresh_hash = $5, access_jti = $6, ' +
-  'last_activity_at = $1::timestamptz where id = $2 and refresh_generation = $3::int and refresh_hash = $4 ' +
-  'and revoked_at is null and expires_at > $1::timestamptz ' +
-  'returning $6 as jti, user_id, org_id';
+    'last_activity_at = $1::timestamptz where id = $2 and refresh_generation = $3::int and refresh_hash = $4 ' +
+    'and revoked_at is null and expires_at > $1::timestamptz ' +
+    'returning $6 as jti, user_id, org_id',
+);
 
 interface Rotation {
   id: string;
@@ -64,8 +69,15 @@ export function createSessions(core: IdentityCore) {
       const [one] = items;
       const rows =
         items.length === 1 && one !== undefined
-          ? await db.query<Rotated>(ROTATE_REFRESH, [now, one.id, one.gen, one.hash, one.next_hash, one.jti])
-          : await db.query<Rotated>(ROTATE_REFRESHES, [now, JSON.stringify(items)]);
+          ? await runPrepared<Rotated>(db.db, ROTATE_REFRESH, [
+              now,
+              one.id,
+              one.gen,
+              one.hash,
+              one.next_hash,
+              one.jti,
+            ])
+          : await runPrepared<Rotated>(db.db, ROTATE_REFRESHES, [now, JSON.stringify(items)]);
       const byJti = new Map(rows.map((r) => [r.jti, r]));
       return items.map((item) => byJti.get(item.jti));
     },

@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, inArray, isNull, lt, lte, or, type SQL, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, isNull, lt, lte, or, type SQL, sql } from 'drizzle-orm';
 import type { AuditActor, AuditEventInput, AuditRecorder } from '../../audit/service.ts';
 import { actorOf } from '../../audit/service.ts';
 import { isPermission } from '../../authz/catalogue.ts';
@@ -10,6 +10,7 @@ import type { Keyring } from '../../crypto/keyring.ts';
 import { batchesInFlight, createBatcher } from '../../db/batcher.ts';
 import { type DbHandle, type DbOrTx, rawInsertMany } from '../../db/client.ts';
 import { isId, newId } from '../../db/ids.ts';
+import { prepared, runPrepared } from '../../db/prepared.ts';
 import type { RequestContext } from '../../http/context.ts';
 import { StewardError } from '../../http/errors.ts';
 import type { Principal } from '../../http/principal.ts';
@@ -132,12 +133,21 @@ interface RevealRow {
   sealed: string | null;
 }
 
-const REVEAL_SQL = `select s.id, s.org_id, s.environment_id, e.name as environment, s.name, s.current_version,
+/** Marks the secrets of a reveal batch as read: $1 now, $2 their ids as a JSON array. */
+const TOUCH_SECRETS = prepared(
+  'secrets_touch',
+  'update secrets set last_accessed_at = $1 where id in (select jsonb_array_elements_text($2))',
+);
+
+const REVEAL = prepared(
+  'secrets_reveal_row',
+  `select s.id, s.org_id, s.environment_id, e.name as environment, s.name, s.current_version,
   s.required_permission, s.active, s.expires_at, s.last_accessed_at, v.value as sealed
 from secrets s
 join environments e on e.id = s.environment_id
 left join secret_versions v on v.secret_id = s.id and v.version = coalesce($3::int, s.current_version)
-where s.org_id = $1 and s.id = $2 and s.deleted_at is null`;
+where s.org_id = $1 and s.id = $2 and s.deleted_at is null`,
+);
 
 const dateOf = (d: Date | string | null) => (d === null ? null : d instanceof Date ? d : new Date(d));
 
@@ -260,7 +270,7 @@ export function createSecretService({
       if (hit && hit.until > performance.now()) return hit.row;
     }
     const seen = epoch;
-    const [row] = await db.query<RevealRow>(REVEAL_SQL, [orgId, id, version ?? null]);
+    const [row] = await runPrepared<RevealRow>(db.db, REVEAL, [orgId, id, version ?? null]);
     // Not cached when a change landed meanwhile: the row read may predate it.
     if (row && version === undefined && cacheTtlMs > 0 && seen === epoch) {
       if (revealCache.size >= 10_000) revealCache.clear();
@@ -328,6 +338,7 @@ export function createSecretService({
   const recordReveal = (entry: RevealRecord) => reveals.submit(entry);
 
   async function writeReveals(batch: RevealRecord[]): Promise<void> {
+    // Three to five statements a batch, each prepared once: the batch runs on PGlite's one thread.
     await db.db.transaction(async (tx) => {
       await rawInsertMany(
         tx,
@@ -338,7 +349,7 @@ export function createSecretService({
       );
       const touch = [...new Set(batch.flatMap((b) => (b.touch === null ? [] : [b.touch])))];
       if (touch.length > 0) {
-        await tx.update(secrets).set({ lastAccessedAt: clock() }).where(inArray(secrets.id, touch));
+        await runPrepared(tx, TOUCH_SECRETS, [clock(), JSON.stringify(touch)]);
       }
       // Last, so that the chain head is held for the shortest time. On PGlite (one connection, so
       // nobody waits on the head) the events are linked as they are written: a batch costs three
