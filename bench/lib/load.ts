@@ -30,11 +30,14 @@ export interface LoadOptions {
 
 const TICK_US = 10_000; // /proc reports CPU time in clock ticks of 1/100 s (CLK_TCK on Linux)
 
-/** utime + stime of a process, in µs; undefined where /proc is not readable. */
-export function cpuUs(pid: number | undefined): number | undefined {
+/** utime + stime of a process (or of one of its threads), in µs; undefined where /proc is not readable. */
+export function cpuUs(pid: number | undefined, thread?: number): number | undefined {
   if (pid === undefined) return undefined;
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const stat = readFileSync(
+      thread === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${thread}/stat`,
+      'utf8',
+    );
     // Fields after the command name (which may contain spaces) are space separated: utime is 14th, stime 15th.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(fields[11]) + Number(fields[12])) * TICK_US;

@@ -85,7 +85,7 @@ for (const { kind, skip } of STORES) {
         store.db.query("update audit_events set hash = repeat('b', 64) where org_id = $1", [org]),
         /append-only/,
       );
-      // An event written for the sequencer to link (the default).
+      // An event written for the sequencer to link (the default on PostgreSQL).
       await store.db.db.transaction((tx) => audit.record(tx, event(org, 1), { link: false }));
       await assert.rejects(
         store.db.query(
@@ -95,6 +95,23 @@ for (const { kind, skip } of STORES) {
         /append-only/,
       );
       assert.deepEqual(await audit.verify(org), { valid: true, checked: 2, first_bad_sequence: null });
+    });
+
+    test(`by default ${kind === 'pglite' ? 'links as written' : 'leaves linking to the sequencer'}`, async () => {
+      const org = newId('org');
+      await store.db.db.transaction((tx) => audit.record(tx, event(org, 1)));
+      const [row] = await store.db.query<{ seq: string | number | null; hash: string | null }>(
+        'select seq, hash from audit_events where org_id = $1',
+        [org],
+      );
+      if (kind === 'pglite') {
+        assert.equal(Number(row?.seq), 1, 'linked in the writing transaction');
+        assert.match(row?.hash ?? '', /^[0-9a-f]{64}$/);
+      } else {
+        assert.equal(row?.hash, null, 'left for the sequencer');
+        await audit.sequencer.flushAll();
+      }
+      assert.deepEqual(await audit.verify(org), { valid: true, checked: 1, first_bad_sequence: null });
     });
 
     test('events linked as written and events linked by the sequencer make one chain', async () => {

@@ -7,6 +7,7 @@
 // round trip (bench/pglite-prepared.ts). On PostgreSQL, node-postgres prepares a named statement
 // once per pooled connection and then skips parse and plan.
 import { type PGlite, protocol, parse as results, type Transaction } from '@electric-sql/pglite';
+import { getTableColumns, type Table } from 'drizzle-orm';
 import { type DbOrTx, driverClient } from './client.ts';
 
 /** A statement with a name unique in the process; its text is a constant, never built from input. */
@@ -22,6 +23,29 @@ export function prepared(name: string, text: string): PreparedStatement {
   if (names.has(name)) throw new Error(`prepared statement ${name} declared twice`);
   names.add(name);
   return { name: `stw_${name}`, text };
+}
+
+// Column types both drivers hand back exactly as Drizzle's own mapping would (int8, numeric and
+// timestamps in string mode differ between PGlite and node-postgres: they are not allowed here).
+const SAME_ON_BOTH_DRIVERS = new Set(['PgText', 'PgBoolean', 'PgInteger', 'PgJsonb', 'PgTimestamp']);
+
+/**
+ * The select list of every column of `table`, each aliased to its property name (`"full_name" as
+ * "fullName"`), so a prepared statement's rows have the shape Drizzle's `select()` gives. Built
+ * from the schema at module load: a column added later is selected too.
+ */
+export function selectColumns(table: Table, alias: string): string {
+  return Object.entries(getTableColumns(table))
+    .map(([property, column]) => {
+      // PgTimestamp is Drizzle's `mode: 'date'` column (string mode is PgTimestampString).
+      if (!SAME_ON_BOTH_DRIVERS.has(column.columnType)) {
+        throw new Error(
+          `selectColumns: ${column.name} (${column.columnType}) does not read the same on both drivers`,
+        );
+      }
+      return `${alias}."${column.name}" as "${property}"`;
+    })
+    .join(', ');
 }
 
 /** The PGlite instance each open transaction object belongs to (see `trackTransactions`). */

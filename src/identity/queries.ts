@@ -1,19 +1,32 @@
 import { and, asc, eq, gt, isNull, sql } from 'drizzle-orm';
 import type { DbOrTx } from '../db/client.ts';
+import { prepared, runPrepared, selectColumns } from '../db/prepared.ts';
 import { orgMemberships, sessions, users } from './schema.ts';
 
 export type User = typeof users.$inferSelect;
 export type Session = typeof sessions.$inferSelect;
 export type Membership = typeof orgMemberships.$inferSelect;
 
-/** Email lookup is case-insensitive, as the unique index is. */
+// Logins and every request's user lookups: prepared statements (src/db/prepared.ts), whose rows
+// have the shape Drizzle's select() gives. Email lookup is case-insensitive, as the unique index is.
+const USER_BY_EMAIL = prepared(
+  'user_by_email',
+  `select ${selectColumns(users, 'u')} from users u where lower(u.email) = lower($1)`,
+);
+const USER_BY_ID = prepared('user_by_id', `select ${selectColumns(users, 'u')} from users u where u.id = $1`);
+const USER_BY_EMAIL_WITH_HOME_ORG = prepared(
+  'user_by_email_with_home_org',
+  `select ${selectColumns(users, 'u')}, (select m.org_id from org_memberships m where m.user_id = u.id ` +
+    'and m.active order by m.created_at, m.org_id limit 1) as "homeOrgId" from users u where lower(u.email) = lower($1)',
+);
+
 export async function userByEmail(db: DbOrTx, email: string): Promise<User | undefined> {
-  const [row] = await db.select().from(users).where(sql`lower(${users.email}) = lower(${email})`);
+  const [row] = await runPrepared<User>(db, USER_BY_EMAIL, [email]);
   return row;
 }
 
 export async function userById(db: DbOrTx, id: string): Promise<User | undefined> {
-  const [row] = await db.select().from(users).where(eq(users.id, id));
+  const [row] = await runPrepared<User>(db, USER_BY_ID, [id]);
   return row;
 }
 
@@ -93,14 +106,10 @@ export async function userByEmailWithHomeOrg(
   db: DbOrTx,
   email: string,
 ): Promise<{ user: User; homeOrgId: string | null } | undefined> {
-  const [row] = await db
-    .select({
-      user: users,
-      homeOrgId: sql<
-        string | null
-      >`(select m.org_id from org_memberships m where m.user_id = ${users.id} and m.active order by m.created_at, m.org_id limit 1)`,
-    })
-    .from(users)
-    .where(sql`lower(${users.email}) = lower(${email})`);
-  return row;
+  const [row] = await runPrepared<User & { homeOrgId: string | null }>(db, USER_BY_EMAIL_WITH_HOME_ORG, [
+    email,
+  ]);
+  if (!row) return undefined;
+  const { homeOrgId, ...user } = row;
+  return { user, homeOrgId };
 }
