@@ -12,6 +12,7 @@ import type { Config } from './config.ts';
 import type { StewardContext } from './context.ts';
 import { type Keyring, loadKeyring } from './crypto/keyring.ts';
 import { type DbHandle, openDatabase } from './db/client.ts';
+import { startEmbeddedMaintenance } from './db/maintenance.ts';
 import { runMigrations } from './db/migrate.ts';
 import { AuthRegistry, installAccessControl } from './http/auth.ts';
 import { installMetrics } from './http/metrics.ts';
@@ -105,6 +106,23 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     }, 3_600_000);
     purgeTimer.unref();
     shutdownTasks.unshift(async () => clearInterval(purgeTimer));
+    const stopMaintenance = startEmbeddedMaintenance({
+      db,
+      intervalMs: config.PGLITE_VACUUM_INTERVAL_MINUTES * 60_000,
+      onPass: (pass) => {
+        const details = {
+          tables: pass.tables,
+          analyzed: pass.analyzed,
+          ms: Math.round(pass.ms),
+          slowest: pass.slowest,
+        };
+        // A table that held PGlite's thread this long held every request waiting on it too.
+        if ((pass.slowest?.ms ?? 0) > 500) app.log.warn(details, 'embedded vacuum: a table took over 500 ms');
+        else app.log.debug(details, 'embedded vacuum');
+      },
+      onError: (error) => app.log.error({ err: error }, 'embedded vacuum failed'),
+    });
+    shutdownTasks.unshift(stopMaintenance);
     const bus =
       deps.bus ?? (await openBus(config.REDIS_URL, (error) => app.log.error({ err: error }, 'redis')));
     if (!deps.bus) shutdownTasks.push(() => bus.close());

@@ -68,6 +68,15 @@ export const configSchema = z.object({
     .max(64 * 1024 * 1024)
     .default(1024 * 1024)
     .describe('Largest accepted request body, in bytes.'),
+  PGLITE_VACUUM_INTERVAL_MINUTES: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(1440)
+    .default(10)
+    .describe(
+      'Embedded mode only: how often Steward vacuums and analyses its tables (PGlite has no autovacuum); 0 turns it off.',
+    ),
   FLAG_METRICS_RETENTION_DAYS: z.coerce
     .number()
     .int()
