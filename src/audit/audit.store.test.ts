@@ -132,10 +132,15 @@ for (const { kind, skip } of STORES) {
         await store.db.db.transaction((tx) =>
           audit.record(tx, [tricky, event(other, round)], { link: true }),
         );
-        await store.db.db.transaction((tx) => audit.record(tx, event(org, round), { link: false }));
+        // Linked by the sequencer from the values this process remembers as written…
+        await store.db.db.transaction((tx) => audit.record(tx, [event(org, round), tricky], { link: false }));
         await audit.record(store.db.db, event(org, round), { link: true }); // opens its own transaction
       }
-      assert.deepEqual(await audit.verify(org), { valid: true, checked: 9, first_bad_sequence: null });
+      // …and from values read back, as another instance (which remembers nothing) would link them.
+      const elsewhere = createAuditService({ db: store.db, checkpointKey: key, defaultRetentionDays: 30 });
+      await store.db.db.transaction((tx) => elsewhere.record(tx, [tricky, event(org, 9)], { link: false }));
+      await audit.sequencer.flushAll();
+      assert.deepEqual(await audit.verify(org), { valid: true, checked: 14, first_bad_sequence: null });
       assert.deepEqual(await audit.verify(other), { valid: true, checked: 3, first_bad_sequence: null });
       const [stored] = await audit
         .list(org, { action: tricky.action, success: true }, { limit: 100 })

@@ -188,6 +188,7 @@ export function createAuditService({
       return;
     }
     await rawInsertMany(tx, db.kind, 'audit_events', EVENT_COLUMNS, rows.map(eventValues));
+    sequencer.remember(rows);
     sequencer.nudge();
   }
 
