@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { createTestDatabase } from '../test/helpers/postgres.ts';
-import { cpuUs, load, report } from './lib/load.ts';
+import { cpuUs, interleaved, load, report } from './lib/load.ts';
 import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
 
 const EMAIL = 'bench@example.com';
@@ -61,27 +61,17 @@ try {
 
   // 1. Authenticated route vs bare Fastify, interleaved so drift hits both alike.
   if (PARTS.has('whoami')) {
-    const rounds: Awaited<ReturnType<typeof load>>[] = [];
-    for (let i = 0; i < 2; i++) {
-      rounds.push(
-        await load({
-          label: 'bare Fastify GET /',
-          url: `${bare.url}/`,
-          seconds: SECONDS,
-          pid: bare.process.pid,
-        }),
-      );
-      rounds.push(
-        await load({
-          label: 'Steward GET /v1/auth/whoami (Bearer)',
-          url: `${steward.url}/v1/auth/whoami`,
-          headers: auth,
-          seconds: SECONDS,
-          pid: steward.process.pid,
-        }),
-      );
-    }
-    rounds.push(
+    const { best } = await interleaved(2, [
+      { label: 'bare Fastify GET /', url: `${bare.url}/`, seconds: SECONDS, pid: bare.process.pid },
+      {
+        label: 'Steward GET /v1/auth/whoami (Bearer)',
+        url: `${steward.url}/v1/auth/whoami`,
+        headers: auth,
+        seconds: SECONDS,
+        pid: steward.process.pid,
+      },
+    ]);
+    const once = [
       await load({
         label: 'Steward GET /v1/me (Bearer, reads the user row)',
         url: `${steward.url}/v1/me`,
@@ -89,21 +79,16 @@ try {
         seconds: SECONDS,
         pid: steward.process.pid,
       }),
-    );
-    rounds.push(
       await load({
         label: 'Steward GET /healthz (public)',
         url: `${steward.url}/healthz`,
         seconds: SECONDS,
         pid: steward.process.pid,
       }),
-    );
-    const best = (label: string) =>
-      rounds.filter((r) => r.label === label).sort((a, b) => b.requestsPerSec - a.requestsPerSec)[0];
-    const labels = [...new Set(rounds.map((r) => r.label))];
+    ];
     report(
       `Authenticated request vs bare Fastify (50 connections, best of interleaved ${SECONDS} s rounds; target ≥ 70%)`,
-      labels.map(best).filter((r) => r !== undefined),
+      [...best, ...once],
     );
   }
 

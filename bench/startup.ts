@@ -32,7 +32,14 @@ try {
   const port = await freePort();
   const started = performance.now();
   const npm = spawn('npm', ['start', '--silent'], {
-    env: { ...process.env, STEWARD_DATA_DIR: dataDir, PORT: String(port), LOG_LEVEL: 'warn' },
+    // Embedded, as the README's command runs on a fresh machine: a DATABASE_URL in the shell must not leak in.
+    env: {
+      ...process.env,
+      DATABASE_URL: '',
+      STEWARD_DATA_DIR: dataDir,
+      PORT: String(port),
+      LOG_LEVEL: 'warn',
+    },
     stdio: 'ignore',
     detached: true,
   });

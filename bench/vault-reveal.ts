@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createTestDatabase } from '../test/helpers/postgres.ts';
-import { type LoadResult, load, report } from './lib/load.ts';
+import { interleaved, report } from './lib/load.ts';
 import { loginAs, type RunningServer, startBareFastify, startSteward } from './lib/servers.ts';
 
 const EMAIL = 'bench@example.com';
@@ -51,33 +51,20 @@ async function run(label: string, bare: RunningServer, env: Record<string, strin
     await json(await fetch(revealUrl, { method: 'POST', headers: auth }));
     const before = await chain(steward.url, auth);
 
-    const rounds: LoadResult[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
-      rounds.push(
-        await load({
-          label: 'bare Fastify GET /',
-          url: `${bare.url}/`,
-          seconds: SECONDS,
-          pid: bare.process.pid,
-        }),
-      );
-      rounds.push(
-        await load({
-          label: `Steward reveal (${label})`,
-          url: revealUrl,
-          method: 'POST',
-          headers: auth,
-          seconds: SECONDS,
-          pid: steward.process.pid,
-        }),
-      );
-    }
-    const labels = [...new Set(rounds.map((r) => r.label))];
-    const best = (l: string) =>
-      rounds.filter((r) => r.label === l).sort((a, b) => b.requestsPerSec - a.requestsPerSec)[0];
+    const { all: rounds, best } = await interleaved(ROUNDS, [
+      { label: 'bare Fastify GET /', url: `${bare.url}/`, seconds: SECONDS, pid: bare.process.pid },
+      {
+        label: `Steward reveal (${label})`,
+        url: revealUrl,
+        method: 'POST',
+        headers: auth,
+        seconds: SECONDS,
+        pid: steward.process.pid,
+      },
+    ]);
     report(
       `Secret reveal vs bare Fastify, ${label} (50 connections, best of ${ROUNDS} interleaved ${SECONDS} s rounds; target ≥ 50%)`,
-      labels.map(best).filter((r) => r !== undefined),
+      best,
     );
     console.log('\nEvery round:');
     for (const r of rounds)

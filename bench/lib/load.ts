@@ -73,6 +73,24 @@ export async function load(options: LoadOptions): Promise<LoadResult> {
   return out;
 }
 
+/**
+ * Runs each load once per round, rounds one after another, so that drift on a shared machine
+ * hits every target alike. Returns every round, and the best round of each label (in order).
+ */
+export async function interleaved(
+  rounds: number,
+  runs: readonly LoadOptions[],
+): Promise<{ all: LoadResult[]; best: LoadResult[] }> {
+  const all: LoadResult[] = [];
+  for (let i = 0; i < rounds; i++) for (const run of runs) all.push(await load(run));
+  const labels = [...new Set(all.map((r) => r.label))];
+  const best = labels.flatMap((label) => {
+    const [top] = all.filter((r) => r.label === label).sort((a, b) => b.requestsPerSec - a.requestsPerSec);
+    return top === undefined ? [] : [top];
+  });
+  return { all, best };
+}
+
 /** Prints a table of results with each one's ratio to the baseline (the first row). */
 export function report(title: string, results: LoadResult[]): void {
   const [baseline] = results;
