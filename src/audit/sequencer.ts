@@ -60,8 +60,8 @@ export function createSequencer({
 
   /**
    * Events this process wrote unlinked, by id, as it wrote them: a pass hashes these instead of
-   * reading every column back (on PostgreSQL reading and parsing them back was ~160 µs of this
-   * process's CPU per event; ids alone and the hash cost ~35). Only committed rows are ever
+   * reading every column back (on PostgreSQL, batches of 30 linked by a pass cost 236–252 µs of
+   * this process's CPU per event that way, 217 µs this way). Only committed rows are ever
    * linked — the pass finds them by id in the table — and a row's hash is of the values as
    * stored (`toRow` stores exactly these), so verify, which reads the table, agrees.
    */
@@ -127,7 +127,7 @@ export function createSequencer({
     for (;;) {
       const linked = await linkBatch(orgId);
       for (const id of linked) written.delete(id); // committed: no longer needed
-      if (linked.length < batchSize) return; // a full batch: there may be more
+      if (linked.length < batchSize) return; // else a full batch: there may be more behind it
     }
   }
 
