@@ -99,20 +99,6 @@ export function driverClient(db: DbOrTx, caller: string): DriverClient {
 }
 
 /**
- * Sends one statement straight to the driver client under `db`. Drizzle's builder and
- * driver path cost about 3× the statement itself on PGlite (an audit insert: 700–870 µs
- * through Drizzle, ~250 µs direct), so the hottest writes use this.
- */
-export async function rawExecute(db: DbOrTx, text: string, params: unknown[]): Promise<void> {
-  await driverClient(db, 'rawExecute').query(text, params);
-}
-
-/** Like `rawExecute`, returning the rows (column names as the database spells them). */
-export async function rawQuery<Row>(db: DbOrTx, text: string, params: unknown[]): Promise<Row[]> {
-  return ((await driverClient(db, 'rawQuery').query(text, params)).rows ?? []) as Row[];
-}
-
-/**
  * A value in PostgreSQL's text input form, as COPY takes it: dates
  * as ISO timestamps, booleans as true/false, objects and arrays as JSON; null stays null.
  */

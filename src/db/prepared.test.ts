@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { openTestStore, STORES, type TestStore } from '../../test/helpers/stores.ts';
-import { rawExecute, rawQuery } from './client.ts';
 import { prepared, runPrepared } from './prepared.ts';
 
 const INSERT = prepared(
@@ -16,10 +15,8 @@ for (const { kind, skip } of STORES) {
     let store: TestStore;
     before(async () => {
       store = await openTestStore(kind);
-      await rawExecute(
-        store.db.db,
+      await store.db.query(
         'create table prepared_probe (id text primary key, at timestamptz not null, flag boolean not null, doc jsonb, n bigint)',
-        [],
       );
     });
     after(() => store.dispose());
@@ -54,10 +51,7 @@ for (const { kind, skip } of STORES) {
       await store.db.db.transaction(async (tx) => {
         await runPrepared(tx, INSERT, ['kept', new Date(), true, null, null]);
       });
-      assert.equal(
-        (await rawQuery(store.db.db, 'select id from prepared_probe where id = $1', ['kept'])).length,
-        1,
-      );
+      assert.equal((await store.db.query('select id from prepared_probe where id = $1', ['kept'])).length, 1);
     });
 
     test('concurrent calls outside a transaction never land inside another one', async () => {
