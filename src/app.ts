@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import cors from '@fastify/cors';
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
@@ -8,6 +7,7 @@ import { AUDIT_CHECKPOINT_KEY_PURPOSE, createAuditService } from './audit/servic
 import { authzRoutes } from './authz/routes.ts';
 import { createAuthzService } from './authz/service.ts';
 import { type InvalidationBus, openBus } from './bus/index.ts';
+import { systemClock } from './clock.ts';
 import type { Config } from './config.ts';
 import type { StewardContext } from './context.ts';
 import { type Keyring, loadKeyring } from './crypto/keyring.ts';
@@ -15,11 +15,12 @@ import { type DbHandle, openDatabase } from './db/client.ts';
 import { startEmbeddedMaintenance } from './db/maintenance.ts';
 import { runMigrations } from './db/migrate.ts';
 import { AuthRegistry, installAccessControl } from './http/auth.ts';
-import { installMetrics } from './http/metrics.ts';
+import { createRequestMetrics, installMetricsRoute } from './http/metrics.ts';
 import { installOpenApi } from './http/openapi.ts';
 import { installOpsRoutes } from './http/ops.ts';
 import { installProblemHandlers } from './http/problem.ts';
-import { installResponseHook } from './http/response.ts';
+import { requestIdGenerator } from './http/request-id.ts';
+import { installResponseHook, unroutedResponse } from './http/response.ts';
 import { responseSerializerCompiler } from './http/serializer.ts';
 import { identityPlugin, openIdentityService } from './identity/index.ts';
 import { keysPlugin, openKeys } from './keys/index.ts';
@@ -42,9 +43,6 @@ export interface AppDeps {
   bus?: InvalidationBus;
 }
 
-// Accept a caller's request id only if it is short and plain; otherwise make one.
-const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
 /** Builds the Steward app: plumbing first, then each domain as a plugin. Does not listen. */
 export async function buildApp(config: Config, deps: AppDeps = {}): Promise<FastifyInstance> {
   const ownsDb = deps.db === undefined;
@@ -60,6 +58,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
   try {
     if (ownsDb) await runMigrations(db);
 
+    const requestId = requestIdGenerator();
     const app = Fastify({
       logger: {
         level: config.LOG_LEVEL,
@@ -71,10 +70,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       // logged per request are errors, and they carry the request id explicitly.
       childLoggerFactory: (logger) => logger,
       requestIdHeader: false,
-      genReqId: (req) => {
-        const given = req.headers['x-request-id'];
-        return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-      },
+      genReqId: (req) => requestId(req.headers['x-request-id']),
       bodyLimit: config.BODY_LIMIT_BYTES,
       trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
       return503OnClosing: true,
@@ -82,7 +78,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     app.setValidatorCompiler(validatorCompiler);
     app.setSerializerCompiler(responseSerializerCompiler);
 
-    const clock = deps.clock ?? (() => new Date());
+    const clock = deps.clock ?? systemClock;
     const keyring =
       deps.keyring ??
       loadKeyring({
@@ -176,9 +172,11 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     };
 
     app.decorate('steward', ctx);
-    installProblemHandlers(app);
+    const metrics = createRequestMetrics(app);
+    installProblemHandlers(app, unroutedResponse(metrics));
     installAccessControl(app, auth);
-    installResponseHook(app, installMetrics(app));
+    installResponseHook(app, metrics);
+    installMetricsRoute(app, metrics);
     if (config.CORS_ORIGINS.length > 0) {
       await app.register(cors, {
         origin: config.CORS_ORIGINS.includes('*') ? '*' : config.CORS_ORIGINS,

@@ -34,11 +34,14 @@ export async function waitFor(url: string, timeoutMs = 30000): Promise<number> {
 
 /**
  * BENCH_CPU_PROF=<dir>: servers write a V8 CPU profile there when they stop (summarise one with
- * `node --import tsx bench/lib/profile.ts <file> [top] [window-ms]`).
+ * `node --import tsx bench/lib/profile.ts <file> [top] [window-ms]`). BENCH_CPU_PROF_INTERVAL_US
+ * sets the sampling interval (V8's default is 1000 µs).
  */
 function profileFlags(): string[] {
   const dir = process.env.BENCH_CPU_PROF;
-  return dir ? ['--cpu-prof', '--cpu-prof-dir', dir] : [];
+  const interval = process.env.BENCH_CPU_PROF_INTERVAL_US;
+  if (!dir) return [];
+  return ['--cpu-prof', '--cpu-prof-dir', dir, ...(interval ? ['--cpu-prof-interval', interval] : [])];
 }
 
 export interface RunningServer {

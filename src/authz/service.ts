@@ -3,6 +3,7 @@ import { and, eq, gt, isNotNull, isNull, or } from 'drizzle-orm';
 import type { AuditActor, AuditContext, AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { InvalidationBus } from '../bus/index.ts';
+import { millisecondsOf } from '../clock.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { type IdPrefix, isId, newId, prefixOf } from '../db/ids.ts';
 import type { Authorizer } from '../http/auth.ts';
@@ -222,7 +223,7 @@ export function createAuthzService({
   }, refreshMs);
   timer.unref();
 
-  const now = () => clock().getTime();
+  const now = millisecondsOf(clock);
 
   /** Local index patched at once; other instances rebuild theirs on the message. */
   async function changed(orgId: string, patch: ((index: OrgIndex) => void) | 'reload'): Promise<void> {

@@ -170,9 +170,18 @@ describe('HTTP plumbing', () => {
       url: '/healthz',
       headers: { 'x-request-id': 'a b<script>' },
     });
-    assert.match(String(replaced.headers['x-request-id']), /^[0-9a-f-]{36}$/);
+    // Generated: <64 random bits of this instance, base32>-<counter, base36>.
+    const GENERATED = /^([0-9a-v]{13})-([0-9a-z]+)$/;
+    const fromHostile = GENERATED.exec(String(replaced.headers['x-request-id']));
+    assert.ok(fromHostile, String(replaced.headers['x-request-id']));
     const generated = await t.app.inject({ method: 'GET', url: '/healthz' });
-    assert.match(String(generated.headers['x-request-id']), /^[0-9a-f-]{36}$/);
+    const fresh = GENERATED.exec(String(generated.headers['x-request-id']));
+    assert.ok(fresh, String(generated.headers['x-request-id']));
+    assert.equal(fresh[1], fromHostile[1], 'one instance part per process');
+    assert.ok(
+      Number.parseInt(fresh[2] as string, 36) > Number.parseInt(fromHostile[2] as string, 36),
+      'the counter moves on',
+    );
   });
 
   test('security headers on API responses, not on the ops probes', async () => {
@@ -212,6 +221,35 @@ describe('HTTP plumbing', () => {
     assert.match(
       metrics.body,
       /steward_http_request_duration_seconds_bucket\{le="0.001",method="GET",route="\/healthz"\}/,
+    );
+  });
+
+  test('every reply is counted under its route template and method, errors and 404s included', async () => {
+    const count = async (series: string) => {
+      const text = (await t.app.inject({ method: 'GET', url: '/metrics' })).body;
+      const line = text.split('\n').find((l) => l.startsWith(`steward_http_requests_total{${series}} `));
+      return line === undefined ? 0 : Number(line.split(' ')[1]);
+    };
+    const unmatched = 'method="GET",route="(unmatched)",status_code="404"';
+    const refused = 'method="GET",route="/v1/probe/admin",status_code="401"';
+    const head = 'method="HEAD",route="/healthz",status_code="200"';
+    const before = [await count(unmatched), await count(refused), await count(head)];
+
+    const missing = await t.app.inject({ method: 'GET', url: '/v1/nothing-here/at-all' });
+    assert.equal(missing.statusCode, 404);
+    const anonymous = await t.app.inject({ method: 'GET', url: '/v1/probe/admin' });
+    assert.equal(anonymous.statusCode, 401);
+    // An error reply of a route carries the same headers as its successes.
+    assert.equal(anonymous.headers['x-content-type-options'], 'nosniff');
+    assert.equal(anonymous.headers['cache-control'], 'no-store');
+    assert.equal(JSON.parse(anonymous.body).request_id, anonymous.headers['x-request-id']);
+    const probe = await t.app.inject({ method: 'HEAD', url: '/healthz' });
+    assert.equal(probe.statusCode, 200);
+    assert.ok(probe.headers['x-request-id']);
+
+    assert.deepEqual(
+      [await count(unmatched), await count(refused), await count(head)],
+      before.map((n) => n + 1),
     );
   });
 

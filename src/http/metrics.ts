@@ -1,11 +1,11 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import { collectDefaultMetrics, Registry } from 'prom-client';
 
 /** Latency buckets (seconds) of steward_http_request_duration_seconds. */
 const BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
 /** One (method, route) pair: counts by status and a latency histogram, as plain numbers. */
-interface RouteSeries {
+export interface RouteSeries {
   labels: string;
   byStatus: Map<number, number>;
   /** Non-cumulative counts per bucket; the last slot is +Inf. Cumulated when scraped. */
@@ -50,18 +50,25 @@ function render(series: Iterable<RouteSeries>): string {
  */
 export type SeriesRenderer = () => string;
 
-/** The app's metrics: the registry of process metrics, and the per-request recorder. */
+/** The app's metrics: the registry of process metrics, and the per-request series. */
 export interface RequestMetrics {
   registry: Registry;
+  /**
+   * The series of one (method, route template) pair, made on first ask. Looked up once per route
+   * when it is registered, not per request (see response.ts).
+   */
+  series(method: string, route: string): RouteSeries;
   /** Counts a response and observes its latency (time to send, as the server sees it). */
-  record(request: FastifyRequest, reply: FastifyReply): void;
+  observe(series: RouteSeries, statusCode: number, elapsedMs: number): void;
   /** Adds a domain's series to /metrics (the keys domain: verifications by code). */
   addSeries(render: SeriesRenderer): void;
+  /** Everything, as Prometheus text. */
+  render(): Promise<string>;
 }
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** The app's metrics (installMetrics), so domain plugins can add their series. */
+    /** The app's metrics (createRequestMetrics), so domain plugins can add their series. */
     stewardMetrics: RequestMetrics;
   }
 }
@@ -80,47 +87,58 @@ export function renderCounter(
 }
 
 /**
- * Prometheus metrics at /metrics. Process metrics come from prom-client; the two HTTP
- * series are kept as plain counters per route and rendered when scraped, because
- * prom-client's per-call label handling was a measurable share of a hot route
- * (docs/adr/0003). Labels use the route template (`/v1/keys/:id`), never the raw URL.
+ * Prometheus metrics. Process metrics come from prom-client; the two HTTP series are kept as plain
+ * counters per route and rendered when scraped, because prom-client's per-call label handling was
+ * a measurable share of a hot route (docs/adr/0003). Labels use the route template
+ * (`/v1/keys/:id`), never the raw URL. Serve them with installMetricsRoute.
  */
-export function installMetrics(app: FastifyInstance): RequestMetrics {
+export function createRequestMetrics(app: FastifyInstance): RequestMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'steward_' });
   const byRoute = new Map<string, RouteSeries>();
-
-  const record = (request: FastifyRequest, reply: FastifyReply) => {
-    const route = request.routeOptions.url ?? '(unmatched)';
-    const key = `${request.method} ${route}`;
-    let series = byRoute.get(key);
-    if (!series) {
-      series = {
-        labels: `method="${labelValue(request.method)}",route="${labelValue(route)}"`,
-        byStatus: new Map(),
-        buckets: new Float64Array(BUCKETS.length + 1),
-        sum: 0,
-        count: 0,
-      };
-      byRoute.set(key, series);
-    }
-    series.byStatus.set(reply.statusCode, (series.byStatus.get(reply.statusCode) ?? 0) + 1);
-    const seconds = reply.elapsedTime / 1000;
-    let bucket = 0;
-    while (bucket < BUCKETS.length && seconds > (BUCKETS[bucket] as number)) bucket++;
-    series.buckets[bucket] = (series.buckets[bucket] ?? 0) + 1;
-    series.sum += seconds;
-    series.count++;
-  };
-
   const extra: SeriesRenderer[] = [];
-  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
-    reply.type(registry.contentType);
-    let text = (await registry.metrics()) + render(byRoute.values());
-    for (const series of extra) text += series();
-    return text;
-  });
-  const metrics: RequestMetrics = { registry, record, addSeries: (series) => extra.push(series) };
+
+  const metrics: RequestMetrics = {
+    registry,
+    series(method, route) {
+      const key = `${method} ${route}`;
+      let series = byRoute.get(key);
+      if (!series) {
+        series = {
+          labels: `method="${labelValue(method)}",route="${labelValue(route)}"`,
+          byStatus: new Map(),
+          buckets: new Float64Array(BUCKETS.length + 1),
+          sum: 0,
+          count: 0,
+        };
+        byRoute.set(key, series);
+      }
+      return series;
+    },
+    observe(series, statusCode, elapsedMs) {
+      series.byStatus.set(statusCode, (series.byStatus.get(statusCode) ?? 0) + 1);
+      const seconds = elapsedMs / 1000;
+      let bucket = 0;
+      while (bucket < BUCKETS.length && seconds > (BUCKETS[bucket] as number)) bucket++;
+      series.buckets[bucket] = (series.buckets[bucket] ?? 0) + 1;
+      series.sum += seconds;
+      series.count++;
+    },
+    addSeries: (renderer) => extra.push(renderer),
+    async render() {
+      let text = (await registry.metrics()) + render(byRoute.values());
+      for (const series of extra) text += series();
+      return text;
+    },
+  };
   app.decorate('stewardMetrics', metrics);
   return metrics;
+}
+
+/** GET /metrics (register after installResponseHook, so its own requests are counted too). */
+export function installMetricsRoute(app: FastifyInstance, metrics: RequestMetrics): void {
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    reply.type(metrics.registry.contentType);
+    return metrics.render();
+  });
 }

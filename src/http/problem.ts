@@ -78,7 +78,10 @@ function sendProblem(request: FastifyRequest, reply: FastifyReply, problem: Stew
  * Every error leaves as RFC 9457 problem+json. 4xx say what was wrong; 5xx say
  * nothing specific and the log has the detail (never the request body).
  */
-export function installProblemHandlers(app: FastifyInstance): void {
+export function installProblemHandlers(
+  app: FastifyInstance,
+  beforeNotFound: (request: FastifyRequest, reply: FastifyReply, statusCode: number) => void,
+): void {
   app.setErrorHandler((error: FastifyError, request, reply) => {
     const problem = toStewardError(error);
     if (problem.status >= 500) {
@@ -90,6 +93,8 @@ export function installProblemHandlers(app: FastifyInstance): void {
     sendProblem(request, reply, problem);
   });
   app.setNotFoundHandler((request, reply) => {
-    sendProblem(request, reply, httpErrors.not_found(`No route for ${request.method} at this path`));
+    const problem = httpErrors.not_found(`No route for ${request.method} at this path`);
+    beforeNotFound(request, reply, problem.status);
+    sendProblem(request, reply, problem);
   });
 }

@@ -1,4 +1,5 @@
 // Bearer access token → Principal, on every request; and authz's directory of `usr_…` principals.
+import { millisecondsOf } from '../clock.ts';
 import type { DbOrTx } from '../db/client.ts';
 import { isId } from '../db/ids.ts';
 import type { Principal } from '../http/principal.ts';
@@ -8,14 +9,13 @@ import { type AccessTokenClaims, TokenError, TokenVerifier } from './jwt.ts';
 import { memberById, userById } from './queries.ts';
 
 const USER_CACHE_MS = 60_000;
+// RFC 9110: the scheme is case-insensitive.
+const BEARER = /^bearer /i;
 
 export function createAuthenticator(core: IdentityCore) {
   const { db, authz, clock, settings, keys, revocation, userCache } = core;
-  const verifier = new TokenVerifier({
-    issuer: settings.issuer,
-    keys: [],
-    now: () => clock().getTime(),
-  });
+  const nowMs = millisecondsOf(clock);
+  const verifier = new TokenVerifier({ issuer: settings.issuer, keys: [], now: nowMs });
   keys.onChange((publicKeys) => verifier.setKeys(publicKeys));
 
   async function userInfo(id: string): Promise<CachedUser | undefined> {
@@ -37,11 +37,14 @@ export function createAuthenticator(core: IdentityCore) {
   let lastKeyReload = 0;
 
   /** The token of a `Bearer <JWT>` header; null for anything else (an API key is another authenticator's). */
-  function bearerJwt(authorization: string | undefined): string | null {
-    if (authorization === undefined || authorization.length < 8) return null;
-    if (authorization.slice(0, 7).toLowerCase() !== 'bearer ') return null;
+  function bearerJwt(authorization: string): string | null {
+    if (authorization.length < 8 || !BEARER.test(authorization)) return null;
     const token = authorization.slice(7).trim();
-    if (!token.startsWith('eyJ') || token.split('.').length !== 3) return null;
+    if (!token.startsWith('eyJ')) return null;
+    // Exactly two dots (header.payload.signature), found without splitting the token.
+    const first = token.indexOf('.');
+    const second = first < 0 ? -1 : token.indexOf('.', first + 1);
+    if (second < 0 || token.indexOf('.', second + 1) >= 0) return null;
     return token;
   }
 
@@ -59,20 +62,32 @@ export function createAuthenticator(core: IdentityCore) {
   }
 
   /**
-   * Bearer JWT → Principal. Verification is cached (TokenVerifier); the revoked-session check and
+   * Bearer JWT → Principal. Verification is cached (TokenVerifier), and remembered per connection
+   * (`connection`: the request's socket) so a keep-alive client's next request with the same header
+   * skips the token cache's lookup. The revoked-session check and
    * the roles (from authz's index, not the token) are read on every request. Synchronous when
    * everything is warm (a token seen in the last minute, its user cached, its org's index
    * loaded): the hot path allocates no promise.
    */
-  function authenticate(authorization: string | undefined): Principal | null | Promise<Principal | null> {
-    const token = bearerJwt(authorization);
-    if (token === null) return null;
-    const claims = verifier.cached(token);
-    if (claims === undefined) return authenticateSlowly(token);
+  function authenticate(
+    authorization: string | undefined,
+    connection?: object,
+  ): Principal | null | Promise<Principal | null> {
+    if (authorization === undefined) return null;
+    let claims = connection === undefined ? undefined : verifier.recall(connection, authorization);
+    if (claims === undefined) {
+      const token = bearerJwt(authorization);
+      if (token === null) return null;
+      claims = verifier.cached(
+        token,
+        connection === undefined ? undefined : { connection, header: authorization },
+      );
+      if (claims === undefined) return authenticateSlowly(token);
+    }
     if (revocation.isRevoked(claims.sid)) throw identityErrors.session_revoked();
     const cached = userCache.get(claims.sub);
     const roles = core.rolesOfSync?.(claims.org, claims.sub);
-    if (cached === undefined || cached.until <= clock().getTime() || roles === undefined) {
+    if (cached === undefined || cached.until <= nowMs() || roles === undefined) {
       return withUser(claims);
     }
     if (!cached.active) throw identityErrors.session_revoked();

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { Agent, request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { STORES } from '../../test/helpers/stores.ts';
 import { ADMIN, type IdentityTestApp, identityTestApp, totpAt } from './test-support.ts';
@@ -105,6 +106,64 @@ for (const { kind, skip } of STORES) {
       }
       assert.ok(!events.body.includes('a long enough passphrase'), 'no password in the trail');
       assert.ok(!events.body.includes(secret), 'no TOTP seed in the trail');
+    });
+
+    test('one keep-alive connection: each request is judged on its own token, a revoke applies at once', async () => {
+      await t.app.listen({ port: 0, host: '127.0.0.1' });
+      const address = t.app.server.address();
+      assert.ok(address && typeof address === 'object');
+      // One socket for every request: the case the per-connection token memo serves.
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      const whoami = (token: string) =>
+        new Promise<{ status: number; body: { id?: string; code?: string }; reused: boolean }>(
+          (resolve, reject) => {
+            const req = request(
+              {
+                agent,
+                host: '127.0.0.1',
+                port: address.port,
+                path: '/v1/auth/whoami',
+                headers: { authorization: `Bearer ${token}` },
+              },
+              (res) => {
+                let text = '';
+                res.on('data', (chunk) => {
+                  text += chunk;
+                });
+                res.on('end', () =>
+                  resolve({ status: res.statusCode ?? 0, body: JSON.parse(text), reused: req.reusedSocket }),
+                );
+              },
+            );
+            req.on('error', reject);
+            req.end();
+          },
+        );
+      try {
+        const admin = await t.tokensFor(ADMIN.email, ADMIN.password);
+        const other = await t.tokensFor(ADMIN.email, ADMIN.password);
+        const first = await whoami(admin.access_token);
+        assert.equal(first.status, 200);
+        const again = await whoami(admin.access_token);
+        assert.deepEqual([again.status, again.reused], [200, true]);
+        // Another session's token on the same connection is that session's.
+        const sessions = (await t.call('GET', '/v1/auth/sessions', { token: admin.access_token })).json();
+        assert.ok(sessions.data.length >= 2);
+        const logout = await t.call('POST', '/v1/auth/logout', { token: other.access_token });
+        assert.equal(logout.statusCode, 204, logout.body);
+        const revoked = await whoami(other.access_token);
+        assert.deepEqual([revoked.status, revoked.body.code, revoked.reused], [401, 'session_revoked', true]);
+        const still = await whoami(admin.access_token);
+        assert.deepEqual([still.status, still.reused], [200, true]);
+        // The remembered token itself: refused on the very next request after its session ends.
+        await t.call('POST', '/v1/auth/logout', { token: admin.access_token });
+        const after = await whoami(admin.access_token);
+        assert.deepEqual([after.status, after.body.code, after.reused], [401, 'session_revoked', true]);
+        const garbage = await whoami(`${admin.access_token.slice(0, -4)}AAAA`);
+        assert.equal(garbage.status, 401);
+      } finally {
+        agent.destroy();
+      }
     });
 
     test('concurrent refreshes share a statement; a token presented twice at once is a reuse', async () => {

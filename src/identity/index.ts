@@ -62,7 +62,7 @@ export const identityPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async
   });
   ctx.auth.addAuthenticator({
     name: 'access-token',
-    authenticate: (request) => identity.authenticate(request.headers.authorization),
+    authenticate: (request) => identity.authenticate(request.headers.authorization, request.raw.socket),
   });
   await app.register(identityRoutes, { identity });
   await app.register(registrationRoutes, { identity, clock: ctx.clock });

@@ -231,6 +231,45 @@ describe('TokenVerifier rotation and cache', () => {
     assert.equal(v.cached(token), undefined, 'a key change empties the cache');
   });
 
+  it('recall(): per connection, only the header cached() vouched for, only until its expiry, forgotten on key change', async () => {
+    const clock = new Clock(t0);
+    const v = verifier([keyA], clock, { cacheTtlSeconds: 60 });
+    const { token } = await sign(keyA, t0, 30);
+    const { token: other } = await sign(keyA, t0, 30);
+    const socket = {};
+    const header = `Bearer ${token}`;
+    assert.equal(v.recall(socket, header), undefined, 'nothing remembered yet');
+    const claims = await v.verify(token);
+    assert.equal(v.recall(socket, header), undefined, 'verify() alone remembers no connection');
+    assert.equal(v.cached(token, { connection: socket, header }), claims);
+    assert.equal(v.recall(socket, header), claims);
+    assert.equal(v.recall({}, header), undefined, 'another connection');
+    assert.equal(v.recall(socket, `Bearer ${other}`), undefined, 'another header on the same connection');
+    assert.equal(v.recall(socket, `bearer ${token}`), undefined, 'compared exactly, as sent');
+    clock.ms = t0 + 30_000; // exp
+    assert.equal(v.recall(socket, header), undefined);
+    clock.ms = t0;
+    assert.equal(v.recall(socket, header), undefined, 'an expired memo is dropped, not revived');
+    await v.verify(token);
+    assert.equal(v.cached(token, { connection: socket, header }), claims);
+    v.setKeys([keyB.publicJwk]);
+    assert.equal(v.recall(socket, header), undefined, 'a key change forgets every connection');
+  });
+
+  it('evicts the least recently used token once full (recency kept to within a second)', async () => {
+    const clock = new Clock(t0);
+    const v = verifier([keyA], clock, { cacheSize: 2 });
+    const [a, b, c] = await Promise.all([sign(keyA, t0, 600), sign(keyA, t0, 600), sign(keyA, t0, 600)]);
+    await v.verify(a.token);
+    await v.verify(b.token);
+    clock.ms = t0 + 1_000;
+    assert.ok(v.cached(a.token), 'a is used again: b is now the oldest');
+    await v.verify(c.token);
+    assert.ok(v.cached(a.token));
+    assert.equal(v.cached(b.token), undefined, 'b was evicted');
+    assert.ok(v.cached(c.token));
+  });
+
   it('never caches a refused token and hands out frozen claims', async () => {
     const v = verifier([keyA]);
     const { token } = await sign(keyA);

@@ -165,7 +165,22 @@ export interface TokenVerifierOptions {
 interface CacheEntry {
   claims: AccessTokenClaims;
   untilMs: number;
+  /** When the entry last moved to the young end of the cache (see RECENCY_MS). */
+  touchedMs: number;
 }
+
+/** The last Authorization header a connection sent, and the cache entry its token had. */
+interface ConnectionMemo {
+  header: string;
+  entry: CacheEntry;
+}
+
+/**
+ * A hit moves its entry to the young end of the LRU at most this often: moving means a delete
+ * and a re-insert in the Map, which measured ~2 µs of a ~35 µs authenticated request when done
+ * on every hit. Eviction order only needs to be right to within a second.
+ */
+const RECENCY_MS = 1000;
 
 /**
  * Verifies Steward access tokens offline, and remembers verified tokens so a hot path pays for
@@ -181,6 +196,8 @@ export class TokenVerifier {
   readonly #tolerance: number;
   readonly #now: () => number;
   readonly #cache = new Map<string, CacheEntry>();
+  /** Per connection (socket): replaced, so emptied, whenever the keys change. */
+  #memos = new WeakMap<object, ConnectionMemo>();
   #keys = new Map<string, { jwk: JWK; imported?: Promise<CryptoKey> }>();
   #hits = 0;
   #misses = 0;
@@ -207,6 +224,7 @@ export class TokenVerifier {
     }
     this.#keys = next;
     this.#cache.clear();
+    this.#memos = new WeakMap();
   }
 
   /** Counters for /metrics. */
@@ -216,15 +234,41 @@ export class TokenVerifier {
 
   /**
    * The claims of a token verified within the cache lifetime, or undefined (call `verify`).
-   * Synchronous: the hot path of an authenticated request.
+   * Synchronous: the hot path of an authenticated request. With `memo`, a hit is also remembered
+   * for that connection (see `recall`).
    */
-  cached(token: string): AccessTokenClaims | undefined {
+  cached(token: string, memo?: { connection: object; header: string }): AccessTokenClaims | undefined {
     const entry = this.#cache.get(token);
-    if (entry === undefined || this.#now() >= entry.untilMs) return undefined;
-    this.#cache.delete(token);
-    this.#cache.set(token, entry); // re-insert: the Map's order doubles as recency
+    if (entry === undefined) return undefined;
+    const now = this.#now();
+    if (now >= entry.untilMs) return undefined;
+    if (now - entry.touchedMs >= RECENCY_MS) {
+      entry.touchedMs = now;
+      this.#cache.delete(token);
+      this.#cache.set(token, entry); // re-insert: the Map's order doubles as recency
+    }
+    if (memo !== undefined) this.#memos.set(memo.connection, { header: memo.header, entry });
     this.#hits++;
     return entry.claims;
+  }
+
+  /**
+   * What `cached` answered for this connection's previous request, if it sends the very same
+   * Authorization header again (a keep-alive client re-sends its token on every request).
+   * Comparing the header with the remembered one costs far less than hashing a ~400-character
+   * token into the cache. The answer is the cache's own: the same entry, the same expiry, and
+   * nothing once the keys change. A connection that carries several callers (a proxy) only
+   * misses here and falls back to `cached`.
+   */
+  recall(connection: object, header: string): AccessTokenClaims | undefined {
+    const memo = this.#memos.get(connection);
+    if (memo === undefined || memo.header !== header) return undefined;
+    if (this.#now() >= memo.entry.untilMs) {
+      this.#memos.delete(connection);
+      return undefined;
+    }
+    this.#hits++;
+    return memo.entry.claims;
   }
 
   /** Returns the token's claims or throws TokenError. */
@@ -243,7 +287,7 @@ export class TokenVerifier {
     const claims = await this.#verifySignature(token, now);
     if (this.#maxEntries > 0) {
       const untilMs = Math.min(claims.exp * 1000, now + this.#ttlMs);
-      this.#cache.set(token, { claims, untilMs });
+      this.#cache.set(token, { claims, untilMs, touchedMs: now });
       if (this.#cache.size > this.#maxEntries) {
         const oldest = this.#cache.keys().next().value;
         if (oldest !== undefined) this.#cache.delete(oldest);

@@ -207,7 +207,7 @@ export const keysPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async (ap
       if (typeof key !== 'string') {
         throw keyErrors.key_malformed('Send one X-API-Key header', { reason: 'malformed' });
       }
-      const result = verifier.verify(key, { ip: request.ip });
+      const result = verifier.verify(key, { ip: request.ip, connection: request.raw.socket });
       return result instanceof Promise
         ? result.then((v) => principalOf(request, v))
         : principalOf(request, result);

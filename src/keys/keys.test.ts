@@ -181,6 +181,23 @@ for (const store of STORES) {
       assert.equal((await verify(both.key)).code, 'expired');
     });
 
+    test("a connection remembers its key's hash, never the verdict", async () => {
+      const verifier = t.app.steward.keys.verifier;
+      const connection = {}; // what the authenticator passes: the request's socket
+      const on = async (key: string) => (await verifier.verify(key, { ip: '127.0.0.1', connection })).code;
+      const a = await create();
+      const b = await create();
+      assert.equal(await on(a.key), 'valid');
+      assert.equal(await on(a.key), 'valid', 'the same key again, from the memo');
+      assert.equal(await on(b.key), 'valid', 'another key on the same connection is itself');
+      assert.equal(await on(`${a.key}x`), 'malformed');
+      assert.equal(await on(a.key.slice(0, -1)), 'malformed');
+      const del = await t.call('DELETE', `/v1/keys/${a.id}`, { token, body: { reason: 'leaked' } });
+      assert.equal(del.statusCode, 200, del.body);
+      assert.equal(await on(a.key), 'revoked', 'a revoke reaches a connection that used the key');
+      assert.equal(await on(b.key), 'valid');
+    });
+
     test('verifications are counted by code at /metrics (both routes)', async () => {
       const scrape = async () => {
         const res = await t.app.inject({ method: 'GET', url: '/metrics' });

@@ -3,6 +3,7 @@ import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { type RateLimiterAbstract, RateLimiterRes } from 'rate-limiter-flexible';
 import type { Authz } from '../authz/contract.ts';
 import type { InvalidationBus } from '../bus/index.ts';
+import { millisecondsOf } from '../clock.ts';
 import type { DbHandle } from '../db/client.ts';
 import type { Principal } from '../http/principal.ts';
 import { API_KEY_PRODUCT, hashKey, isWellFormed } from './format.ts';
@@ -88,6 +89,12 @@ export interface VerifyOptions {
   orgId?: string | undefined;
   /** Also check this permission (scopes ∩ owner's rights). */
   permission?: string | undefined;
+  /**
+   * The connection (socket) the key came in on, when it is the caller's own credential: its
+   * hash is remembered for that connection, so a keep-alive client re-sending the same key is not
+   * checksummed and hashed again. Not for keys in a request body (each one is another key).
+   */
+  connection?: object | undefined;
 }
 
 export interface VerifierDeps {
@@ -115,8 +122,15 @@ const NO_LIMIT = -1;
  */
 export function createVerifier(deps: VerifierDeps) {
   const { db, bus, authz, limiters, tiers, clock } = deps;
+  const now = millisecondsOf(clock);
   const instanceId = randomUUID();
   const byHash = new Map<string, CachedKey>();
+  /**
+   * Per connection: the last key it authenticated with and that key's hash. Holds a raw key for as
+   * long as the connection is open, as the token cache holds tokens; a WeakMap, so it goes with
+   * the socket.
+   */
+  const hashByConnection = new WeakMap<object, { key: string; hash: string }>();
   const hashById = new Map<string, string>();
   const negative = new Map<string, number>();
   const loading = new Map<string, Promise<CachedKey | null>>();
@@ -317,8 +331,8 @@ export function createVerifier(deps: VerifierDeps) {
    * synchronously when nothing needs waiting for (warm cache, no rate limit, warm authz index).
    */
   function verify(key: string, options: VerifyOptions): Verification | Promise<Verification> {
-    if (!isWellFormed(API_KEY_PRODUCT, key)) return fail('malformed', null);
-    const hash = hashKey(key);
+    const hash = hashOf(key, options.connection);
+    if (hash === null) return fail('malformed', null);
     const cached = byHash.get(hash);
     if (cached !== undefined) {
       if (Date.now() - cached.loadedAtMs > REFRESH_MS && !loading.has(hash)) {
@@ -336,20 +350,31 @@ export function createVerifier(deps: VerifierDeps) {
     );
   }
 
+  /** The key's hash, or null for a malformed key; remembered per connection when one is given. */
+  function hashOf(key: string, connection: object | undefined): string | null {
+    if (connection === undefined) return isWellFormed(API_KEY_PRODUCT, key) ? hashKey(key) : null;
+    const memo = hashByConnection.get(connection);
+    if (memo !== undefined && memo.key === key) return memo.hash;
+    if (!isWellFormed(API_KEY_PRODUCT, key)) return null;
+    const hash = hashKey(key);
+    hashByConnection.set(connection, { key, hash });
+    return hash;
+  }
+
   function afterLookup(key: CachedKey, options: VerifyOptions): Verification | Promise<Verification> {
     if (options.orgId !== undefined && key.orgId !== options.orgId) return fail('not_found', null);
     if (key.revoked) return fail('revoked', key);
-    const nowMs = clock().getTime();
+    const nowMs = now();
     if (nowMs >= key.expiresAtMs) return fail('expired', key, nowMs);
     if (!key.active) return fail('disabled', key, nowMs);
     if (key.allow !== null && !ipAllowed(key.allow, options.ip)) return fail('ip_not_allowed', key, nowMs);
     if (key.limiter === null) return afterRateLimit(key, options, nowMs, NO_LIMIT, NO_LIMIT, 0);
     const limit = key.ratelimit?.limit ?? 0;
     return key.limiter.consume(key.id).then(
-      (res) => afterRateLimit(key, options, clock().getTime(), limit, res.remainingPoints, res.msBeforeNext),
+      (res) => afterRateLimit(key, options, now(), limit, res.remainingPoints, res.msBeforeNext),
       (error: unknown) => {
         if (!(error instanceof RateLimiterRes)) throw error;
-        const out = fail('rate_limited', key, clock().getTime());
+        const out = fail('rate_limited', key, now());
         out.limit = limit;
         out.remaining = 0;
         out.resetMs = error.msBeforeNext;
