@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import cors from '@fastify/cors';
 import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import { type DestinationStream, pino } from 'pino';
 import { auditRoutes } from './audit/routes.ts';
 import { AUDIT_CHECKPOINT_KEY_PURPOSE, createAuditService } from './audit/service.ts';
 import { authzRoutes } from './authz/routes.ts';
@@ -20,7 +21,7 @@ import { installOpenApi } from './http/openapi.ts';
 import { installOpsRoutes } from './http/ops.ts';
 import { installProblemHandlers } from './http/problem.ts';
 import { requestIdGenerator } from './http/request-id.ts';
-import { installResponseHook, unroutedResponse } from './http/response.ts';
+import { installResponseHook, markArrival, unroutedResponse } from './http/response.ts';
 import { responseSerializerCompiler } from './http/serializer.ts';
 import { identityPlugin, openIdentityService } from './identity/index.ts';
 import { keysPlugin, openKeys } from './keys/index.ts';
@@ -41,6 +42,8 @@ export interface AppDeps {
   keyring?: Keyring;
   /** Cross-instance invalidation; opened from REDIS_URL when omitted. */
   bus?: InvalidationBus;
+  /** Where log lines go (tests read them); stdout when omitted. */
+  logDestination?: DestinationStream;
 }
 
 /** Builds the Steward app: plumbing first, then each domain as a plugin. Does not listen. */
@@ -59,22 +62,32 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     if (ownsDb) await runMigrations(db);
 
     const requestId = requestIdGenerator();
+    const logOptions = {
+      level: config.LOG_LEVEL,
+      redact: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie'],
+    };
+    const log = deps.logDestination ? pino(logOptions, deps.logDestination) : pino(logOptions);
     const app = Fastify({
-      logger: {
-        level: config.LOG_LEVEL,
-        redact: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie'],
-      },
+      // Fastify gets no logger of its own: with one, it hangs 'finish' and 'error' listeners on
+      // every response to time it for the request log we switch off anyway (~1–3 µs of a ~38 µs
+      // verification, measured). Requests still log through `log` (the factory below: no child
+      // per request, the few lines logged carry the request id explicitly), the app through
+      // `app.log`, set just below; response timing is response.ts's.
+      logger: false,
+      childLoggerFactory: () => log,
       // One log line per request halves throughput; errors and 5xx are logged instead.
       logController: new LogController({ disableRequestLogging: true }),
-      // No child logger per request (a measurable cost on hot routes): the few lines
-      // logged per request are errors, and they carry the request id explicitly.
-      childLoggerFactory: (logger) => logger,
       requestIdHeader: false,
-      genReqId: (req) => requestId(req.headers['x-request-id']),
+      // The first thing Fastify does with every request (routed, 404 or refused): the clock starts.
+      genReqId: (req) => {
+        markArrival(req);
+        return requestId(req.headers['x-request-id']);
+      },
       bodyLimit: config.BODY_LIMIT_BYTES,
       trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
       return503OnClosing: true,
     }).withTypeProvider<ZodTypeProvider>();
+    app.log = log;
     app.setValidatorCompiler(validatorCompiler);
     app.setSerializerCompiler(responseSerializerCompiler);
 

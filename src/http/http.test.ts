@@ -334,3 +334,84 @@ describe('graceful shutdown', () => {
     await t.store.dispose();
   });
 });
+
+describe('logging', () => {
+  const lines: Record<string, unknown>[] = [];
+  let t: TestApp;
+  before(async () => {
+    t = await testApp(
+      'pglite',
+      { LOG_LEVEL: 'info' },
+      (app) => {
+        addProbeRoutes(app);
+        app.get('/v1/probe/twice', { config: { access: 'public' } }, async (_request, reply) => {
+          reply.send({ first: true });
+          return reply.send({ second: true });
+        });
+        app.get('/v1/probe/slow', { config: { access: 'public' } }, async () => {
+          await new Promise((resolve) => setTimeout(resolve, 30));
+          return { ok: true };
+        });
+        app.get('/v1/probe/note', { config: { access: 'public' } }, async (request) => {
+          request.server.log.warn({ note: 'from a plugin' }, 'plugin note');
+          return { ok: true };
+        });
+      },
+      { logDestination: { write: (line: string) => lines.push(JSON.parse(line)) } },
+    );
+  });
+  after(() => t.close());
+
+  test('a 5xx is logged once, with its request id and the detail; credentials never', async () => {
+    lines.length = 0;
+    const res = await t.app.inject({
+      method: 'GET',
+      url: '/v1/probe/boom',
+      headers: { authorization: 'Bearer stw_live_secret-looking-token', 'x-api-key': 'stw_live_other' },
+    });
+    assert.equal(res.statusCode, 500);
+    const failed = lines.filter((l) => l.msg === 'request failed');
+    assert.equal(failed.length, 1, JSON.stringify(lines));
+    assert.equal(failed[0]?.request_id, res.headers['x-request-id']);
+    assert.equal(failed[0]?.route, '/v1/probe/boom');
+    assert.match(String((failed[0]?.err as { message?: string }).message), /secret detail/);
+    assert.doesNotMatch(JSON.stringify(lines), /stw_live_secret|stw_live_other/);
+  });
+
+  test("Fastify's own per-request warnings and plugins' lines reach the same log", async () => {
+    lines.length = 0;
+    const twice = await t.app.inject({ method: 'GET', url: '/v1/probe/twice' });
+    assert.deepEqual(twice.json(), { first: true });
+    assert.ok(
+      lines.some((l) => (l.level as number) === 40 && /already sent/i.test(JSON.stringify(l))),
+      JSON.stringify(lines),
+    );
+    const note = await t.app.inject({ method: 'GET', url: '/v1/probe/note' });
+    assert.equal(note.statusCode, 200);
+    assert.ok(lines.some((l) => l.msg === 'plugin note' && l.note === 'from a plugin'));
+  });
+
+  test('no line per request', async () => {
+    lines.length = 0;
+    for (let i = 0; i < 5; i++) await t.app.inject({ method: 'GET', url: '/healthz' });
+    assert.deepEqual(lines, []);
+  });
+
+  test('replies are timed from arrival: a 30 ms answer is observed as at least 30 ms', async () => {
+    const slow = await t.app.inject({ method: 'GET', url: '/v1/probe/slow' });
+    assert.equal(slow.statusCode, 200);
+    const text = (await t.app.inject({ method: 'GET', url: '/metrics' })).body;
+    const value = (name: string) =>
+      Number(
+        text
+          .split('\n')
+          .find((l) => l.startsWith(`${name} `))
+          ?.split(' ')[1],
+      );
+    const series = 'method="GET",route="/v1/probe/slow"';
+    assert.equal(value(`steward_http_request_duration_seconds_count{${series}}`), 1);
+    const seconds = value(`steward_http_request_duration_seconds_sum{${series}}`);
+    assert.ok(seconds >= 0.029 && seconds < 5, String(seconds));
+    assert.equal(value(`steward_http_request_duration_seconds_bucket{le="0.025",${series}}`), 0);
+  });
+});

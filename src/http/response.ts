@@ -1,6 +1,25 @@
+import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest, onSendHookHandler } from 'fastify';
 import type { RequestMetrics, RouteSeries } from './metrics.ts';
 import { securityHeadersFor } from './security.ts';
+
+const ARRIVED = Symbol('steward.arrivedAt');
+type Stamped = IncomingMessage & { [ARRIVED]?: number };
+
+/**
+ * Notes when a request reached the app; call it first thing for every request (app.ts does, from
+ * genReqId). Fastify times replies only when it has a logger of its own, which Steward does not
+ * give it (app.ts says why).
+ */
+export function markArrival(req: IncomingMessage): void {
+  (req as Stamped)[ARRIVED] = performance.now();
+}
+
+/** Milliseconds since `markArrival` for this request (0 when it was never marked). */
+function elapsedMs(request: FastifyRequest): number {
+  const arrived = (request.raw as Stamped)[ARRIVED];
+  return arrived === undefined ? 0 : performance.now() - arrived;
+}
 
 /**
  * What every response gets — security headers, the request id, a metrics sample. Each route gets
@@ -30,7 +49,7 @@ export function unroutedResponse(
   return (request, reply, statusCode) => {
     reply.headers(securityHeadersFor(request.url));
     reply.header('x-request-id', request.id);
-    metrics.observe(bySeries(request.method), statusCode, reply.elapsedTime);
+    metrics.observe(bySeries(request.method), statusCode, elapsedMs(request));
   };
 }
 
@@ -59,7 +78,7 @@ function responseHook(
   return (request, reply, payload, done) => {
     reply.headers(headers);
     reply.header('x-request-id', request.id);
-    metrics.observe(seriesOf(request.method), reply.statusCode, reply.elapsedTime);
+    metrics.observe(seriesOf(request.method), reply.statusCode, elapsedMs(request));
     done(null, payload);
   };
 }

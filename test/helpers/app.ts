@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
-import { buildApp } from '../../src/app.ts';
+import { type AppDeps, buildApp } from '../../src/app.ts';
 import { loadConfig } from '../../src/config.ts';
 import { createKeyring } from '../../src/crypto/keyring.ts';
 import type { Principal } from '../../src/http/principal.ts';
@@ -32,15 +32,18 @@ export async function testApp(
   kind: StoreKind = 'pglite',
   env: Record<string, string> = {},
   extend?: (app: FastifyInstance) => void | Promise<void>,
+  deps: Pick<AppDeps, 'logDestination'> = {},
 ): Promise<TestApp> {
   const store = await openTestStore(kind);
   const config = loadConfig({ LOG_LEVEL: 'silent', ...env });
-  const app = await buildApp(config, { db: store.db, keyring: createKeyring(randomBytes(32)) }).catch(
-    async (error: unknown) => {
-      await store.dispose();
-      throw error;
-    },
-  );
+  const app = await buildApp(config, {
+    ...deps,
+    db: store.db,
+    keyring: createKeyring(randomBytes(32)),
+  }).catch(async (error: unknown) => {
+    await store.dispose();
+    throw error;
+  });
   try {
     await extend?.(app);
     await app.ready();
