@@ -374,7 +374,7 @@ describe('logging', () => {
     assert.equal(failed.length, 1, JSON.stringify(lines));
     assert.equal(failed[0]?.request_id, res.headers['x-request-id']);
     assert.equal(failed[0]?.route, '/v1/probe/boom');
-    assert.match(String((failed[0]?.err as { message?: string }).message), /secret detail/);
+    assert.match(String((failed[0]?.err as { message?: string } | undefined)?.message), /secret detail/);
     assert.doesNotMatch(JSON.stringify(lines), /stw_live_secret|stw_live_other/);
   });
 
