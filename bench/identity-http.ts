@@ -12,12 +12,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { createTestDatabase } from '../test/helpers/postgres.ts';
-import { cpuUs, interleaved, load, report } from './lib/load.ts';
+import { cpuUs, interleaved, load, printRoundRatios, report } from './lib/load.ts';
 import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
 
 const EMAIL = 'bench@example.com';
 const PASSWORD = 'quiet harbour lighthouse 2026';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 /** BENCH_PARTS=whoami,login,refresh: only those parts (default all). */
 const PARTS = new Set((process.env.BENCH_PARTS ?? 'whoami,login,refresh').split(','));
 
@@ -61,12 +62,21 @@ try {
 
   // 1. Authenticated route vs bare Fastify, interleaved so drift hits both alike.
   if (PARTS.has('whoami')) {
-    const { best } = await interleaved(2, [
-      { label: 'bare Fastify GET /', url: `${bare.url}/`, seconds: SECONDS, pid: bare.process.pid },
+    const bareLabel = 'bare Fastify GET /';
+    const whoamiLabel = 'Steward GET /v1/auth/whoami (Bearer)';
+    const { all, best } = await interleaved(ROUNDS, [
+      { label: bareLabel, url: `${bare.url}/`, seconds: SECONDS, pid: bare.process.pid },
       {
-        label: 'Steward GET /v1/auth/whoami (Bearer)',
+        label: whoamiLabel,
         url: `${steward.url}/v1/auth/whoami`,
         headers: auth,
+        seconds: SECONDS,
+        pid: steward.process.pid,
+      },
+      // The same plumbing without a credential: what authentication itself adds.
+      {
+        label: 'Steward GET /healthz (public)',
+        url: `${steward.url}/healthz`,
         seconds: SECONDS,
         pid: steward.process.pid,
       },
@@ -79,17 +89,12 @@ try {
         seconds: SECONDS,
         pid: steward.process.pid,
       }),
-      await load({
-        label: 'Steward GET /healthz (public)',
-        url: `${steward.url}/healthz`,
-        seconds: SECONDS,
-        pid: steward.process.pid,
-      }),
     ];
     report(
-      `Authenticated request vs bare Fastify (50 connections, best of interleaved ${SECONDS} s rounds; target ≥ 70%)`,
+      `Authenticated request vs bare Fastify (50 connections, best of ${ROUNDS} interleaved ${SECONDS} s rounds; target ≥ 70%)`,
       [...best, ...once],
     );
+    printRoundRatios(all, bareLabel, whoamiLabel);
   }
 
   // 2. Password logins.

@@ -6,13 +6,13 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type LoadResult, load, report } from './lib/load.ts';
+import { type LoadResult, load, printRoundRatios, report } from './lib/load.ts';
 import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
 
 const EMAIL = 'bench@example.com';
 const PASSWORD = 'quiet harbour lighthouse 2026';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 2);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 /** BENCH_ONLY=api-key: only the bare baseline and the X-API-Key caller (profiling runs). */
 const ONLY = process.env.BENCH_ONLY;
 
@@ -89,6 +89,7 @@ try {
     `POST /v1/keys/verify vs bare Fastify (50 connections, best of ${ROUNDS} interleaved ${SECONDS} s rounds; targets ≥ 75%, p99 ≤ 3 ms)`,
     labels.map(best).filter((r) => r !== undefined),
   );
+  for (const label of labels.slice(1)) printRoundRatios(rounds, labels[0] as string, label);
 } finally {
   await steward.stop();
   await bare.stop();

@@ -111,3 +111,19 @@ export function report(title: string, results: LoadResult[]): void {
     );
   }
 }
+
+/**
+ * Each round's ratio of `label` to `baseline` (rounds as `interleaved` ran them: the two loads of
+ * a round ran seconds apart), and their median. On a machine whose speed drifts, the best of each
+ * (what `report` shows) can pair a fast round with a slow one; the per-round ratios show the spread.
+ */
+export function printRoundRatios(all: readonly LoadResult[], baseline: string, label: string): void {
+  const bases = all.filter((r) => r.label === baseline);
+  const targets = all.filter((r) => r.label === label);
+  const ratios = targets.map((t, i) => (t.requestsPerSec / (bases[i]?.requestsPerSec ?? Number.NaN)) * 100);
+  const sorted = [...ratios].sort((a, b) => a - b);
+  const median = sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
+  console.log(
+    `${label} / ${baseline}, round by round: ${ratios.map((r) => `${r.toFixed(1)}%`).join(', ')} (median ${median.toFixed(1)}%)`,
+  );
+}
