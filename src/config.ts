@@ -175,7 +175,7 @@ export const configSchema = z.object({
     .max(1000)
     .default(500)
     .describe(
-      'How often each instance re-reads revoked sessions, in case a bus message was lost (keeps revocation under 1 s).',
+      'How often each instance re-reads revoked sessions, in case a bus message was lost (keeps revocation under 1 s). Server mode only: embedded, one process owns the data folder and learns of every revoke directly.',
     ),
   API_KEY_ENVIRONMENT: z
     .enum(['live', 'test'])

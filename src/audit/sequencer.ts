@@ -49,7 +49,10 @@ export interface SequencerOptions {
 export function createSequencer({
   db,
   batchSize = 1000,
-  intervalMs = 1000,
+  // On PGlite every event is linked as written or nudges a pass (one process writes the folder):
+  // the timer only sweeps up what a crash left, and each idle pass held the thread that serves
+  // requests for a query.
+  intervalMs = db.kind === 'pglite' ? 60_000 : 1000,
   nudgeDelayMs = db.kind === 'pglite' ? 50 : 5,
   onError = () => {},
 }: SequencerOptions) {

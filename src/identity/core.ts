@@ -153,7 +153,10 @@ export function createIdentityCore(deps: IdentityDeps) {
     bus,
     clock,
     accessTokenTtlSeconds: settings.accessTokenTtlSeconds,
-    pollMs: settings.revocationPollMs,
+    // Embedded mode is one process per data folder, and every revoke in it goes through this
+    // process's `publish`: there is nobody else's revoke to poll for (as for API keys), and each
+    // poll held the thread that serves requests (~1 ms, twice a second).
+    pollMs: db.kind === 'pglite' ? 0 : settings.revocationPollMs,
   });
   const refreshTokens = createRefreshTokens(keyring);
   const userCache = new Map<string, CachedUser>();

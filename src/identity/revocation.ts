@@ -11,6 +11,7 @@ export interface RevocationDeps {
   clock: () => Date;
   /** A revoked session is remembered this long: past it, every access token it had has expired. */
   accessTokenTtlSeconds: number;
+  /** How often to re-read revoked sessions; 0: only at start (one process owns the database). */
   pollMs: number;
 }
 
@@ -59,7 +60,8 @@ export function createRevocationList(deps: RevocationDeps) {
       bus.subscribe(TOPIC, (message) => {
         for (const sid of message.split(',')) if (sid) add(sid, clock().getTime());
       });
-      await pollSafely();
+      await pollSafely(); // revokes committed before this start (another run, the CLI)
+      if (deps.pollMs <= 0) return;
       timer = setInterval(() => {
         pollSafely().catch(() => {});
       }, deps.pollMs);
