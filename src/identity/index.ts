@@ -62,7 +62,9 @@ export const identityPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async
   });
   ctx.auth.addAuthenticator({
     name: 'access-token',
-    authenticate: (request) => identity.authenticate(request.headers.authorization, request.raw.socket),
+    // The socket keys the per-connection token memo; none (a detached request): no memo.
+    authenticate: (request) =>
+      identity.authenticate(request.headers.authorization, request.raw.socket ?? undefined),
   });
   await app.register(identityRoutes, { identity });
   await app.register(registrationRoutes, { identity, clock: ctx.clock });

@@ -207,7 +207,8 @@ export const keysPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async (ap
       if (typeof key !== 'string') {
         throw keyErrors.key_malformed('Send one X-API-Key header', { reason: 'malformed' });
       }
-      const result = verifier.verify(key, { ip: request.ip, connection: request.raw.socket });
+      // The socket keys the per-connection hash memo; none (a detached request): no memo.
+      const result = verifier.verify(key, { ip: request.ip, connection: request.raw.socket ?? undefined });
       return result instanceof Promise
         ? result.then((v) => principalOf(request, v))
         : principalOf(request, result);
