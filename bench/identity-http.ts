@@ -18,7 +18,7 @@ import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
 const EMAIL = 'bench@example.com';
 const PASSWORD = 'quiet harbour lighthouse 2026';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 /** BENCH_PARTS=whoami,login,refresh: only those parts (default all). */
 const PARTS = new Set((process.env.BENCH_PARTS ?? 'whoami,login,refresh').split(','));
 

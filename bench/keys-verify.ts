@@ -12,7 +12,7 @@ import { loginAs, startBareFastify, startSteward } from './lib/servers.ts';
 const EMAIL = 'bench@example.com';
 const PASSWORD = 'quiet harbour lighthouse 2026';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
 /** BENCH_ONLY=api-key: only the bare baseline and the X-API-Key caller (profiling runs). */
 const ONLY = process.env.BENCH_ONLY;
 
