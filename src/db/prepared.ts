@@ -4,7 +4,7 @@
 // On PGlite, `query()` costs five protocol round trips into the WebAssembly module (parse,
 // describe statement, bind, describe portal, execute) plus a plan, every time: a one-row lookup
 // by e-mail measured 382 µs that way and 102 µs as a named statement bound and executed in one
-// round trip (bench/pglite-prepared.ts). On PostgreSQL, node-postgres prepares a named statement
+// round trip (measured in session 3 with a one-off script, not kept). On PostgreSQL, node-postgres prepares a named statement
 // once per pooled connection and then skips parse and plan.
 import { type PGlite, protocol, parse as results, type Transaction } from '@electric-sql/pglite';
 import { getTableColumns, type Table } from 'drizzle-orm';
