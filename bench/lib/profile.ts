@@ -1,10 +1,11 @@
 // Summarises a V8 CPU profile (`node --cpu-prof`): self time by function and by file, so a
 // benchmark run shows where a request's cost goes. With a function name as 4th argument, also the
 // call paths that lead to it.
-// Run: node --import tsx bench/lib/profile.ts <file.cpuprofile> [top] [window-ms]
-// window-ms: only the samples of the busiest window-ms of the profile (the load phase of a
-// benchmark, without start-up and migrations); negative: the last -window-ms (Steward's load
-// phase, which ends its run, is less busy than its start-up).
+// Run: node --import tsx bench/lib/profile.ts <file.cpuprofile> [top] [window]
+// window: seconds; only the samples of the busiest window of the profile (the load phase of a
+// benchmark, without start-up and migrations); negative: the last -window seconds; `a:b` the
+// samples from a to b seconds after the start; `timeline` prints the busy share per half second
+// (to find a load phase among start-up, other rounds and an end-of-run check).
 import { readFileSync } from 'node:fs';
 
 interface ProfileNode {
@@ -38,7 +39,25 @@ for (const delta of profile.timeDeltas) {
 const idleIds = new Set(profile.nodes.filter((n) => n.callFrame.functionName === '(idle)').map((n) => n.id));
 let start = 0;
 let end = clock;
-if (windowArg !== undefined && Number(windowArg) < 0) {
+if (windowArg?.includes(':')) {
+  // An explicit range in seconds from the profile's start ("12.5:17.5"), as the timeline shows.
+  const [from, to] = windowArg.split(':').map(Number);
+  start = (from ?? 0) * 1e6;
+  end = to === undefined || Number.isNaN(to) ? clock : to * 1e6;
+} else if (windowArg === 'timeline') {
+  // Busy share per half second, to find a benchmark's load phase.
+  const busyPer = new Map<number, number>();
+  profile.samples.forEach((id, i) => {
+    if (idleIds.has(id)) return;
+    const slot = Math.floor((at[i] ?? 0) / 5e5);
+    busyPer.set(slot, (busyPer.get(slot) ?? 0) + (profile.timeDeltas[i] ?? 0));
+  });
+  for (let slot = 0; slot <= clock / 5e5; slot++) {
+    const share = (busyPer.get(slot) ?? 0) / 5e5;
+    console.log(`${(slot / 2).toFixed(1).padStart(6)} s  ${'#'.repeat(Math.round(share * 40))}`);
+  }
+  process.exit(0);
+} else if (windowArg !== undefined && Number(windowArg) < 0) {
   start = clock + Number(windowArg) * 1000;
 } else if (windowArg !== undefined) {
   const width = Number(windowArg) * 1000;

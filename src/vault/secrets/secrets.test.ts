@@ -96,6 +96,41 @@ for (const store of STORES) {
       assert.ok(logs.some((l) => l.accessType === 'read' && l.success));
     });
 
+    test('reads answered together each leave their own access-log row; so do refusals', async () => {
+      const reads = async () =>
+        (
+          await v.t.store.db.db.select().from(secretAccessLogs).where(eq(secretAccessLogs.secretId, secretId))
+        ).filter((l) => l.accessType === 'read');
+      const before = new Set((await reads()).map((l) => l.id));
+      const answers = await Promise.all([
+        ...Array.from({ length: 20 }, () =>
+          v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.viewer }),
+        ),
+        ...Array.from({ length: 5 }, () =>
+          v.req('GET', `/v1/secrets/${secretId}/versions`, { token: v.tokens.developer }),
+        ),
+      ]);
+      for (const a of answers) assert.equal(a.statusCode, 200, a.body);
+      const added = (await reads()).filter((l) => !before.has(l.id));
+      assert.equal(added.length, 25);
+      assert.deepEqual(
+        added.map((l) => l.requestId).sort(),
+        answers.map((a) => a.headers['x-request-id']).sort(),
+        'one row per answered request, under its request id',
+      );
+      assert.equal(added.filter((l) => l.principalId === v.ids.viewer).length, 20);
+      assert.ok(added.every((l) => l.success && l.userAgent === 'vault-test' && l.ip));
+
+      // Another org's admin gets a 404, recorded as a failed read in that org.
+      const refused = await Promise.all(
+        Array.from({ length: 3 }, () => v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.other })),
+      );
+      for (const r of refused) assert.equal(r.statusCode, 404);
+      const failed = (await reads()).filter((l) => !before.has(l.id) && !l.success);
+      assert.equal(failed.length, 3);
+      assert.ok(failed.every((l) => l.errorCode === 'secret_not_found' && l.orgId !== added[0]?.orgId));
+    });
+
     test('new versions, versions list, rollback as a new version, reveal of old versions', async () => {
       const put = await v.req('PUT', `/v1/secrets/${secretId}/value`, {
         token: v.tokens.developer,

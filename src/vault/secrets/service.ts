@@ -279,19 +279,39 @@ export function createSecretService({
     return row;
   }
 
-  async function writeLog(
-    tx: DbOrTx,
-    access: Access,
-    entry: {
-      secretId: string | null;
-      type: AccessType;
-      success: boolean;
-      version?: number | null;
-      errorCode?: string;
-    },
-  ): Promise<void> {
+  interface LogEntry {
+    secretId: string | null;
+    type: AccessType;
+    success: boolean;
+    version?: number | null;
+    errorCode?: string;
+  }
+
+  /** An access-log row in the transaction of the change it records. */
+  async function writeLog(tx: DbOrTx, access: Access, entry: LogEntry): Promise<void> {
     await tx.insert(secretAccessLogs).values(logRow(access, entry));
   }
+
+  /**
+   * An access-log row of its own (a read, a refusal): resolves once committed, so the caller
+   * answers only after its record exists. Rows logged together share one statement: a read used
+   * to pay a commit of its own on PGlite's one thread (src/db/batcher.ts).
+   */
+  const standaloneLogs = createBatcher<AccessLogRow, void>({
+    maxInFlight: batchesInFlight(db),
+    run: async (rows) => {
+      await rawInsertMany(
+        db.db,
+        db.kind,
+        'secret_access_logs',
+        ACCESS_LOG_COLUMNS,
+        rows.map(accessLogValues),
+      );
+      return [];
+    },
+  });
+  const logAccess = (access: Access, entry: LogEntry, within?: Within): Promise<void> =>
+    within ? writeLog(within.tx, access, entry) : standaloneLogs.submit(logRow(access, entry));
 
   /** Runs an access; a refusal or failure is logged (best effort) before it propagates. */
   async function logged<T>(
@@ -305,12 +325,11 @@ export function createSecretService({
       return await run();
     } catch (error) {
       if (error instanceof StewardError && !alreadyLogged.has(error)) {
-        await writeLog(within?.tx ?? db.db, access, {
-          secretId: secretId.slice(0, 200),
-          type,
-          success: false,
-          errorCode: error.code,
-        }).catch(() => {});
+        await logAccess(
+          access,
+          { secretId: secretId.slice(0, 200), type, success: false, errorCode: error.code },
+          within,
+        ).catch(() => {});
       }
       throw error;
     }
@@ -569,7 +588,7 @@ export function createSecretService({
     return logged(access, 'read', id, async () => {
       const secret = await loadLive(access.principal.orgId, id);
       await requireOn(authz, access.principal, 'secrets:read', { type: 'secrets', id });
-      await writeLog(db.db, access, { secretId: id, type: 'read', success: true });
+      await logAccess(access, { secretId: id, type: 'read', success: true });
       return secret;
     });
   }
@@ -600,7 +619,7 @@ export function createSecretService({
         .where(and(...where))
         .orderBy(desc(secretVersions.version))
         .limit(page.limit);
-      await writeLog(db.db, access, { secretId: id, type: 'read', success: true });
+      await logAccess(access, { secretId: id, type: 'read', success: true });
       return rows;
     });
   }
