@@ -120,10 +120,22 @@ export function report(title: string, results: LoadResult[]): void {
 export function printRoundRatios(all: readonly LoadResult[], baseline: string, label: string): void {
   const bases = all.filter((r) => r.label === baseline);
   const targets = all.filter((r) => r.label === label);
-  const ratios = targets.map((t, i) => (t.requestsPerSec / (bases[i]?.requestsPerSec ?? Number.NaN)) * 100);
-  const sorted = [...ratios].sort((a, b) => a - b);
-  const median = sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
-  console.log(
-    `${label} / ${baseline}, round by round: ${ratios.map((r) => `${r.toFixed(1)}%`).join(', ')} (median ${median.toFixed(1)}%)`,
+  const line = (what: string, ratios: number[]) => {
+    const sorted = [...ratios].sort((a, b) => a - b);
+    const median = sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
+    console.log(
+      `${what}, round by round: ${ratios.map((r) => `${r.toFixed(1)}%`).join(', ')} (median ${median.toFixed(1)}%)`,
+    );
+  };
+  line(
+    `${label} / ${baseline}`,
+    targets.map((t, i) => (t.requestsPerSec / (bases[i]?.requestsPerSec ?? Number.NaN)) * 100),
+  );
+  // The steadier figure when other work shares the cores: server CPU per request, baseline / this.
+  line(
+    '  server CPU per request, baseline / this',
+    targets.map(
+      (t, i) => ((bases[i]?.cpuUsPerRequest ?? Number.NaN) / (t.cpuUsPerRequest ?? Number.NaN)) * 100,
+    ),
   );
 }
