@@ -131,7 +131,9 @@ export function printRoundRatios(all: readonly LoadResult[], baseline: string, l
     `${label} / ${baseline}`,
     targets.map((t, i) => (t.requestsPerSec / (bases[i]?.requestsPerSec ?? Number.NaN)) * 100),
   );
-  // The steadier figure when other work shares the cores: server CPU per request, baseline / this.
+  // Server CPU per request, baseline / this: it does not depend on the load generator getting its
+  // share of the cores, though it drifts with the machine's speed too (rounds of one run have
+  // ranged from 48 % to 83 %).
   line(
     '  server CPU per request, baseline / this',
     targets.map(

@@ -2,10 +2,11 @@
 // benchmark run shows where a request's cost goes. With a function name as 4th argument, also the
 // call paths that lead to it.
 // Run: node --import tsx bench/lib/profile.ts <file.cpuprofile> [top] [window]
-// window: seconds; only the samples of the busiest window of the profile (the load phase of a
-// benchmark, without start-up and migrations); negative: the last -window seconds; `a:b` the
-// samples from a to b seconds after the start; `timeline` prints the busy share per half second
-// (to find a load phase among start-up, other rounds and an end-of-run check).
+// window: a number of milliseconds, for only the samples of the busiest window of that length (the
+// load phase of a benchmark, without start-up and migrations), or negative, for the last -window
+// ms (beware: in vault-reveal.ts that includes the end-of-run audit verify); `a:b`, the samples
+// from a to b seconds after the start; `timeline`, the busy share per half second, in seconds, to
+// find a load phase among start-up, other rounds and end-of-run checks.
 import { readFileSync } from 'node:fs';
 
 interface ProfileNode {
