@@ -300,13 +300,7 @@ export function createSecretService({
   const standaloneLogs = createBatcher<AccessLogRow, void>({
     maxInFlight: batchesInFlight(db),
     run: async (rows) => {
-      await rawInsertMany(
-        db.db,
-        db.kind,
-        'secret_access_logs',
-        ACCESS_LOG_COLUMNS,
-        rows.map(accessLogValues),
-      );
+      await insertLogRows(db.db, rows);
       return [];
     },
   });
@@ -359,12 +353,9 @@ export function createSecretService({
   async function writeReveals(batch: RevealRecord[]): Promise<void> {
     // Three to five statements a batch, each prepared once: the batch runs on PGlite's one thread.
     await db.db.transaction(async (tx) => {
-      await rawInsertMany(
+      await insertLogRows(
         tx,
-        db.kind,
-        'secret_access_logs',
-        ACCESS_LOG_COLUMNS,
-        batch.map((b) => accessLogValues(b.log)),
+        batch.map((b) => b.log),
       );
       const touch = [...new Set(batch.flatMap((b) => (b.touch === null ? [] : [b.touch])))];
       if (touch.length > 0) {
@@ -413,6 +404,10 @@ export function createSecretService({
     log.requestId,
     log.createdAt,
   ];
+
+  /** Access-log rows in one statement (COPY on PGlite), inside `tx` or on their own. */
+  const insertLogRows = (tx: DbOrTx, rows: readonly AccessLogRow[]): Promise<void> =>
+    rawInsertMany(tx, db.kind, 'secret_access_logs', ACCESS_LOG_COLUMNS, rows.map(accessLogValues));
 
   const logRow = (
     access: Access,
