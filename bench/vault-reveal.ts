@@ -68,7 +68,7 @@ async function run(label: string, bare: RunningServer, env: Record<string, strin
     );
     console.log('\nEvery round:');
     for (const r of rounds)
-      console.log(`  ${r.label}: ${Math.round(r.requestsPerSec)} req/s, p99 ${r.p99} ms`);
+      console.log(`  ${r.label}: ${Math.round(r.requestsPerSec)} req/s, p99 ${r.p99.toFixed(2)} ms`);
 
     // Every reveal answered 200 left its event: the chain grew by at least the measured answers
     // (autocannon's warm-ups add more) and still verifies.

@@ -4,6 +4,7 @@ import autocannon from 'autocannon';
 export interface LoadResult {
   label: string;
   requestsPerSec: number;
+  /** Latency percentiles of the 2xx answers, in ms (exact, not autocannon's whole milliseconds). */
   p50: number;
   p99: number;
   non2xx: number;
@@ -57,13 +58,28 @@ export async function load(options: LoadOptions): Promise<LoadResult> {
   };
   await autocannon({ ...base, duration: 1 });
   const cpuBefore = cpuUs(options.pid);
-  const result = await autocannon({ ...base, duration: options.seconds ?? 5 });
+  // autocannon's own percentiles are whole milliseconds, truncated (its histogram holds integers):
+  // a reported p99 of 3 may be 3.9 ms. The response events carry the exact time.
+  const latencies: number[] = [];
+  const result = await new Promise<autocannon.Result>((resolve, reject) => {
+    const run = autocannon({ ...base, duration: options.seconds ?? 5 }, (error, out) =>
+      error ? reject(error) : resolve(out),
+    );
+    run.on('response', (_client, status, _bytes, ms) => {
+      if (status >= 200 && status < 300) latencies.push(ms);
+    });
+  });
   const cpuAfter = cpuUs(options.pid);
+  const sorted = Float64Array.from(latencies).sort();
+  const percentile = (p: number) =>
+    sorted.length === 0
+      ? Number.NaN
+      : (sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)] ?? Number.NaN);
   const out: LoadResult = {
     label: options.label,
     requestsPerSec: result.requests.average,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
+    p50: percentile(0.5),
+    p99: percentile(0.99),
     non2xx: result.non2xx,
     errors: result.errors,
   };
@@ -107,7 +123,7 @@ export function report(title: string, results: LoadResult[]): void {
       ? ` ${(r.cpuUsPerRequest ?? 0).toFixed(1)} | ${(((baseline.cpuUsPerRequest ?? 0) / (r.cpuUsPerRequest ?? 1)) * 100).toFixed(1)}% |`
       : '';
     console.log(
-      `| ${r.label} | ${Math.round(r.requestsPerSec)} | ${r.p50} | ${r.p99} | ${r.non2xx + r.errors} | ${ratio}% |${cpuCells}`,
+      `| ${r.label} | ${Math.round(r.requestsPerSec)} | ${r.p50.toFixed(2)} | ${r.p99.toFixed(2)} | ${r.non2xx + r.errors} | ${ratio}% |${cpuCells}`,
     );
   }
 }
