@@ -83,7 +83,8 @@ export interface CachedUser {
 /** Runs after a transaction commits (authz index updates). */
 export type AfterCommit = () => Promise<void>;
 
-const USER_TOPIC = 'identity.users';
+/** Bus topic: a user changed (id as the message); caches keyed by user drop their entry. */
+export const USER_TOPIC = 'identity.users';
 
 export const SYSTEM_ACTOR = { type: 'system' as const, name: 'steward' };
 
