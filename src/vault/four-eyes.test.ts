@@ -317,6 +317,174 @@ for (const { kind, skip } of STORES) {
       assert.equal(meta.updated_by, v.ids.manager, 'applied as the requester');
     });
 
+    test('changes that could never apply are refused at request time, not held', async () => {
+      const pendingCount = async () =>
+        (await v.t.store.db.query<{ n: number }>(`select count(*)::int as n from vault_changes`))[0]?.n;
+      const created = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'prod_db', environment: 'production', value: 'db-value' },
+      });
+      const secretId = (await approve(created.json().change_id, v.tokens.manager2)).json().result_id;
+      const setting = await v.req('PUT', '/v1/settings/production/page_size', {
+        token: v.tokens.developer,
+        body: { value: 20, value_type: 'int' },
+      });
+      assert.equal((await approve(setting.json().change_id, v.tokens.manager)).statusCode, 200);
+      const outsider = await v.req('POST', '/v1/users', {
+        token: v.tokens.other,
+        body: { email: 'outsider@example.com', password: 'a sturdy vault passphrase', roles: ['viewer'] },
+      });
+      const before = await pendingCount();
+
+      const { admin, manager, developer } = v.tokens;
+      const outsiderId = outsider.json().id;
+      const wrong: string[] = [];
+      const refused = async (what: string, asked: ReturnType<typeof v.req>, status: number, code: string) => {
+        const res = await asked;
+        if (res.statusCode !== status || res.json().code !== code)
+          wrong.push(`${what}: ${res.statusCode} ${res.body}`);
+      };
+      const prodDb = { name: 'prod_db', environment: 'production', value: 'x' };
+      await refused(
+        'name taken',
+        v.req('POST', '/v1/secrets', { token: manager, body: prodDb }),
+        409,
+        'secret_name_taken',
+      );
+      await refused(
+        'secret rollback to a missing version',
+        v.req('POST', `/v1/secrets/${secretId}/rollback`, { token: manager, body: { version: 99 } }),
+        404,
+        'secret_version_not_found',
+      );
+      await refused(
+        'setting rollback to a missing version',
+        v.req('POST', '/v1/settings/production/page_size/rollback', {
+          token: developer,
+          body: { version: 99 },
+        }),
+        404,
+        'setting_version_not_found',
+      );
+      await refused(
+        'secret owned by a user of another org',
+        v.req('POST', '/v1/secrets', {
+          token: admin,
+          body: { ...prodDb, name: 'owned_x', owner_id: outsiderId },
+        }),
+        404,
+        'owner_not_found',
+      );
+      const patch = (owner_id: string) =>
+        v.req('PATCH', `/v1/secrets/${secretId}`, { token: admin, body: { owner_id } });
+      await refused('PATCH to an owner of another org', patch(outsiderId), 404, 'owner_not_found');
+      await refused('PATCH to a malformed owner', patch('usr_nonexistent'), 400, 'validation_failed');
+      const ifMatch = { 'if-match': '"7"' };
+      await refused(
+        'setting delete of a missing key',
+        v.req('DELETE', '/v1/settings/production/no_such_key', { token: manager, headers: ifMatch }),
+        404,
+        'setting_not_found',
+      );
+      await refused(
+        'setting update with a stale If-Match',
+        v.req('PUT', '/v1/settings/production/page_size', {
+          token: developer,
+          headers: ifMatch,
+          body: { value: 30 },
+        }),
+        412,
+        'version_conflict',
+      );
+      assert.deepEqual(wrong, [], 'every case answered with its own error');
+      assert.equal(await pendingCount(), before, 'nothing was held');
+    });
+
+    test('an approval still checks again: a name taken while the creation was pending fails it', async () => {
+      const first = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'race_name', environment: 'production', value: 'one' },
+      });
+      const second = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'race_name', environment: 'production', value: 'two' },
+      });
+      assert.equal(second.statusCode, 202, 'both held: neither exists yet');
+      assert.equal((await approve(first.json().change_id, v.tokens.manager2)).statusCode, 200);
+      const late = await approve(second.json().change_id, v.tokens.manager2);
+      assert.equal(late.statusCode, 409, late.body);
+      assert.equal(late.json().code, 'secret_name_taken');
+      const rows = await v.t.store.db.query<{ status: string }>(
+        `select status from vault_changes where id = $1`,
+        [second.json().change_id],
+      );
+      assert.equal(rows[0]?.status, 'failed');
+    });
+
+    test('a rollback to a version that does not open: refused when asked, failed (not hung) at approval', {
+      timeout: 20_000,
+    }, async () => {
+      const created = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'moved_value', environment: 'production', value: 'first' },
+      });
+      const id = (await approve(created.json().change_id, v.tokens.manager2)).json().result_id;
+      const put = await v.req('PUT', `/v1/secrets/${id}/value`, {
+        token: v.tokens.manager,
+        body: { value: 'second' },
+      });
+      assert.equal((await approve(put.json().change_id, v.tokens.manager2)).statusCode, 200);
+      const held = await v.req('POST', `/v1/secrets/${id}/rollback`, {
+        token: v.tokens.manager,
+        body: { version: 1 },
+      });
+      assert.equal(held.statusCode, 202, held.body);
+      // Version 2's sealed value copied over version 1's: bound to v/2, it no longer opens as v/1.
+      await v.t.store.db.query(
+        `update secret_versions set value = (select value from secret_versions where secret_id = $1 and version = 2)
+          where secret_id = $1 and version = 1`,
+        [id],
+      );
+      const late = await approve(held.json().change_id, v.tokens.manager2);
+      assert.equal(late.statusCode, 409, late.body);
+      assert.equal(late.json().code, 'secret_undecryptable');
+      const rows = await v.t.store.db.query<{ status: string }>(
+        `select status from vault_changes where id = $1`,
+        [held.json().change_id],
+      );
+      assert.equal(rows[0]?.status, 'failed');
+      const asked = await v.req('POST', `/v1/secrets/${id}/rollback`, {
+        token: v.tokens.manager,
+        body: { version: 1 },
+      });
+      assert.equal(asked.statusCode, 409, asked.body);
+      assert.equal(asked.json().code, 'secret_undecryptable');
+      const meta = await v.req('GET', `/v1/secrets/${id}`, { token: v.tokens.manager });
+      assert.equal(meta.json().current_version, 2, 'nothing applied');
+    });
+
+    test('policy: unknown environment names are refused (a typo would protect nothing)', async () => {
+      const typo = await v.req('PUT', '/v1/vault/policy', {
+        token: v.tokens.admin,
+        body: { four_eyes: true, environments: ['production', 'nope'] },
+      });
+      assert.equal(typo.statusCode, 404, typo.body);
+      assert.equal(typo.json().code, 'environment_not_found');
+      const policy = await v.req('GET', '/v1/vault/policy', { token: v.tokens.viewer });
+      assert.deepEqual(policy.json(), { four_eyes: true, environments: ['production'] }, 'unchanged');
+      const ok = await v.req('PUT', '/v1/vault/policy', {
+        token: v.tokens.admin,
+        body: { four_eyes: true, environments: ['production', 'staging'] },
+      });
+      assert.equal(ok.statusCode, 200, ok.body);
+      assert.deepEqual(ok.json().environments, ['production', 'staging']);
+      const back = await v.req('PUT', '/v1/vault/policy', {
+        token: v.tokens.admin,
+        body: { four_eyes: true, environments: ['production'] },
+      });
+      assert.equal(back.statusCode, 200, back.body);
+    });
+
     test('segment create, update and delete are held (segments serve production too)', async () => {
       const body = {
         name: 'beta-users',

@@ -13,7 +13,7 @@ import { defineErrors, StewardError } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Principal, PrincipalKind } from '../http/principal.ts';
 import { environments } from '../tenancy/schema.ts';
-import type { Environment } from '../tenancy/service.ts';
+import type { Environment, TenancyService } from '../tenancy/service.ts';
 import { vaultChanges, vaultPolicies } from './schema.ts';
 import type { Access } from './secrets/service.ts';
 
@@ -79,12 +79,14 @@ export function createFourEyes({
   db,
   keyring,
   audit,
+  tenancy,
   clock,
   onError = () => {},
 }: {
   db: DbHandle;
   keyring: Keyring;
   audit: AuditRecorder;
+  tenancy: Pick<TenancyService, 'environmentByName'>;
   clock: () => Date;
   onError?: ((error: unknown, what: string) => void) | undefined;
 }) {
@@ -104,6 +106,9 @@ export function createFourEyes({
     context: RequestContext,
   ) {
     return db.db.transaction(async (tx) => {
+      // A misspelt name would protect nothing while reading as protected: 404
+      // environment_not_found, as every route answers for an unknown environment.
+      for (const name of input.environments ?? []) await tenancy.environmentByName(principal.orgId, name, tx);
       const before = await policy(principal.orgId, tx);
       const after = { fourEyes: input.four_eyes, environments: input.environments ?? before.environments };
       await tx

@@ -23,6 +23,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
     db: ctx.db,
     keyring: ctx.keyring,
     audit: ctx.audit,
+    tenancy: ctx.tenancy,
     clock: ctx.clock,
     onError,
   });
@@ -35,7 +36,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
     clock: ctx.clock,
     fourEyes: changes.fourEyes,
   };
-  const service = createSecretService({ ...deps, bus: ctx.bus, onError });
+  const service = createSecretService({ ...deps, identity: ctx.identity, bus: ctx.bus, onError });
   const settings = createSettingService(deps);
 
   const envOf = (env: Environment | null): Environment => {

@@ -13,4 +13,6 @@ export const secretErrors = defineErrors({
    */
   secret_undecryptable: { status: 409, title: 'Secret value failed its integrity check' },
   invalid_required_permission: { status: 400, title: 'Unknown required permission' },
+  // The code, status and title API keys answer for an owner not of the org (src/keys/errors.ts).
+  owner_not_found: { status: 404, title: 'Owner not found' },
 });

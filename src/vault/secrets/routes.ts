@@ -33,6 +33,14 @@ const metadata = z
 const rotationDays = z.number().int().min(1).max(3650);
 const isoDate = z.iso.datetime({ offset: true });
 const idParams = z.object({ id: z.string().min(1).max(100) });
+const ownerId = z
+  .string()
+  .min(1)
+  .max(100)
+  .describe(
+    'A `usr_…` id of a member of the org or an `agt_…` id, as for API keys (400 otherwise; 404 ' +
+      '`owner_not_found` for a user not of the org). Default: the caller. Needs secrets:admin.',
+  );
 
 const secretSchema = z.object({
   id: z.string(),
@@ -158,12 +166,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
           description: z.string().max(2000).optional(),
           tags: tags.optional(),
           metadata: metadata.optional(),
-          owner_id: z
-            .string()
-            .min(1)
-            .max(100)
-            .optional()
-            .describe('Default: the caller. Needs secrets:admin.'),
+          owner_id: ownerId.optional(),
           required_permission: z
             .string()
             .max(100)
@@ -255,7 +258,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
           secret_type: z.enum(SECRET_TYPES).optional(),
           tags: tags.optional(),
           metadata: metadata.optional(),
-          owner_id: z.string().min(1).max(100).nullable().optional(),
+          owner_id: ownerId.nullable().optional(),
           required_permission: z.string().max(100).nullable().optional(),
           active: z.boolean().optional(),
           rotation_enabled: z.boolean().optional(),

@@ -4,6 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { eq, sql } from 'drizzle-orm';
 import { STORES } from '../../../test/helpers/stores.ts';
 import { createKeyring } from '../../crypto/keyring.ts';
+import { newId } from '../../db/ids.ts';
 import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
 import { rewrapAll } from './rewrap.ts';
 import { secretAccessLogs, secretVersions } from './schema.ts';
@@ -254,6 +255,65 @@ for (const store of STORES) {
       assert.equal(unauth.statusCode, 401);
     });
 
+    test('owner_id: a principal of the org, by the rule API keys follow; checked on create and PATCH', async () => {
+      // A user of the other org only.
+      const outsider = await v.req('POST', '/v1/users', {
+        token: v.tokens.other,
+        body: { email: 'outsider@example.com', password: 'a sturdy vault passphrase', roles: ['viewer'] },
+      });
+      assert.equal(outsider.statusCode, 201, outsider.body);
+      const outsiderId: string = outsider.json().id;
+      const unknownUser = newId('usr');
+      const agent = newId('agt');
+      const owned = (name: string, owner_id: unknown) =>
+        create({ name, environment: 'development', value: 'v', owner_id }, v.tokens.admin);
+      const refused: [unknown, number, string][] = [
+        [outsiderId, 404, 'owner_not_found'],
+        [unknownUser, 404, 'owner_not_found'],
+        ['not even an id', 400, 'validation_failed'],
+        ['usr_nonexistent', 400, 'validation_failed'],
+        [newId('key'), 400, 'validation_failed'],
+      ];
+      for (const [owner, status, code] of refused) {
+        const res = await owned('OWNED_X', owner);
+        assert.equal(res.statusCode, status, `${owner} → ${res.body}`);
+        assert.equal(res.json().code, code);
+      }
+      // The keys domain gives the same answer for the same user of another org.
+      const key = await v.req('POST', '/v1/keys', {
+        token: v.tokens.admin,
+        body: { name: 'k', scopes: [], owner: outsiderId },
+      });
+      assert.equal(key.statusCode, 404, key.body);
+      assert.equal(key.json().code, 'owner_not_found');
+
+      const member = await owned('OWNED_BY_MANAGER', v.ids.manager);
+      assert.equal(member.statusCode, 201, member.body);
+      assert.equal(member.json().owner_id, v.ids.manager);
+      const byAgent = await owned('OWNED_BY_AGENT', agent);
+      assert.equal(byAgent.statusCode, 201, byAgent.body);
+      assert.equal(byAgent.json().owner_id, agent);
+
+      const id = member.json().id;
+      const patch = (owner_id: unknown) =>
+        v.req('PATCH', `/v1/secrets/${id}`, { token: v.tokens.admin, body: { owner_id } });
+      for (const [owner, status, code] of refused) {
+        const res = await patch(owner);
+        assert.equal(res.statusCode, status, `PATCH ${owner} → ${res.body}`);
+        assert.equal(res.json().code, code);
+      }
+      assert.equal(
+        (await v.req('GET', `/v1/secrets/${id}`, { token: v.tokens.admin })).json().owner_id,
+        v.ids.manager,
+      );
+      const moved = await patch(v.ids.manager2);
+      assert.equal(moved.statusCode, 200, moved.body);
+      assert.equal(moved.json().owner_id, v.ids.manager2);
+      const cleared = await patch(null);
+      assert.equal(cleared.statusCode, 200, cleared.body);
+      assert.equal(cleared.json().owner_id, null);
+    });
+
     test('audit: events for every change and reveal, and no secret value anywhere', async () => {
       const patched = await v.req('PATCH', `/v1/secrets/${secretId}`, {
         token: v.tokens.developer,
@@ -331,6 +391,7 @@ for (const store of STORES) {
         audit: app.steward.audit,
         authz: app.steward.authz,
         tenancy: app.steward.tenancy,
+        identity: app.steward.identity,
         clock: app.steward.clock,
       });
       const manager = await app.steward.identity.authenticate(`Bearer ${v.tokens.manager}`);

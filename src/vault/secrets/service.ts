@@ -12,10 +12,11 @@ import { type DbHandle, type DbOrTx, rawInsertMany } from '../../db/client.ts';
 import { isId, newId } from '../../db/ids.ts';
 import { prepared, runPrepared } from '../../db/prepared.ts';
 import type { RequestContext } from '../../http/context.ts';
-import { StewardError } from '../../http/errors.ts';
+import { httpErrors, StewardError } from '../../http/errors.ts';
 import type { Principal } from '../../http/principal.ts';
+import type { IdentityService } from '../../identity/service.ts';
 import { environments } from '../../tenancy/schema.ts';
-import type { TenancyService } from '../../tenancy/service.ts';
+import type { Environment, TenancyService } from '../../tenancy/service.ts';
 import { isUniqueViolation, requireOn } from '../common.ts';
 import type { FourEyes } from '../four-eyes.ts';
 import { secretErrors } from './errors.ts';
@@ -98,6 +99,8 @@ export interface SecretServiceDeps {
   audit: AuditRecorder;
   authz: Pick<Authz, 'check'>;
   tenancy: Pick<TenancyService, 'environmentByName'>;
+  /** Who is a user of an org, for `owner_id` (the lookup API keys use for their owners). */
+  identity: Pick<IdentityService, 'findPrincipal'>;
   clock: () => Date;
   fourEyes?: FourEyes | undefined;
   /** Tells other instances to drop cached secret rows; without it the cache is this process's only. */
@@ -226,6 +229,7 @@ export function createSecretService({
   audit,
   authz,
   tenancy,
+  identity,
   clock,
   fourEyes,
   bus,
@@ -451,6 +455,41 @@ export function createSecretService({
 
   // ---- create ---------------------------------------------------------------------------
 
+  /**
+   * Refuses an owner that is not a principal of the caller's org, by the rule API keys follow for
+   * theirs (src/keys/service.ts, `resolveOwner`), so both domains accept the same owners: the
+   * caller, a user with an active membership of the org, or a well-formed `agt_` id (no agents
+   * domain yet). Anything else that is not a `usr_`/`agt_` id is a 400; a user id that is not of
+   * this org, 404 `owner_not_found` as for keys.
+   */
+  async function checkOwner(principal: Principal, ownerId: string, tx?: DbOrTx): Promise<void> {
+    if (ownerId === (principal.ownerId ?? principal.id)) return;
+    if (!isId('usr', ownerId) && !isId('agt', ownerId)) {
+      throw httpErrors.validation_failed('body.owner_id: not a user (usr_…) or agent (agt_…) id', {
+        errors: [{ path: 'body.owner_id', message: 'Not a user (usr_…) or agent (agt_…) id' }],
+      });
+    }
+    if (isId('usr', ownerId) && (await identity.findPrincipal(principal.orgId, ownerId, tx)) === null) {
+      throw secretErrors.owner_not_found(`No active user or agent ${ownerId} in this organization`);
+    }
+  }
+
+  /** Whether a live secret of this org and environment has the name. */
+  async function nameTaken(orgId: string, environmentId: string, name: string): Promise<boolean> {
+    const [row] = await db.db
+      .select({ id: secrets.id })
+      .from(secrets)
+      .where(
+        and(
+          eq(secrets.orgId, orgId),
+          eq(secrets.environmentId, environmentId),
+          eq(secrets.name, name),
+          isNull(secrets.deletedAt),
+        ),
+      );
+    return row !== undefined;
+  }
+
   async function create(access: Access, input: CreateSecretInput): Promise<Secret | Pending> {
     const { principal } = access;
     const env = await tenancy.environmentByName(principal.orgId, input.environment);
@@ -460,6 +499,10 @@ export function createSecretService({
     if (input.required_permission !== undefined && !isPermission(input.required_permission)) {
       throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
     }
+    if (input.owner_id !== undefined) await checkOwner(principal, input.owner_id);
+    // Refused now rather than held for an approval that could only fail. The insert's unique
+    // index still decides between creations that race (or were held together).
+    if (await nameTaken(principal.orgId, env.id, input.name)) throw nameTakenError(input.name, env.name);
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
       const changeId = await fourEyes.propose(access, {
         kind: 'secret.create',
@@ -470,17 +513,32 @@ export function createSecretService({
       });
       return { pending: true, changeId };
     }
-    return applyCreate(access, input);
+    return writeCreate(access, input, env);
   }
 
+  const nameTakenError = (name: string, environment: string) =>
+    secretErrors.secret_name_taken(`A secret named ${name} exists in ${environment}`);
+
+  /** An approved creation: the owner may have left the org since the request, so it is checked again. */
   async function applyCreate(
     access: Access,
     input: CreateSecretInput,
+    approvedBy: Principal,
+    within: Within,
+  ): Promise<Secret> {
+    const env = await tenancy.environmentByName(access.principal.orgId, input.environment, within.tx);
+    if (input.owner_id !== undefined) await checkOwner(access.principal, input.owner_id, within.tx);
+    return writeCreate(access, input, env, approvedBy, within);
+  }
+
+  async function writeCreate(
+    access: Access,
+    input: CreateSecretInput,
+    env: Environment,
     approvedBy?: Principal,
     within?: Within,
   ): Promise<Secret> {
     const { principal } = access;
-    const env = await tenancy.environmentByName(principal.orgId, input.environment, within?.tx);
     const now = clock();
     const id = newId('sec');
     const rotationDays = input.rotation_days ?? null;
@@ -539,9 +597,7 @@ export function createSecretService({
         return { ...row, environment: env.name };
       });
     } catch (error) {
-      if (isUniqueViolation(error)) {
-        throw secretErrors.secret_name_taken(`A secret named ${input.name} exists in ${env.name}`);
-      }
+      if (isUniqueViolation(error)) throw nameTakenError(input.name, env.name);
       throw error;
     }
   }
@@ -678,15 +734,21 @@ export function createSecretService({
     });
   }
 
-  /** Records a value that would not open (audit + access log), and the error to answer with. */
+  /**
+   * Records a value that would not open (audit + access log), and the error to answer with. Inside
+   * an approval the record goes in its transaction (which the error then rolls back; the change is
+   * marked failed with this code): a transaction of its own would wait on PGlite for the approval's
+   * forever.
+   */
   async function undecryptable(
     access: Access,
     secret: Pick<Secret, 'id' | 'name'>,
     version: number,
     cause: CryptoError,
+    within?: Within,
   ) {
     const reason = cause.code === 'unknown_key' ? 'unknown_master_key' : 'integrity';
-    await db.db.transaction(async (tx) => {
+    await inTx(within, async (tx) => {
       await audit.record(tx, {
         orgId: access.principal.orgId,
         actor: actor(access),
@@ -717,6 +779,30 @@ export function createSecretService({
   }
 
   // ---- changes ------------------------------------------------------------------------------
+
+  /**
+   * Refuses now, rather than holding for an approval that could only fail, a rollback to a version
+   * that does not exist (versions are never removed) or whose value does not open (409, recorded).
+   */
+  async function checkRestorable(access: Access, secret: Secret, version: number): Promise<void> {
+    const target = await versionOf(db.db, secret.id, version);
+    try {
+      open(keyring, target.value, secretAad(secret.orgId, secret.id, version)).fill(0);
+    } catch (error) {
+      if (!(error instanceof CryptoError)) throw error;
+      throw await undecryptable(access, secret, version, error);
+    }
+  }
+
+  /** A stored version of a secret, or 404 `secret_version_not_found`. */
+  async function versionOf(tx: DbOrTx, id: string, version: number): Promise<SecretVersionRow> {
+    const [row] = await tx
+      .select()
+      .from(secretVersions)
+      .where(and(eq(secretVersions.secretId, id), eq(secretVersions.version, version)));
+    if (!row) throw secretErrors.secret_version_not_found(`No version ${version}`);
+    return row;
+  }
 
   async function gate(
     access: Access,
@@ -818,6 +904,7 @@ export function createSecretService({
     return logged(access, 'write', id, async () => {
       const secret = await loadLive(access.principal.orgId, id);
       await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+      await checkRestorable(access, secret, input.version);
       const pending = await gate(access, secret, 'secret.rollback', input, { to_version: input.version });
       return pending ?? applyRollback(access, id, input);
     });
@@ -832,11 +919,7 @@ export function createSecretService({
   ): Promise<Secret> {
     const result = await inTx(within, async (tx) => {
       const secret = await loadLive(access.principal.orgId, id, tx, true);
-      const [target] = await tx
-        .select()
-        .from(secretVersions)
-        .where(and(eq(secretVersions.secretId, id), eq(secretVersions.version, input.version)));
-      if (!target) throw secretErrors.secret_version_not_found(`No version ${input.version}`);
+      const target = await versionOf(tx, id, input.version);
       let plaintext: Buffer;
       try {
         plaintext = open(keyring, target.value, secretAad(secret.orgId, id, input.version));
@@ -886,7 +969,7 @@ export function createSecretService({
       return { secret: { ...row, environment: secret.environment } };
     });
     if ('undecryptable' in result && result.undecryptable) {
-      throw await undecryptable(access, result.secret, input.version, result.undecryptable);
+      throw await undecryptable(access, result.secret, input.version, result.undecryptable, within);
     }
     await changedNowOrAfter(within, id);
     return result.secret;
@@ -915,6 +998,8 @@ export function createSecretService({
     if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
       throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
     }
+    // null clears the owner; an id must be a principal of the org (at approval too: they may have left).
+    if (typeof input.owner_id === 'string') await checkOwner(access.principal, input.owner_id, tx);
     return secret;
   }
 

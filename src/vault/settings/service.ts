@@ -441,6 +441,19 @@ export function createSettingService({
     return out;
   }
 
+  /** The history entry a rollback restores; 404 when there is none or it is a deletion (no value). */
+  async function restorable(tx: DbOrTx, settingId: string, version: number): Promise<HistoryRow> {
+    const [target] = await tx
+      .select()
+      .from(settingHistory)
+      .where(and(eq(settingHistory.settingId, settingId), eq(settingHistory.version, version)));
+    if (!target) throw settingErrors.setting_version_not_found(`No version ${version}`);
+    if (target.action === 'deleted') {
+      throw settingErrors.setting_version_not_found(`Version ${version} is a deletion: there is no value`);
+    }
+    return target;
+  }
+
   /** Restores a version's value, type and rules as a new version (audited as setting.rolled_back). */
   async function rollback(
     access: Access,
@@ -454,6 +467,8 @@ export function createSettingService({
     await requireOn(authz, principal, 'settings:update', { type: 'settings', id: row.id });
     const ifMatch = parseIfMatch(ifMatchHeader);
     if (ifMatch !== undefined) expectVersion(ifMatch, row.version);
+    // Refused now rather than held: history is never removed, so this one would never apply.
+    await restorable(db.db, row.id, input.version);
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
       const changeId = await fourEyes.propose(access, {
         kind: 'setting.rollback',
@@ -479,16 +494,7 @@ export function createSettingService({
     const { principal } = access;
     return inTx(outerTx, async (tx) => {
       const before = await lockAt(tx, principal.orgId, env, key, expectedVersion);
-      const [target] = await tx
-        .select()
-        .from(settingHistory)
-        .where(and(eq(settingHistory.settingId, before.id), eq(settingHistory.version, toVersion)));
-      if (!target) throw settingErrors.setting_version_not_found(`No version ${toVersion}`);
-      if (target.action === 'deleted') {
-        throw settingErrors.setting_version_not_found(
-          `Version ${toVersion} is a deletion: there is no value`,
-        );
-      }
+      const target = await restorable(tx, before.id, toVersion);
       const value = decode(principal.orgId, before.id, toVersion, target);
       const now = clock();
       const version = before.version + 1;
