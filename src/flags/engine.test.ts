@@ -110,18 +110,35 @@ describe('engine', () => {
   });
 });
 
-describe('RE2 translation', () => {
-  it('refuses lookbehind and named backreferences', () => {
+describe('REGEX with RE2 (re2js, as unleash-client)', () => {
+  it('refuses lookaround and backreferences', () => {
     assert.equal(compileRe2('(?<=a)b', false), undefined);
+    assert.equal(compileRe2('^(?=a)', false), undefined);
     assert.equal(compileRe2('(?<n>a)\\k<n>', false), undefined);
+    assert.equal(compileRe2('(a)\\1', false), undefined);
   });
-  it('rewrites RE2-only syntax', () => {
+  it('reads RE2-only syntax', () => {
     assert.equal(compileRe2('^(?P<word>ab)$', false)?.test('ab'), true);
     assert.equal(compileRe2('^\\Qa.b\\E$', false)?.test('axb'), false);
     assert.equal(compileRe2('^\\Qa.b\\E$', false)?.test('a.b'), true);
     assert.equal(compileRe2('^[]a]+$', false)?.test(']a]'), true);
     assert.equal(compileRe2('^[[:digit:][:upper:]]+$', false)?.test('A1'), true);
     assert.equal(compileRe2('^[[:constructor:]]$', false), undefined);
+    // Scoped flags stay scoped (a translation to JS RegExp applied them to the whole pattern).
+    assert.equal(compileRe2('^a(?i:b)c$', false)?.test('aBc'), true);
+    assert.equal(compileRe2('^a(?i:b)c$', false)?.test('aBC'), false);
+  });
+  it('matches in linear time: (a+)+$ does not stall the event loop', () => {
+    const e = one([
+      { name: 'default', constraints: [{ contextName: 'email', operator: 'REGEX', value: '(a+)+$' }] },
+    ]);
+    // ~1 s with a backtracking engine at 26 characters, doubling with each one more.
+    for (const input of [`${'a'.repeat(26)}!`, `${'a'.repeat(10_000)}!`]) {
+      const started = performance.now();
+      assert.equal(e.isEnabled('f', { properties: { email: input } }), false);
+      const ms = performance.now() - started;
+      assert.ok(ms < 50, `${input.length} characters took ${ms.toFixed(1)} ms`);
+    }
   });
 });
 

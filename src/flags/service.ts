@@ -6,6 +6,7 @@ import type { InvalidationBus } from '../bus/index.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import type { Principal } from '../http/principal.ts';
+import type { FieldError } from '../http/problem.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
 import { isUniqueViolation } from '../vault/common.ts';
 import type { FourEyes } from '../vault/four-eyes.ts';
@@ -14,6 +15,7 @@ import { createFlagEngine, type FlagEngine } from './engine.ts';
 import { flagErrors } from './errors.ts';
 import { featureFlags, flagSegments } from './schema.ts';
 import type { Constraint, DeltaEvent, Feature, FlagContext, Segment } from './types.ts';
+import { constraintsIssues, flagIssues } from './validate.ts';
 
 export type FlagRow = typeof featureFlags.$inferSelect;
 export type SegmentRow = typeof flagSegments.$inferSelect;
@@ -23,7 +25,6 @@ export const FLAGS_TOPIC = 'flags';
 
 /** Strategies whose rollout hashes with a `groupId`; the service stores one (the flag name). */
 const GROUPED = new Set(['flexibleRollout', 'gradualRolloutUserId', 'gradualRolloutSessionId']);
-const MAX_REGEX = 500;
 
 /**
  * An org's flags in one environment, compiled: what evaluation, the client API and the stream
@@ -250,23 +251,56 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
 
   // --- validation -------------------------------------------------------------------------
 
+  /** One 400 `invalid_flag` naming every problem; the detail is the first. */
+  function refuse(errors: readonly FieldError[]): void {
+    const [first] = errors;
+    if (first === undefined) return;
+    throw flagErrors.invalid_flag(`${first.path}: ${first.message}`, { errors });
+  }
+
   function invalid(path: string, message: string): never {
     throw flagErrors.invalid_flag(`${path}: ${message}`, { errors: [{ path, message }] });
   }
 
-  function checkConstraints(constraints: readonly Constraint[] | undefined, path: string): void {
-    (constraints ?? []).forEach((c, i) => {
-      if (c.operator === 'REGEX' && (c.value?.length ?? 0) > MAX_REGEX) {
-        invalid(`${path}[${i}].value`, `regular expressions are limited to ${MAX_REGEX} characters`);
-      }
-    });
+  /** Flags of an environment that depend on `name` (one level: they are its children). */
+  async function dependantsOf(tx: DbOrTx, orgId: string, env: Environment, name: string): Promise<string[]> {
+    const rows = await tx
+      .select({ name: featureFlags.name, definition: featureFlags.definition })
+      .from(featureFlags)
+      .where(and(eq(featureFlags.orgId, orgId), eq(featureFlags.environmentId, env.id)));
+    return rows.filter((r) => r.definition.dependencies?.some((d) => d.feature === name)).map((r) => r.name);
   }
 
-  /** Checks references and fills Unleash's defaults (`groupId` = flag name) before storing. */
+  /**
+   * Unleash's one level of dependency: a parent exists, is not the flag itself and has no parents;
+   * a flag with parents has no children (else unleash-client turns those children off). With
+   * `lock`, parents are locked, so a concurrent change cannot give one of them parents meanwhile
+   * (that change locks its own row, the parent's, first).
+   */
+  async function checkDependencies(tx: DbOrTx, orgId: string, env: Environment, f: Feature, lock = false) {
+    for (const [i, dep] of (f.dependencies ?? []).entries()) {
+      const path = `body.dependencies[${i}].feature`;
+      if (dep.feature === f.name) invalid(path, 'a flag cannot depend on itself');
+      const parent = await find(orgId, env, dep.feature, tx, lock);
+      if (!parent) invalid(path, `no flag ${dep.feature} in ${env.name}`);
+      if ((parent.definition.dependencies?.length ?? 0) > 0)
+        invalid(path, 'Unleash allows one level of dependency: the parent has parents');
+    }
+    if ((f.dependencies?.length ?? 0) === 0) return;
+    const children = await dependantsOf(tx, orgId, env, f.name);
+    if (children.length > 0) {
+      invalid(
+        'body.dependencies',
+        `Unleash allows one level of dependency: ${children.join(', ')} depend on ${f.name}, so it cannot have parents`,
+      );
+    }
+  }
+
+  /** Checks the flag and its references and fills Unleash's defaults (`groupId` = flag name). */
   async function normalise(orgId: string, env: Environment, input: Feature, tx: DbOrTx): Promise<Feature> {
+    refuse(flagIssues(input));
     const segmentIds = new Set((await loadSegments(orgId, tx)).map((s) => s.id));
     const strategies = input.strategies.map((s, i) => {
-      checkConstraints(s.constraints, `body.strategies[${i}].constraints`);
       for (const id of s.segments ?? []) {
         if (!segmentIds.has(id))
           invalid(`body.strategies[${i}].segments`, `no segment ${id} in this organization`);
@@ -285,27 +319,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
         ...(s.variants?.length ? { variants: s.variants } : {}),
       };
     });
-    for (const [i, dep] of (input.dependencies ?? []).entries()) {
-      if (dep.feature === input.name)
-        invalid(`body.dependencies[${i}].feature`, 'a flag cannot depend on itself');
-      const [parent] = await tx
-        .select({ definition: featureFlags.definition })
-        .from(featureFlags)
-        .where(
-          and(
-            eq(featureFlags.orgId, orgId),
-            eq(featureFlags.environmentId, env.id),
-            eq(featureFlags.name, dep.feature),
-          ),
-        );
-      if (!parent) invalid(`body.dependencies[${i}].feature`, `no flag ${dep.feature} in ${env.name}`);
-      if ((parent.definition.dependencies?.length ?? 0) > 0) {
-        invalid(
-          `body.dependencies[${i}].feature`,
-          'Unleash allows one level of dependency: the parent has parents',
-        );
-      }
-    }
+    await checkDependencies(tx, orgId, env, input);
     return {
       name: input.name,
       description: input.description ?? null,
@@ -440,6 +454,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
         if (expected === null && before)
           throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
         if (expected !== null) expect(before, expected, feature.name);
+        // Again under locks: other flags may have changed since the request was checked (or held).
+        await checkDependencies(tx, principal.orgId, env, feature, true);
         const now = clock();
         const [written] = before
           ? await tx
@@ -536,14 +552,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       expect(before, expected, name);
       if (!before) throw flagErrors.flag_not_found();
       // Unleash refuses to archive a parent with children; so do we.
-      const children = await tx
-        .select({ name: featureFlags.name, definition: featureFlags.definition })
-        .from(featureFlags)
-        .where(and(eq(featureFlags.orgId, principal.orgId), eq(featureFlags.environmentId, env.id)));
-      const dependants = children.filter((c) => c.definition.dependencies?.some((d) => d.feature === name));
-      if (dependants.length > 0) {
-        invalid('name', `flags depend on it: ${dependants.map((d) => d.name).join(', ')}`);
-      }
+      const dependants = await dependantsOf(tx, principal.orgId, env, name);
+      if (dependants.length > 0) invalid('name', `flags depend on it: ${dependants.join(', ')}`);
       await tx.delete(featureFlags).where(eq(featureFlags.id, before.id));
       await audit.record(tx, {
         orgId: principal.orgId,
@@ -669,7 +679,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     expectedVersion?: number,
   ): Promise<SegmentRow | Pending> {
     const { principal } = access;
-    checkConstraints(input.constraints, 'body.constraints');
+    refuse(constraintsIssues(input.constraints, 'body.constraints'));
     const before = id === null ? null : await getSegment(principal, id);
     if (before) expectSegment(before, expectedVersion);
     if (fourEyes && (await segmentHeld(access))) {

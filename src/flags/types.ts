@@ -3,11 +3,13 @@ import { z } from 'zod';
 // Shapes follow Unleash's /api/client/features response. Unknown operators and strategy
 // names are accepted on purpose: the client specification requires them to evaluate to
 // false rather than break the whole payload. Unknown keys (project, stale, type…) are dropped.
+// These schemas read what is stored and served; the flag API checks writes further (validate.ts).
 
 const nameSchema = z.string().min(1).max(255);
 
 // Unleash serialises parameters as strings, but hand-written and older payloads carry
 // numbers and booleans (`"rollout": 50`); they are kept as sent and read with String()/Number().
+// The flag API accepts strings only, as Unleash's admin API does.
 const parameterValueSchema = z.union([z.string(), z.number(), z.boolean()]);
 
 /** One condition on a context field. */

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
-import { initialize, type Unleash } from 'unleash-client';
+import { initialize, Unleash } from 'unleash-client';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
 import { createFlagEngine } from './engine.ts';
 import { createFlagMetrics } from './metrics.ts';
@@ -322,4 +322,209 @@ describe('Unleash client API with unleash-client', () => {
       await new Promise((r) => setTimeout(r, 50));
     assert.equal(unleash.isEnabled('kill-switch'), true);
   });
+  test('flags at the edges of validation never make unleash-client throw, and it agrees with us', async () => {
+    // Another environment, so the flags above are untouched.
+    const created = await v.req('POST', '/v1/keys', {
+      token: v.tokens.manager,
+      body: { name: 'sdk-dev', scopes: ['flags:read'], metadata: { flags_environment: 'development' } },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const devKey = created.json().key as string;
+    const segment = await v.req('POST', '/v1/segments', {
+      token: v.tokens.manager,
+      body: {
+        name: 'edge-plans',
+        constraints: [{ contextName: 'plan', operator: 'IN', values: ['pro', ''] }],
+      },
+    });
+    assert.equal(segment.statusCode, 201, segment.body);
+    for (const body of edgeFlags(segment.json().id)) {
+      const res = await v.req('POST', '/v1/flags/development', { token: v.tokens.manager, body });
+      assert.equal(res.statusCode, 201, `${body.name}: ${res.body}`);
+    }
+    // Not initialize(): it keeps one instance per process, and the previous test's is still up.
+    const sdk = new Unleash({
+      url: `${address}/api/`,
+      appName: 'steward-edges',
+      customHeaders: { Authorization: devKey },
+      refreshInterval: 60_000,
+      disableMetrics: true,
+    });
+    try {
+      await once(sdk, 'synchronized');
+      const state = (await (
+        await fetch(`${address}/api/client/features`, { headers: { authorization: devKey } })
+      ).json()) as never;
+      const engine = createFlagEngine(state);
+      const { names } = engine;
+      assert.ok(names.length >= 20, `${names.length} flags`);
+      for (const ctx of EDGE_CONTEXTS) {
+        for (const name of names) {
+          const what = `${name} ${JSON.stringify(ctx)}`;
+          // A throw here is what the write validation exists to prevent.
+          assert.equal(sdk.isEnabled(name, ctx), engine.isEnabled(name, ctx), what);
+          assert.equal(sdk.getVariant(name, ctx).name, engine.getVariant(name, ctx).name, what);
+        }
+      }
+    } finally {
+      sdk.destroy();
+    }
+  });
 });
+
+// Contexts with a stickiness value (variants hash it; without one both sides draw at random).
+const EDGE_CONTEXTS = [
+  { userId: 'alice' },
+  { userId: 'bob', sessionId: 's-1', remoteAddress: '10.1.2.3' },
+  {
+    userId: 'u-7',
+    remoteAddress: '::1',
+    properties: { plan: 'pro', tenant: 't1', email: 'ADMIN@Example.test' },
+  },
+  { userId: 'u-8', remoteAddress: 'junk', properties: { appVersion: '1.0.0-rc.2', tier: '1000', plan: '' } },
+  { userId: 'u-9', properties: { appVersion: 'v2.0.0', tier: 'x', email: `${'a'.repeat(40)}!` } },
+  {
+    userId: 'u-10',
+    currentTime: new Date('2031-01-01T00:00:00Z'),
+    properties: { appVersion: '2.0.0', tenant: '' },
+  },
+  { userId: 'u-11', remoteAddress: '2001:db8::1', properties: { ip: '2001:db8::5' } },
+];
+
+const strategy = (name: string, parameters: Record<string, string> = {}, extra = {}) => ({
+  name,
+  parameters,
+  ...extra,
+});
+const constrained = (constraint: Record<string, unknown>) =>
+  strategy('default', {}, { constraints: [{ contextName: 'appVersion', ...constraint }] });
+
+/** Valid flags at the edges of every rule `validate.ts` enforces. */
+function edgeFlags(segmentId: number) {
+  const flag = (name: string, strategies: unknown[], extra = {}) => ({
+    name: `edge-${name}`,
+    enabled: true,
+    strategies,
+    ...extra,
+  });
+  return [
+    flag('users', [strategy('userWithId', { userIds: 'alice, bob ,,carol' })]),
+    flag('rollout-0', [strategy('flexibleRollout', { rollout: '0' })]),
+    flag('rollout-100', [strategy('flexibleRollout', { rollout: '100', stickiness: 'default' })]),
+    flag('rollout-field', [
+      strategy('flexibleRollout', { rollout: '37', stickiness: 'tenant', groupId: '' }),
+    ]),
+    flag('gradual', [
+      strategy('gradualRolloutUserId', { percentage: '50' }),
+      strategy('gradualRolloutSessionId', { percentage: '100', groupId: 'g' }),
+    ]),
+    flag('random', [strategy('gradualRolloutRandom', { percentage: '0' })]),
+    flag('random-all', [strategy('gradualRolloutRandom', { percentage: '100' })]),
+    flag('ips', [strategy('remoteAddress', { IPs: '10.0.0.0/8, 192.168.1.10, ::1' })]),
+    flag('hosts', [strategy('applicationHostname', { hostNames: 'build-host-1, build-host-2' })]),
+    flag('segment', [strategy('default', {}, { segments: [segmentId] })]),
+    flag('in', [
+      strategy(
+        'default',
+        {},
+        { constraints: [{ contextName: 'plan', operator: 'NOT_IN', values: ['', 'free'] }] },
+      ),
+    ]),
+    flag('strings', [
+      strategy(
+        'default',
+        {},
+        {
+          constraints: [
+            {
+              contextName: 'email',
+              operator: 'STR_ENDS_WITH',
+              values: ['@example.test'],
+              caseInsensitive: true,
+            },
+            { contextName: 'email', operator: 'STR_STARTS_WITH', values: ['admin'], inverted: true },
+          ],
+        },
+      ),
+    ]),
+    flag('numbers', [
+      strategy('default', {}, { constraints: [{ contextName: 'tier', operator: 'NUM_GTE', value: '1e3' }] }),
+    ]),
+    flag('semver', [constrained({ operator: 'SEMVER_LT', value: '1.0.0-rc.10+build.5' })]),
+    flag('semver-eq', [constrained({ operator: 'SEMVER_EQ', value: '2.0.0', inverted: true })]),
+    flag('dates', [
+      strategy(
+        'default',
+        {},
+        {
+          constraints: [
+            { contextName: 'currentTime', operator: 'DATE_AFTER', value: '2030-02-28T23:59:59.5+02:00' },
+          ],
+        },
+      ),
+    ]),
+    flag('regex', [
+      strategy(
+        'default',
+        {},
+        {
+          constraints: [
+            {
+              contextName: 'email',
+              operator: 'REGEX',
+              value: '^\\Qadmin\\E@[[:alpha:].]+$',
+              caseInsensitive: true,
+            },
+          ],
+        },
+      ),
+    ]),
+    flag('regex-evil', [
+      strategy(
+        'default',
+        {},
+        { constraints: [{ contextName: 'email', operator: 'REGEX', value: '(a+)+$' }] },
+      ),
+    ]),
+    flag('cidr', [
+      strategy(
+        'default',
+        {},
+        {
+          constraints: [{ contextName: 'ip', operator: 'IN_CIDR', values: ['2001:db8::/32', ' 10.0.0.0/8'] }],
+        },
+      ),
+    ]),
+    flag('variants', [strategy('default')], {
+      variants: [
+        { name: 'fixed', weight: 200, weightType: 'fix', payload: { type: 'json', value: '{"a":[1]}' } },
+        { name: 'rest', weight: 800, weightType: 'variable', payload: { type: 'number', value: '-0.5' } },
+        { name: 'never', weight: 0, stickiness: 'default', payload: { type: 'csv', value: 'a,b' } },
+      ],
+    }),
+    flag('variants-fixed', [strategy('default')], {
+      variants: [
+        { name: 'x', weight: 250, weightType: 'fix', overrides: [{ contextName: 'tenant', values: ['t1'] }] },
+        { name: 'y', weight: 750, weightType: 'fix' },
+      ],
+    }),
+    flag('strategy-variants', [
+      strategy(
+        'flexibleRollout',
+        { rollout: '100', stickiness: 'userId' },
+        {
+          variants: [
+            { name: 'one', weight: 1, stickiness: 'userId' },
+            { name: 'three', weight: 3, stickiness: 'userId' },
+          ],
+        },
+      ),
+    ]),
+    flag('parent', [strategy('userWithId', { userIds: 'alice,u-7' })], {
+      variants: [{ name: 'p', weight: 1000 }],
+    }),
+    flag('child-on', [strategy('default')], { dependencies: [{ feature: 'edge-parent', variants: ['p'] }] }),
+    flag('child-off', [strategy('default')], { dependencies: [{ feature: 'edge-parent', enabled: false }] }),
+    flag('no-strategies', []),
+  ];
+}
