@@ -26,4 +26,5 @@ export const keyErrors = defineErrors({
   webhook_timestamp_out_of_tolerance: { status: 401, title: 'webhook-timestamp outside the tolerance' },
   webhook_signature_invalid: { status: 401, title: 'No valid webhook signature' },
   webhook_replayed: { status: 409, title: 'Message already received (webhook-id replayed)' },
+  invalid_signal_payload: { status: 400, title: 'A signal payload must be a JSON object' },
 });

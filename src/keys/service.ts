@@ -593,10 +593,13 @@ export function createKeysService(deps: KeysServiceDeps) {
     } catch {
       throw httpErrors.invalid_json('A signal carries a JSON body');
     }
-    const eventType =
-      parsed !== null && typeof parsed === 'object' && typeof (parsed as { type?: unknown }).type === 'string'
-        ? ((parsed as { type: string }).type.slice(0, 200) as string)
-        : null;
+    // Standard Webhooks payloads are JSON objects (`{type, timestamp, data}`); `null`, a number,
+    // a string, a boolean or an array is not an event.
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      throw keyErrors.invalid_signal_payload('The body must be a JSON object');
+    }
+    const type = (parsed as { type?: unknown }).type;
+    const eventType = typeof type === 'string' ? type.slice(0, 200) : null;
     const now = clock();
     return db.db.transaction(async (tx) => {
       const [signal] = await tx

@@ -247,4 +247,21 @@ describe('inbound webhook keys and /v1/ingest (pglite)', () => {
       400,
     );
   });
+
+  test('a signal is a JSON object: null, a number, a string, a boolean or an array is refused (400)', async () => {
+    const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Scalars' } });
+    assert.equal(created.statusCode, 201, created.body);
+    const { key, secret } = created.json() as { key: string; secret: string };
+    const count = async () =>
+      (await t.store.db.query<{ n: number }>('select count(*)::int as n from signals'))[0]?.n;
+    const before = await count();
+    for (const body of ['null', '42', '"lead.created"', 'true', '[]', '[{"type":"x"}]', ' null ']) {
+      const res = await send(key, secret, body);
+      assert.equal(res.statusCode, 400, `${body}: ${res.body}`);
+      assert.equal(res.json().code, 'invalid_signal_payload', body);
+    }
+    assert.equal(await count(), before, 'nothing stored');
+    const ok = await send(key, secret, '{}');
+    assert.equal(ok.statusCode, 202, ok.body);
+  });
 });
