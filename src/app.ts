@@ -16,6 +16,7 @@ import { type DbHandle, openDatabase } from './db/client.ts';
 import { startEmbeddedMaintenance } from './db/maintenance.ts';
 import { runMigrations } from './db/migrate.ts';
 import { AuthRegistry, installAccessControl } from './http/auth.ts';
+import { installJsonOnlyBodies } from './http/body.ts';
 import { createRequestMetrics, installMetricsRoute } from './http/metrics.ts';
 import { installOpenApi } from './http/openapi.ts';
 import { installOpsRoutes } from './http/ops.ts';
@@ -187,6 +188,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     app.decorate('steward', ctx);
     const metrics = createRequestMetrics(app);
     installProblemHandlers(app, unroutedResponse(metrics));
+    installJsonOnlyBodies(app);
     installAccessControl(app, auth);
     installResponseHook(app, metrics);
     installMetricsRoute(app, metrics);

@@ -124,6 +124,18 @@ describe('HTTP plumbing', () => {
     assertProblem(res, 415, 'unsupported_media_type');
   });
 
+  test('text/plain → 415 as well (Fastify parses it by default; we do not)', async () => {
+    for (const type of ['text/plain', 'text/plain; charset=utf-8']) {
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/probe/echo',
+        payload: JSON.stringify({ name: 'a', count: 1 }),
+        headers: { 'content-type': type, 'x-test-principal': 'root' },
+      });
+      assertProblem(res, 415, 'unsupported_media_type');
+    }
+  });
+
   test('unknown route → 404 not_found, path not echoed', async () => {
     const res = await t.app.inject({ method: 'GET', url: '/v1/nothing-here?token=stw_live_secret' });
     const body = assertProblem(res, 404, 'not_found');
@@ -140,6 +152,35 @@ describe('HTTP plumbing', () => {
   test('no credentials → 401 before the body is even validated', async () => {
     const res = await echo('{not json', { 'x-test-principal': 'nobody' });
     assertProblem(res, 401, 'unauthenticated');
+    assert.equal(res.headers['www-authenticate'], 'Bearer realm="steward"', 'RFC 6750 §3: no error');
+  });
+
+  test('a refused bearer token → 401 with WWW-Authenticate error="invalid_token"', async () => {
+    const invalid = 'Bearer realm="steward", error="invalid_token"';
+    const get = (headers: Record<string, string>) =>
+      t.app.inject({ method: 'GET', url: '/v1/probe/admin', headers });
+    const cases: [Record<string, string>, string, string][] = [
+      [{ authorization: 'Bearer eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln' }, 'token_invalid', invalid],
+      [{ authorization: 'bearer not-a-token-at-all' }, 'unauthenticated', invalid],
+      [{ authorization: 'Bearer stw_live_000000000000000000000000' }, '', invalid],
+      [{ 'x-api-key': 'stw_live_000000000000000000000000' }, '', 'Bearer realm="steward"'],
+      [{ authorization: 'Basic dXNlcjpwYXNz' }, 'unauthenticated', 'Bearer realm="steward"'],
+    ];
+    for (const [headers, code, challenge] of cases) {
+      const res = await get(headers);
+      assert.equal(res.statusCode, 401, `${JSON.stringify(headers)}: ${res.body}`);
+      if (code) assert.equal(res.json().code, code);
+      assert.equal(res.headers['www-authenticate'], challenge, JSON.stringify(headers));
+    }
+    // Not on other statuses, nor on a public route's 401 (a login refusal is not a token's).
+    assert.equal((await get({ 'x-test-principal': 'plain' })).headers['www-authenticate'], undefined);
+    const login = await t.app.inject({
+      method: 'POST',
+      url: '/v1/auth/login',
+      payload: { email: 'nobody@example.com', password: 'not the password' },
+    });
+    assert.equal(login.statusCode, 401);
+    assert.equal(login.headers['www-authenticate'], undefined);
   });
 
   test('a caller without the permission → 403 permission_denied', async () => {
