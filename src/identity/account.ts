@@ -1,34 +1,47 @@
 // The signed-in user's own account: who they are, their password.
 import { eq } from 'drizzle-orm';
-import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { Principal } from '../http/principal.ts';
-import { assertPasswordPolicy, type IdentityCore } from './core.ts';
+import { assertPasswordPolicy, type IdentityCore, type Origin, sessionRevokedEvents } from './core.ts';
 import { identityErrors } from './errors.ts';
+import { createLockout, FAILURES_RESET } from './lockout.ts';
 import { hashPassword, verifyPassword } from './password.ts';
-import { revokeSessions } from './queries.ts';
+import { endMfaChallenges, revokeSessions } from './queries.ts';
 import { users } from './schema.ts';
 
 export function createAccount(core: IdentityCore) {
   const { db, audit, clock, revocation } = core;
+  const lockout = createLockout(core);
 
   /** Changes the caller's password and revokes their other sessions. */
   async function changePassword(
     principal: Principal,
     input: { current_password: string; new_password: string },
-    origin: AuditContext,
+    origin: Origin,
   ): Promise<{ revoked_sessions: number }> {
     const user = await core.currentUser(principal);
+    // The current password is a proof like a login's: throttled, counted and locked alike.
+    const attempt = { user, orgId: principal.orgId, origin, during: 'password_change' as const };
+    await lockout.assertIpAllowed(origin.ip);
+    await lockout.assertNotLocked(attempt);
     const check = await verifyPassword(user.passwordHash, input.current_password);
-    if (!check.ok) throw identityErrors.password_incorrect();
+    if (!check.ok) throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
     assertPasswordPolicy(input.new_password, user);
     const hash = await hashPassword(input.new_password);
     const now = clock();
     const ids = await db.db.transaction(async (tx) => {
+      // The right password also resets the failure count, as a login does.
       await tx
         .update(users)
-        .set({ passwordHash: hash, passwordChangedAt: now, updatedAt: now })
+        .set({
+          passwordHash: hash,
+          passwordChangedAt: now,
+          updatedAt: now,
+          ...FAILURES_RESET,
+        })
         .where(eq(users.id, user.id));
+      // An mfa_token from a login with the old password must not finish after the change.
+      await endMfaChallenges(tx, { userId: user.id }, now);
       const revoked = await revokeSessions(
         tx,
         { userId: user.id, ...(principal.sessionId ? { exceptId: principal.sessionId } : {}) },
@@ -44,14 +57,12 @@ export function createAccount(core: IdentityCore) {
           context: origin,
           details: { revoked_sessions: revoked.length },
         },
-        ...revoked.map((id) => ({
-          orgId: principal.orgId,
-          actor: actorOf(principal),
-          action: 'session.revoked' as const,
-          resource: { type: 'session', id },
-          context: origin,
-          details: { user_id: user.id, reason: 'password_changed' },
-        })),
+        ...sessionRevokedEvents(
+          revoked,
+          { orgId: principal.orgId, principal, origin },
+          user.id,
+          'password_changed',
+        ),
       ]);
       return revoked;
     });

@@ -389,3 +389,135 @@ for (const { kind, skip } of STORES) {
     });
   });
 }
+
+for (const { kind, skip } of STORES) {
+  describe(`PATCH /v1/users/{id} is all or nothing (${kind})`, { skip }, () => {
+    let t: IdentityTestApp;
+    let admin: string;
+
+    before(async () => {
+      t = await identityTestApp(kind);
+      admin = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+    });
+    after(() => t.close());
+
+    async function user(email: string, username: string) {
+      const res = await t.call('POST', '/v1/users', {
+        token: admin,
+        body: { email, password: PASS, username, roles: ['viewer'] },
+      });
+      assert.equal(res.statusCode, 201, res.body);
+      return res.json().id as string;
+    }
+
+    test('a refused part leaves the user, roles, sessions and audit trail untouched', async () => {
+      const id = await user('kim@example.com', 'kim');
+      await user('lou@example.com', 'lou');
+      const session = (await t.tokensFor('kim@example.com', PASS)).access_token;
+      const trail = async () =>
+        (await t.call('GET', `/v1/audit/events?resource_id=${id}&limit=100`, { token: admin })).json().data
+          .length;
+      const before = (await t.call('GET', `/v1/users/${id}`, { token: admin })).json();
+      const eventsBefore = await trail();
+
+      for (const [body, status, code] of [
+        [{ active: false, roles: ['nope'] }, 400, 'validation_failed'],
+        [{ active: false, username: 'LOU' }, 409, 'username_taken'],
+        [{ full_name: 'Kim K', roles: ['nope'] }, 404, 'role_not_found'],
+        [{ username: 'kimmy', roles: ['viewer', 'nope'] }, 404, 'role_not_found'],
+      ] as const) {
+        const res = await t.call('PATCH', `/v1/users/${id}`, { token: admin, body });
+        assert.equal(res.statusCode, status, `${JSON.stringify(body)}: ${res.body}`);
+        assert.equal(res.json().code, code);
+      }
+      const now = (await t.call('GET', `/v1/users/${id}`, { token: admin })).json();
+      assert.deepEqual(now, before, 'nothing written');
+      assert.equal(await trail(), eventsBefore, 'nothing audited');
+      assert.equal((await t.call('GET', '/v1/me', { token: session })).statusCode, 200, 'session alive');
+    });
+
+    test('every part commits together: name, username and deactivation in one PATCH', async () => {
+      const id = await user('max@example.com', 'max');
+      const session = (await t.tokensFor('max@example.com', PASS)).access_token;
+      const res = await t.call('PATCH', `/v1/users/${id}`, {
+        token: admin,
+        body: { full_name: 'Max Power', username: 'maxp', active: false },
+      });
+      assert.equal(res.statusCode, 200, res.body);
+      const u = res.json();
+      assert.equal(u.full_name, 'Max Power');
+      assert.equal(u.username, 'maxp');
+      assert.equal(u.active, false);
+      assert.deepEqual(u.roles, []);
+      assert.equal((await t.call('GET', '/v1/me', { token: session })).statusCode, 401, 'sessions revoked');
+      const actions = (await t.call('GET', `/v1/audit/events?resource_id=${id}&limit=100`, { token: admin }))
+        .json()
+        .data.map((e: { action: string }) => e.action);
+      assert.ok(actions.includes('user.updated') && actions.includes('user.deactivated'), actions.join());
+    });
+  });
+}
+
+describe('routes without a body refuse one; unlock without a lock (pglite)', () => {
+  let t: IdentityTestApp;
+  let admin: string;
+
+  before(async () => {
+    t = await identityTestApp('pglite');
+    admin = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+  });
+  after(() => t.close());
+
+  test('unknown fields on body-less POST and DELETE routes → 400; none or {} still work', async () => {
+    const u = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: 'nell@example.com', password: PASS },
+    });
+    const id = u.json().id;
+    const session = await t.tokensFor('nell@example.com', PASS);
+    const refused: [string, string, string][] = [
+      ['POST', '/v1/auth/logout', session.access_token],
+      ['POST', '/v1/auth/totp/enroll', session.access_token],
+      ['POST', `/v1/users/${id}/unlock`, admin],
+      ['DELETE', `/v1/users/${id}`, admin],
+      ['DELETE', '/v1/auth/sessions/ses_01JAAAAAAAAAAAAAAAAAAAAAAA', admin],
+      ['DELETE', '/v1/invitations/inv_01JAAAAAAAAAAAAAAAAAAAAAAA', admin],
+    ];
+    for (const [method, url, token] of refused) {
+      const res = await t.call(method as 'POST' | 'DELETE', url, { token, body: { all: true } });
+      assert.equal(res.statusCode, 400, `${method} ${url}: ${res.body}`);
+      assert.equal(res.json().code, 'validation_failed');
+      assert.equal(res.json().errors[0].path, 'body.all');
+    }
+    assert.equal((await t.call('GET', '/v1/me', { token: session.access_token })).statusCode, 200);
+    assert.equal(
+      (await t.call('POST', `/v1/users/${id}/unlock`, { token: admin, body: {} })).statusCode,
+      200,
+    );
+    const out = await t.call('POST', '/v1/auth/logout', { token: session.access_token, body: {} });
+    assert.equal(out.statusCode, 204, out.body);
+    const other = await t.tokensFor('nell@example.com', PASS);
+    assert.equal((await t.call('POST', '/v1/auth/logout', { token: other.access_token })).statusCode, 204);
+  });
+
+  test('unlocking a user who is not locked answers 200 and audits nothing', async () => {
+    const u = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: 'otto@example.com', password: PASS },
+    });
+    const id = u.json().id;
+    const unlocked = async () =>
+      (
+        await t.call('GET', `/v1/audit/events?resource_id=${id}&action=user.unlocked`, { token: admin })
+      ).json().data;
+    const res = await t.call('POST', `/v1/users/${id}/unlock`, { token: admin });
+    assert.equal(res.statusCode, 200, res.body);
+    assert.equal(res.json().locked_until, null);
+    assert.deepEqual(await unlocked(), []);
+    // One failure: the unlock now clears something, and says what.
+    await t.login('otto@example.com', 'wrong password here');
+    assert.equal((await t.call('POST', `/v1/users/${id}/unlock`, { token: admin })).statusCode, 200);
+    const [event] = await unlocked();
+    assert.deepEqual(event.changes.before, { locked_until: null, lock_count: 0, failed_login_count: 1 });
+  });
+});

@@ -3,7 +3,7 @@
 // sessions.ts, account.ts, two-factor.ts, users.ts, orgs.ts, invitations.ts, authenticator.ts)
 // is made from one IdentityCore; service.ts assembles them.
 import { randomBytes } from 'node:crypto';
-import type { AuditContext, AuditRecorder } from '../audit/service.ts';
+import type { AuditContext, AuditEventInput, AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { Authz } from '../authz/contract.ts';
 import type { InvalidationBus } from '../bus/index.ts';
@@ -138,6 +138,23 @@ export function uniqueViolation(error: unknown): never {
   throw error;
 }
 
+/** One `session.revoked` event per revoked session, for the transaction that revoked them. */
+export function sessionRevokedEvents(
+  ids: readonly string[],
+  by: { orgId: string; principal: Principal | null; origin: AuditContext },
+  userId: string,
+  reason: string,
+): AuditEventInput[] {
+  return ids.map((id) => ({
+    orgId: by.orgId,
+    actor: by.principal ? actorOf(by.principal) : SYSTEM_ACTOR,
+    action: 'session.revoked' as const,
+    resource: { type: 'session', id },
+    context: by.origin,
+    details: { user_id: userId, reason },
+  }));
+}
+
 /** Builds the shared state of the identity service. */
 export function createIdentityCore(deps: IdentityDeps) {
   const { db, keyring, bus, audit, clock, settings } = deps;
@@ -202,14 +219,7 @@ export function createIdentityCore(deps: IdentityDeps) {
       const revoked = await revokeSessions(tx, filter, reason, now);
       await audit.record(
         tx,
-        revoked.map((id) => ({
-          orgId,
-          actor: principal ? actorOf(principal) : SYSTEM_ACTOR,
-          action: 'session.revoked' as const,
-          resource: { type: 'session', id },
-          context: origin,
-          details: { user_id: filter.userId, reason },
-        })),
+        sessionRevokedEvents(revoked, { orgId, principal, origin }, filter.userId, reason),
       );
       return revoked;
     });

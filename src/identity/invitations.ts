@@ -19,9 +19,10 @@ import {
   uniqueViolation,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
+import { createLockout, FAILURES_RESET } from './lockout.ts';
 import { hashPassword, verifyPassword } from './password.ts';
-import { membership, type User, userByEmail } from './queries.ts';
-import { identitySettings, invitations, orgMemberships } from './schema.ts';
+import { activeMemberships, membership, type User, userByEmail } from './queries.ts';
+import { identitySettings, invitations, orgMemberships, users } from './schema.ts';
 import { sha256Hex } from './tokens.ts';
 import { assertFree, assignRoles, insertMember } from './users.ts';
 
@@ -55,6 +56,7 @@ export interface Registration {
 
 export function createInvitations(core: IdentityCore) {
   const { db, audit, authz, tenancy, limiter, clock } = core;
+  const lockout = createLockout(core);
   // Thrown inside a transaction to roll it back on purpose (role validation).
   const DRY_RUN = Symbol('dry run');
 
@@ -279,7 +281,10 @@ export function createInvitations(core: IdentityCore) {
    * An invitation for an email that has an account: its owner proves it with their current
    * password (which stays as it is) and joins the org with the invited roles. No tokens are
    * issued here: signing in to the new org is a login, with 2FA where it is on. A wrong password
-   * counts against the per-IP limiter, as a failed login does.
+   * counts as a failed login does (the account's lockout and the per-IP limiter), so whoever
+   * holds an invitation cannot guess the account's password. The failures are audited in the
+   * org the user already belongs to (their first), never in the inviting org: its admin must not
+   * learn who holds the account.
    */
   async function joinWithAccount(
     invitation: Invitation,
@@ -287,17 +292,25 @@ export function createInvitations(core: IdentityCore) {
     password: string,
     origin: Origin,
   ): Promise<{ view: UserView; orgId: string }> {
-    const wait = await limiter.blockedFor(origin.ip);
-    if (wait > 0) throw rateLimitedError(wait);
+    await lockout.assertIpAllowed(origin.ip);
+    const home = user.active ? (await activeMemberships(db.db, user.id))[0] : undefined;
+    const attempt = home && { user, orgId: home.orgId, origin, during: 'invitation_accept' as const };
+    if (attempt) await lockout.assertNotLocked(attempt);
     const check = await verifyPassword(user.passwordHash, password);
-    if (!check.ok || !user.active) {
-      await limiter.recordFailure(origin.ip);
-      throw identityErrors.invalid_credentials();
+    if (!check.ok || !attempt) {
+      const refused = identityErrors.invalid_credentials();
+      if (!attempt) {
+        // Inactive account: nothing to lock, as a login by an inactive user.
+        await limiter.recordFailure(origin.ip);
+        throw refused;
+      }
+      throw await lockout.fail(attempt, 'wrong_password', refused);
     }
     const now = clock();
     const after = await db.db.transaction(async (tx) => {
       await claim(tx, invitation, now);
       if (await membership(tx, invitation.orgId, user.id)) throw identityErrors.already_member();
+      await tx.update(users).set(FAILURES_RESET).where(eq(users.id, user.id));
       await tx
         .insert(orgMemberships)
         .values({ orgId: invitation.orgId, userId: user.id, createdBy: invitation.createdBy });

@@ -309,3 +309,82 @@ describe('login, lockout, 2FA codes, tokens (pglite)', () => {
     );
   });
 });
+
+describe('what a login leaves behind: pending 2FA, another org audit (pglite)', () => {
+  let t: IdentityTestApp;
+  let admin: string;
+  const PASS = 'violet kites at noon';
+
+  before(async () => {
+    t = await identityTestApp('pglite', { LOGIN_IP_MAX_FAILURES: '1000' });
+    admin = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+  });
+  after(() => t.close());
+
+  test('a password change voids the mfa_tokens issued before it', async () => {
+    const email = 'ursula@example.com';
+    assert.equal(
+      (await t.call('POST', '/v1/users', { token: admin, body: { email, password: PASS } })).statusCode,
+      201,
+    );
+    const session = await t.tokensFor(email, PASS);
+    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token })).json();
+    await t.call('POST', '/v1/auth/totp/confirm', {
+      token: session.access_token,
+      body: { code: totpAt(secret, t.now.ms) },
+    });
+    // A stolen password: the thief's login waits at the 2FA step; the owner changes the password.
+    const pending = (await t.login(email, PASS)).json();
+    assert.equal(pending.mfa_required, true);
+    t.now.ms += 1000;
+    const changed = await t.call('POST', '/v1/auth/password', {
+      token: session.access_token,
+      body: { current_password: PASS, new_password: 'a different passphrase' },
+    });
+    assert.equal(changed.statusCode, 200, changed.body);
+    t.now.ms += 60_000;
+    const late = await t.call('POST', '/v1/auth/login/mfa', {
+      body: { mfa_token: pending.mfa_token, code: totpAt(secret, t.now.ms) },
+    });
+    assert.equal(late.statusCode, 401, late.body);
+    assert.equal(late.json().code, 'mfa_token_invalid');
+  });
+
+  test('a revoked or expired access token → 401 with WWW-Authenticate error="invalid_token"', async () => {
+    const { access_token: token } = await t.tokensFor(ADMIN.email, ADMIN.password);
+    assert.equal((await t.call('POST', '/v1/auth/logout', { token })).statusCode, 204);
+    const revoked = await t.call('GET', '/v1/me', { token });
+    assert.equal(revoked.statusCode, 401);
+    assert.equal(revoked.json().code, 'session_revoked');
+    assert.equal(revoked.headers['www-authenticate'], 'Bearer realm="steward", error="invalid_token"');
+    const { access_token: other } = await t.tokensFor(ADMIN.email, ADMIN.password);
+    t.now.ms += 16 * 60_000;
+    const expired = await t.call('GET', '/v1/auth/whoami', { token: other });
+    assert.equal(expired.statusCode, 401);
+    assert.equal(expired.json().code, 'token_expired');
+    assert.equal(expired.headers['www-authenticate'], 'Bearer realm="steward", error="invalid_token"');
+  });
+
+  test("another org's user trying a named org is, in its log, an unknown email", async () => {
+    admin = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+    const beta = await t.call('POST', '/v1/orgs', { token: admin, body: { slug: 'beta', name: 'Beta' } });
+    assert.equal(beta.statusCode, 201, beta.body);
+    await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: 'victor@example.com', password: PASS, full_name: 'Victor Hidden' },
+    });
+    const inBeta = (await t.login(ADMIN.email, ADMIN.password, { org: 'beta' })).json().access_token;
+    for (const email of ['victor@example.com', 'nobody-at-all@example.com']) {
+      const res = await t.login(email, PASS, { org: 'beta' });
+      assert.equal(res.statusCode, 401);
+      assert.equal(res.json().code, 'invalid_credentials');
+    }
+    const failed = (
+      await t.call('GET', '/v1/audit/events?action=user.login_failed&limit=100', { token: inBeta })
+    ).json().data as { actor: unknown; details: unknown; resource: unknown }[];
+    assert.equal(failed.length, 2);
+    const [a, b] = failed.map((e) => JSON.stringify([e.actor, e.details, e.resource]));
+    assert.equal(a, b, 'the same actor, reason and resource for both');
+    assert.ok(!JSON.stringify(failed).includes('Victor') && !JSON.stringify(failed).includes('victor'));
+  });
+});

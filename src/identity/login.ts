@@ -1,12 +1,10 @@
 // Logins: password, then (with 2FA) a TOTP or recovery code; lockout and the per-IP limiter;
 // opening the session.
 import { and, eq, isNull, lt, or, sql } from 'drizzle-orm';
-import type { AuditEventInput } from '../audit/service.ts';
 import { open } from '../crypto/envelope.ts';
 import type { DbOrTx } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
 import { prepared, runPrepared } from '../db/prepared.ts';
-import type { StewardError } from '../http/errors.ts';
 import {
   displayName,
   type IdentityCore,
@@ -14,11 +12,11 @@ import {
   lockedError,
   type Origin,
   rateLimitedError,
-  SYSTEM_ACTOR,
   type TokenPair,
   totpAad,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
+import { createLockout } from './lockout.ts';
 import { hashPassword, verifyDummy, verifyPassword } from './password.ts';
 import { membership, type User, userByEmail, userByEmailWithHomeOrg, userById } from './queries.ts';
 import { matchRecoveryCode } from './recovery-codes.ts';
@@ -42,6 +40,7 @@ const OPEN_SESSION = prepared(
 /** Login steps and the session a successful one opens. */
 export function createLogin(core: IdentityCore) {
   const { db, keyring, audit, authz, tenancy, limiter, clock, settings, refreshTokens } = core;
+  const lockout = createLockout(core);
 
   /** Opens a session inside `tx`: the row, the user's login bookkeeping and the audit event. */
   async function openSession(
@@ -87,60 +86,6 @@ export function createLogin(core: IdentityCore) {
     };
   }
 
-  /**
-   * Counts a failed password or 2FA code against the account; the Nth in a row locks it for
-   * LOGIN_LOCKOUT_MINUTES × 2^(locks so far). Returns the error to answer with.
-   */
-  async function failLogin(
-    user: User,
-    orgId: string,
-    origin: Origin,
-    reason: string,
-    error: StewardError,
-  ): Promise<StewardError> {
-    const now = clock();
-    let lockedUntil: Date | null = null;
-    await db.db.transaction(async (tx) => {
-      const [row] = await tx
-        .update(users)
-        .set({ failedLoginCount: sql`${users.failedLoginCount} + 1` })
-        .where(eq(users.id, user.id))
-        .returning({ failed: users.failedLoginCount, lockCount: users.lockCount });
-      const events: AuditEventInput[] = [
-        {
-          orgId,
-          actor: { type: 'user', id: user.id, name: displayName(user) },
-          action: 'user.login_failed',
-          resource: { type: 'user', id: user.id },
-          context: origin,
-          details: { reason },
-          success: false,
-        },
-      ];
-      if (row && row.failed >= settings.maxFailures) {
-        const lockCount = row.lockCount + 1;
-        const minutes = settings.lockoutMinutes * 2 ** Math.min(lockCount - 1, 16);
-        lockedUntil = new Date(now.getTime() + minutes * 60_000);
-        await tx
-          .update(users)
-          .set({ failedLoginCount: 0, lockCount, lockedUntil })
-          .where(eq(users.id, user.id));
-        events.push({
-          orgId,
-          actor: SYSTEM_ACTOR,
-          action: 'user.locked',
-          resource: { type: 'user', id: user.id },
-          context: origin,
-          details: { locked_until: lockedUntil.toISOString(), lock_count: lockCount, failures: row.failed },
-        });
-      }
-      await audit.record(tx, events);
-    });
-    await limiter.recordFailure(origin.ip);
-    if (lockedUntil !== null) return lockedError(lockedUntil);
-    return error;
-  }
-
   /** The user and the org the login lands in: the named one (if a member), else the oldest active membership. */
   async function resolveLogin(email: string, org: string | undefined) {
     if (org === undefined) {
@@ -154,7 +99,7 @@ export function createLogin(core: IdentityCore) {
       : await tenancy.findOrgBySlug(org);
     if (!found || !user) return { user, org: found, member: undefined };
     const m = await membership(db.db, found.id, user.id);
-    return { user, org: found, member: m?.active ? m : undefined };
+    return { user, org: found, member: m?.active ? m : undefined, listed: m !== undefined };
   }
 
   /** Step one of a login: password. Unknown user and wrong password answer alike, in the same time. */
@@ -167,45 +112,38 @@ export function createLogin(core: IdentityCore) {
       await verifyDummy();
       throw rateLimitedError(wait);
     }
-    const { user, org, member } = await resolveLogin(input.email, input.org);
+    const { user, org, member, listed } = await resolveLogin(input.email, input.org);
     if (!user?.active || !member) {
       await verifyDummy();
       await limiter.recordFailure(origin.ip);
       if (org) {
+        // Only the org's own (deactivated) users are named in its log. Someone else's account
+        // looks exactly like an unknown email there: the named org's admin reads this log and
+        // must not learn who has an account elsewhere. Nothing is recorded for that account's
+        // own orgs either: no password was tried against it.
+        const known = user !== undefined && listed === true;
         await audit.record(db.db, {
           orgId: org.id,
-          actor: user ? { type: 'user', id: user.id, name: displayName(user) } : { type: 'user', name: null },
+          actor: known
+            ? { type: 'user', id: user.id, name: displayName(user) }
+            : { type: 'user', name: null },
           action: 'user.login_failed',
           context: origin,
-          details: { reason: user ? 'not_a_member' : 'unknown_user' },
+          details: { reason: known ? 'inactive' : 'unknown_user' },
           success: false,
         });
       }
       throw identityErrors.invalid_credentials();
     }
     const now = clock();
+    const attempt = { user, orgId: member.orgId, origin };
     if (user.lockedUntil && user.lockedUntil > now) {
       await verifyDummy();
-      await audit.record(db.db, {
-        orgId: member.orgId,
-        actor: { type: 'user', id: user.id, name: displayName(user) },
-        action: 'user.login_failed',
-        resource: { type: 'user', id: user.id },
-        context: origin,
-        details: { reason: 'locked' },
-        success: false,
-      });
-      throw lockedError(user.lockedUntil);
+      await lockout.assertNotLocked(attempt);
     }
     const check = await verifyPassword(user.passwordHash, input.password);
     if (!check.ok) {
-      throw await failLogin(
-        user,
-        member.orgId,
-        origin,
-        'wrong_password',
-        identityErrors.invalid_credentials(),
-      );
+      throw await lockout.fail(attempt, 'wrong_password', identityErrors.invalid_credentials());
     }
     if (check.needsRehash) {
       await db.db
@@ -248,6 +186,12 @@ export function createLogin(core: IdentityCore) {
     const user = await userById(db.db, challenge.userId);
     if (!user?.active || !user.totpEnabled || !user.totpSecret) throw identityErrors.mfa_token_invalid();
     if (user.lockedUntil && user.lockedUntil > now) throw lockedError(user.lockedUntil);
+    // A challenge issued before the password last changed is void (account.ts also ends pending
+    // ones in the change's transaction; this covers a login that raced it).
+    if (user.passwordChangedAt && challenge.createdAt < user.passwordChangedAt) {
+      throw identityErrors.mfa_token_invalid();
+    }
+    const attempt = { user, orgId: challenge.orgId, origin };
 
     const code = input.code.trim();
     let method: 'password+totp' | 'password+recovery_code';
@@ -259,10 +203,8 @@ export function createLogin(core: IdentityCore) {
       const result = verifyTotp(secret, code, { nowMs: now.getTime(), lastUsedStep: user.totpLastStep });
       if (!result.ok) {
         await spendAttempt(tokenHash);
-        throw await failLogin(
-          user,
-          challenge.orgId,
-          origin,
+        throw await lockout.fail(
+          attempt,
           result.reason === 'replayed' ? 'totp_replayed' : 'wrong_totp',
           result.reason === 'replayed'
             ? identityErrors.mfa_code_replayed()
@@ -275,13 +217,7 @@ export function createLogin(core: IdentityCore) {
       const index = matchRecoveryCode(code, user.recoveryCodeHashes);
       if (index < 0) {
         await spendAttempt(tokenHash);
-        throw await failLogin(
-          user,
-          challenge.orgId,
-          origin,
-          'wrong_recovery_code',
-          identityErrors.mfa_code_invalid(),
-        );
+        throw await lockout.fail(attempt, 'wrong_recovery_code', identityErrors.mfa_code_invalid());
       }
       remainingCodes = user.recoveryCodeHashes.filter((_, i) => i !== index);
     }

@@ -1,7 +1,7 @@
 import { and, asc, eq, gt, isNull, sql } from 'drizzle-orm';
 import type { DbOrTx } from '../db/client.ts';
 import { prepared, runPrepared, selectColumns } from '../db/prepared.ts';
-import { orgMemberships, sessions, users } from './schema.ts';
+import { mfaChallenges, orgMemberships, sessions, users } from './schema.ts';
 
 export type User = typeof users.$inferSelect;
 export type Session = typeof sessions.$inferSelect;
@@ -112,4 +112,25 @@ export async function userByEmailWithHomeOrg(
   if (!row) return undefined;
   const { homeOrgId, ...user } = row;
   return { user, homeOrgId };
+}
+
+/**
+ * Ends a user's pending 2FA challenges (in one org, or all of them): an `mfa_token` issued before
+ * a password change or a deactivation must not complete a login after it.
+ */
+export async function endMfaChallenges(
+  db: DbOrTx,
+  filter: { userId: string; orgId?: string },
+  now: Date,
+): Promise<void> {
+  await db
+    .update(mfaChallenges)
+    .set({ usedAt: now })
+    .where(
+      and(
+        eq(mfaChallenges.userId, filter.userId),
+        isNull(mfaChallenges.usedAt),
+        filter.orgId ? eq(mfaChallenges.orgId, filter.orgId) : undefined,
+      ),
+    );
 }

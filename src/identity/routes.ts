@@ -93,6 +93,12 @@ const orgView = (o: Organization) => ({
   created_at: o.createdAt.toISOString(),
 });
 
+/**
+ * The body of a route that takes none: absent (Fastify gives null) or `{}`. Anything else is refused like an unknown
+ * field elsewhere (`{"all": true}` on logout must not quietly end only this session).
+ */
+export const noBody = z.strictObject({}).nullish();
+
 export const idCursor = z.object({ id: z.string() });
 export const idParams = z.strictObject({ id: z.string().max(100) });
 
@@ -198,7 +204,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
     '/v1/auth/logout',
     {
       config: { access: 'authenticated' },
-      schema: { tags, summary: 'End the current session', response: { 204: z.null() } },
+      schema: { tags, summary: 'End the current session', body: noBody, response: { 204: z.null() } },
     },
     async (request, reply) => {
       await identity.logout(callerOf(request), contextOf(request));
@@ -241,6 +247,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
         tags,
         summary: 'Revoke a session (your own; or, with users:update, any in your org)',
         params: idParams,
+        body: noBody,
         response: { 204: z.null() },
       },
     },
@@ -273,6 +280,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
       schema: {
         tags,
         summary: 'Start TOTP enrolment: a new secret to scan',
+        body: noBody,
         response: { 200: z.object({ secret: z.string(), otpauth_uri: z.string() }) },
       },
     },
@@ -472,7 +480,14 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
     '/v1/users/:id/unlock',
     {
       config: { access: { permission: 'users:update' } },
-      schema: { tags, summary: 'Clear a lockout', params: idParams, response: { 200: userSchema } },
+      schema: {
+        tags,
+        summary: 'Clear a lockout',
+        description: 'A user who is not locked is answered as is, and nothing is audited.',
+        params: idParams,
+        body: noBody,
+        response: { 200: userSchema },
+      },
     },
     async (request) =>
       userView(await identity.unlockUser(callerOf(request), request.params.id, contextOf(request))),
@@ -516,6 +531,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
         tags,
         summary: 'Deactivate a user in this org (history is kept; sessions end)',
         params: idParams,
+        body: noBody,
         response: { 204: z.null() },
       },
     },

@@ -4,8 +4,9 @@ import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import { open, seal } from '../crypto/envelope.ts';
 import type { Principal } from '../http/principal.ts';
-import { type IdentityCore, totpAad } from './core.ts';
+import { type IdentityCore, type Origin, totpAad } from './core.ts';
 import { identityErrors } from './errors.ts';
+import { createLockout, FAILURES_RESET } from './lockout.ts';
 import { verifyPassword } from './password.ts';
 import { generateRecoveryCodes, matchRecoveryCode } from './recovery-codes.ts';
 import { users } from './schema.ts';
@@ -15,6 +16,7 @@ const TOTP_ISSUER = 'Steward';
 
 export function createTwoFactor(core: IdentityCore) {
   const { db, keyring, audit, clock } = core;
+  const lockout = createLockout(core);
 
   async function enrollTotp(principal: Principal, origin: AuditContext) {
     const user = await core.currentUser(principal);
@@ -71,21 +73,31 @@ export function createTwoFactor(core: IdentityCore) {
   async function disableTotp(
     principal: Principal,
     input: { password: string; code: string },
-    origin: AuditContext,
+    origin: Origin,
   ): Promise<void> {
     const user = await core.currentUser(principal);
     if (!user.totpEnabled || !user.totpSecret) throw identityErrors.totp_not_enabled();
+    // Password and code are proofs like a login's: throttled, counted and locked alike.
+    const attempt = { user, orgId: principal.orgId, origin, during: 'totp_disable' as const };
+    await lockout.assertIpAllowed(origin.ip);
+    await lockout.assertNotLocked(attempt);
     const check = await verifyPassword(user.passwordHash, input.password);
-    if (!check.ok) throw identityErrors.password_incorrect();
+    if (!check.ok) throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
     const secret = open(keyring, user.totpSecret, totpAad(user.id)).toString('utf8');
     const result = verifyTotp(secret, input.code, {
       nowMs: clock().getTime(),
       lastUsedStep: user.totpLastStep,
     });
     const recoveryIndex = result.ok ? -1 : matchRecoveryCode(input.code, user.recoveryCodeHashes);
-    if (!result.ok && recoveryIndex < 0)
-      throw identityErrors.totp_code_invalid(undefined, { reason: result.reason });
+    if (!result.ok && recoveryIndex < 0) {
+      throw await lockout.fail(
+        attempt,
+        result.reason === 'replayed' ? 'totp_replayed' : 'wrong_totp',
+        identityErrors.totp_code_invalid(undefined, { reason: result.reason }),
+      );
+    }
     await db.db.transaction(async (tx) => {
+      // Both proofs held: the failure count starts again, as after a login.
       await tx
         .update(users)
         .set({
@@ -94,6 +106,7 @@ export function createTwoFactor(core: IdentityCore) {
           totpLastStep: null,
           recoveryCodeHashes: [],
           updatedAt: clock(),
+          ...FAILURES_RESET,
         })
         .where(eq(users.id, user.id));
       await audit.record(tx, {

@@ -5,18 +5,22 @@ import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { DbOrTx } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
+import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import {
   type AfterCommit,
   assertPasswordPolicy,
   type IdentityCore,
+  sessionRevokedEvents,
   type UserView,
   uniqueViolation,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
+import { FAILURES_RESET } from './lockout.ts';
 import { hashPassword } from './password.ts';
 import {
   activeMemberships,
+  endMfaChallenges,
   listMembers,
   type Membership,
   memberById,
@@ -205,6 +209,12 @@ export function createUsers(core: IdentityCore) {
     return view(principal.orgId, user, m);
   }
 
+  /**
+   * Edits a user: every part (name, username, active, roles) and its audit events commit in one
+   * transaction, or nothing does. What can be checked before writing is (self-deactivation, the
+   * username); unknown or unassignable roles are refused by authz inside the transaction, which
+   * rolls everything back. Revocations and cache drops are published after the commit.
+   */
   async function updateUser(
     principal: Principal,
     userId: string,
@@ -217,12 +227,14 @@ export function createUsers(core: IdentityCore) {
     origin: AuditContext,
   ): Promise<UserView> {
     const { user, membership: m } = await getMember(principal.orgId, userId);
+    const deactivating = input.active === false && (m.active || user.active);
     if (input.active === false) {
-      await deactivateUser(principal, userId, origin);
-      const { user: u, membership: m2 } = await getMember(principal.orgId, userId);
-      input = { ...input, active: undefined };
-      if (input.full_name === undefined && input.username === undefined && input.roles === undefined) {
-        return view(principal.orgId, u, m2);
+      if (principal.kind === 'user' && principal.id === userId) throw identityErrors.cannot_deactivate_self();
+      // Deactivation removes every role: roles sent with it would be dropped in the same breath.
+      if (input.roles !== undefined && input.roles.length > 0) {
+        throw httpErrors.validation_failed('roles: a deactivated user holds no roles', {
+          errors: [{ path: 'body.roles', message: 'A deactivated user holds no roles' }],
+        });
       }
     }
     if (input.username && input.username.toLowerCase() !== user.username?.toLowerCase()) {
@@ -230,20 +242,18 @@ export function createUsers(core: IdentityCore) {
     }
     const beforeRoles = await authz.rolesOf(principal.orgId, userId);
     const now = clock();
-    const after = await db.db
+    const { runs, revoked } = await db.db
       .transaction(async (tx) => {
-        const set: Partial<typeof users.$inferInsert> = { updatedAt: now };
         const before: Record<string, unknown> = {};
         const changed: Record<string, unknown> = {};
+        const set: Partial<typeof users.$inferInsert> = { updatedAt: now };
         if (input.full_name !== undefined && input.full_name !== user.fullName) {
-          set.fullName = input.full_name;
           before.full_name = user.fullName;
-          changed.full_name = input.full_name;
+          set.fullName = changed.full_name = input.full_name;
         }
         if (input.username !== undefined && input.username !== user.username) {
-          set.username = input.username;
           before.username = user.username;
-          changed.username = input.username;
+          set.username = changed.username = input.username;
         }
         await tx.update(users).set(set).where(eq(users.id, userId));
         if (input.active === true && !(m.active && user.active)) {
@@ -255,21 +265,19 @@ export function createUsers(core: IdentityCore) {
           before.active = false;
           changed.active = true;
         }
-        const runs: (() => Promise<void>)[] = [];
-        if (input.roles !== undefined) {
-          const next = [...new Set(input.roles)].sort();
-          if (next.join(',') !== [...beforeRoles].sort().join(',')) {
-            const un = await authz.unassignAllInTx(tx, {
-              orgId: principal.orgId,
-              principalId: userId,
-              by: principal,
-              context: origin,
-            });
-            runs.push(un.afterCommit);
-            runs.push(...(await assignRoles(core, tx, principal.orgId, userId, next, principal, origin)));
-            before.roles = beforeRoles;
-            changed.roles = next;
-          }
+        const runs: AfterCommit[] = [];
+        const next = input.roles === undefined || deactivating ? undefined : [...new Set(input.roles)].sort();
+        if (next !== undefined && next.join(',') !== [...beforeRoles].sort().join(',')) {
+          const un = await authz.unassignAllInTx(tx, {
+            orgId: principal.orgId,
+            principalId: userId,
+            by: principal,
+            context: origin,
+          });
+          runs.push(un.afterCommit);
+          runs.push(...(await assignRoles(core, tx, principal.orgId, userId, next, principal, origin)));
+          before.roles = beforeRoles;
+          changed.roles = next;
         }
         if (Object.keys(changed).length > 0) {
           await audit.record(tx, {
@@ -281,12 +289,62 @@ export function createUsers(core: IdentityCore) {
             changes: { before, after: changed },
           });
         }
-        return runs;
+        if (!deactivating) return { runs, revoked: [] as string[] };
+        const off = await deactivateInTx(tx, principal, userId, origin, now);
+        return { runs: [...runs, ...off.runs], revoked: off.revoked };
       })
       .catch(uniqueViolation);
-    for (const run of after) await run();
+    for (const run of runs) await run();
+    await revocation.publish(revoked);
     await core.userChanged(userId);
     return getUser(principal, userId);
+  }
+
+  /**
+   * Inside `tx`: the membership off (and the user, once no active membership remains), roles
+   * removed, sessions and pending 2FA challenges in this org ended, all audited. The caller runs
+   * `runs` and publishes `revoked` after the commit.
+   */
+  async function deactivateInTx(
+    tx: DbOrTx,
+    principal: Principal,
+    userId: string,
+    origin: AuditContext,
+    now: Date,
+  ): Promise<{ runs: AfterCommit[]; revoked: string[] }> {
+    await tx
+      .update(orgMemberships)
+      .set({ active: false, updatedAt: now })
+      .where(and(eq(orgMemberships.orgId, principal.orgId), eq(orgMemberships.userId, userId)));
+    const others = await activeMemberships(tx, userId);
+    const global = others.length === 0;
+    if (global) await tx.update(users).set({ active: false, updatedAt: now }).where(eq(users.id, userId));
+    const un = await authz.unassignAllInTx(tx, {
+      orgId: principal.orgId,
+      principalId: userId,
+      by: principal,
+      context: origin,
+    });
+    const revoked = await revokeSessions(tx, { userId, orgId: principal.orgId }, 'user_deactivated', now);
+    await endMfaChallenges(tx, { userId, orgId: principal.orgId }, now);
+    await audit.record(tx, [
+      {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'user.deactivated',
+        resource: { type: 'user', id: userId },
+        context: origin,
+        changes: { before: { active: true }, after: { active: false } },
+        details: { revoked_sessions: revoked.length, deactivated_everywhere: global },
+      },
+      ...sessionRevokedEvents(
+        revoked,
+        { orgId: principal.orgId, principal, origin },
+        userId,
+        'user_deactivated',
+      ),
+    ]);
+    return { runs: [un.afterCommit], revoked };
   }
 
   /** Deactivates a user in the caller's org: membership off, roles removed, sessions revoked. */
@@ -295,53 +353,28 @@ export function createUsers(core: IdentityCore) {
     if (principal.kind === 'user' && principal.id === userId) throw identityErrors.cannot_deactivate_self();
     if (!m.active && !user.active) return;
     const now = clock();
-    const { runs, revoked } = await db.db.transaction(async (tx) => {
-      await tx
-        .update(orgMemberships)
-        .set({ active: false, updatedAt: now })
-        .where(and(eq(orgMemberships.orgId, principal.orgId), eq(orgMemberships.userId, userId)));
-      const others = await activeMemberships(tx, userId);
-      const global = others.length === 0;
-      if (global) await tx.update(users).set({ active: false, updatedAt: now }).where(eq(users.id, userId));
-      const un = await authz.unassignAllInTx(tx, {
-        orgId: principal.orgId,
-        principalId: userId,
-        by: principal,
-        context: origin,
-      });
-      const revoked = await revokeSessions(tx, { userId, orgId: principal.orgId }, 'user_deactivated', now);
-      await audit.record(tx, [
-        {
-          orgId: principal.orgId,
-          actor: actorOf(principal),
-          action: 'user.deactivated',
-          resource: { type: 'user', id: userId },
-          context: origin,
-          changes: { before: { active: true }, after: { active: false } },
-          details: { revoked_sessions: revoked.length, deactivated_everywhere: global },
-        },
-        ...revoked.map((id) => ({
-          orgId: principal.orgId,
-          actor: actorOf(principal),
-          action: 'session.revoked' as const,
-          resource: { type: 'session', id },
-          context: origin,
-          details: { user_id: userId, reason: 'user_deactivated' },
-        })),
-      ]);
-      return { runs: [un.afterCommit], revoked };
-    });
+    const { runs, revoked } = await db.db.transaction((tx) =>
+      deactivateInTx(tx, principal, userId, origin, now),
+    );
     for (const run of runs) await run();
     await revocation.publish(revoked);
     await core.userChanged(userId);
   }
 
+  /**
+   * Clears a lockout: the lock, its doubling level and the failure count. A user with none of
+   * them is answered as is, with no write and no `user.unlocked` event (an unlock that changed
+   * nothing would only add noise to the audit trail).
+   */
   async function unlockUser(principal: Principal, userId: string, origin: AuditContext): Promise<UserView> {
-    const { user } = await getMember(principal.orgId, userId);
+    const { user, membership: m } = await getMember(principal.orgId, userId);
+    if (user.lockedUntil === null && user.lockCount === 0 && user.failedLoginCount === 0) {
+      return view(principal.orgId, user, m);
+    }
     await db.db.transaction(async (tx) => {
       await tx
         .update(users)
-        .set({ failedLoginCount: 0, lockCount: 0, lockedUntil: null, updatedAt: clock() })
+        .set({ ...FAILURES_RESET, updatedAt: clock() })
         .where(eq(users.id, userId));
       await audit.record(tx, {
         orgId: principal.orgId,
@@ -350,8 +383,12 @@ export function createUsers(core: IdentityCore) {
         resource: { type: 'user', id: userId },
         context: origin,
         changes: {
-          before: { locked_until: user.lockedUntil?.toISOString() ?? null },
-          after: { locked_until: null },
+          before: {
+            locked_until: user.lockedUntil?.toISOString() ?? null,
+            lock_count: user.lockCount,
+            failed_login_count: user.failedLoginCount,
+          },
+          after: { locked_until: null, lock_count: 0, failed_login_count: 0 },
         },
       });
     });
