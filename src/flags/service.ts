@@ -11,6 +11,7 @@ import type { Environment, TenancyService } from '../tenancy/service.ts';
 import { isUniqueViolation } from '../vault/common.ts';
 import type { FourEyes } from '../vault/four-eyes.ts';
 import type { Access, Pending } from '../vault/secrets/service.ts';
+import { clientView } from './client-view.ts';
 import { createFlagEngine, type FlagEngine } from './engine.ts';
 import { flagErrors } from './errors.ts';
 import { featureFlags, flagSegments } from './schema.ts';
@@ -112,7 +113,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
         .orderBy(asc(featureFlags.name)),
       loadSegments(orgId),
     ]);
-    const features = rows.map((r) => r.definition);
+    const features = rows.map((r) => clientView(r.definition));
     const segments = segRows.map(segmentOf);
     const etag = `"${createHash('sha256')
       .update(JSON.stringify([features, segments]))
@@ -313,6 +314,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
         parameters.stickiness = 'default';
       return {
         name: s.name,
+        ...(s.title === undefined ? {} : { title: s.title }),
+        ...(s.disabled === true ? { disabled: true } : {}),
         parameters,
         constraints: s.constraints ?? [],
         ...(s.segments?.length ? { segments: s.segments } : {}),

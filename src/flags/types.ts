@@ -50,6 +50,10 @@ export type VariantDefinition = z.infer<typeof variantDefinitionSchema>;
 /** One activation strategy of a flag. */
 export const strategySchema = z.object({
   name: z.string().min(1).max(255),
+  title: z.string().max(255).optional(),
+  // Unleash keeps a strategy it was told to pause, with its settings, and leaves it out of what
+  // clients get (src/flags/client-view.ts). Dropping the key instead would turn it back on.
+  disabled: z.boolean().optional(),
   parameters: z.record(z.string(), parameterValueSchema).optional(),
   constraints: z.array(constraintSchema).optional(),
   segments: z.array(z.number().int()).optional(),
@@ -65,7 +69,7 @@ export const dependencySchema = z.object({
 });
 export type Dependency = z.infer<typeof dependencySchema>;
 
-/** A flag in Unleash's feature-toggle JSON shape. */
+/** A flag in Unleash's feature-toggle JSON shape (as stored and edited; clients get clientView). */
 export const featureSchema = z.object({
   name: nameSchema,
   description: z.string().max(10_000).nullish(),

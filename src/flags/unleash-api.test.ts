@@ -322,6 +322,78 @@ describe('Unleash client API with unleash-client', () => {
       await new Promise((r) => setTimeout(r, 50));
     assert.equal(unleash.isEnabled('kill-switch'), true);
   });
+  test('disabled strategies: kept for the admin API, left out for clients; all disabled serves the flag off', async () => {
+    const created = await v.req('POST', '/v1/keys', {
+      token: v.tokens.manager,
+      body: { name: 'sdk-paused', scopes: ['flags:read'], metadata: { flags_environment: 'development' } },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const devKey = created.json().key as string;
+    const flags = [
+      {
+        name: 'paused-one',
+        enabled: true,
+        strategies: [
+          { name: 'userWithId', title: 'early users', disabled: true, parameters: { userIds: 'u1' } },
+          { name: 'userWithId', parameters: { userIds: 'u2' } },
+        ],
+      },
+      { name: 'paused-all', enabled: true, strategies: [{ name: 'default', disabled: true }] },
+    ];
+    for (const body of flags) {
+      const res = await v.req('POST', '/v1/flags/development', { token: v.tokens.manager, body });
+      assert.equal(res.statusCode, 201, res.body);
+    }
+    const admin = (await v.req('GET', '/v1/flags/development/paused-one', { token: v.tokens.viewer })).json();
+    assert.deepEqual(
+      admin.strategies.map((s: { title?: string; disabled?: boolean }) => [s.title, s.disabled]),
+      [
+        ['early users', true],
+        [undefined, undefined],
+      ],
+    );
+    const served = (await (
+      await fetch(`${address}/api/client/features`, { headers: { authorization: devKey } })
+    ).json()) as { features: { name: string; enabled: boolean; strategies: unknown[] }[] };
+    const one = served.features.find((f) => f.name === 'paused-one');
+    const all = served.features.find((f) => f.name === 'paused-all');
+    assert.equal(one?.strategies.length, 1);
+    assert.deepEqual([all?.enabled, all?.strategies.length], [false, 0]);
+    const evaluate = async (userId: string) =>
+      (
+        await v.req('POST', '/v1/flags/development/evaluate', {
+          token: v.tokens.viewer,
+          body: { context: { userId } },
+        })
+      )
+        .json()
+        .data.filter((e: { name: string }) => e.name.startsWith('paused-'))
+        .map((e: { name: string; enabled: boolean }) => `${e.name}:${e.enabled}`);
+    assert.deepEqual(await evaluate('u1'), ['paused-all:false', 'paused-one:false']);
+    assert.deepEqual(await evaluate('u2'), ['paused-all:false', 'paused-one:true']);
+    const sdk = new Unleash({
+      url: `${address}/api/`,
+      appName: 'steward-paused',
+      customHeaders: { Authorization: devKey },
+      refreshInterval: 60_000,
+      disableMetrics: true,
+    });
+    try {
+      await once(sdk, 'synchronized');
+      assert.deepEqual(
+        ['u1', 'u2'].map((userId) => [
+          sdk.isEnabled('paused-one', { userId }),
+          sdk.isEnabled('paused-all', { userId }),
+        ]),
+        [
+          [false, false],
+          [true, false],
+        ],
+      );
+    } finally {
+      sdk.destroy();
+    }
+  });
   test('flags at the edges of validation never make unleash-client throw, and it agrees with us', async () => {
     // Another environment, so the flags above are untouched.
     const created = await v.req('POST', '/v1/keys', {
