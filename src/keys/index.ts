@@ -16,7 +16,7 @@ import * as q from './queries.ts';
 import { keysRoutes } from './routes.ts';
 import { createKeysService, type KeysService } from './service.ts';
 import { resolveTiers } from './tiers.ts';
-import { createVerifier, type KeyOwner, type Verification } from './verifier.ts';
+import { createVerifier, type KeyOwner, keyIsSuperuser, type Verification } from './verifier.ts';
 import { webhookKeyRoutes } from './webhook-routes.ts';
 
 function rateHeaders(v: Verification): Record<string, string> {
@@ -53,10 +53,14 @@ function principalOf(request: FastifyRequest, v: Verification): Principal {
     case 'rate_limited':
       throw keyErrors.rate_limited('The key’s rate limit is used up', extra, rateHeaders(v));
     case 'quota_exceeded': {
-      const endMs = key === null ? v.nowMs : Date.parse(key.periodEndIso);
-      throw keyErrors.quota_exceeded(`The quota resets at ${key?.periodEndIso ?? 'period end'}`, extra, {
-        'retry-after': String(Math.max(1, Math.ceil((endMs - v.nowMs) / 1000))),
-      });
+      const endMs = key === null ? v.nowMs : Date.parse(key.usage.periodEndIso);
+      throw keyErrors.quota_exceeded(
+        `The quota resets at ${key?.usage.periodEndIso ?? 'period end'}`,
+        extra,
+        {
+          'retry-after': String(Math.max(1, Math.ceil((endMs - v.nowMs) / 1000))),
+        },
+      );
     }
     default:
       throw keyErrors.key_not_found(undefined, extra);
@@ -132,7 +136,7 @@ export async function openKeys(deps: KeysDeps) {
         name: row.name,
         roles: owner?.roles ?? [],
         scopes: row.scopes,
-        superuser: owner?.superuser ?? false,
+        superuser: keyIsSuperuser(owner?.superuser ?? false, row.scopes),
         keyId: row.id,
         ownerId: row.ownerId,
       };

@@ -75,6 +75,16 @@ describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
     return res.json() as { code: string; ratelimit: { remaining: number } | null };
   };
 
+  /** Verifies on `app` until the key is no longer valid (2 s at most): the code, and ms since `from`. */
+  const untilRefused = async (app: FastifyInstance, key: string, from: number) => {
+    let code = 'valid';
+    while (code === 'valid' && performance.now() - from < 2000) {
+      code = (await verifyOn(app, key)).code;
+      if (code === 'valid') await new Promise((r) => setTimeout(r, 5));
+    }
+    return { code, elapsed: performance.now() - from };
+  };
+
   test('one rate limit for the key, whichever instance answers', async () => {
     const k = await create({ ratelimit: { limit: 5, window_seconds: 60 } });
     const codes: string[] = [];
@@ -98,12 +108,7 @@ describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
       headers: { authorization: `Bearer ${token}` },
     });
     assert.equal(del.statusCode, 200, del.body);
-    let code = 'valid';
-    while (code === 'valid' && performance.now() - revokedAt < 2000) {
-      code = (await verifyOn(b, k.key)).code;
-      if (code === 'valid') await new Promise((r) => setTimeout(r, 5));
-    }
-    const elapsed = performance.now() - revokedAt;
+    const { code, elapsed } = await untilRefused(b, k.key, revokedAt);
     assert.equal(code, 'revoked');
     assert.ok(elapsed < 1000, `took ${elapsed.toFixed(0)} ms`);
   });
@@ -114,13 +119,33 @@ describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
     // Revoke behind Steward's back (no bus message): only B's poll of updated_at can notice.
     const revokedAt = performance.now();
     await dbs[0]?.query('update api_keys set revoked_at = now(), updated_at = now() where id = $1', [k.id]);
-    let code = 'valid';
-    while (code === 'valid' && performance.now() - revokedAt < 2000) {
-      code = (await verifyOn(b, k.key)).code;
-      if (code === 'valid') await new Promise((r) => setTimeout(r, 5));
-    }
+    const { code, elapsed } = await untilRefused(b, k.key, revokedAt);
     assert.equal(code, 'revoked');
-    assert.ok(performance.now() - revokedAt < 1000);
+    assert.ok(elapsed < 1000, `took ${elapsed.toFixed(0)} ms`);
+  });
+
+  test('a user deactivated on A: their keys are disabled on B within one second', async () => {
+    const email = 'owner@example.com';
+    const user = await a.inject({
+      method: 'POST',
+      url: '/v1/users',
+      headers: { authorization: `Bearer ${token}` },
+      payload: { email, password: 'a long enough passphrase 42', roles: ['developer'] },
+    });
+    assert.equal(user.statusCode, 201, user.body);
+    const userId = user.json().id as string;
+    const k = await create({ owner: userId, scopes: ['secrets:read'] });
+    assert.equal((await verifyOn(b, k.key)).code, 'valid'); // B's cache is warm
+    const deactivatedAt = performance.now();
+    const del = await a.inject({
+      method: 'DELETE',
+      url: `/v1/users/${userId}`,
+      headers: { authorization: `Bearer ${token}` },
+    });
+    assert.equal(del.statusCode, 204, del.body);
+    const { code, elapsed } = await untilRefused(b, k.key, deactivatedAt);
+    assert.equal(code, 'disabled');
+    assert.ok(elapsed < 1000, `took ${elapsed.toFixed(0)} ms`);
   });
 
   test('usage counted on both instances adds up in the database', async () => {

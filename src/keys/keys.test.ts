@@ -1,29 +1,15 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
-import type { LightMyRequestResponse } from 'fastify';
 import { STORES } from '../../test/helpers/stores.ts';
 import { ADMIN, type IdentityTestApp, identityTestApp } from '../identity/test-support.ts';
-
-const TIERS = JSON.stringify({
-  free: { quota: 10_000, ratelimit: null },
-  tiny: { quota: 3, ratelimit: null },
-  enterprise: { quota: null, ratelimit: null },
-});
-
-function problem(res: LightMyRequestResponse, status: number, code: string): Record<string, unknown> {
-  assert.equal(res.statusCode, status, res.body);
-  assert.match(String(res.headers['content-type']), /application\/problem\+json/);
-  const body = res.json() as Record<string, unknown>;
-  assert.equal(body.code, code, res.body);
-  return body;
-}
+import { createKey, problem, TEST_TIERS } from './test-support.ts';
 
 for (const store of STORES) {
   describe(`API keys over HTTP (${store.kind})`, { skip: store.skip }, () => {
     let t: IdentityTestApp;
     let token: string;
     before(async () => {
-      t = await identityTestApp(store.kind, { TRUST_PROXY: '10.0.0.1', API_KEY_TIERS: TIERS });
+      t = await identityTestApp(store.kind, { TRUST_PROXY: '10.0.0.1', API_KEY_TIERS: TEST_TIERS });
     });
     // Tests move the clock (quota periods, grace): a fresh access token for each.
     beforeEach(async () => {
@@ -31,14 +17,7 @@ for (const store of STORES) {
     });
     after(() => t.close());
 
-    const create = async (body: Record<string, unknown> = {}, as = token) => {
-      const res = await t.call('POST', '/v1/keys', {
-        token: as,
-        body: { name: 'k', scopes: ['*'], tier: 'enterprise', ...body },
-      });
-      assert.equal(res.statusCode, 201, res.body);
-      return res.json() as { id: string; key: string; prefix: string };
-    };
+    const create = (body: Record<string, unknown> = {}, as = token) => createKey(t, as, body);
     const verify = async (key: string, extra: Record<string, unknown> = {}, as = token) => {
       const res = await t.call('POST', '/v1/keys/verify', { token: as, body: { key, ...extra } });
       assert.equal(res.statusCode, 200, res.body);

@@ -73,7 +73,8 @@ export interface UsageDelta {
   id: string;
   delta: number;
   periodStart: Date;
-  lastUsedAt: Date;
+  /** Null: the row's last use does not move (usage counted on a rolled key's successor). */
+  lastUsedAt: Date | null;
 }
 
 /**
@@ -100,7 +101,7 @@ export async function addUsage(
       deltas.map((d) => d.id),
       deltas.map((d) => d.delta),
       deltas.map((d) => d.periodStart.toISOString()),
-      deltas.map((d) => d.lastUsedAt.toISOString()),
+      deltas.map((d) => d.lastUsedAt?.toISOString() ?? null),
     ],
   );
 }

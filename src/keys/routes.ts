@@ -171,7 +171,7 @@ export function verificationJson(v: Verification): string {
   const quota =
     key === null || key.quota === null
       ? 'null'
-      : `{"limit":${key.quota},"remaining":${v.quotaRemaining < 0 ? Math.max(0, key.quota - key.count) : v.quotaRemaining},"period_end":"${key.periodEndIso}"}`;
+      : `{"limit":${key.quota},"remaining":${v.quotaRemaining < 0 ? Math.max(0, key.quota - key.usage.count) : v.quotaRemaining},"period_end":"${key.usage.periodEndIso}"}`;
   return `{"valid":${v.code === 'valid'},"code":"${v.code}",${key === null ? UNKNOWN_KEY : key.json},"ratelimit":${rl},"quota":${quota}}`;
 }
 

@@ -5,7 +5,7 @@ import { Webhook } from 'standardwebhooks';
 import type { AuditContext, AuditEventInput, AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { Authz } from '../authz/contract.ts';
-import { isPermissionPattern } from '../authz/roles.ts';
+import { expandPattern, isPermissionPattern } from '../authz/roles.ts';
 import { open, seal } from '../crypto/envelope.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle } from '../db/client.ts';
@@ -62,6 +62,17 @@ export interface KeysServiceDeps {
 
 const SYSTEM = { type: 'system', name: 'steward' } as const;
 
+/** What a key may not change about itself (everything but its name and metadata). */
+const SELF_LOCKED = [
+  'scopes',
+  'tier',
+  'ratelimit',
+  'allowed_ips',
+  'expires_at',
+  'period_days',
+  'active',
+] as const satisfies readonly (keyof UpdateKeyInput)[];
+
 /** A CIDR or a single address, IPv4 or IPv6; normalised (`10.0.0.0/8`, `2001:db8::/32`). */
 export function parseCidr(entry: string): string | null {
   const [address = '', bits, extra] = entry.trim().split('/');
@@ -98,6 +109,40 @@ export function createKeysService(deps: KeysServiceDeps) {
       throw httpErrors.permission_denied('Changing another principal’s key needs api_keys:admin', {
         permission: 'api_keys:admin',
       });
+    }
+  }
+
+  /**
+   * A key gives no key a scope it does not hold itself: whatever it creates, rolls or changes is
+   * no stronger than it (SPEC §3). Whether the caller's scopes reach a permission is authz's own
+   * scope rule: a check that answers `out_of_scope`. Users and agents are not scoped.
+   */
+  async function mustHoldScopes(caller: Principal, scopes: readonly string[]): Promise<void> {
+    if (caller.kind !== 'key') return;
+    for (const scope of scopes) {
+      for (const permission of expandPattern(scope)) {
+        if ((await authz.check(caller, permission)).decision.reason === 'out_of_scope') {
+          throw keyErrors.scope_not_held(`This key does not hold ${scope}`, { scope });
+        }
+      }
+    }
+  }
+
+  /**
+   * A key may rename itself or change its metadata, nothing else of its own: its scopes, limits,
+   * allowlist, tier, period, expiry and active flag are its holder's bounds, set by others.
+   */
+  function mustNotLoosenItself(caller: Principal, id: string, input: UpdateKeyInput): void {
+    if (caller.kind !== 'key' || caller.keyId !== id) return;
+    const field = SELF_LOCKED.find((name) => input[name] !== undefined);
+    if (field !== undefined) {
+      throw keyErrors.key_self_change(`A key cannot change its own ${field}`, { field });
+    }
+  }
+
+  function mustBeFuture(expiresAt: Date | null | undefined, now: Date): void {
+    if (expiresAt != null && expiresAt.getTime() <= now.getTime()) {
+      throw httpErrors.validation_failed('expires_at: must be in the future');
     }
   }
 
@@ -139,8 +184,16 @@ export function createKeysService(deps: KeysServiceDeps) {
 
   const creations = new Map<string, { windowStartMs: number; count: number; reported: boolean }>();
 
-  /** Counts a creation per source; true the first time a source exceeds the threshold in a window. */
-  function creationBurst(source: string, settings: q.KeySettings, nowMs: number): number | null {
+  /**
+   * Counts a creation per source. Null while the source is within the threshold; above it, the
+   * count and whether this is the first creation over it in the window (reported once; every key
+   * created above it is suspended when the org says so).
+   */
+  function creationBurst(
+    source: string,
+    settings: q.KeySettings,
+    nowMs: number,
+  ): { count: number; first: boolean } | null {
     let entry = creations.get(source);
     if (entry === undefined || nowMs - entry.windowStartMs >= settings.burstWindowSeconds * 1000) {
       if (creations.size > 10_000) creations.clear();
@@ -148,9 +201,10 @@ export function createKeysService(deps: KeysServiceDeps) {
       creations.set(source, entry);
     }
     entry.count++;
-    if (entry.count <= settings.burstThreshold || entry.reported) return null;
+    if (entry.count <= settings.burstThreshold) return null;
+    const first = !entry.reported;
     entry.reported = true;
-    return entry.count;
+    return { count: entry.count, first };
   }
 
   // ---- keys ----
@@ -161,17 +215,16 @@ export function createKeysService(deps: KeysServiceDeps) {
     validateTier(tier);
     const allowedIps = normaliseIps(input.allowed_ips ?? []);
     const ownerId = await resolveOwner(caller, input.owner);
+    await mustHoldScopes(caller, input.scopes);
     const now = clock();
-    if (input.expires_at != null && input.expires_at.getTime() <= now.getTime()) {
-      throw httpErrors.validation_failed('expires_at: must be in the future');
-    }
+    mustBeFuture(input.expires_at, now);
     const env = input.environment ?? deps.defaultEnvironment;
     const secret = generateKey(API_KEY_PRODUCT, env);
     const settings = await verifier.settingsFor(caller.orgId);
-    const bursts: { source: string; count: number }[] = [];
+    const bursts: { source: string; count: number; first: boolean }[] = [];
     for (const source of [`ip:${context.ip ?? 'unknown'}`, `principal:${selfOf(caller)}`]) {
-      const count = creationBurst(`${caller.orgId}|${source}`, settings, now.getTime());
-      if (count !== null) bursts.push({ source, count });
+      const over = creationBurst(`${caller.orgId}|${source}`, settings, now.getTime());
+      if (over !== null) bursts.push({ source, ...over });
     }
     const suspend = bursts.length > 0 && settings.suspendOnBurst;
     const id = newId('key');
@@ -214,6 +267,7 @@ export function createKeysService(deps: KeysServiceDeps) {
         },
       ];
       for (const burst of bursts) {
+        if (!burst.first) continue;
         events.push({
           orgId: caller.orgId,
           actor: actorOf(caller),
@@ -267,10 +321,13 @@ export function createKeysService(deps: KeysServiceDeps) {
     if (input.scopes !== undefined) validateScopes(input.scopes);
     if (input.tier !== undefined) validateTier(input.tier);
     const allowedIps = input.allowed_ips === undefined ? undefined : normaliseIps(input.allowed_ips);
+    const now = clock();
+    mustBeFuture(input.expires_at, now);
     const before = await mustGet(caller, id);
     await mustManage(caller, before);
+    mustNotLoosenItself(caller, id, input);
+    await mustHoldScopes(caller, [...before.scopes, ...(input.scopes ?? [])]);
     if (before.revokedAt !== null) throw keyErrors.api_key_revoked('A revoked key cannot change');
-    const now = clock();
     const patch: Partial<typeof apiKeys.$inferInsert> = { updatedAt: now };
     if (input.name !== undefined) patch.name = input.name;
     if (input.scopes !== undefined) patch.scopes = input.scopes;
@@ -335,14 +392,29 @@ export function createKeysService(deps: KeysServiceDeps) {
   }
 
   /**
-   * Issues a new key with the same settings (and the same usage in the period, so a roll does not
-   * reset a quota). The old key keeps working until `now + grace` (or its own earlier expiry).
+   * Issues a new key with the same settings, expiry included (and the same usage in the period,
+   * so a roll does not reset a quota: the count is copied after a flush, what is counted after it
+   * moves over, and while the old key is in its grace period both count on the new key's row).
+   * The old key keeps working until `now + grace` (or its own earlier expiry). A key already
+   * rolled, expired or revoked is refused: its successor is the one to roll.
    */
   async function roll(caller: Principal, id: string, graceSeconds: number, context: AuditContext) {
+    // The old row's count then holds everything this instance counted before the roll.
+    await verifier.flush().catch((error: unknown) => deps.onError(error, 'api key usage flush'));
     const old = await mustGet(caller, id);
     await mustManage(caller, old);
     if (old.revokedAt !== null) throw keyErrors.api_key_revoked('A revoked key cannot be rolled');
+    if (old.rolledTo !== null) {
+      throw keyErrors.api_key_already_rolled(`Rolled to ${old.rolledTo}; roll that key`, {
+        rolled_to: old.rolledTo,
+      });
+    }
     const now = clock();
+    if (old.expiresAt !== null && old.expiresAt <= now) {
+      throw keyErrors.api_key_expired('An expired key cannot be rolled');
+    }
+    // The new key has the old one's scopes: a key rolls only keys no stronger than itself.
+    await mustHoldScopes(caller, old.scopes);
     const graceEnd = new Date(now.getTime() + graceSeconds * 1000);
     const oldExpiry = old.expiresAt !== null && old.expiresAt < graceEnd ? old.expiresAt : graceEnd;
     const secret = generateKey(API_KEY_PRODUCT, old.environment);
@@ -363,10 +435,13 @@ export function createKeysService(deps: KeysServiceDeps) {
         })
         .returning();
       if (!row) throw new Error('api key insert returned nothing');
-      await tx
+      const [rolled] = await tx
         .update(apiKeys)
         .set({ expiresAt: oldExpiry, rolledTo: newKeyId, updatedAt: now })
-        .where(eq(apiKeys.id, id));
+        .where(and(eq(apiKeys.id, id), sql`${apiKeys.rolledTo} is null`, sql`${apiKeys.revokedAt} is null`))
+        .returning({ id: apiKeys.id });
+      // A concurrent roll or revoke got there first: this one's insert is rolled back.
+      if (!rolled) throw keyErrors.api_key_already_rolled('The key changed while it was being rolled');
       await audit.record(tx, {
         orgId: caller.orgId,
         actor: actorOf(caller),
@@ -382,7 +457,11 @@ export function createKeysService(deps: KeysServiceDeps) {
       });
       return row;
     });
+    verifier.transfer(id, newKeyId);
     await verifier.invalidate('key', id);
+    await verifier
+      .carryRateLimit(old, newKeyId)
+      .catch((error: unknown) => deps.onError(error, 'api key rate limit carry'));
     await verifier.prime(created.hash).catch((error: unknown) => deps.onError(error, 'api key prime'));
     return { row: created, key: secret, oldExpiresAt: oldExpiry };
   }

@@ -2,10 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
 import { type RateLimiterAbstract, RateLimiterRes } from 'rate-limiter-flexible';
 import type { Authz } from '../authz/contract.ts';
+import { AUTHZ_TOPIC } from '../authz/service.ts';
 import type { InvalidationBus } from '../bus/index.ts';
 import { millisecondsOf } from '../clock.ts';
 import type { DbHandle } from '../db/client.ts';
 import type { Principal } from '../http/principal.ts';
+import { USER_TOPIC } from '../identity/core.ts';
 import { API_KEY_PRODUCT, hashKey, isWellFormed } from './format.ts';
 import type { KeyRateLimiters } from './limits.ts';
 import * as q from './queries.ts';
@@ -40,6 +42,30 @@ export interface KeyOwner {
   superuser: boolean;
 }
 
+/**
+ * Whether a key acts as a superuser: only when its owner is one and its scopes are `*`. A key is
+ * never more than its owner, and a scoped key is less: the superuser flag is not a permission a
+ * scope can name, so only an unscoped key carries it (SPEC §3, scopes ∩ the owner's rights).
+ */
+export function keyIsSuperuser(ownerSuperuser: boolean, scopes: readonly string[]): boolean {
+  return ownerSuperuser && scopes.includes('*');
+}
+
+/**
+ * Quota usage in the current period. One object is shared by a rolled key in its grace period
+ * and its successor (`id`, the key whose row holds the count), so the two draw on one quota.
+ */
+export interface Usage {
+  readonly id: string;
+  periodMs: number;
+  periodStartMs: number;
+  periodEndIso: string;
+  /** Requests in the current period: the database's total at the last read or flush, plus ours since. */
+  count: number;
+  /** Ids of the cached keys counting on this object. */
+  readonly holders: Set<string>;
+}
+
 /** A key as the hot path holds it: everything precomputed, mutated in place by usage. */
 export interface CachedKey {
   readonly id: string;
@@ -55,11 +81,10 @@ export interface CachedKey {
   readonly ratelimit: RateLimit | null;
   readonly limiter: RateLimiterAbstract | null;
   readonly quota: number | null;
-  readonly periodMs: number;
-  periodStartMs: number;
-  periodEndIso: string;
-  /** Requests in the current period: the database's total at the last read or flush, plus ours since. */
-  count: number;
+  /** Its own, or its successor's while in a roll's grace period (rate limit and quota are shared). */
+  usage: Usage;
+  /** In a roll's grace period: requests count on the successor's row (`usage.id`), not its own. */
+  readonly countsOnSuccessor: boolean;
   settings: q.KeySettings;
   burstWindowStartMs: number;
   burstCount: number;
@@ -135,6 +160,15 @@ export function createVerifier(deps: VerifierDeps) {
   const negative = new Map<string, number>();
   const loading = new Map<string, Promise<CachedKey | null>>();
   const settingsByOrg = new Map<string, q.KeySettings>();
+  /** Usage objects by the id of the key whose row holds the count (shared through a roll's grace). */
+  const usageById = new Map<string, Usage>();
+  /** Cached key ids by owner, so a change to a user reaches their keys at once. */
+  const keysByOwner = new Map<string, Set<string>>();
+  /**
+   * Moves on every eviction: a load that began before one does not cache what it read, since it
+   * may have read the owner or the key as they were before the change.
+   */
+  let generation = 0;
   /** Per key id: usage not yet written. */
   let pending = new Map<string, { delta: number; periodStartMs: number; lastUsedMs: number }>();
   /** The batch being written (taken out of `pending`), so a key read meanwhile still counts it. */
@@ -156,10 +190,49 @@ export function createVerifier(deps: VerifierDeps) {
   let stopped = false;
 
   function evict(id: string): void {
+    generation++;
     const hash = hashById.get(id);
     if (hash === undefined) return;
     hashById.delete(id);
+    const key = byHash.get(hash);
     byHash.delete(hash);
+    if (key === undefined) return;
+    unindex(key);
+    // Keys in a roll's grace count on this one's usage: they re-read who their successor is now
+    // (it may have been rolled in turn).
+    if (key.usage.id === key.id) for (const other of key.usage.holders) evict(other);
+  }
+
+  /** Takes a key that leaves the cache out of the owner and usage indexes. */
+  function unindex(key: CachedKey): void {
+    const owned = keysByOwner.get(key.ownerId);
+    owned?.delete(key.id);
+    if (owned?.size === 0) keysByOwner.delete(key.ownerId);
+    const usage = key.usage;
+    usage.holders.delete(key.id);
+    if (usage.holders.size === 0 && usageById.get(usage.id) === usage) usageById.delete(usage.id);
+  }
+
+  /** Puts a key that enters the cache in the owner and usage indexes; shares its usage object. */
+  function index(key: CachedKey): void {
+    let owned = keysByOwner.get(key.ownerId);
+    if (owned === undefined) {
+      owned = new Set();
+      keysByOwner.set(key.ownerId, owned);
+    }
+    owned.add(key.id);
+    const fresh = key.usage;
+    const shared = usageById.get(fresh.id);
+    if (shared === undefined) usageById.set(fresh.id, fresh);
+    else {
+      // The same count, read again: the database's total now plus what is pending here.
+      shared.periodMs = fresh.periodMs;
+      shared.periodStartMs = fresh.periodStartMs;
+      shared.periodEndIso = fresh.periodEndIso;
+      shared.count = fresh.count;
+      key.usage = shared;
+    }
+    key.usage.holders.add(key.id);
   }
 
   bus.subscribe(KEYS_TOPIC, (message) => {
@@ -170,6 +243,25 @@ export function createVerifier(deps: VerifierDeps) {
       settingsByOrg.delete(id);
       for (const key of byHash.values()) if (key.orgId === id) evict(key.id);
     }
+  });
+
+  // A user changed (deactivated, roles, superuser flag; identity publishes the id after the
+  // commit, on every instance): their keys are read again at next use, an inactive owner's as
+  // `disabled`. Loads under way do not cache what they read.
+  bus.subscribe(USER_TOPIC, (userId) => {
+    if (stopped) return;
+    generation++;
+    const owned = keysByOwner.get(userId);
+    if (owned !== undefined) for (const id of [...owned]) evict(id);
+  });
+
+  // Roles or grants changed in an org (`<instance> <org>`). Checks read authz's index, where a
+  // key's owner's roles live, so decisions follow at once; the copy of the roles in each cached
+  // principal (shown by whoami) is re-read in the background at the key's next use.
+  bus.subscribe(AUTHZ_TOPIC, (message) => {
+    if (stopped) return;
+    const orgId = message.slice(message.indexOf(' ') + 1);
+    for (const key of byHash.values()) if (key.orgId === orgId) key.loadedAtMs = 0;
   });
 
   /** Drops the key here and tells every other instance to; run after the change commits. */
@@ -213,19 +305,53 @@ export function createVerifier(deps: VerifierDeps) {
     return settings;
   }
 
+  /** The key's own rate limit, or its tier's. */
+  function rateLimitOf(row: q.ApiKeyRow): RateLimit | null {
+    return row.ratelimitLimit !== null && row.ratelimitWindowSeconds !== null
+      ? { limit: row.ratelimitLimit, windowSeconds: row.ratelimitWindowSeconds }
+      : (tiers.get(row.tier)?.ratelimit ?? null);
+  }
+
+  /**
+   * After a roll: what the old key used of its rate-limit window is charged to the successor
+   * (from then on both consume under the successor's id), so a roll does not refill the window.
+   */
+  async function carryRateLimit(old: q.ApiKeyRow, toId: string): Promise<void> {
+    const ratelimit = rateLimitOf(old);
+    if (ratelimit === null) return;
+    const limiter = limiters.forLimit(ratelimit.limit, ratelimit.windowSeconds);
+    const used = await limiter.get(old.id);
+    if (used !== null && used.consumedPoints > 0) {
+      await limiter.penalty(toId, Math.min(used.consumedPoints, ratelimit.limit));
+    }
+  }
+
+  /**
+   * The row whose count a key draws on: its own, or while it is in a roll's grace period, its
+   * latest successor's (a rolled key cannot be rolled again, but its successor can).
+   */
+  async function usageRow(row: q.ApiKeyRow, nowMs: number): Promise<q.ApiKeyRow> {
+    if (row.revokedAt !== null || (row.expiresAt !== null && row.expiresAt.getTime() <= nowMs)) return row;
+    let head = row;
+    for (let hops = 0; hops < 16 && head.rolledTo !== null; hops++) {
+      const next = await q.keyById(db.db, row.orgId, head.rolledTo);
+      if (next === null) break;
+      head = next;
+    }
+    return head;
+  }
+
   async function build(row: q.ApiKeyRow): Promise<CachedKey> {
-    const [owner, settings] = await Promise.all([
+    const [owner, settings, head] = await Promise.all([
       deps.findOwner(row.orgId, row.ownerId),
       settingsFor(row.orgId),
+      usageRow(row, clock().getTime()),
     ]);
     const nowMs = clock().getTime();
     const tier = tiers.get(row.tier);
-    const ratelimit =
-      row.ratelimitLimit !== null && row.ratelimitWindowSeconds !== null
-        ? { limit: row.ratelimitLimit, windowSeconds: row.ratelimitWindowSeconds }
-        : (tier?.ratelimit ?? null);
-    const periodMs = row.periodDays * DAY_MS;
-    const dbStart = row.periodStart.getTime();
+    const ratelimit = rateLimitOf(row);
+    const periodMs = head.periodDays * DAY_MS;
+    const dbStart = head.periodStart.getTime();
     const periodStartMs = currentPeriod(dbStart, periodMs, nowMs);
     const principal: Principal = Object.freeze({
       orgId: row.orgId,
@@ -234,12 +360,12 @@ export function createVerifier(deps: VerifierDeps) {
       name: row.name,
       roles: Object.freeze([...(owner?.roles ?? [])]),
       scopes: Object.freeze([...row.scopes]),
-      superuser: owner?.superuser ?? false,
+      superuser: keyIsSuperuser(owner?.superuser ?? false, row.scopes),
       keyId: row.id,
       ownerId: row.ownerId,
     });
-    const local = pending.get(row.id);
-    const writing = inFlight?.get(row.id);
+    const local = pending.get(head.id);
+    const writing = inFlight?.get(head.id);
     return {
       id: row.id,
       hash: row.hash,
@@ -255,16 +381,21 @@ export function createVerifier(deps: VerifierDeps) {
       limiter: ratelimit ? limiters.forLimit(ratelimit.limit, ratelimit.windowSeconds) : null,
       // An unknown tier (removed from the configuration) grants no quota limit but keeps the key usable.
       quota: tier?.quota ?? null,
-      periodMs,
-      periodStartMs,
-      periodEndIso: new Date(periodStartMs + periodMs).toISOString(),
-      // The row's total, plus what this instance counted and has not written yet (pending, and a
-      // batch being written while the row was read: its total may or may not include it, and
-      // counting it twice until the flush returns the totals errs on the side of the quota).
-      count:
-        (periodStartMs === dbStart ? row.requestCount : 0) +
-        (local !== undefined && local.periodStartMs === periodStartMs ? local.delta : 0) +
-        (writing !== undefined && writing.periodStartMs === periodStartMs ? writing.delta : 0),
+      usage: {
+        id: head.id,
+        periodMs,
+        periodStartMs,
+        periodEndIso: new Date(periodStartMs + periodMs).toISOString(),
+        // The row's total, plus what this instance counted and has not written yet (pending, and a
+        // batch being written while the row was read: its total may or may not include it, and
+        // counting it twice until the flush returns the totals errs on the side of the quota).
+        count:
+          (periodStartMs === dbStart ? head.requestCount : 0) +
+          (local !== undefined && local.periodStartMs === periodStartMs ? local.delta : 0) +
+          (writing !== undefined && writing.periodStartMs === periodStartMs ? writing.delta : 0),
+        holders: new Set(),
+      },
+      countsOnSuccessor: head.id !== row.id,
       settings,
       burstWindowStartMs: 0,
       burstCount: 0,
@@ -279,6 +410,7 @@ export function createVerifier(deps: VerifierDeps) {
     let promise = loading.get(hash);
     if (promise === undefined) {
       stats.loads++;
+      const since = generation;
       promise = (async () => {
         const row = await q.keyByHash(db.db, hash);
         if (row === null) {
@@ -294,7 +426,9 @@ export function createVerifier(deps: VerifierDeps) {
           key.burstCount = previous.burstCount;
           key.burstReportedWindow = previous.burstReportedWindow;
         }
-        if (!stopped) {
+        if (!stopped && since === generation) {
+          if (previous) unindex(previous);
+          index(key);
           byHash.set(hash, key);
           hashById.set(key.id, hash);
         }
@@ -370,7 +504,7 @@ export function createVerifier(deps: VerifierDeps) {
     if (key.allow !== null && !ipAllowed(key.allow, options.ip)) return fail('ip_not_allowed', key, nowMs);
     if (key.limiter === null) return afterRateLimit(key, options, nowMs, NO_LIMIT, NO_LIMIT, 0);
     const limit = key.ratelimit?.limit ?? 0;
-    return key.limiter.consume(key.id).then(
+    return key.limiter.consume(key.usage.id).then(
       (res) => afterRateLimit(key, options, now(), limit, res.remainingPoints, res.msBeforeNext),
       (error: unknown) => {
         if (!(error instanceof RateLimiterRes)) throw error;
@@ -391,11 +525,12 @@ export function createVerifier(deps: VerifierDeps) {
     remaining: number,
     resetMs: number,
   ): Verification | Promise<Verification> {
-    if (nowMs >= key.periodStartMs + key.periodMs) {
+    const usage = key.usage;
+    if (nowMs >= usage.periodStartMs + usage.periodMs) {
       // The billing period ended: the counter starts again (written at the next flush).
-      key.periodStartMs = currentPeriod(key.periodStartMs, key.periodMs, nowMs);
-      key.periodEndIso = new Date(key.periodStartMs + key.periodMs).toISOString();
-      key.count = 0;
+      usage.periodStartMs = currentPeriod(usage.periodStartMs, usage.periodMs, nowMs);
+      usage.periodEndIso = new Date(usage.periodStartMs + usage.periodMs).toISOString();
+      usage.count = 0;
     }
     const out: Verification = {
       code: 'valid',
@@ -407,16 +542,16 @@ export function createVerifier(deps: VerifierDeps) {
       nowMs,
     };
     if (key.quota !== null) {
-      if (key.count >= key.quota) {
+      if (usage.count >= key.quota) {
         out.code = 'quota_exceeded';
         out.quotaRemaining = 0;
         record('quota_exceeded');
         return out;
       }
-      out.quotaRemaining = key.quota - key.count - 1;
+      out.quotaRemaining = key.quota - usage.count - 1;
     }
-    key.count++;
-    countUsage(key, nowMs);
+    usage.count++;
+    countUsage(key, usage, nowMs);
     if (burst(key, nowMs)) {
       out.code = 'disabled';
       record('disabled');
@@ -437,18 +572,47 @@ export function createVerifier(deps: VerifierDeps) {
     return out;
   }
 
-  function countUsage(key: CachedKey, nowMs: number): void {
-    const entry = pending.get(key.id);
-    if (entry === undefined) {
-      pending.set(key.id, { delta: 1, periodStartMs: key.periodStartMs, lastUsedMs: nowMs });
-    } else if (entry.periodStartMs !== key.periodStartMs) {
-      entry.delta = 1;
-      entry.periodStartMs = key.periodStartMs;
-      entry.lastUsedMs = nowMs;
-    } else {
-      entry.delta++;
-      entry.lastUsedMs = nowMs;
+  function countUsage(key: CachedKey, usage: Usage, nowMs: number): void {
+    if (!key.countsOnSuccessor) {
+      addPending(key.id, 1, usage.periodStartMs, nowMs);
+      return;
     }
+    // In a roll's grace period: the request counts on the successor's row; the old key's row only
+    // learns when it was last used.
+    addPending(usage.id, 1, usage.periodStartMs, 0);
+    addPending(key.id, 0, usage.periodStartMs, nowMs);
+  }
+
+  /** `lastUsedMs` 0: the row's last use does not move (usage of a key in grace, moved by a roll). */
+  function addPending(id: string, delta: number, periodStartMs: number, lastUsedMs: number): void {
+    const entry = pending.get(id);
+    if (entry === undefined) {
+      pending.set(id, { delta, periodStartMs, lastUsedMs });
+    } else if (entry.periodStartMs !== periodStartMs) {
+      entry.delta = delta;
+      entry.periodStartMs = periodStartMs;
+      entry.lastUsedMs = lastUsedMs;
+    } else {
+      entry.delta += delta;
+      if (lastUsedMs > entry.lastUsedMs) entry.lastUsedMs = lastUsedMs;
+    }
+  }
+
+  /**
+   * After a roll commits: what this instance counted on the old key and has not written (pending,
+   * or in a batch being written to the old row) moves to the successor, whose row copied the old
+   * one's total at the flush before the roll. The old key's last use stays with it.
+   */
+  function transfer(fromId: string, toId: string): void {
+    const local = pending.get(fromId);
+    if (local !== undefined && local.delta > 0) {
+      addPending(toId, local.delta, local.periodStartMs, 0);
+      local.delta = 0;
+    }
+    // Being written to the old row, whose total no longer counts: the successor counts it too
+    // (if the write fails and is retried, it still goes to the old row only).
+    const writing = inFlight?.get(fromId);
+    if (writing !== undefined && writing.delta > 0) addPending(toId, writing.delta, writing.periodStartMs, 0);
   }
 
   /** Counts a request in the key's burst window. True when the key was just suspended for it. */
@@ -498,7 +662,7 @@ export function createVerifier(deps: VerifierDeps) {
         id,
         delta: entry.delta,
         periodStart: new Date(entry.periodStartMs),
-        lastUsedAt: new Date(entry.lastUsedMs),
+        lastUsedAt: entry.lastUsedMs === 0 ? null : new Date(entry.lastUsedMs),
       });
     }
     try {
@@ -506,13 +670,12 @@ export function createVerifier(deps: VerifierDeps) {
       inFlight = null;
       stats.flushes++;
       for (const row of rows) {
-        const hash = hashById.get(row.id);
-        const key = hash === undefined ? undefined : byHash.get(hash);
-        if (key === undefined) continue;
+        const usage = usageById.get(row.id);
+        if (usage === undefined) continue;
         const startMs = new Date(row.period_start).getTime();
-        if (startMs !== key.periodStartMs) continue;
+        if (startMs !== usage.periodStartMs) continue;
         const local = pending.get(row.id);
-        key.count =
+        usage.count =
           Number(row.request_count) +
           (local !== undefined && local.periodStartMs === startMs ? local.delta : 0);
       }
@@ -579,6 +742,8 @@ export function createVerifier(deps: VerifierDeps) {
     /** Loads a key into the cache (pre-warm after create or roll). */
     prime: (hash: string) => load(hash).then(() => undefined),
     invalidate,
+    transfer,
+    carryRateLimit,
     flush,
     poll,
     stop,
