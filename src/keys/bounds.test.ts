@@ -74,6 +74,63 @@ for (const store of STORES) {
       assert.equal(widened.statusCode, 200, widened.body);
     });
 
+    test('a key makes no key looser than itself: inherits its bounds, refuses looser ones (403)', async () => {
+      const expiry = new Date(Date.now() + 86_400_000).toISOString();
+      const k = await create({
+        scopes: ['api_keys:create', 'api_keys:update', 'api_keys:read'],
+        allowed_ips: ['127.0.0.0/8'],
+        expires_at: expiry,
+        ratelimit: { limit: 100, window_seconds: 60 },
+        tier: 'free',
+      });
+      // What the request leaves out comes from the creating key.
+      const child = await asKey(k.key, 'POST', '/v1/keys', { name: 'child', scopes: ['api_keys:read'] });
+      assert.equal(child.statusCode, 201, child.body);
+      const made = child.json();
+      assert.deepEqual(
+        [made.allowed_ips, made.expires_at, made.ratelimit, made.tier],
+        [['127.0.0.0/8'], expiry, { limit: 100, window_seconds: 60 }, 'free'],
+      );
+      const later = new Date(Date.now() + 2 * 86_400_000).toISOString();
+      for (const [body, field] of [
+        [{ allowed_ips: [] }, 'allowed_ips'],
+        [{ allowed_ips: ['10.0.0.1'] }, 'allowed_ips'],
+        [{ allowed_ips: ['127.0.0.0/7'] }, 'allowed_ips'],
+        [{ allowed_ips: ['::1'] }, 'allowed_ips'],
+        [{ expires_at: null }, 'expires_at'],
+        [{ expires_at: later }, 'expires_at'],
+        [{ ratelimit: null }, 'ratelimit'],
+        [{ ratelimit: { limit: 101, window_seconds: 60 } }, 'ratelimit'],
+        [{ ratelimit: { limit: 100, window_seconds: 30 } }, 'ratelimit'],
+        [{ tier: 'enterprise' }, 'tier'],
+        [{ period_days: 7 }, 'tier'],
+      ] as const) {
+        const res = await asKey(k.key, 'POST', '/v1/keys', { name: 'x', scopes: ['api_keys:read'], ...body });
+        assert.equal(problem(res, 403, 'key_bounds_exceeded').field, field, JSON.stringify(body));
+      }
+      // Tighter is fine.
+      const tighter = await asKey(k.key, 'POST', '/v1/keys', {
+        name: 'tighter',
+        scopes: ['api_keys:read'],
+        allowed_ips: ['127.0.0.1', '127.1.0.0/16'],
+        ratelimit: { limit: 5, window_seconds: 60 },
+        tier: 'tiny',
+      });
+      assert.equal(tighter.statusCode, 201, tighter.body);
+      // Loosening a sibling, or rolling one looser than itself (its new secret would come back), is
+      // refused as well; a user's own session is not bounded.
+      const patched = await asKey(k.key, 'PATCH', `/v1/keys/${made.id}`, { allowed_ips: [] });
+      assert.equal(problem(patched, 403, 'key_bounds_exceeded').field, 'allowed_ips');
+      const loose = await create({ scopes: ['api_keys:read'], tier: 'free' });
+      const rolled = await asKey(k.key, 'POST', `/v1/keys/${loose.id}/roll`, { grace_seconds: 0 });
+      assert.equal(problem(rolled, 403, 'key_bounds_exceeded').field, 'allowed_ips');
+      const own = await asKey(k.key, 'POST', `/v1/keys/${made.id}/roll`, { grace_seconds: 0 });
+      assert.equal(own.statusCode, 201, own.body);
+      const successor = own.json().id as string;
+      const byUser = await t.call('PATCH', `/v1/keys/${successor}`, { token, body: { allowed_ips: [] } });
+      assert.equal(byUser.statusCode, 200, byUser.body);
+    });
+
     test('a key gives no key a scope it does not hold: create, update, roll (403)', async () => {
       const creator = await create({ scopes: ['api_keys:create'] });
       for (const scopes of [

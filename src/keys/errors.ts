@@ -17,6 +17,7 @@ export const keyErrors = defineErrors({
   api_key_expired: { status: 409, title: 'API key expired' },
   scope_not_held: { status: 403, title: 'A key can give only scopes it holds itself' },
   key_self_change: { status: 403, title: 'A key cannot change its own settings' },
+  key_bounds_exceeded: { status: 403, title: 'A key can give no key looser bounds than its own' },
   owner_not_found: { status: 404, title: 'Owner not found' },
   invalid_scope: { status: 400, title: 'Unknown permission in scopes' },
   unknown_tier: { status: 400, title: 'Unknown tier' },

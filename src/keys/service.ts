@@ -12,6 +12,7 @@ import type { DbHandle } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
+import { boundsOf, looserBound } from './bounds.ts';
 import { keyErrors } from './errors.ts';
 import {
   API_KEY_PRODUCT,
@@ -72,6 +73,27 @@ const SELF_LOCKED = [
   'period_days',
   'active',
 ] as const satisfies readonly (keyof UpdateKeyInput)[];
+
+const DEFAULT_PERIOD_DAYS = 30;
+
+/**
+ * What a key asked to create a key leaves out of its bounds, it passes on: the new key gets the
+ * caller's allowlist, expiry, own rate limit and billing period unless the request sets them
+ * (and what it sets must then be no looser; see mustStayWithin).
+ */
+function inheritBounds(input: CreateKeyInput, callerKey: q.ApiKeyRow): CreateKeyInput {
+  const ownLimit =
+    callerKey.ratelimitLimit !== null && callerKey.ratelimitWindowSeconds !== null
+      ? { limit: callerKey.ratelimitLimit, window_seconds: callerKey.ratelimitWindowSeconds }
+      : null;
+  return {
+    ...input,
+    allowed_ips: input.allowed_ips ?? [...callerKey.allowedIps],
+    expires_at: input.expires_at === undefined ? callerKey.expiresAt : input.expires_at,
+    ratelimit: input.ratelimit === undefined ? ownLimit : input.ratelimit,
+    period_days: input.period_days ?? callerKey.periodDays,
+  };
+}
 
 /** A CIDR or a single address, IPv4 or IPv6; normalised (`10.0.0.0/8`, `2001:db8::/32`). */
 export function parseCidr(entry: string): string | null {
@@ -137,6 +159,21 @@ export function createKeysService(deps: KeysServiceDeps) {
     const field = SELF_LOCKED.find((name) => input[name] !== undefined);
     if (field !== undefined) {
       throw keyErrors.key_self_change(`A key cannot change its own ${field}`, { field });
+    }
+  }
+
+  /** The calling key's stored row, when the caller is a key. */
+  async function callerKeyRow(caller: Principal): Promise<q.ApiKeyRow | null> {
+    if (caller.kind !== 'key') return null;
+    return q.keyById(db.db, caller.orgId, caller.keyId ?? caller.id);
+  }
+
+  /** A key produces no key looser than itself (bounds.ts); users and agents are not bounded. */
+  function mustStayWithin(callerKey: q.ApiKeyRow | null, result: Parameters<typeof boundsOf>[0]): void {
+    if (callerKey === null) return;
+    const field = looserBound(boundsOf(result, tiers), boundsOf(callerKey, tiers));
+    if (field !== null) {
+      throw keyErrors.key_bounds_exceeded(`This key's own ${field} is tighter than the result's`, { field });
     }
   }
 
@@ -209,8 +246,10 @@ export function createKeysService(deps: KeysServiceDeps) {
 
   // ---- keys ----
 
-  async function create(caller: Principal, input: CreateKeyInput, context: AuditContext) {
-    validateScopes(input.scopes);
+  async function create(caller: Principal, given: CreateKeyInput, context: AuditContext) {
+    validateScopes(given.scopes);
+    const callerKey = await callerKeyRow(caller);
+    const input = callerKey === null ? given : inheritBounds(given, callerKey);
     const tier = input.tier ?? 'free';
     validateTier(tier);
     const allowedIps = normaliseIps(input.allowed_ips ?? []);
@@ -218,6 +257,14 @@ export function createKeysService(deps: KeysServiceDeps) {
     await mustHoldScopes(caller, input.scopes);
     const now = clock();
     mustBeFuture(input.expires_at, now);
+    mustStayWithin(callerKey, {
+      allowedIps,
+      expiresAt: input.expires_at ?? null,
+      ratelimitLimit: input.ratelimit?.limit ?? null,
+      ratelimitWindowSeconds: input.ratelimit?.window_seconds ?? null,
+      tier,
+      periodDays: input.period_days ?? DEFAULT_PERIOD_DAYS,
+    });
     const env = input.environment ?? deps.defaultEnvironment;
     const secret = generateKey(API_KEY_PRODUCT, env);
     const settings = await verifier.settingsFor(caller.orgId);
@@ -244,7 +291,7 @@ export function createKeysService(deps: KeysServiceDeps) {
           ratelimitLimit: input.ratelimit?.limit ?? null,
           ratelimitWindowSeconds: input.ratelimit?.window_seconds ?? null,
           periodStart: now,
-          periodDays: input.period_days ?? 30,
+          periodDays: input.period_days ?? DEFAULT_PERIOD_DAYS,
           allowedIps,
           expiresAt: input.expires_at ?? null,
           active: !suspend,
@@ -328,6 +375,20 @@ export function createKeysService(deps: KeysServiceDeps) {
     mustNotLoosenItself(caller, id, input);
     await mustHoldScopes(caller, [...before.scopes, ...(input.scopes ?? [])]);
     if (before.revokedAt !== null) throw keyErrors.api_key_revoked('A revoked key cannot change');
+    if (SELF_LOCKED.some((name) => name !== 'scopes' && input[name] !== undefined)) {
+      mustStayWithin(await callerKeyRow(caller), {
+        allowedIps: allowedIps ?? before.allowedIps,
+        expiresAt: input.expires_at === undefined ? before.expiresAt : input.expires_at,
+        ratelimitLimit:
+          input.ratelimit === undefined ? before.ratelimitLimit : (input.ratelimit?.limit ?? null),
+        ratelimitWindowSeconds:
+          input.ratelimit === undefined
+            ? before.ratelimitWindowSeconds
+            : (input.ratelimit?.window_seconds ?? null),
+        tier: input.tier ?? before.tier,
+        periodDays: input.period_days ?? before.periodDays,
+      });
+    }
     const patch: Partial<typeof apiKeys.$inferInsert> = { updatedAt: now };
     if (input.name !== undefined) patch.name = input.name;
     if (input.scopes !== undefined) patch.scopes = input.scopes;
@@ -413,8 +474,10 @@ export function createKeysService(deps: KeysServiceDeps) {
     if (old.expiresAt !== null && old.expiresAt <= now) {
       throw keyErrors.api_key_expired('An expired key cannot be rolled');
     }
-    // The new key has the old one's scopes: a key rolls only keys no stronger than itself.
+    // The new key has the old one's scopes and bounds, and its secret goes to the caller: a key
+    // rolls only keys no stronger and no looser than itself.
     await mustHoldScopes(caller, old.scopes);
+    mustStayWithin(await callerKeyRow(caller), old);
     const graceEnd = new Date(now.getTime() + graceSeconds * 1000);
     const oldExpiry = old.expiresAt !== null && old.expiresAt < graceEnd ? old.expiresAt : graceEnd;
     const secret = generateKey(API_KEY_PRODUCT, old.environment);
