@@ -423,6 +423,12 @@ for (const store of STORES) {
         404,
         'owner_not_found',
       );
+      for (const owner of ['not an id', 'usr_nonexistent', 'key_01JD0000000000000000000000']) {
+        const body = problem(await post({ name: 'x', scopes: [], owner }), 400, 'validation_failed');
+        assert.deepEqual(body.errors, [
+          { path: 'body.owner', message: 'Not a user (usr_…) or agent (agt_…) id' },
+        ]);
+      }
       const verifyBad = (body: unknown) => t.call('POST', '/v1/keys/verify', { token, body });
       problem(await verifyBad({ key: 5 }), 400, 'validation_failed');
       problem(await verifyBad({ key: 'x', extra: 1 }), 400, 'validation_failed');

@@ -211,6 +211,13 @@ export function createKeysService(deps: KeysServiceDeps) {
         permission: 'api_keys:admin',
       });
     }
+    // A malformed id is a bad request, as for a secret's owner_id; a well-formed one not of this
+    // org is not found.
+    if (!isId('usr', owner) && !isId('agt', owner)) {
+      throw httpErrors.validation_failed('body.owner: not a user (usr_…) or agent (agt_…) id', {
+        errors: [{ path: 'body.owner', message: 'Not a user (usr_…) or agent (agt_…) id' }],
+      });
+    }
     if (isId('usr', owner) && (await deps.findUser(caller.orgId, owner)) !== null) return owner;
     // No agents domain yet: a well-formed agent id is accepted; it holds the rights authz gives it.
     if (isId('agt', owner)) return owner;
