@@ -350,6 +350,29 @@ describe('what a login leaves behind: pending 2FA, another org audit (pglite)', 
     assert.equal(late.json().code, 'mfa_token_invalid');
   });
 
+  test('used 2FA challenges are purged, expired ones an hour later; pending ones stay', async () => {
+    const count = async () =>
+      Number(
+        (await t.store.db.query<{ n: number | string }>('select count(*) as n from mfa_challenges'))[0]?.n,
+      );
+    const pending = (await t.login('ursula@example.com', 'a different passphrase')).json();
+    assert.equal(pending.mfa_required, true);
+    const before = await count();
+    assert.ok(before >= 2, `${before} challenges: the earlier test's and this one`);
+    assert.equal(await t.app.steward.identity.purgeChallenges(), before - 1, 'all but the pending one');
+    assert.equal(await count(), 1);
+    // Expired, it still answers mfa_token_expired for an hour; then it goes.
+    t.now.ms += 10 * 60_000;
+    assert.equal(await t.app.steward.identity.purgeChallenges(), 0);
+    const late = await t.call('POST', '/v1/auth/login/mfa', {
+      body: { mfa_token: pending.mfa_token, code: '000000' },
+    });
+    assert.equal(late.json().code, 'mfa_token_expired');
+    t.now.ms += 60 * 60_000;
+    assert.equal(await t.app.steward.identity.purgeChallenges(), 1);
+    assert.equal(await count(), 0);
+  });
+
   test('a revoked or expired access token → 401 with WWW-Authenticate error="invalid_token"', async () => {
     const { access_token: token } = await t.tokensFor(ADMIN.email, ADMIN.password);
     assert.equal((await t.call('POST', '/v1/auth/logout', { token })).statusCode, 204);

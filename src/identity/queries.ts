@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, isNull, sql } from 'drizzle-orm';
+import { and, asc, eq, gt, isNotNull, isNull, lt, or, sql } from 'drizzle-orm';
 import type { DbOrTx } from '../db/client.ts';
 import { prepared, runPrepared, selectColumns } from '../db/prepared.ts';
 import { mfaChallenges, orgMemberships, sessions, users } from './schema.ts';
@@ -133,4 +133,16 @@ export async function endMfaChallenges(
         filter.orgId ? eq(mfaChallenges.orgId, filter.orgId) : undefined,
       ),
     );
+}
+
+/**
+ * Deletes the challenges no login can complete any more: used ones (a completed login, too many
+ * wrong codes, a password change), and those that expired before `expiredBefore`. Returns how many.
+ */
+export async function purgeMfaChallenges(db: DbOrTx, expiredBefore: Date): Promise<number> {
+  const gone = await db
+    .delete(mfaChallenges)
+    .where(or(isNotNull(mfaChallenges.usedAt), lt(mfaChallenges.expiresAt, expiredBefore)))
+    .returning({ tokenHash: mfaChallenges.tokenHash });
+  return gone.length;
 }

@@ -112,7 +112,8 @@ export const mfaChallenges = pgTable(
     expiresAt: at('expires_at').notNull(),
     usedAt: at('used_at'),
   },
-  (t) => [index('mfa_challenges_expires').on(t.expiresAt)],
+  // By user: a password change or a deactivation ends the user's pending challenges.
+  (t) => [index('mfa_challenges_expires').on(t.expiresAt), index('mfa_challenges_user').on(t.userId)],
 );
 
 /**

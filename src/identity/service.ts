@@ -4,6 +4,7 @@ import { createIdentityCore, type IdentityDeps } from './core.ts';
 import { createInvitations } from './invitations.ts';
 import { createLogin } from './login.ts';
 import { createOrgs } from './orgs.ts';
+import { purgeMfaChallenges } from './queries.ts';
 import { createSessions } from './sessions.ts';
 import { createTwoFactor } from './two-factor.ts';
 import { createUsers } from './users.ts';
@@ -29,6 +30,9 @@ export function createIdentityService(deps: IdentityDeps) {
   const { keys, revocation, limiter } = core;
   const authenticator = createAuthenticator(core);
   let keyTimer: NodeJS.Timeout | undefined;
+  let purgeTimer: NodeJS.Timeout | undefined;
+  // An expired challenge answers `mfa_token_expired` for an hour before it goes (then: invalid).
+  const purgeChallenges = () => purgeMfaChallenges(deps.db.db, new Date(deps.clock().getTime() - 3_600_000));
 
   async function start(): Promise<void> {
     await keys.start();
@@ -39,10 +43,16 @@ export function createIdentityService(deps: IdentityDeps) {
       keys.tick().catch(() => {});
     }, 60_000);
     keyTimer.unref();
+    // Expired 2FA challenges would otherwise pile up, one per password login of a 2FA user.
+    purgeTimer = setInterval(() => {
+      purgeChallenges().catch(() => {});
+    }, 3_600_000);
+    purgeTimer.unref();
   }
 
   async function stop(): Promise<void> {
     clearInterval(keyTimer);
+    clearInterval(purgeTimer);
     revocation.stop();
     await limiter.close();
   }
@@ -60,6 +70,8 @@ export function createIdentityService(deps: IdentityDeps) {
     ...authenticator,
     jwks: () => keys.jwks(),
     rotateSigningKey: () => keys.rotate(),
+    /** Deletes expired 2FA challenges (hourly on its own; tests call it). */
+    purgeChallenges,
     signingKeys: keys,
     revocation,
   };

@@ -1,0 +1,1 @@
+CREATE INDEX "mfa_challenges_user" ON "mfa_challenges" USING btree ("user_id");
