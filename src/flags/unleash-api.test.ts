@@ -47,6 +47,15 @@ describe('Unleash client API with unleash-client', () => {
     unleash?.destroy();
     await v.close();
   });
+  /** A key reading the development environment's flags (the tests above use staging). */
+  const developmentKey = async (name: string): Promise<string> => {
+    const created = await v.req('POST', '/v1/keys', {
+      token: v.tokens.manager,
+      body: { name, scopes: ['flags:read'], metadata: { flags_environment: 'development' } },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    return created.json().key as string;
+  };
 
   const metricsOf = async (name: string, token = v.tokens.viewer) =>
     v.req('GET', `/v1/flags/staging/${name}/metrics`, { token });
@@ -323,12 +332,7 @@ describe('Unleash client API with unleash-client', () => {
     assert.equal(unleash.isEnabled('kill-switch'), true);
   });
   test('disabled strategies: kept for the admin API, left out for clients; all disabled serves the flag off', async () => {
-    const created = await v.req('POST', '/v1/keys', {
-      token: v.tokens.manager,
-      body: { name: 'sdk-paused', scopes: ['flags:read'], metadata: { flags_environment: 'development' } },
-    });
-    assert.equal(created.statusCode, 201, created.body);
-    const devKey = created.json().key as string;
+    const devKey = await developmentKey('sdk-paused');
     const flags = [
       {
         name: 'paused-one',
@@ -371,15 +375,8 @@ describe('Unleash client API with unleash-client', () => {
         .map((e: { name: string; enabled: boolean }) => `${e.name}:${e.enabled}`);
     assert.deepEqual(await evaluate('u1'), ['paused-all:false', 'paused-one:false']);
     assert.deepEqual(await evaluate('u2'), ['paused-all:false', 'paused-one:true']);
-    const sdk = new Unleash({
-      url: `${address}/api/`,
-      appName: 'steward-paused',
-      customHeaders: { Authorization: devKey },
-      refreshInterval: 60_000,
-      disableMetrics: true,
-    });
+    const sdk = await syncedClient(address, 'steward-paused', devKey);
     try {
-      await once(sdk, 'synchronized');
       assert.deepEqual(
         ['u1', 'u2'].map((userId) => [
           sdk.isEnabled('paused-one', { userId }),
@@ -396,12 +393,7 @@ describe('Unleash client API with unleash-client', () => {
   });
   test('flags at the edges of validation never make unleash-client throw, and it agrees with us', async () => {
     // Another environment, so the flags above are untouched.
-    const created = await v.req('POST', '/v1/keys', {
-      token: v.tokens.manager,
-      body: { name: 'sdk-dev', scopes: ['flags:read'], metadata: { flags_environment: 'development' } },
-    });
-    assert.equal(created.statusCode, 201, created.body);
-    const devKey = created.json().key as string;
+    const devKey = await developmentKey('sdk-dev');
     const segment = await v.req('POST', '/v1/segments', {
       token: v.tokens.manager,
       body: {
@@ -414,16 +406,8 @@ describe('Unleash client API with unleash-client', () => {
       const res = await v.req('POST', '/v1/flags/development', { token: v.tokens.manager, body });
       assert.equal(res.statusCode, 201, `${body.name}: ${res.body}`);
     }
-    // Not initialize(): it keeps one instance per process, and the previous test's is still up.
-    const sdk = new Unleash({
-      url: `${address}/api/`,
-      appName: 'steward-edges',
-      customHeaders: { Authorization: devKey },
-      refreshInterval: 60_000,
-      disableMetrics: true,
-    });
+    const sdk = await syncedClient(address, 'steward-edges', devKey);
     try {
-      await once(sdk, 'synchronized');
       const state = (await (
         await fetch(`${address}/api/client/features`, { headers: { authorization: devKey } })
       ).json()) as never;
@@ -443,6 +427,22 @@ describe('Unleash client API with unleash-client', () => {
     }
   });
 });
+
+/**
+ * A second unleash-client (not initialize(): it keeps one instance per process, and the first
+ * test's is still up), synchronised with Steward.
+ */
+async function syncedClient(address: string, appName: string, key: string): Promise<Unleash> {
+  const sdk = new Unleash({
+    url: `${address}/api/`,
+    appName,
+    customHeaders: { Authorization: key },
+    refreshInterval: 60_000,
+    disableMetrics: true,
+  });
+  await once(sdk, 'synchronized');
+  return sdk;
+}
 
 // Contexts with a stickiness value (variants hash it; without one both sides draw at random).
 const EDGE_CONTEXTS = [
