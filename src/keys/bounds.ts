@@ -1,5 +1,5 @@
 import { BlockList, isIP } from 'node:net';
-import type { RateLimit, Tier } from './tiers.ts';
+import { effectiveRateLimit, type RateLimit, type Tier } from './tiers.ts';
 
 /**
  * What limits a key as a credential, apart from its scopes: where it may be used from, until
@@ -30,17 +30,12 @@ export function boundsOf(
   },
   tiers: ReadonlyMap<string, Tier>,
 ): KeyBounds {
-  const tier = tiers.get(key.tier);
-  const own =
-    key.ratelimitLimit !== null && key.ratelimitWindowSeconds !== null
-      ? { limit: key.ratelimitLimit, windowSeconds: key.ratelimitWindowSeconds }
-      : null;
   return {
     allowedIps: key.allowedIps,
     expiresAt: key.expiresAt,
-    ratelimit: own ?? tier?.ratelimit ?? null,
+    ratelimit: effectiveRateLimit(key, tiers),
     // An unknown tier (removed from the configuration) grants no quota limit, as in verification.
-    quota: tier?.quota ?? null,
+    quota: tiers.get(key.tier)?.quota ?? null,
     periodDays: key.periodDays,
   };
 }

@@ -12,6 +12,16 @@ export interface Tier {
   ratelimit: RateLimit | null;
 }
 
+/** A key's rate limit: its own when it has one, else its tier's; null: none. */
+export function effectiveRateLimit(
+  key: { ratelimitLimit: number | null; ratelimitWindowSeconds: number | null; tier: string },
+  tiers: ReadonlyMap<string, Tier>,
+): RateLimit | null {
+  return key.ratelimitLimit !== null && key.ratelimitWindowSeconds !== null
+    ? { limit: key.ratelimitLimit, windowSeconds: key.ratelimitWindowSeconds }
+    : (tiers.get(key.tier)?.ratelimit ?? null);
+}
+
 const tierSchema = z.strictObject({
   quota: z.number().int().min(1).nullable(),
   ratelimit: z

@@ -11,7 +11,7 @@ import { USER_TOPIC } from '../identity/core.ts';
 import { API_KEY_PRODUCT, hashKey, isWellFormed } from './format.ts';
 import type { KeyRateLimiters } from './limits.ts';
 import * as q from './queries.ts';
-import type { RateLimit, Tier } from './tiers.ts';
+import { effectiveRateLimit, type RateLimit, type Tier } from './tiers.ts';
 
 /** Why a verification failed, in the order the checks run; `valid` when it did not. */
 export type VerifyCode =
@@ -305,12 +305,7 @@ export function createVerifier(deps: VerifierDeps) {
     return settings;
   }
 
-  /** The key's own rate limit, or its tier's. */
-  function rateLimitOf(row: q.ApiKeyRow): RateLimit | null {
-    return row.ratelimitLimit !== null && row.ratelimitWindowSeconds !== null
-      ? { limit: row.ratelimitLimit, windowSeconds: row.ratelimitWindowSeconds }
-      : (tiers.get(row.tier)?.ratelimit ?? null);
-  }
+  const rateLimitOf = (row: q.ApiKeyRow): RateLimit | null => effectiveRateLimit(row, tiers);
 
   /**
    * After a roll: what the old key used of its rate-limit window is charged to the successor
