@@ -78,6 +78,16 @@ function inScope(scopes: readonly string[], meta: PermMeta): boolean {
 }
 
 /**
+ * Whether a key scope covers at least one catalogue permission under the check's own scope rule
+ * (for validating input: `*:*` or `nope:*` would be stored and then match nothing).
+ */
+export function isMatchableScope(scope: string): boolean {
+  const one = [scope];
+  for (const meta of META.values()) if (inScope(one, meta)) return true;
+  return false;
+}
+
+/**
  * The authorization index of one org, answering checks from memory. Patch methods keep it in
  * step with the database one change at a time; `buildOrgIndex` rebuilds it from a snapshot.
  * JavaScript runs one task at a time, so a patch is never seen half-applied by a check.

@@ -23,7 +23,7 @@ for (const store of STORES) {
 
     const create = (body: Record<string, unknown> = {}, as = token) => createKey(t, as, body);
     /** A request authenticated by an API key. */
-    const asKey = (key: string, method: 'GET' | 'POST' | 'PATCH', url: string, body?: unknown) =>
+    const asKey = (key: string, method: 'GET' | 'POST' | 'PATCH' | 'DELETE', url: string, body?: unknown) =>
       t.app.inject({
         method,
         url,
@@ -185,6 +185,84 @@ for (const store of STORES) {
       // A user is not scoped: the same requests pass with an access token.
       const user = await t.call('POST', `/v1/keys/${strong.id}/roll`, { token, body: { grace_seconds: 0 } });
       assert.equal(user.statusCode, 201, user.body);
+    });
+
+    test('revoke: a key revokes itself or a key no stronger and no looser, nothing else (403)', async () => {
+      const expiry = new Date(t.now.ms + 86_400_000).toISOString();
+      const weak = await create({
+        scopes: ['api_keys:delete', 'api_keys:read'],
+        allowed_ips: ['127.0.0.1'],
+        expires_at: expiry,
+        tier: 'free',
+      });
+      const admin = await create({ scopes: ['*'] });
+      const revokedEvents = async (id: string) =>
+        (
+          await t.store.db.query(
+            "select 1 from audit_events where resource_id = $1 and action = 'key.revoked'",
+            [id],
+          )
+        ).length;
+      /** Refused, and nothing written: the target is active, unrevoked, verifies, has no revoke event. */
+      const untouched = async (id: string, key: string) => {
+        const row = (await t.call('GET', `/v1/keys/${id}`, { token })).json();
+        assert.deepEqual([row.revoked_at, row.active], [null, true]);
+        assert.equal((await verify(key)).code, 'valid');
+        assert.equal(await revokedEvents(id), 0);
+      };
+      // The org's admin key holds scopes the weak key does not.
+      const strong = await asKey(weak.key, 'DELETE', `/v1/keys/${admin.id}`, { reason: 'dos' });
+      assert.equal(problem(strong, 403, 'scope_not_held').scope, '*');
+      await untouched(admin.id, admin.key);
+      // Same scopes, looser bounds: unpinned, or pinned but everlasting.
+      const unpinned = await create({ scopes: ['api_keys:read'], expires_at: expiry, tier: 'free' });
+      const everlasting = await create({
+        scopes: ['api_keys:read'],
+        allowed_ips: ['127.0.0.1'],
+        tier: 'free',
+      });
+      for (const [target, field] of [
+        [unpinned, 'allowed_ips'],
+        [everlasting, 'expires_at'],
+      ] as const) {
+        const res = await asKey(weak.key, 'DELETE', `/v1/keys/${target.id}`);
+        assert.equal(problem(res, 403, 'key_bounds_exceeded').field, field);
+        await untouched(target.id, target.key);
+      }
+      // A weaker key (fewer scopes, tighter bounds) it may revoke.
+      const weaker = await create({
+        scopes: ['api_keys:read'],
+        allowed_ips: ['127.0.0.1'],
+        expires_at: expiry,
+        tier: 'tiny',
+      });
+      const ok = await asKey(weak.key, 'DELETE', `/v1/keys/${weaker.id}`, { reason: 'cleanup' });
+      assert.equal(ok.statusCode, 200, ok.body);
+      assert.equal(ok.json().revoked_reason, 'cleanup');
+      assert.equal((await verify(weaker.key)).code, 'revoked');
+      assert.equal(await revokedEvents(weaker.id), 1);
+      // A scope stored before input was checked (`*:*`) matches nothing, so it makes no key stronger.
+      const legacy = await create({
+        scopes: ['api_keys:read'],
+        allowed_ips: ['127.0.0.1'],
+        expires_at: expiry,
+        tier: 'tiny',
+      });
+      await t.store.db.query(`update api_keys set scopes = '["*:*", "api_keys:read"]'::jsonb where id = $1`, [
+        legacy.id,
+      ]);
+      const old = await asKey(weak.key, 'DELETE', `/v1/keys/${legacy.id}`);
+      assert.equal(old.statusCode, 200, old.body);
+      // Itself, always: a leaked key's holder can kill it with nothing else at hand.
+      const self = await asKey(weak.key, 'DELETE', `/v1/keys/${weak.id}`, { reason: 'leaked' });
+      assert.equal(self.statusCode, 200, self.body);
+      assert.equal((await verify(weak.key)).code, 'revoked');
+      assert.equal(await revokedEvents(weak.id), 1);
+      // A user is not bounded: the stronger and looser keys go with an access token.
+      for (const target of [admin, unpinned, everlasting]) {
+        const res = await t.call('DELETE', `/v1/keys/${target.id}`, { token, body: {} });
+        assert.equal(res.statusCode, 200, res.body);
+      }
     });
 
     test('a superuser’s key is a superuser only when unscoped (*): GET /v1/orgs', async () => {

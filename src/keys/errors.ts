@@ -19,7 +19,7 @@ export const keyErrors = defineErrors({
   key_self_change: { status: 403, title: 'A key cannot change its own settings' },
   key_bounds_exceeded: { status: 403, title: 'A key can give no key looser bounds than its own' },
   owner_not_found: { status: 404, title: 'Owner not found' },
-  invalid_scope: { status: 400, title: 'Unknown permission in scopes' },
+  invalid_scope: { status: 400, title: 'A scope matches no permission' },
   unknown_tier: { status: 400, title: 'Unknown tier' },
   invalid_cidr: { status: 400, title: 'Invalid IP address or CIDR' },
   webhook_key_not_found: { status: 404, title: 'Webhook key not found' },

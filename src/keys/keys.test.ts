@@ -515,5 +515,72 @@ for (const store of STORES) {
       assert.equal(creation.length, 2, JSON.stringify(creation)); // per IP and per principal, once each
       await putSettings({ body: { burst_threshold: 50, burst_window_seconds: 60, suspend_on_burst: false } });
     });
+
+    test('scopes no check can match are refused on create and PATCH (400 invalid_scope); stored ones still work', async () => {
+      const post = (scopes: unknown[]) => t.call('POST', '/v1/keys', { token, body: { name: 'x', scopes } });
+      const refused = (res: Awaited<ReturnType<typeof post>>, at: number, scope: string) => {
+        const body = problem(res, 400, 'invalid_scope');
+        assert.equal(body.scope, scope);
+        const errors = body.errors as { path: string; message: string }[];
+        assert.deepEqual(
+          errors.map((e) => e.path),
+          [`body.scopes.${at}`],
+        );
+        assert.match(String(body.detail), new RegExp(`^body\\.scopes\\.${at}: `));
+        return errors[0]?.message ?? '';
+      };
+      // `*:*` reads as "everything", but the scope rule (permission, resource:*, *:action, *)
+      // matches it with nothing: a key minted with it would be denied everywhere.
+      assert.match(refused(await post(['*:*']), 0, '*:*'), /use "\*" for every permission/);
+      assert.match(refused(await post(['secrets:read', ' *:* ']), 1, ' *:* '), /use "\*"/);
+      for (const scope of [
+        ' ',
+        '\t',
+        'secrets',
+        'secrets:',
+        ':read',
+        'nope:*',
+        '*:nope',
+        'secrets:read ',
+        '**',
+      ]) {
+        assert.match(refused(await post([scope]), 0, scope), /GET \/v1\/authz\/permissions/);
+      }
+      // The empty string is refused by the body schema itself.
+      const empty = problem(await post(['']), 400, 'validation_failed');
+      assert.deepEqual(
+        (empty.errors as { path: string }[]).map((e) => e.path),
+        ['body.scopes.0'],
+      );
+      // What the rule can match is accepted, and matches.
+      const cases: [string, string, string][] = [
+        ['secrets:read', 'secrets:read', 'secrets:create'],
+        ['secrets:*', 'secrets:reveal', 'flags:read'],
+        ['*:read', 'flags:read', 'flags:create'],
+        ['*', 'org:admin', 'nope:nothing'],
+      ];
+      for (const [scope, allowed, denied] of cases) {
+        const k = await create({ scopes: [scope] });
+        assert.equal((await verify(k.key, { permission: allowed })).code, 'valid', scope);
+        assert.equal((await verify(k.key, { permission: denied })).code, 'permission_denied', scope);
+      }
+      // PATCH: refused, and nothing changes.
+      const k = await create({ scopes: ['secrets:read'] });
+      refused(
+        await t.call('PATCH', `/v1/keys/${k.id}`, { token, body: { scopes: ['secrets:read', '*:*'] } }),
+        1,
+        '*:*',
+      );
+      assert.deepEqual((await t.call('GET', `/v1/keys/${k.id}`, { token })).json().scopes, ['secrets:read']);
+      // A key stored before the check keeps working: read, renamed, verified as before.
+      await t.store.db.query(`update api_keys set scopes = '["*:*", "secrets:read"]'::jsonb where id = $1`, [
+        k.id,
+      ]);
+      const renamed = await t.call('PATCH', `/v1/keys/${k.id}`, { token, body: { name: 'legacy' } });
+      assert.equal(renamed.statusCode, 200, renamed.body);
+      assert.deepEqual(renamed.json().scopes, ['*:*', 'secrets:read']);
+      assert.equal((await verify(k.key, { permission: 'secrets:read' })).code, 'valid');
+      assert.equal((await verify(k.key, { permission: 'secrets:create' })).code, 'permission_denied');
+    });
   });
 }

@@ -5,7 +5,8 @@ import { Webhook } from 'standardwebhooks';
 import type { AuditContext, AuditEventInput, AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { Authz } from '../authz/contract.ts';
-import { expandPattern, isPermissionPattern } from '../authz/roles.ts';
+import { isMatchableScope } from '../authz/engine.ts';
+import { expandPattern } from '../authz/roles.ts';
 import { open, seal } from '../crypto/envelope.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle } from '../db/client.ts';
@@ -142,6 +143,8 @@ export function createKeysService(deps: KeysServiceDeps) {
   async function mustHoldScopes(caller: Principal, scopes: readonly string[]): Promise<void> {
     if (caller.kind !== 'key') return;
     for (const scope of scopes) {
+      // A scope stored before input was checked (`*:*`) matches nothing, so it gives nothing.
+      if (!isMatchableScope(scope)) continue;
       for (const permission of expandPattern(scope)) {
         if ((await authz.check(caller, permission)).decision.reason === 'out_of_scope') {
           throw keyErrors.scope_not_held(`This key does not hold ${scope}`, { scope });
@@ -183,10 +186,22 @@ export function createKeysService(deps: KeysServiceDeps) {
     }
   }
 
+  /**
+   * Only scopes the check can match are stored: `*:*` reads as "everything" but authz's scope rule
+   * matches it with nothing, so a key minted with it would be silently denied everywhere.
+   */
   function validateScopes(scopes: readonly string[]): void {
-    const bad = scopes.find((s) => !isPermissionPattern(s));
-    if (bad !== undefined)
-      throw keyErrors.invalid_scope(`Not a permission or pattern: ${bad}`, { scope: bad });
+    const at = scopes.findIndex((s) => !isMatchableScope(s));
+    if (at < 0) return;
+    const scope = scopes[at] ?? '';
+    const path = `body.scopes.${at}`;
+    const compact = scope.replace(/\s+/g, '');
+    const message =
+      compact === '*' || compact === '*:*'
+        ? `${JSON.stringify(scope)} matches no permission: use "*" for every permission`
+        : `${JSON.stringify(scope)} matches no permission: a scope is a permission ("secrets:read"), ` +
+          '"<resource>:*", "*:<action>" or "*" (GET /v1/authz/permissions lists them)';
+    throw keyErrors.invalid_scope(`${path}: ${message}`, { scope, errors: [{ path, message }] });
   }
 
   function validateTier(tier: string): void {
@@ -437,6 +452,13 @@ export function createKeysService(deps: KeysServiceDeps) {
     const before = await mustGet(caller, id);
     await mustManage(caller, before);
     if (before.revokedAt !== null) throw keyErrors.api_key_revoked();
+    // A key revokes only keys no stronger and no looser than itself: a narrow, pinned key holding
+    // api_keys:delete must not take the org's admin key down. Revoking itself is always allowed
+    // (a leaked key's holder should be able to kill it with nothing else at hand).
+    if (caller.kind === 'key' && (caller.keyId ?? caller.id) !== id) {
+      await mustHoldScopes(caller, before.scopes);
+      mustStayWithin(await callerKeyRow(caller), before);
+    }
     const now = clock();
     const after = await db.db.transaction(async (tx) => {
       const [row] = await tx
