@@ -411,3 +411,143 @@ describe('what a login leaves behind: pending 2FA, another org audit (pglite)', 
     assert.ok(!JSON.stringify(failed).includes('Victor') && !JSON.stringify(failed).includes('victor'));
   });
 });
+
+describe('login/mfa checks the account again, as the password step does (pglite)', () => {
+  let t: IdentityTestApp;
+  let admin: string;
+  let betaAdmin: string;
+  const PASS = 'amber lanterns drifting';
+
+  before(async () => {
+    t = await identityTestApp('pglite', { LOGIN_IP_MAX_FAILURES: '1000' });
+    admin = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+    const beta = await t.call('POST', '/v1/orgs', { token: admin, body: { slug: 'beta', name: 'Beta' } });
+    assert.equal(beta.statusCode, 201, beta.body);
+    betaAdmin = (await t.login(ADMIN.email, ADMIN.password, { org: 'beta' })).json().access_token;
+  });
+  after(() => t.close());
+
+  /** A user of the first org with 2FA on; also a member of beta when `beta`. Returns id and seed. */
+  const twoFactorUser = async (email: string, beta = false) => {
+    const created = await t.call('POST', '/v1/users', { token: admin, body: { email, password: PASS } });
+    assert.equal(created.statusCode, 201, created.body);
+    if (beta) {
+      const inv = await t.call('POST', '/v1/invitations', { token: betaAdmin, body: { email } });
+      assert.equal(inv.statusCode, 201, inv.body);
+      const joined = await t.call('POST', '/v1/auth/invitations/accept', {
+        body: { token: inv.json().token, password: PASS },
+      });
+      assert.ok(joined.statusCode < 300, joined.body);
+    }
+    const session = await t.tokensFor(email, PASS);
+    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token })).json();
+    const on = await t.call('POST', '/v1/auth/totp/confirm', {
+      token: session.access_token,
+      body: { code: totpAt(secret, t.now.ms) },
+    });
+    assert.equal(on.statusCode, 200, on.body);
+    t.now.ms += 30_000; // the confirming code's step is spent
+    return { id: created.json().id as string, secret: secret as string };
+  };
+  const strip = (body: string) => {
+    const { request_id: _ignored, ...rest } = JSON.parse(body);
+    return rest;
+  };
+  const sessionsOf = async (id: string) =>
+    Number(
+      (
+        await t.store.db.query<{ n: number | string }>(
+          'select count(*) as n from sessions where user_id = $1',
+          [id],
+        )
+      )[0]?.n,
+    );
+  const failures = async (token: string, id: string) =>
+    (
+      (await t.call('GET', '/v1/audit/events?action=user.login_failed&limit=500', { token })).json().data as {
+        actor: { id?: string };
+        details: { reason?: string };
+      }[]
+    ).filter((e) => e.actor.id === id);
+
+  /** Password step, the change, code step: the refusal must be the password step's. */
+  const refusedAfter = async (
+    email: string,
+    user: { id: string; secret: string },
+    org: string | undefined,
+    change: () => Promise<void>,
+  ) => {
+    const pending = (await t.login(email, PASS, org ? { org } : {})).json();
+    assert.equal(pending.mfa_required, true);
+    const before = await sessionsOf(user.id);
+    await change();
+    const mfa = await t.call('POST', '/v1/auth/login/mfa', {
+      body: { mfa_token: pending.mfa_token, code: totpAt(user.secret, t.now.ms) },
+    });
+    const first = await t.login(email, PASS, org ? { org } : {});
+    assert.equal(mfa.statusCode, first.statusCode, mfa.body);
+    assert.deepEqual(strip(mfa.body), strip(first.body), 'the same answer as the password step');
+    assert.equal(await sessionsOf(user.id), before, 'no session opened');
+    return mfa;
+  };
+
+  test('a user deactivated between the steps: invalid_credentials, audited as inactive', async () => {
+    const email = 'olga@example.com';
+    const olga = await twoFactorUser(email);
+    const mfa = await refusedAfter(email, olga, undefined, async () => {
+      const off = await t.call('PATCH', `/v1/users/${olga.id}`, { token: admin, body: { active: false } });
+      assert.equal(off.statusCode, 200, off.body);
+    });
+    assert.equal(mfa.statusCode, 401);
+    assert.equal(mfa.json().code, 'invalid_credentials');
+    const events = await failures(admin, olga.id);
+    assert.equal(events.length, 1, 'the code step audited as the password step (a no-org login: none)');
+    assert.equal(events[0]?.details.reason, 'inactive');
+  });
+
+  test('a membership ended between the steps: invalid_credentials in that org, audited in its log', async () => {
+    const email = 'pavel@example.com';
+    const pavel = await twoFactorUser(email, true);
+    const mfa = await refusedAfter(email, pavel, 'beta', async () => {
+      const off = await t.call('DELETE', `/v1/users/${pavel.id}`, { token: betaAdmin });
+      assert.equal(off.statusCode, 204, off.body);
+    });
+    assert.equal(mfa.json().code, 'invalid_credentials');
+    const events = await failures(betaAdmin, pavel.id);
+    assert.deepEqual(
+      events.map((e) => e.details.reason),
+      ['inactive', 'inactive'],
+      'the code step and the password step, alike',
+    );
+    // Still a member of the first org, where the same steps succeed.
+    const pending = (await t.login(email, PASS)).json();
+    const ok = await t.call('POST', '/v1/auth/login/mfa', {
+      body: { mfa_token: pending.mfa_token, code: totpAt(pavel.secret, t.now.ms) },
+    });
+    assert.equal(ok.statusCode, 200, ok.body);
+  });
+
+  test('a membership turned off behind the API (no challenge ended): refused all the same', async () => {
+    const email = 'quinn@example.com';
+    const quinn = await twoFactorUser(email, true);
+    const mfa = await refusedAfter(email, quinn, 'beta', async () => {
+      await t.store.db.query(
+        'update org_memberships set active = false where user_id = $1 and org_id <> $2',
+        [quinn.id, t.orgId],
+      );
+    });
+    assert.equal(mfa.json().code, 'invalid_credentials');
+  });
+
+  test('an account locked between the steps: 423 account_locked, audited as locked', async () => {
+    const email = 'rosa@example.com';
+    const rosa = await twoFactorUser(email);
+    const mfa = await refusedAfter(email, rosa, undefined, async () => {
+      for (let i = 0; i < 5; i++) await t.login(email, 'not the password at all');
+    });
+    assert.equal(mfa.statusCode, 423);
+    assert.equal(mfa.json().code, 'account_locked');
+    const reasons = (await failures(admin, rosa.id)).map((e) => e.details.reason);
+    assert.equal(reasons.filter((r) => r === 'locked').length, 2, 'the code step and the password step');
+  });
+});

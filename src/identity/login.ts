@@ -18,7 +18,14 @@ import {
 import { identityErrors } from './errors.ts';
 import { createLockout } from './lockout.ts';
 import { hashPassword, verifyDummy, verifyPassword } from './password.ts';
-import { membership, type User, userByEmail, userByEmailWithHomeOrg, userById } from './queries.ts';
+import {
+  accountStanding,
+  membership,
+  type User,
+  userByEmail,
+  userByEmailWithHomeOrg,
+  userById,
+} from './queries.ts';
 import { matchRecoveryCode } from './recovery-codes.ts';
 import { mfaChallenges, users } from './schema.ts';
 import { newMfaToken, sha256Hex } from './tokens.ts';
@@ -102,6 +109,35 @@ export function createLogin(core: IdentityCore) {
     return { user, org: found, member: m?.active ? m : undefined, listed: m !== undefined };
   }
 
+  /**
+   * Refuses a login to an account that is not, or no longer, active in the org (the user, or their
+   * membership): as an unknown email, counted against the IP. Only the org's own users are named in
+   * its log (`listed`: they have a membership row, active or not). Someone else's account looks
+   * exactly like an unknown email there: the named org's admin reads this log and must not learn
+   * who has an account elsewhere. Nothing is recorded for that account's own orgs either: no
+   * password was tried against it. Both steps of a login refuse through here.
+   */
+  async function refuseInactive(
+    user: User | undefined,
+    orgId: string | undefined,
+    listed: boolean,
+    origin: Origin,
+  ): Promise<never> {
+    await limiter.recordFailure(origin.ip);
+    if (orgId !== undefined) {
+      const known = user !== undefined && listed;
+      await audit.record(db.db, {
+        orgId,
+        actor: known ? { type: 'user', id: user.id, name: displayName(user) } : { type: 'user', name: null },
+        action: 'user.login_failed',
+        context: origin,
+        details: { reason: known ? 'inactive' : 'unknown_user' },
+        success: false,
+      });
+    }
+    throw identityErrors.invalid_credentials();
+  }
+
   /** Step one of a login: password. Unknown user and wrong password answer alike, in the same time. */
   async function login(
     input: { email: string; password: string; org?: string | undefined; device_name?: string | undefined },
@@ -115,25 +151,7 @@ export function createLogin(core: IdentityCore) {
     const { user, org, member, listed } = await resolveLogin(input.email, input.org);
     if (!user?.active || !member) {
       await verifyDummy();
-      await limiter.recordFailure(origin.ip);
-      if (org) {
-        // Only the org's own (deactivated) users are named in its log. Someone else's account
-        // looks exactly like an unknown email there: the named org's admin reads this log and
-        // must not learn who has an account elsewhere. Nothing is recorded for that account's
-        // own orgs either: no password was tried against it.
-        const known = user !== undefined && listed === true;
-        await audit.record(db.db, {
-          orgId: org.id,
-          actor: known
-            ? { type: 'user', id: user.id, name: displayName(user) }
-            : { type: 'user', name: null },
-          action: 'user.login_failed',
-          context: origin,
-          details: { reason: known ? 'inactive' : 'unknown_user' },
-          success: false,
-        });
-      }
-      throw identityErrors.invalid_credentials();
+      return refuseInactive(user, org?.id, listed === true, origin);
     }
     const now = clock();
     const attempt = { user, orgId: member.orgId, origin };
@@ -168,7 +186,14 @@ export function createLogin(core: IdentityCore) {
     );
   }
 
-  /** Step two: a TOTP code (not replayable) or a recovery code (single use). */
+  /**
+   * Step two: a TOTP code (not replayable) or a recovery code (single use). The account is checked
+   * again as step one checks it (user and membership of the challenge's org active, not locked),
+   * and refused as step one refuses it: an admin may have deactivated the user or their membership,
+   * or failures elsewhere locked the account, since the password was right. These checks come
+   * before the challenge's own state: a deactivation also ends the org's pending challenges, and
+   * the caller is then told what a fresh login would tell them.
+   */
   async function loginMfa(
     input: { mfa_token: string; code: string; device_name?: string | undefined },
     origin: Origin,
@@ -180,18 +205,21 @@ export function createLogin(core: IdentityCore) {
       .select()
       .from(mfaChallenges)
       .where(eq(mfaChallenges.tokenHash, tokenHash));
-    const now = clock();
-    if (!challenge || challenge.usedAt) throw identityErrors.mfa_token_invalid();
-    if (challenge.expiresAt <= now) throw identityErrors.mfa_token_expired();
+    if (!challenge) throw identityErrors.mfa_token_invalid();
     const user = await userById(db.db, challenge.userId);
-    if (!user?.active || !user.totpEnabled || !user.totpSecret) throw identityErrors.mfa_token_invalid();
-    if (user.lockedUntil && user.lockedUntil > now) throw lockedError(user.lockedUntil);
+    const m = user ? await membership(db.db, challenge.orgId, user.id) : undefined;
+    if (!user?.active || !m?.active) return refuseInactive(user, challenge.orgId, m !== undefined, origin);
+    const attempt = { user, orgId: challenge.orgId, origin };
+    await lockout.assertNotLocked(attempt);
+    const now = clock();
+    if (challenge.usedAt) throw identityErrors.mfa_token_invalid();
+    if (challenge.expiresAt <= now) throw identityErrors.mfa_token_expired();
+    if (!user.totpEnabled || !user.totpSecret) throw identityErrors.mfa_token_invalid();
     // A challenge issued before the password last changed is void (account.ts also ends pending
-    // ones in the change's transaction; this covers a login that raced it).
+    // ones in the change's transaction; this covers a login that raced the change).
     if (user.passwordChangedAt && challenge.createdAt < user.passwordChangedAt) {
       throw identityErrors.mfa_token_invalid();
     }
-    const attempt = { user, orgId: challenge.orgId, origin };
 
     const code = input.code.trim();
     let method: 'password+totp' | 'password+recovery_code';
@@ -223,7 +251,15 @@ export function createLogin(core: IdentityCore) {
     }
 
     const roles = await authz.rolesOf(challenge.orgId, user.id);
-    return db.db.transaction(async (tx) => {
+    const opened = await db.db.transaction(async (tx) => {
+      // Again inside the transaction, with the user's and the membership's rows held (FOR SHARE):
+      // a deactivation committed since the checks above is seen here, and one still to come waits
+      // for this commit and then revokes the session it opens.
+      const standing = await accountStanding(tx, challenge.orgId, user.id);
+      if (!standing?.active) return { refused: 'inactive' as const, listed: standing !== undefined };
+      if (standing.lockedUntil && standing.lockedUntil > clock()) {
+        return { refused: 'locked' as const, lockedUntil: standing.lockedUntil };
+      }
       const used = await tx
         .update(mfaChallenges)
         .set({ usedAt: now })
@@ -261,6 +297,10 @@ export function createLogin(core: IdentityCore) {
       }
       return openSession(tx, user, challenge.orgId, origin, method, input.device_name, roles);
     });
+    if ('access_token' in opened) return opened;
+    if (opened.refused === 'inactive') return refuseInactive(user, challenge.orgId, opened.listed, origin);
+    await lockout.assertNotLocked({ ...attempt, user: { ...user, lockedUntil: opened.lockedUntil } });
+    throw lockedError(opened.lockedUntil);
   }
 
   async function spendAttempt(tokenHash: string): Promise<void> {

@@ -146,3 +146,34 @@ export async function purgeMfaChallenges(db: DbOrTx, expiredBefore: Date): Promi
     .returning({ tokenHash: mfaChallenges.tokenHash });
   return gone.length;
 }
+
+/**
+ * Inside a transaction: whether the user and their membership of the org are both active, and the
+ * user's lock; undefined without a user or a membership. Holds the user's row (FOR NO KEY UPDATE:
+ * the caller goes on to update it) and then the membership's (FOR SHARE) until the transaction
+ * ends, in that order, the order every deactivation takes them (`lockUserRow` first): one
+ * committed before is seen, one after waits for the commit, and neither can deadlock with it.
+ */
+export async function accountStanding(
+  tx: DbOrTx,
+  orgId: string,
+  userId: string,
+): Promise<{ active: boolean; lockedUntil: Date | null } | undefined> {
+  const [user] = await tx
+    .select({ active: users.active, lockedUntil: users.lockedUntil })
+    .from(users)
+    .where(eq(users.id, userId))
+    .for('no key update');
+  if (!user) return undefined;
+  const [member] = await tx
+    .select({ active: orgMemberships.active })
+    .from(orgMemberships)
+    .where(and(eq(orgMemberships.orgId, orgId), eq(orgMemberships.userId, userId)))
+    .for('share');
+  return member ? { active: user.active && member.active, lockedUntil: user.lockedUntil } : undefined;
+}
+
+/** Inside a transaction: holds the user's row, before any membership's (see accountStanding). */
+export async function lockUserRow(tx: DbOrTx, userId: string): Promise<void> {
+  await tx.select({ id: users.id }).from(users).where(eq(users.id, userId)).for('no key update');
+}

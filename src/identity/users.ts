@@ -22,6 +22,7 @@ import {
   activeMemberships,
   endMfaChallenges,
   listMembers,
+  lockUserRow,
   type Membership,
   memberById,
   revokeSessions,
@@ -312,6 +313,9 @@ export function createUsers(core: IdentityCore) {
     origin: AuditContext,
     now: Date,
   ): Promise<{ runs: AfterCommit[]; revoked: string[] }> {
+    // The user's row before the membership's, as a 2FA login's last step takes them (queries.ts,
+    // accountStanding): that login waits for this commit, or this waits for the login's.
+    await lockUserRow(tx, userId);
     await tx
       .update(orgMemberships)
       .set({ active: false, updatedAt: now })
