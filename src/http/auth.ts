@@ -5,7 +5,7 @@ import type {
   HookHandlerDoneFunction,
   onRequestHookHandler,
 } from 'fastify';
-import { httpErrors, StewardError } from './errors.ts';
+import { httpErrors } from './errors.ts';
 import type { Principal } from './principal.ts';
 
 /**
@@ -96,35 +96,6 @@ export class AuthRegistry {
   }
 }
 
-// RFC 6750 §3: a 401 names the scheme to use; `invalid_token` when a bearer token was sent and
-// refused (expired, revoked, bad signature, unknown), no error when none was sent. An API key
-// refused in X-API-Key gets the plain challenge (keys are also accepted as bearer tokens; the
-// problem's `code` says what was wrong). Built only on the 401 path: it costs a success nothing.
-const CHALLENGE = 'Bearer realm="steward"';
-const INVALID_TOKEN = 'Bearer realm="steward", error="invalid_token"';
-const BEARER_TOKEN = /^bearer\s+\S/i;
-
-/** The error with its WWW-Authenticate challenge, when it is a 401 that has none. */
-function challenged(request: FastifyRequest, error: unknown): Error {
-  if (!(error instanceof StewardError) || error.status !== 401 || error.headers['www-authenticate']) {
-    return error as Error;
-  }
-  const sent = BEARER_TOKEN.test(request.headers.authorization ?? '');
-  const { code, status, title, detail, extra, headers, internal } = error;
-  return new StewardError(
-    code,
-    status,
-    title,
-    detail,
-    extra,
-    {
-      ...headers,
-      'www-authenticate': sent ? INVALID_TOKEN : CHALLENGE,
-    },
-    internal,
-  );
-}
-
 function requireCaller(registry: AuthRegistry, permission: string | null): onRequestHookHandler {
   // A callback hook, not an async one: a warm API key or token is admitted without a promise
   // or a microtask (docs/adr/0003).
@@ -135,7 +106,7 @@ function requireCaller(registry: AuthRegistry, permission: string | null): onReq
     done: HookHandlerDoneFunction,
   ): void {
     if (!principal) {
-      done(challenged(request, httpErrors.unauthenticated('Send a bearer token or an API key')));
+      done(httpErrors.unauthenticated('Send a bearer token or an API key'));
       return;
     }
     request.principal = principal;
@@ -170,13 +141,13 @@ function requireCaller(registry: AuthRegistry, permission: string | null): onReq
     try {
       found = registry.authenticate(request);
     } catch (error) {
-      done(challenged(request, error));
+      done(error as Error);
       return;
     }
     if (found instanceof Promise) {
       found.then(
         (principal) => admit(request, reply, principal, done),
-        (error: unknown) => done(challenged(request, error)),
+        (error: unknown) => done(error as Error),
       );
     } else {
       admit(request, reply, found, done);

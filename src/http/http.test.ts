@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { Webhook } from 'standardwebhooks';
 import { z } from 'zod';
 import { installTestPrincipals, type TestApp, testApp } from '../../test/helpers/app.ts';
+import { ADMIN, type IdentityTestApp, identityTestApp, totpAt } from '../identity/test-support.ts';
 import type { Principal } from './principal.ts';
 
 const root: Principal = {
@@ -172,15 +174,17 @@ describe('HTTP plumbing', () => {
       if (code) assert.equal(res.json().code, code);
       assert.equal(res.headers['www-authenticate'], challenge, JSON.stringify(headers));
     }
-    // Not on other statuses, nor on a public route's 401 (a login refusal is not a token's).
+    // Not on other statuses; a public route's 401 gets the plain challenge (a login refusal is not
+    // a token's), even with a bearer token sent along: the table below has every kind.
     assert.equal((await get({ 'x-test-principal': 'plain' })).headers['www-authenticate'], undefined);
     const login = await t.app.inject({
       method: 'POST',
       url: '/v1/auth/login',
+      headers: { authorization: 'Bearer eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln' },
       payload: { email: 'nobody@example.com', password: 'not the password' },
     });
     assert.equal(login.statusCode, 401);
-    assert.equal(login.headers['www-authenticate'], undefined);
+    assert.equal(login.headers['www-authenticate'], 'Bearer realm="steward"');
   });
 
   test('a caller without the permission → 403 permission_denied', async () => {
@@ -454,5 +458,150 @@ describe('logging', () => {
     const seconds = value(`steward_http_request_duration_seconds_sum{${series}}`);
     assert.ok(seconds >= 0.029 && seconds < 5, String(seconds));
     assert.equal(value(`steward_http_request_duration_seconds_bucket{le="0.025",${series}}`), 0);
+  });
+});
+
+describe('every 401 carries WWW-Authenticate (RFC 9110 §15.5.2), public routes included', () => {
+  let t: IdentityTestApp;
+  before(async () => {
+    t = await identityTestApp('pglite', { LOGIN_IP_MAX_FAILURES: '1000' });
+  });
+  after(() => t.close());
+
+  test('login, 2FA, refresh, invitation, ingest and the access layer: one table', async () => {
+    const PLAIN = 'Bearer realm="steward"';
+    const INVALID = 'Bearer realm="steward", error="invalid_token"';
+    const PASS = 'seven quiet harbours';
+    const admin = await t.tokensFor(ADMIN.email, ADMIN.password);
+    // A user with 2FA on, for the mfa_token refusals.
+    const email = 'mona@example.com';
+    assert.equal(
+      (await t.call('POST', '/v1/users', { token: admin.access_token, body: { email, password: PASS } }))
+        .statusCode,
+      201,
+    );
+    const own = await t.tokensFor(email, PASS);
+    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token })).json();
+    await t.call('POST', '/v1/auth/totp/confirm', {
+      token: own.access_token,
+      body: { code: totpAt(secret, t.now.ms) },
+    });
+    const mfaToken = async () => (await t.login(email, PASS)).json().mfa_token as string;
+    // A refresh token rotated once (its first generation is then a reuse), and a logged-out one.
+    const rotated = await t.tokensFor(ADMIN.email, ADMIN.password);
+    await t.call('POST', '/v1/auth/refresh', { body: { refresh_token: rotated.refresh_token } });
+    const ended = await t.tokensFor(ADMIN.email, ADMIN.password);
+    await t.call('POST', '/v1/auth/logout', { token: ended.access_token });
+    // An invitation to another org for an existing account (its password is the credential).
+    const other = await t.call('POST', '/v1/orgs', {
+      token: admin.access_token,
+      body: { slug: 'other', name: 'Other' },
+    });
+    assert.equal(other.statusCode, 201, other.body);
+    const inOther = (await t.login(ADMIN.email, ADMIN.password, { org: 'other' })).json().access_token;
+    const invitation = (await t.call('POST', '/v1/invitations', { token: inOther, body: { email } })).json()
+      .token;
+    // A webhook key for the ingest refusals.
+    const hook = (
+      await t.call('POST', '/v1/webhook-keys', { token: admin.access_token, body: { name: 'Probe' } })
+    ).json();
+    const ingest = (headers: Record<string, string>, body = '{"type":"x"}') =>
+      t.app.inject({
+        method: 'POST',
+        url: '/v1/ingest',
+        headers: { 'content-type': 'application/json', ...headers },
+        payload: body,
+      });
+    const signed = (sig?: string) => {
+      const ts = Math.floor(t.now.ms / 1000);
+      return {
+        'x-api-key': hook.key,
+        'webhook-id': 'msg_probe',
+        'webhook-timestamp': String(ts),
+        'webhook-signature': sig ?? new Webhook(hook.secret).sign('msg_probe', new Date(ts * 1000), '{}'),
+      };
+    };
+    const bearer = { authorization: `Bearer ${admin.access_token}` };
+    const expiredMfa = await mfaToken();
+    const wrongCode = await mfaToken();
+
+    const cases: [
+      string,
+      () => Promise<{ statusCode: number; headers: Record<string, unknown>; body: string }>,
+      string,
+    ][] = [
+      ['invalid_credentials', () => t.login(email, 'not the password at all'), PLAIN],
+      [
+        'invalid_credentials',
+        () =>
+          t.call('POST', '/v1/auth/invitations/accept', {
+            body: { token: invitation, password: 'wrong one!' },
+          }),
+        PLAIN,
+      ],
+      [
+        'mfa_token_invalid',
+        () => t.call('POST', '/v1/auth/login/mfa', { body: { mfa_token: 'mfa_x', code: '123456' } }),
+        PLAIN,
+      ],
+      [
+        'mfa_code_invalid',
+        () => t.call('POST', '/v1/auth/login/mfa', { body: { mfa_token: wrongCode, code: '000000' } }),
+        PLAIN,
+      ],
+      [
+        'mfa_token_expired',
+        async () => {
+          t.now.ms += 301_000;
+          const res = await t.call('POST', '/v1/auth/login/mfa', {
+            body: { mfa_token: expiredMfa, code: '000000' },
+          });
+          t.now.ms -= 301_000;
+          return res;
+        },
+        PLAIN,
+      ],
+      [
+        'refresh_token_invalid',
+        () => t.call('POST', '/v1/auth/refresh', { body: { refresh_token: 'nope' } }),
+        PLAIN,
+      ],
+      [
+        'refresh_token_invalid',
+        // A bearer token sent to a public route is not what it refused: still the plain challenge.
+        () => t.call('POST', '/v1/auth/refresh', { body: { refresh_token: 'nope' }, headers: bearer }),
+        PLAIN,
+      ],
+      [
+        'refresh_token_reused',
+        () => t.call('POST', '/v1/auth/refresh', { body: { refresh_token: rotated.refresh_token } }),
+        PLAIN,
+      ],
+      [
+        'session_revoked',
+        () => t.call('POST', '/v1/auth/refresh', { body: { refresh_token: ended.refresh_token } }),
+        PLAIN,
+      ],
+      ['webhook_key_invalid', () => ingest({}), PLAIN],
+      ['webhook_headers_missing', () => ingest({ 'x-api-key': hook.key }), PLAIN],
+      [
+        'webhook_signature_invalid',
+        () => ingest(signed('v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc='), '{}'),
+        PLAIN,
+      ],
+      // The access layer keeps its own: no credential, and a refused bearer token.
+      ['unauthenticated', () => t.call('GET', '/v1/me'), PLAIN],
+      ['session_revoked', () => t.call('GET', '/v1/me', { token: ended.access_token }), INVALID],
+    ];
+    for (const [code, send, challenge] of cases) {
+      const res = await send();
+      assert.equal(res.statusCode, 401, `${code}: ${res.body}`);
+      assert.equal(JSON.parse(res.body).code, code);
+      assert.equal(res.headers['www-authenticate'], challenge, code);
+    }
+    // Other statuses carry none.
+    const denied = await t.call('GET', '/v1/users', { token: own.access_token });
+    assert.equal(denied.statusCode, 403);
+    assert.equal(denied.headers['www-authenticate'], undefined);
   });
 });

@@ -58,20 +58,39 @@ function toStewardError(error: FastifyError): StewardError {
   return httpErrors.internal_error('An unexpected error occurred');
 }
 
+// RFC 9110 §15.5.2: every 401 carries WWW-Authenticate, whatever refused the request: the access
+// layer's token check, a login's password, a refresh token, an mfa_token, a webhook key. One rule
+// here, so no domain (nor a future one) can answer a 401 without it. RFC 6750 §3: `invalid_token`
+// when a bearer token was sent to a route that checks one and refused (expired, revoked, bad
+// signature, unknown); no error when none was sent. A public route does not read the
+// Authorization header at all, and the credential it refuses is in the body or its own headers
+// (a password, a refresh token, a webhook key): the plain challenge. An API key refused in
+// X-API-Key gets the plain challenge too (keys are also accepted as bearer tokens; the problem's
+// `code` says what was wrong). Built only on the 401 path: it costs a success nothing.
+const CHALLENGE = 'Bearer realm="steward"';
+const INVALID_TOKEN = 'Bearer realm="steward", error="invalid_token"';
+const BEARER_TOKEN = /^bearer\s+\S/i;
+
+/** The WWW-Authenticate challenge of a 401 that carries none. */
+function challengeFor(request: FastifyRequest): string {
+  const checksTokens = request.routeOptions.config?.access !== 'public';
+  return checksTokens && BEARER_TOKEN.test(request.headers.authorization ?? '') ? INVALID_TOKEN : CHALLENGE;
+}
+
 function sendProblem(request: FastifyRequest, reply: FastifyReply, problem: StewardError) {
-  reply
-    .code(problem.status)
-    .headers(problem.headers)
-    .type(PROBLEM_CONTENT_TYPE)
-    .send({
-      type: `https://steward.dev/problems/${problem.code}`,
-      title: problem.title,
-      status: problem.status,
-      detail: problem.detail,
-      code: problem.code,
-      request_id: request.id,
-      ...problem.extra,
-    });
+  reply.code(problem.status).headers(problem.headers);
+  if (problem.status === 401 && problem.headers['www-authenticate'] === undefined) {
+    reply.header('www-authenticate', challengeFor(request));
+  }
+  reply.type(PROBLEM_CONTENT_TYPE).send({
+    type: `https://steward.dev/problems/${problem.code}`,
+    title: problem.title,
+    status: problem.status,
+    detail: problem.detail,
+    code: problem.code,
+    request_id: request.id,
+    ...problem.extra,
+  });
 }
 
 /**
