@@ -293,6 +293,203 @@ for (const { kind, skip } of STORES) {
       await req('PUT', '/v1/vault/policy', { token: tokens.admin, body: { four_eyes: false } });
     });
 
+    test('a held flag change is checked again at approval as a direct write: segments, dependencies, names', async () => {
+      const { req, tokens } = v;
+      const approve = (id: string) =>
+        req('POST', `/v1/vault/changes/${id}/approve`, { token: tokens.manager2, body: {} });
+      const statusOf = async (id: string) =>
+        (
+          await v.t.store.db.query<{ status: string }>('select status from vault_changes where id = $1', [id])
+        )[0]?.status;
+      const segment = async (name: string) => {
+        const res = await req('POST', '/v1/segments', {
+          token: tokens.manager,
+          body: { name, constraints: [{ contextName: 'role', operator: 'IN', values: ['beta'] }] },
+        });
+        assert.equal(res.statusCode, 201, res.body);
+        return res.json().id as number;
+      };
+      // Made before four-eyes is on (segments are held too while it covers any environment).
+      const gone = await segment('held-gone');
+      const kept = await segment('held-kept');
+      assert.equal(
+        (await req('PUT', '/v1/vault/policy', { token: tokens.admin, body: { four_eyes: true } })).statusCode,
+        200,
+      );
+      try {
+        const held = async (method: 'POST' | 'PUT' | 'DELETE', url: string, body?: unknown) => {
+          const res = await req(method, url, { token: tokens.manager, body });
+          assert.equal(res.statusCode, 202, res.body);
+          return res.json().change_id as string;
+        };
+        const usesSegment = (name: string, id: number) => ({
+          name,
+          enabled: true,
+          strategies: [{ name: 'default', segments: [id] }],
+        });
+        const create = await held('POST', '/v1/flags/production', usesSegment('held-seg', gone));
+        assert.equal(
+          (await approve(await held('POST', '/v1/flags/production', { name: 'held-base', enabled: true })))
+            .statusCode,
+          200,
+        );
+        const replace = await held('PUT', '/v1/flags/production/held-base', usesSegment('held-base', gone));
+
+        // The reverse: a segment a pending change names is not deleted (held or not).
+        const refused = await req('DELETE', `/v1/segments/${gone}`, { token: tokens.manager });
+        assert.equal(refused.statusCode, 409, refused.body);
+        assert.equal(refused.json().code, 'segment_in_use');
+        assert.deepEqual(refused.json().pending_changes.sort(), [create, replace].sort());
+
+        // It goes anyway (a deletion that raced the request): both approvals are refused as a
+        // direct write would be, nothing applied, the changes failed.
+        await v.t.store.db.query('delete from flag_segments where id = $1', [gone]);
+        for (const id of [create, replace]) {
+          const res = await approve(id);
+          assert.equal(res.statusCode, 400, res.body);
+          assert.equal(res.json().code, 'invalid_flag');
+          assert.match(res.json().errors[0].path, /^body\.strategies\[0\]\.segments$/);
+          assert.equal(await statusOf(id), 'failed');
+        }
+        assert.equal(
+          (await req('GET', '/v1/flags/production/held-seg', { token: tokens.viewer })).statusCode,
+          404,
+        );
+        const base = (await req('GET', '/v1/flags/production/held-base', { token: tokens.viewer })).json();
+        assert.deepEqual([base.version, base.strategies], [1, []]);
+
+        // Dependencies: the parent gained a parent meanwhile (one level), or is gone.
+        const child = await held('POST', '/v1/flags/production', {
+          name: 'held-child',
+          enabled: true,
+          dependencies: [{ feature: 'held-base' }],
+        });
+        assert.equal(
+          (await approve(await held('POST', '/v1/flags/production', { name: 'held-top', enabled: true })))
+            .statusCode,
+          200,
+        );
+        const lifted = await held('PUT', '/v1/flags/production/held-base', {
+          name: 'held-base',
+          enabled: true,
+          dependencies: [{ feature: 'held-top' }],
+        });
+        assert.equal((await approve(lifted)).statusCode, 200);
+        const twoLevels = await approve(child);
+        assert.equal(twoLevels.statusCode, 400, twoLevels.body);
+        assert.equal(twoLevels.json().code, 'invalid_flag');
+        // Names: two held creations of one name, the second fails with the direct write's 409.
+        const first = await held('POST', '/v1/flags/production', usesSegment('held-twice', kept));
+        const second = await held('POST', '/v1/flags/production', usesSegment('held-twice', kept));
+        assert.equal((await approve(first)).statusCode, 200);
+        const taken = await approve(second);
+        assert.equal(taken.statusCode, 409, taken.body);
+        assert.equal(taken.json().code, 'flag_exists');
+        assert.equal(await statusOf(second), 'failed');
+      } finally {
+        await req('PUT', '/v1/vault/policy', { token: tokens.admin, body: { four_eyes: false } });
+      }
+    });
+
+    test("concurrent edits making two flags each other's parent: one succeeds, the other 400, never both or a 500", {
+      timeout: 120_000,
+    }, async () => {
+      const { req, tokens } = v;
+      const put = (name: string, parent: string | null) =>
+        req('PUT', `/v1/flags/development/${name}`, {
+          token: tokens.manager,
+          body: { name, enabled: true, ...(parent ? { dependencies: [{ feature: parent }] } : {}) },
+        });
+      for (const name of ['mutual-a', 'mutual-b']) {
+        const res = await req('POST', '/v1/flags/development', {
+          token: tokens.manager,
+          body: { name, enabled: true },
+        });
+        assert.equal(res.statusCode, 201, res.body);
+      }
+      for (let round = 0; round < 40; round++) {
+        const [a, b] = await Promise.all([put('mutual-a', 'mutual-b'), put('mutual-b', 'mutual-a')]);
+        const statuses = [a.statusCode, b.statusCode].sort();
+        assert.deepEqual(statuses, [200, 400], `round ${round}: ${a.body} ${b.body}`);
+        const loser = a.statusCode === 400 ? a : b;
+        assert.equal(loser.json().code, 'invalid_flag');
+        const flags = await Promise.all(
+          ['mutual-a', 'mutual-b'].map(async (n) =>
+            (await req('GET', `/v1/flags/development/${n}`, { token: tokens.viewer })).json(),
+          ),
+        );
+        assert.equal(
+          flags.filter((f: { dependencies: unknown[] }) => f.dependencies.length > 0).length,
+          1,
+          'exactly one has a parent',
+        );
+        // Undo, parent first so the child's parent never has a parent.
+        const child = flags.find((f: { dependencies: unknown[] }) => f.dependencies.length > 0) as {
+          name: string;
+        };
+        assert.equal((await put(child.name, null)).statusCode, 200);
+      }
+      // Deleting a parent while a child is being given it is serialised the same way.
+      for (let round = 0; round < 10; round++) {
+        const name = `mutual-p${round}`;
+        assert.equal(
+          (
+            await req('POST', '/v1/flags/development', {
+              token: tokens.manager,
+              body: { name, enabled: true },
+            })
+          ).statusCode,
+          201,
+        );
+        const [del, dep] = await Promise.all([
+          req('DELETE', `/v1/flags/development/${name}`, { token: tokens.manager }),
+          put('mutual-a', name),
+        ]);
+        const pair = [del.statusCode, dep.statusCode].join('/');
+        assert.ok(
+          pair === '204/400' || pair === '400/200',
+          `round ${round}: ${pair} ${del.body} ${dep.body}`,
+        );
+        if (dep.statusCode === 200) {
+          assert.equal((await put('mutual-a', null)).statusCode, 200);
+          assert.equal(
+            (await req('DELETE', `/v1/flags/development/${name}`, { token: tokens.manager })).statusCode,
+            204,
+          );
+        }
+      }
+    });
+
+    test("a flag naming a segment and the segment's deletion, concurrently: never both (a dangling reference)", {
+      timeout: 60_000,
+    }, async () => {
+      const { req, tokens } = v;
+      for (let round = 0; round < 20; round++) {
+        const seg = await req('POST', '/v1/segments', {
+          token: tokens.manager,
+          body: { name: `racing-${round}`, constraints: [] },
+        });
+        assert.equal(seg.statusCode, 201, seg.body);
+        const id = seg.json().id as number;
+        const [flag, del] = await Promise.all([
+          req('POST', '/v1/flags/development', {
+            token: tokens.manager,
+            body: {
+              name: `racing-${round}`,
+              enabled: true,
+              strategies: [{ name: 'default', segments: [id] }],
+            },
+          }),
+          req('DELETE', `/v1/segments/${id}`, { token: tokens.manager }),
+        ]);
+        const pair = [flag.statusCode, del.statusCode].join('/');
+        assert.ok(
+          pair === '201/409' || pair === '400/204',
+          `round ${round}: ${pair} ${flag.body} ${del.body}`,
+        );
+      }
+    });
+
     test('event stream: hydration, change events, closes on shutdown', async () => {
       const { req, tokens } = v;
       const address = await v.t.app.listen({ port: 0, host: '127.0.0.1' });

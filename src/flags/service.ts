@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { and, asc, eq, gt } from 'drizzle-orm';
+import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm';
 import type { AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { InvalidationBus } from '../bus/index.ts';
@@ -273,10 +273,48 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
   }
 
   /**
+   * Serialises the writes of flags of one (org, environment) until the transaction ends. Two edits
+   * that make A and B each other's parent would otherwise lock their rows in opposite orders
+   * (own row, then the parent's): PostgreSQL kills one with a deadlock (a 500), and the checks of
+   * each could miss the other's uncommitted change. After the lock, every statement of the second
+   * edit sees the first's commit (READ COMMITTED), so it gets the 400 of one dependency level.
+   * On PGlite (one connection, transactions already one at a time) the lock is taken at once.
+   */
+  async function serialise(tx: DbOrTx, orgId: string, env: Environment): Promise<void> {
+    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`flags ${orgId} ${env.id}`}, 0))`);
+  }
+
+  /**
+   * Every segment the strategies name exists in the org. With `lock` (the write's transaction)
+   * they are locked `FOR KEY SHARE` until it commits: a segment deletion (`FOR UPDATE`, then a look
+   * for users) waits and then sees this flag, and a deletion that committed first is seen here.
+   */
+  async function checkSegments(tx: DbOrTx, orgId: string, f: Feature, lock: boolean): Promise<void> {
+    // Ids that cannot be a segment's (an int4 identity) are not sent to the database.
+    const named = f.strategies.flatMap((s) => s.segments ?? []);
+    const wanted = [...new Set(named)].filter((id) => id > 0 && id <= 2_147_483_647);
+    let found = new Set<number>();
+    if (wanted.length > 0) {
+      const q = tx
+        .select({ id: flagSegments.id })
+        .from(flagSegments)
+        .where(and(eq(flagSegments.orgId, orgId), inArray(flagSegments.id, wanted)))
+        .orderBy(asc(flagSegments.id));
+      found = new Set((lock ? await q.for('key share') : await q).map((r) => r.id));
+    }
+    for (const [i, s] of f.strategies.entries()) {
+      for (const id of s.segments ?? []) {
+        if (!found.has(id))
+          invalid(`body.strategies[${i}].segments`, `no segment ${id} in this organization`);
+      }
+    }
+  }
+
+  /**
    * Unleash's one level of dependency: a parent exists, is not the flag itself and has no parents;
    * a flag with parents has no children (else unleash-client turns those children off). With
-   * `lock`, parents are locked, so a concurrent change cannot give one of them parents meanwhile
-   * (that change locks its own row, the parent's, first).
+   * `lock`, parents are locked, so a change elsewhere (a deletion) cannot remove one meanwhile;
+   * flag writes of the environment are serialised (`serialise`) before any of this.
    */
   async function checkDependencies(tx: DbOrTx, orgId: string, env: Environment, f: Feature, lock = false) {
     for (const [i, dep] of (f.dependencies ?? []).entries()) {
@@ -300,12 +338,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
   /** Checks the flag and its references and fills Unleash's defaults (`groupId` = flag name). */
   async function normalise(orgId: string, env: Environment, input: Feature, tx: DbOrTx): Promise<Feature> {
     refuse(flagIssues(input));
-    const segmentIds = new Set((await loadSegments(orgId, tx)).map((s) => s.id));
-    const strategies = input.strategies.map((s, i) => {
-      for (const id of s.segments ?? []) {
-        if (!segmentIds.has(id))
-          invalid(`body.strategies[${i}].segments`, `no segment ${id} in this organization`);
-      }
+    await checkSegments(tx, orgId, input, false);
+    const strategies = input.strategies.map((s) => {
       const parameters = { ...(s.parameters ?? {}) };
       if (GROUPED.has(s.name) && (parameters.groupId === undefined || parameters.groupId === '')) {
         parameters.groupId = input.name;
@@ -453,11 +487,14 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     let row: FlagRow | undefined;
     try {
       row = await inTx(outerTx, async (tx) => {
+        await serialise(tx, principal.orgId, env);
         const before = await find(principal.orgId, env, feature.name, tx, true);
         if (expected === null && before)
           throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
         if (expected !== null) expect(before, expected, feature.name);
-        // Again under locks: other flags may have changed since the request was checked (or held).
+        // Again under locks: segments and other flags may have changed since the request was
+        // checked (or held).
+        await checkSegments(tx, principal.orgId, feature, true);
         await checkDependencies(tx, principal.orgId, env, feature, true);
         const now = clock();
         const [written] = before
@@ -551,6 +588,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
   ): Promise<string> {
     const { principal } = access;
     const id = await inTx(outerTx, async (tx) => {
+      // A deleted parent changes dependencies too: serialised with the environment's other writes.
+      await serialise(tx, principal.orgId, env);
       const before = await find(principal.orgId, env, name, tx, true);
       expect(before, expected, name);
       if (!before) throw flagErrors.flag_not_found();
@@ -573,13 +612,24 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     return id;
   }
 
+  /** At approval: the requester still holds what the direct route needs (403 otherwise). */
+  async function authorized(who: Access, permission: string): Promise<void> {
+    if (!fourEyes) throw new Error('a flag change applied without four-eyes');
+    await fourEyes.authorize(who.principal, permission);
+  }
+
   /**
    * Four-eyes appliers: perform an approved change as its requester inside the approval's
-   * transaction; the bus announcement waits for its commit (`afterCommit`).
+   * transaction, after the checks a direct write makes — the requester's permission, the write
+   * rules, segments, dependencies, names — made again, since the world moved while it waited. A
+   * refusal is the direct write's code (400 `invalid_flag`, 409, 412) and nothing is applied. The
+   * bus announcement waits for the approval's commit (`afterCommit`).
    */
   const apply = {
     async create(tx: DbOrTx, who: Access, env: Environment, payload: { feature: Feature }, by: Principal) {
-      const row = await write(who, env, payload.feature, null, by, tx);
+      await authorized(who, 'flags:create');
+      const feature = await normalise(who.principal.orgId, env, payload.feature, tx);
+      const row = await write(who, env, feature, null, by, tx);
       return { resultId: row.id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
     async replace(
@@ -589,7 +639,9 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       payload: { feature: Feature; expectedVersion: number },
       by: Principal,
     ) {
-      const row = await write(who, env, payload.feature, payload.expectedVersion, by, tx);
+      await authorized(who, 'flags:update');
+      const feature = await normalise(who.principal.orgId, env, payload.feature, tx);
+      const row = await write(who, env, feature, payload.expectedVersion, by, tx);
       return { resultId: row.id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
     async remove(
@@ -599,6 +651,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       payload: { name: string; expectedVersion: number },
       by: Principal,
     ) {
+      await authorized(who, 'flags:delete');
       const id = await applyRemove(who, env, payload.name, payload.expectedVersion, by, tx);
       return { resultId: id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
@@ -608,6 +661,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       payload: { id: number | null; input: SegmentInput; expectedVersion: number | null },
       by: Principal,
     ) {
+      await authorized(who, payload.id === null ? 'flags:create' : 'flags:update');
+      refuse(constraintsIssues(payload.input.constraints, 'body.constraints'));
       const row = await writeSegment(who, payload.id, payload.input, payload.expectedVersion, by, tx);
       return { resultId: String(row.id), afterCommit: () => announce(who.principal.orgId, '*') };
     },
@@ -617,6 +672,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       payload: { id: number; expectedVersion: number },
       by: Principal,
     ) {
+      await authorized(who, 'flags:delete');
       await applyRemoveSegment(who, payload.id, payload.expectedVersion, by, tx);
       return { resultId: String(payload.id), afterCommit: () => announce(who.principal.orgId, '*') };
     },
@@ -672,6 +728,30 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       .where(eq(featureFlags.orgId, orgId));
     const users = flags.filter((f) => f.definition.strategies.some((s) => s.segments?.includes(id)));
     return [...new Set(users.map((u) => u.name))];
+  }
+
+  /**
+   * Refuses (409 `segment_in_use`) to delete a segment that flags use, or that a flag change
+   * waiting for approval names: approved later, it would have nothing to point at (Unleash, too,
+   * keeps a segment that an active change request uses). The approval checks its segments again
+   * anyway (a deletion racing the request).
+   */
+  async function assertSegmentUnused(orgId: string, id: number, tx: DbOrTx = db.db): Promise<void> {
+    const users = await segmentUsers(orgId, id, tx);
+    if (users.length > 0) throw flagErrors.segment_in_use(`Flags use this segment: ${users.join(', ')}`);
+    if (!fourEyes) return;
+    const changes = (await fourEyes.pending(orgId, ['flag.create', 'flag.replace'], tx)).filter((c) =>
+      (c.payload as { feature?: Feature }).feature?.strategies.some((s) => s.segments?.includes(id)),
+    );
+    if (changes.length > 0) {
+      const ids = changes.map((c) => c.id);
+      throw flagErrors.segment_in_use(
+        `Flag changes waiting for approval use this segment: ${ids.join(', ')}`,
+        {
+          pending_changes: ids,
+        },
+      );
+    }
   }
 
   /** Creates (`id` null) or replaces a segment, or holds the change for approval. */
@@ -783,8 +863,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     const { principal } = access;
     const before = await getSegment(principal, id);
     expectSegment(before, expectedVersion);
-    const users = await segmentUsers(principal.orgId, id);
-    if (users.length > 0) throw flagErrors.segment_in_use(`Flags use this segment: ${users.join(', ')}`);
+    await assertSegmentUnused(principal.orgId, id);
     if (fourEyes && (await segmentHeld(access))) {
       const changeId = await fourEyes.propose(access, {
         kind: 'segment.delete',
@@ -815,8 +894,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
         .for('update');
       if (!before) throw flagErrors.segment_not_found(`No segment ${id}`);
       expectSegment(before, expectedVersion);
-      const users = await segmentUsers(principal.orgId, id, tx);
-      if (users.length > 0) throw flagErrors.segment_in_use(`Flags use this segment: ${users.join(', ')}`);
+      await assertSegmentUnused(principal.orgId, id, tx);
       await tx.delete(flagSegments).where(eq(flagSegments.id, id));
       await audit.record(tx, {
         orgId: principal.orgId,

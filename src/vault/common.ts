@@ -12,18 +12,24 @@ export function isUniqueViolation(error: unknown): boolean {
   return false;
 }
 
-/** Resource-level check (id grants, type grants, roles); throws permission_denied. */
+/**
+ * Resource-level check (id grants, type grants, roles); throws permission_denied. Without a
+ * resource, the type-wide check a route's `access: {permission}` makes.
+ */
 export async function requireOn(
   authz: Pick<Authz, 'check'>,
   principal: Principal,
   permission: string,
-  resource: { type: string; id: string },
+  resource?: { type: string; id: string },
 ): Promise<void> {
   const result = await authz.check(principal, permission, resource);
   if (!result.allowed) {
-    throw httpErrors.permission_denied(`This action needs ${permission} on this ${resource.type}`, {
-      permission,
-    });
+    throw httpErrors.permission_denied(
+      resource
+        ? `This action needs ${permission} on this ${resource.type}`
+        : `This action needs ${permission}`,
+      { permission },
+    );
   }
 }
 

@@ -4,6 +4,7 @@ import { STORES } from '../../test/helpers/stores.ts';
 import { type VaultTestApp, vaultTestApp } from './test-support.ts';
 
 const VALUE = 'prod-db-password-four-eyes-only';
+const PASS = 'a sturdy vault passphrase';
 
 describe('four-eyes changes for production (pglite)', () => {
   let v: VaultTestApp;
@@ -529,6 +530,202 @@ for (const { kind, skip } of STORES) {
         [v.ids.manager2],
       );
       assert.equal(audit[0]?.n, 3);
+    });
+
+    test('an approval re-checks the requester: a permission lost meanwhile refuses every kind (403), nothing applied', {
+      timeout: 60_000,
+    }, async () => {
+      const { admin, manager2 } = v.tokens;
+      // A requester of its own (a manager), so its grants touch nobody else.
+      const user = await v.req('POST', '/v1/users', {
+        token: admin,
+        body: { email: 'requester@example.com', password: PASS, roles: ['manager'] },
+      });
+      assert.equal(user.statusCode, 201, user.body);
+      const requesterId: string = user.json().id;
+      const token = (await v.t.tokensFor('requester@example.com', PASS)).access_token;
+      const ask = (
+        method: 'POST' | 'PUT' | 'PATCH' | 'DELETE',
+        url: string,
+        body?: unknown,
+        ifMatch?: string,
+      ) => v.req(method, url, { token, body, ...(ifMatch ? { headers: { 'if-match': ifMatch } } : {}) });
+      const held = async (res: Awaited<ReturnType<typeof v.req>>): Promise<string> => {
+        assert.equal(res.statusCode, 202, res.body);
+        return res.json().change_id;
+      };
+      const applied = async (res: Awaited<ReturnType<typeof v.req>>): Promise<string> => {
+        const ok = await approve(await held(res), manager2);
+        assert.equal(ok.statusCode, 200, ok.body);
+        return ok.json().result_id;
+      };
+      // Targets, made by the requester and approved while it held its rights.
+      const secretId = await applied(
+        await ask('POST', '/v1/secrets', { name: 'perm_secret', environment: 'production', value: 'v1' }),
+      );
+      await applied(
+        await ask('PUT', '/v1/settings/production/perm_setting', { value: 1, value_type: 'int' }),
+      );
+      await applied(await ask('POST', '/v1/flags/production', { name: 'perm-flag', enabled: true }));
+      const segmentId = await applied(
+        await ask('POST', '/v1/segments', {
+          name: 'perm-seg',
+          constraints: [{ contextName: 'role', operator: 'IN', values: ['beta'] }],
+        }),
+      );
+      const segment = { name: 'perm-seg', description: 'changed', constraints: [] };
+      const cases: [string, string, () => ReturnType<typeof v.req>][] = [
+        [
+          'secret.create',
+          'secrets:create',
+          () => ask('POST', '/v1/secrets', { name: 'perm_secret_2', environment: 'production', value: 'x' }),
+        ],
+        [
+          'secret.value',
+          'secrets:update',
+          () => ask('PUT', `/v1/secrets/${secretId}/value`, { value: 'v2' }),
+        ],
+        [
+          'secret.rollback',
+          'secrets:update',
+          () => ask('POST', `/v1/secrets/${secretId}/rollback`, { version: 1 }),
+        ],
+        [
+          'secret.update',
+          'secrets:update',
+          () => ask('PATCH', `/v1/secrets/${secretId}`, { description: 'changed' }),
+        ],
+        ['secret.delete', 'secrets:delete', () => ask('DELETE', `/v1/secrets/${secretId}`)],
+        [
+          'setting.put (create)',
+          'settings:create',
+          () => ask('PUT', '/v1/settings/production/perm_setting_2', { value: 2, value_type: 'int' }),
+        ],
+        [
+          'setting.put (update)',
+          'settings:update',
+          () => ask('PUT', '/v1/settings/production/perm_setting', { value: 2 }, '"1"'),
+        ],
+        [
+          'setting.rollback',
+          'settings:update',
+          () => ask('POST', '/v1/settings/production/perm_setting/rollback', { version: 1 }),
+        ],
+        [
+          'setting.delete',
+          'settings:delete',
+          () => ask('DELETE', '/v1/settings/production/perm_setting', undefined, '"1"'),
+        ],
+        [
+          'flag.create',
+          'flags:create',
+          () => ask('POST', '/v1/flags/production', { name: 'perm-flag-2', enabled: true }),
+        ],
+        [
+          'flag.replace',
+          'flags:update',
+          () => ask('PUT', '/v1/flags/production/perm-flag', { name: 'perm-flag', enabled: false }),
+        ],
+        ['flag.delete', 'flags:delete', () => ask('DELETE', '/v1/flags/production/perm-flag')],
+        [
+          'segment.create',
+          'flags:create',
+          () => ask('POST', '/v1/segments', { ...segment, name: 'perm-seg-2' }),
+        ],
+        ['segment.update', 'flags:update', () => ask('PUT', `/v1/segments/${segmentId}`, segment)],
+        ['segment.delete', 'flags:delete', () => ask('DELETE', `/v1/segments/${segmentId}`)],
+      ];
+      const wrong: string[] = [];
+      for (const [what, permission, request] of cases) {
+        const changeId = await held(await request());
+        // The requester loses exactly the permission the direct route needs.
+        const grant = await v.req('POST', '/v1/authz/grants', {
+          token: admin,
+          body: {
+            principal: requesterId,
+            permission,
+            resource_type: permission.split(':')[0],
+            effect: 'deny',
+          },
+        });
+        assert.equal(grant.statusCode, 201, grant.body);
+        const res = await approve(changeId, manager2);
+        if (res.statusCode !== 403 || res.json().code !== 'requester_not_permitted')
+          wrong.push(`${what}: ${res.statusCode} ${res.body}`);
+        else if (res.json().permission !== permission) wrong.push(`${what}: names ${res.body}`);
+        const [row] = await v.t.store.db.query<{ status: string }>(
+          `select status from vault_changes where id = $1`,
+          [changeId],
+        );
+        if (row?.status !== 'failed') wrong.push(`${what}: change ${row?.status}`);
+        const revoked = await v.req('DELETE', `/v1/authz/grants/${grant.json().id}`, { token: admin });
+        assert.equal(revoked.statusCode, 204, revoked.body);
+      }
+      assert.deepEqual(wrong, [], 'every kind refused with requester_not_permitted');
+
+      // Nothing was applied.
+      const secret = (await v.req('GET', `/v1/secrets/${secretId}`, { token: admin })).json();
+      assert.deepEqual([secret.current_version, secret.description], [1, null]);
+      const setting = (await v.req('GET', '/v1/settings/production/perm_setting', { token: admin })).json();
+      assert.deepEqual([setting.version, setting.value], [1, 1]);
+      const flag = (await v.req('GET', '/v1/flags/production/perm-flag', { token: admin })).json();
+      assert.deepEqual([flag.version, flag.enabled], [1, true]);
+      const seg = (await v.req('GET', `/v1/segments/${segmentId}`, { token: admin })).json();
+      assert.deepEqual([seg.version, seg.description], [1, null]);
+      for (const url of ['/v1/flags/production/perm-flag-2', '/v1/settings/production/perm_setting_2']) {
+        assert.equal((await v.req('GET', url, { token: admin })).statusCode, 404, url);
+      }
+      const names = (await v.req('GET', '/v1/secrets?environment=production', { token: admin }))
+        .json()
+        .data.map((s: { name: string }) => s.name);
+      assert.ok(!names.includes('perm_secret_2'));
+
+      // With its rights back, the same change applies; a requester who left the org cannot.
+      const restored = await approve(
+        await held(await ask('PATCH', `/v1/secrets/${secretId}`, { tags: ['t'] })),
+        manager2,
+      );
+      assert.equal(restored.statusCode, 200, restored.body);
+      const pending = await held(await ask('PUT', `/v1/secrets/${secretId}/value`, { value: 'v2' }));
+      const off = await v.req('PATCH', `/v1/users/${requesterId}`, { token: admin, body: { active: false } });
+      assert.equal(off.statusCode, 200, off.body);
+      const gone = await approve(pending, manager2);
+      assert.equal(gone.statusCode, 403, gone.body);
+      assert.equal(gone.json().code, 'requester_not_permitted');
+      const after = (await v.req('GET', `/v1/secrets/${secretId}`, { token: admin })).json();
+      assert.equal(after.current_version, 1, 'nothing applied');
+    });
+
+    test("a key's held change is approved against its owner's rights", async () => {
+      const created = await v.req('POST', '/v1/keys', {
+        token: v.tokens.manager,
+        body: { name: 'deployer', scopes: ['secrets:create', 'secrets:update', 'flags:create'] },
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      const key = created.json().key as string;
+      const byKey = (method: 'POST' | 'PATCH', url: string, body: unknown) =>
+        v.req(method, url, { headers: { authorization: `Bearer ${key}` }, body });
+      const secret = await byKey('POST', '/v1/secrets', {
+        name: 'key_made',
+        environment: 'production',
+        value: 'k1',
+      });
+      assert.equal(secret.statusCode, 202, secret.body);
+      assert.equal(
+        (await approve(secret.json().change_id, v.tokens.manager)).json().code,
+        'self_approval',
+        "the key's owner is the requester",
+      );
+      const ok = await approve(secret.json().change_id, v.tokens.manager2);
+      assert.equal(ok.statusCode, 200, ok.body);
+      const patch = await byKey('PATCH', `/v1/secrets/${ok.json().result_id}`, { description: 'by key' });
+      assert.equal(patch.statusCode, 202, patch.body);
+      const patched = await approve(patch.json().change_id, v.tokens.manager2);
+      assert.equal(patched.statusCode, 200, patched.body);
+      const flag = await byKey('POST', '/v1/flags/production', { name: 'key-flag', enabled: true });
+      assert.equal(flag.statusCode, 202, flag.body);
+      const flagged = await approve(flag.json().change_id, v.tokens.manager2);
+      assert.equal(flagged.statusCode, 200, flagged.body);
     });
   });
 }

@@ -1,9 +1,13 @@
-import { and, desc, eq, lt } from 'drizzle-orm';
+import { and, desc, eq, inArray, lt } from 'drizzle-orm';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
+import type { Authz } from '../authz/contract.ts';
+import type { ResourceRef } from '../authz/engine.ts';
+import type { PrincipalDirectory } from '../authz/service.ts';
 import { open, seal, sealedKeyId } from '../crypto/envelope.ts';
+import { CryptoError } from '../crypto/errors.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
@@ -11,7 +15,7 @@ import { callerOf } from '../http/auth.ts';
 import { contextOf, type RequestContext } from '../http/context.ts';
 import { defineErrors, StewardError } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
-import type { Principal, PrincipalKind } from '../http/principal.ts';
+import type { Principal } from '../http/principal.ts';
 import { environments } from '../tenancy/schema.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
 import { vaultChanges, vaultPolicies } from './schema.ts';
@@ -35,12 +39,32 @@ export interface FourEyes {
   requiredForOrg(orgId: string): Promise<boolean>;
   /** Stores the change as pending (audited `change.requested`); returns its id. */
   propose(access: Access, change: ProposedChange): Promise<string>;
+  /**
+   * For appliers: refuses (403 `requester_not_permitted`) unless the requester still holds
+   * `permission` — what the direct route needs — now, at approval. Without `resource`, the
+   * type-wide check a route makes.
+   */
+  authorize(requester: Principal, permission: string, resource?: ResourceRef): Promise<void>;
+  /** Pending changes of these kinds in an org, payloads opened (e.g. flag changes naming a segment). */
+  pending(orgId: string, kinds: readonly string[], tx?: DbOrTx): Promise<PendingChange[]>;
+}
+
+/** A pending change as `FourEyes.pending` returns it. */
+export interface PendingChange {
+  id: string;
+  kind: string;
+  payload: unknown;
 }
 
 /** What an applier gets: the approval's transaction, the requester, the change as proposed. */
 export interface ApplyInput {
   /** The approval's transaction: the change must be written in it, and nothing outside it. */
   tx: DbOrTx;
+  /**
+   * The requester as they are now (still an active member: checked), with their current rights.
+   * The applier must check again the permission the direct route needs: a `permission_denied`
+   * it throws answers 403 `requester_not_permitted`.
+   */
   requester: Access;
   payload: unknown;
   targetId: string | null;
@@ -63,6 +87,7 @@ export const changeErrors = defineErrors({
   change_not_found: { status: 404, title: 'Change not found' },
   change_decided: { status: 409, title: 'Change already decided' },
   self_approval: { status: 403, title: 'You cannot approve your own change' },
+  requester_not_permitted: { status: 403, title: 'The requester may no longer make this change' },
 });
 
 export type ChangeRow = typeof vaultChanges.$inferSelect;
@@ -79,6 +104,8 @@ export function createFourEyes({
   db,
   keyring,
   audit,
+  authz,
+  principals,
   tenancy,
   clock,
   onError = () => {},
@@ -86,11 +113,42 @@ export function createFourEyes({
   db: DbHandle;
   keyring: Keyring;
   audit: AuditRecorder;
+  /** The requester's rights, checked again at approval. */
+  authz: Pick<Authz, 'check' | 'rolesOf'>;
+  /** Whether the requester is still an active member of the org (runs on the approval's `tx`). */
+  principals: PrincipalDirectory;
   tenancy: Pick<TenancyService, 'environmentByName'>;
   clock: () => Date;
   onError?: ((error: unknown, what: string) => void) | undefined;
 }) {
   const appliers = new Map<string, Applier>();
+
+  const notPermitted = (permission: string) =>
+    changeErrors.requester_not_permitted(
+      `The requester no longer holds ${permission}, which this change needs`,
+      { permission },
+    );
+
+  /**
+   * The requester as they are now, read in the approval's transaction: an active member (else
+   * 403), with the rights the org's index gives them. A key's change was requested for its owner
+   * (`requested_by`), whose rights decide: the key's own id is not stored, and its scopes were
+   * checked when it asked.
+   */
+  async function requesterNow(row: ChangeRow, tx: DbOrTx, context: RequestContext): Promise<Access> {
+    const found = await principals.find(row.orgId, row.requestedBy, tx);
+    if (found === null || found.orgId !== row.orgId) {
+      throw changeErrors.requester_not_permitted(
+        'The requester is no longer an active member of this organization',
+        { reason: 'not_a_member' },
+      );
+    }
+    const principal: Principal =
+      row.requestedByType === 'key'
+        ? { ...found, kind: 'key', id: row.requestedBy, ownerId: row.requestedBy, scopes: null }
+        : found;
+    return { principal, context, toolId: null };
+  }
 
   async function policy(
     orgId: string,
@@ -183,6 +241,35 @@ export function createFourEyes({
       });
       return id;
     },
+    async authorize(requester, permission, resource) {
+      if (!(await authz.check(requester, permission, resource)).allowed) throw notPermitted(permission);
+    },
+    async pending(orgId, kinds, tx = db.db) {
+      if (kinds.length === 0) return [];
+      const rows = await tx
+        .select({ id: vaultChanges.id, kind: vaultChanges.kind, payload: vaultChanges.payload })
+        .from(vaultChanges)
+        .where(
+          and(
+            eq(vaultChanges.orgId, orgId),
+            eq(vaultChanges.status, 'pending'),
+            inArray(vaultChanges.kind, [...kinds]),
+          ),
+        );
+      const out: PendingChange[] = [];
+      for (const r of rows) {
+        try {
+          const payload: unknown = JSON.parse(
+            open(keyring, r.payload, changeAad(orgId, r.id)).toString('utf8'),
+          );
+          out.push({ id: r.id, kind: r.kind, payload });
+        } catch (error) {
+          // A payload that does not open (its master key is gone) can never be approved either.
+          if (!(error instanceof CryptoError)) throw error;
+        }
+      }
+      return out;
+    },
   };
 
   async function load(orgId: string, id: string): Promise<ChangeRow> {
@@ -238,19 +325,9 @@ export function createFourEyes({
     const payload: unknown = JSON.parse(
       open(keyring, row.payload, changeAad(row.orgId, row.id)).toString('utf8'),
     );
-    const requester: Access = {
-      principal: {
-        orgId: row.orgId,
-        kind: row.requestedByType as PrincipalKind,
-        id: row.requestedBy,
-        name: row.requestedBy,
-        roles: [],
-        scopes: null,
-        superuser: false,
-      },
-      context,
-      toolId: null,
-    };
+    // Loaded now if cold: checks inside the transaction must not read through another connection
+    // (PGlite has one, held by the transaction).
+    await authz.rolesOf(row.orgId, row.requestedBy);
     const decidedAt = clock();
     let applied: Applied;
     try {
@@ -266,6 +343,7 @@ export function createFourEyes({
             ? [null]
             : await tx.select().from(environments).where(eq(environments.id, row.environmentId));
         if (environment === undefined) throw changeErrors.change_not_found('Its environment is gone');
+        const requester = await requesterNow(row, tx, context);
         const out = await applier({
           tx,
           requester,
@@ -291,7 +369,13 @@ export function createFourEyes({
         });
         return out;
       });
-    } catch (error) {
+    } catch (caught) {
+      // The approver's own rights were checked by the route: a refusal while applying is the
+      // requester's (they lost a permission since they asked).
+      const error =
+        caught instanceof StewardError && caught.code === 'permission_denied'
+          ? notPermitted(String(caught.extra.permission ?? 'a permission'))
+          : caught;
       if (error instanceof StewardError && error.code !== 'change_decided') {
         await markFailed(approver, row, reason, error.code, context);
       }

@@ -1,5 +1,7 @@
 import type { FastifyPluginAsync } from 'fastify';
+import { defaultPrincipalDirectory } from '../authz/service.ts';
 import type { StewardContext } from '../context.ts';
+import { isId } from '../db/ids.ts';
 import { registerFlags } from '../flags/index.ts';
 import type { Environment } from '../tenancy/service.ts';
 import { type Applied, type ApplyInput, createFourEyes, fourEyesRoutes } from './four-eyes.ts';
@@ -23,6 +25,15 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
     db: ctx.db,
     keyring: ctx.keyring,
     audit: ctx.audit,
+    authz: ctx.authz,
+    // As authz's directory (src/identity/index.ts): identity answers for users; agent ids are
+    // taken as members until an agents domain exists.
+    principals: {
+      find: (orgId, id, tx) =>
+        isId('usr', id)
+          ? ctx.identity.findPrincipal(orgId, id, tx)
+          : defaultPrincipalDirectory.find(orgId, id, tx),
+    },
     tenancy: ctx.tenancy,
     clock: ctx.clock,
     onError,
@@ -98,7 +109,8 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
       return targetId;
     }),
   );
-  // The requester's permissions are checked again at approval: they must still hold them.
+  // Every applier checks the requester's permissions again, as the direct route would: they
+  // must still hold them (src/vault/README.md, four-eyes).
   changes.register(
     'secret.update',
     applySecret(

@@ -493,13 +493,7 @@ export function createSecretService({
   async function create(access: Access, input: CreateSecretInput): Promise<Secret | Pending> {
     const { principal } = access;
     const env = await tenancy.environmentByName(principal.orgId, input.environment);
-    if (input.required_permission !== undefined || input.owner_id !== undefined) {
-      await requireOn(authz, principal, 'secrets:admin', { type: 'secrets', id: '*' });
-    }
-    if (input.required_permission !== undefined && !isPermission(input.required_permission)) {
-      throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
-    }
-    if (input.owner_id !== undefined) await checkOwner(principal, input.owner_id);
+    await checkCreate(access, input);
     // Refused now rather than held for an approval that could only fail. The insert's unique
     // index still decides between creations that race (or were held together).
     if (await nameTaken(principal.orgId, env.id, input.name)) throw nameTakenError(input.name, env.name);
@@ -519,7 +513,23 @@ export function createSecretService({
   const nameTakenError = (name: string, environment: string) =>
     secretErrors.secret_name_taken(`A secret named ${name} exists in ${environment}`);
 
-  /** An approved creation: the owner may have left the org since the request, so it is checked again. */
+  /**
+   * The requester's checks for a creation — the route's `secrets:create`, `secrets:admin` for an
+   * owner or a required permission, the owner a member — made again when an approval applies it.
+   */
+  async function checkCreate(access: Access, input: CreateSecretInput, tx?: DbOrTx): Promise<void> {
+    const { principal } = access;
+    await requireOn(authz, principal, 'secrets:create');
+    if (input.required_permission !== undefined || input.owner_id !== undefined) {
+      await requireOn(authz, principal, 'secrets:admin', { type: 'secrets', id: '*' });
+    }
+    if (input.required_permission !== undefined && !isPermission(input.required_permission)) {
+      throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
+    }
+    if (input.owner_id !== undefined) await checkOwner(principal, input.owner_id, tx);
+  }
+
+  /** An approved creation: the requester's rights and the owner may have changed, so both are checked again. */
   async function applyCreate(
     access: Access,
     input: CreateSecretInput,
@@ -527,8 +537,17 @@ export function createSecretService({
     within: Within,
   ): Promise<Secret> {
     const env = await tenancy.environmentByName(access.principal.orgId, input.environment, within.tx);
-    if (input.owner_id !== undefined) await checkOwner(access.principal, input.owner_id, within.tx);
+    await checkCreate(access, input, within.tx);
     return writeCreate(access, input, env, approvedBy, within);
+  }
+
+  /**
+   * At approval, the requester's check of a per-secret route again (they may have lost the
+   * permission since they asked), on the approval's transaction.
+   */
+  async function recheck(access: Access, id: string, permission: string, within: Within): Promise<void> {
+    await loadLive(access.principal.orgId, id, within.tx);
+    await requireOn(authz, access.principal, permission, { type: 'secrets', id });
   }
 
   async function writeCreate(
@@ -1214,9 +1233,31 @@ export function createSecretService({
     /** Used by four-eyes once a change is approved. */
     apply: {
       create: applyCreate,
-      value: applyValue,
-      rollback: applyRollback,
-      remove: applyRemove,
+      value: async (
+        access: Access,
+        id: string,
+        input: { value: string; rotation_reason?: string | undefined },
+        approvedBy: Principal,
+        within: Within,
+      ) => {
+        await recheck(access, id, 'secrets:update', within);
+        return applyValue(access, id, input, approvedBy, within);
+      },
+      rollback: async (
+        access: Access,
+        id: string,
+        input: { version: number; reason?: string | undefined },
+        approvedBy: Principal,
+        within: Within,
+      ) => {
+        await recheck(access, id, 'secrets:update', within);
+        return applyRollback(access, id, input, approvedBy, within);
+      },
+      remove: async (access: Access, id: string, approvedBy: Principal, within: Within) => {
+        await recheck(access, id, 'secrets:delete', within);
+        return applyRemove(access, id, approvedBy, within);
+      },
+      /** Checks the requester's permissions again itself (`checkUpdate`). */
       update: applyUpdate,
     },
     /** After an approval's commit: the cache invalidations its applies deferred. */

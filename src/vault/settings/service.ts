@@ -642,8 +642,55 @@ export function createSettingService({
     history,
     rollback,
     remove,
-    /** Used by four-eyes once a change is approved, inside the approval's transaction. */
-    apply: { put: applyPut, rollback: applyRollback, remove: applyRemove },
+    /**
+     * Used by four-eyes once a change is approved, inside the approval's transaction. Each checks
+     * the requester's permission again, as the direct route does (they may have lost it since).
+     */
+    apply: {
+      async put(
+        access: Access,
+        env: Environment,
+        key: string,
+        input: PutSettingInput & { value_type: ValueType },
+        expectedVersion: number | null,
+        approvedBy: Principal,
+        tx: DbOrTx,
+      ) {
+        const row = await find(access.principal.orgId, env, key, tx);
+        // As `put`: a live setting is updated, anything else (none, deleted) created.
+        if (row && row.deletedAt === null) {
+          await requireOn(authz, access.principal, 'settings:update', { type: 'settings', id: row.id });
+        } else await requireOn(authz, access.principal, 'settings:create', { type: 'settings', id: '*' });
+        return applyPut(access, env, key, input, expectedVersion, approvedBy, tx);
+      },
+      async rollback(
+        access: Access,
+        env: Environment,
+        key: string,
+        toVersion: number,
+        expectedVersion: number,
+        approvedBy: Principal,
+        tx: DbOrTx,
+      ) {
+        const row = await lockAt(tx, access.principal.orgId, env, key, expectedVersion);
+        await requireOn(authz, access.principal, 'settings:update', { type: 'settings', id: row.id });
+        return applyRollback(access, env, key, toVersion, expectedVersion, approvedBy, tx);
+      },
+      async remove(
+        access: Access,
+        env: Environment,
+        key: string,
+        expectedVersion: number,
+        approvedBy: Principal,
+        tx: DbOrTx,
+      ) {
+        const row = await lockAt(tx, access.principal.orgId, env, key, expectedVersion);
+        // The route checks the type-wide permission, the service the setting's.
+        await requireOn(authz, access.principal, 'settings:delete');
+        await requireOn(authz, access.principal, 'settings:delete', { type: 'settings', id: row.id });
+        return applyRemove(access, env, key, expectedVersion, approvedBy, tx);
+      },
+    },
   };
 }
 
