@@ -87,6 +87,12 @@ export async function registerFlags(
   retention.unref();
   ctx.onShutdown(async () => clearInterval(retention));
   await app.register(flagMetricsRoutes, { flags, metrics });
-  await app.register(unleashClientRoutes, { flags, metrics, keys: ctx.keys.service, bus: ctx.bus });
+  await app.register(unleashClientRoutes, {
+    flags,
+    metrics,
+    keys: ctx.keys.service,
+    bus: ctx.bus,
+    clock: ctx.clock,
+  });
   return { flags, hub, metrics };
 }

@@ -1,10 +1,18 @@
 import type { ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 
+/** Unsent bytes a connection may hold before it is ended as stalled. */
+const MAX_UNSENT_BYTES = 8 * 1024 * 1024;
+
 /** An open server-sent-events connection. */
 export interface EventStream {
   /** Sends one event; returns false once the connection is closed. */
-  send(event: string, data: unknown, id?: number): boolean;
+  send(event: string, data: unknown, id?: number | string): boolean;
+  /**
+   * Sends one event whose data is already JSON (no line breaks, as `JSON.stringify` writes it),
+   * so a change sent to many streams is serialised once.
+   */
+  sendJson(event: string, json: string, id?: number | string): boolean;
   close(): void;
   readonly closed: boolean;
 }
@@ -34,10 +42,17 @@ export function createStreamHub(heartbeatMs: number) {
         return closed;
       },
       send(event, data, id) {
+        return stream.sendJson(event, JSON.stringify(data), id);
+      },
+      sendJson(event, json, id) {
         if (closed) return false;
-        raw.write(
-          `${id === undefined ? '' : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`,
-        );
+        // A client that stopped reading: end it rather than buffer without bound (it reconnects
+        // and is hydrated again). One large event alone never trips this.
+        if (raw.writableLength > MAX_UNSENT_BYTES) {
+          stream.close();
+          return false;
+        }
+        raw.write(`${id === undefined ? '' : `id: ${id}\n`}event: ${event}\ndata: ${json}\n\n`);
         return true;
       },
       close() {
@@ -55,6 +70,8 @@ export function createStreamHub(heartbeatMs: number) {
     timer.unref();
     raw.on('close', () => stream.close());
     open.add(stream);
+    // Hung up before this point: 'close' has been emitted already and will not come again.
+    if (raw.destroyed || raw.socket === null || raw.socket.destroyed) queueMicrotask(() => stream.close());
     return stream;
   }
 

@@ -7,6 +7,7 @@ import type { Principal } from '../http/principal.ts';
 import { type ClientMetrics, clientMetricsBody, clientRegisterBody, type FlagMetrics } from './metrics.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
 import type { DeltaEvent } from './types.ts';
+import { type KeyAccess, unleashStreamingRoutes } from './unleash-streaming.ts';
 
 /** Key metadata field naming the environment an Unleash SDK using the key sees. */
 export const FLAGS_ENVIRONMENT_METADATA = 'flags_environment';
@@ -14,9 +15,12 @@ export const FLAGS_ENVIRONMENT_METADATA = 'flags_environment';
 /** Without that metadata: `stw_live_…` keys see `production`, `stw_test_…` keys `development`. */
 const BY_KEY_MARKER: Record<string, string> = { live: 'production', test: 'development' };
 
-/** What the client API needs of the keys domain: a key's environment marker and metadata. */
+/** What the client API needs of the keys domain: a key's environment marker, metadata and expiry. */
 export interface KeyLookup {
-  get(caller: Principal, id: string): Promise<{ environment: string; metadata: Record<string, unknown> }>;
+  get(
+    caller: Principal,
+    id: string,
+  ): Promise<{ environment: string; metadata: Record<string, unknown>; expiresAt: Date | null }>;
 }
 
 /** A delta event as an SDK asking only for flags named `prefix…` sees it (segments always pass). */
@@ -34,20 +38,22 @@ function withPrefix(event: DeltaEvent, prefix: string): DeltaEvent[] {
 }
 
 /**
- * Unleash's client API (`/api/client/features`, `/register`, `/metrics`), so the official SDKs
- * pointed at `<steward>/api/` evaluate Steward's flags. Unleash SDKs send the API key as the raw
- * `Authorization` value (no `Bearer`); a hook scoped to these routes adds the scheme so the
- * keys domain's authenticator verifies it as usual (limits, revocation, scopes: `flags:read`).
+ * Unleash's client API (`/api/client/features`, `/delta`, `/streaming`, `/register`,
+ * `/metrics`), so the official SDKs pointed at `<steward>/api/` evaluate Steward's flags. Unleash
+ * SDKs send the API key as the raw `Authorization` value (no `Bearer`); a hook scoped to these
+ * routes adds the scheme so the keys domain's authenticator verifies it as usual (limits,
+ * revocation, scopes: `flags:read`).
  */
 export const unleashClientRoutes: FastifyPluginAsyncZod<{
   flags: FlagService;
   metrics: FlagMetrics;
   keys: KeyLookup;
   bus: InvalidationBus;
-}> = async (app, { flags, metrics, keys, bus }) => {
-  // Key id → environment name; dropped whenever any key changes (the keys domain's bus topic).
-  const environments = new Map<string, string>();
-  bus.subscribe('keys', () => environments.clear());
+  clock: () => Date;
+}> = async (app, { flags, metrics, keys, bus, clock }) => {
+  // Key id → what the key reads; dropped whenever any key changes (the keys domain's bus topic).
+  const access = new Map<string, KeyAccess>();
+  bus.subscribe('keys', () => access.clear());
   const bodies = new WeakMap<FlagSnapshot, string>();
 
   app.addHook('onRequest', async (request) => {
@@ -55,24 +61,29 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
     if (authorization?.startsWith('stw_')) request.headers.authorization = `Bearer ${authorization.trim()}`;
   });
 
-  async function environmentOf(principal: Principal): Promise<string> {
+  async function accessOf(principal: Principal): Promise<KeyAccess> {
     const keyId = principal.keyId;
     if (keyId === undefined) {
       throw httpErrors.permission_denied('The Unleash client API takes an API key (stw_…)', {
         permission: 'flags:read',
       });
     }
-    const cached = environments.get(keyId);
+    const cached = access.get(keyId);
     if (cached !== undefined) return cached;
     const row = await keys.get(principal, keyId);
     const named = row.metadata[FLAGS_ENVIRONMENT_METADATA];
-    const env =
+    const environment =
       typeof named === 'string' && named.length > 0
         ? named
         : (BY_KEY_MARKER[row.environment] ?? 'production');
-    environments.set(keyId, env);
-    return env;
+    const got: KeyAccess = { keyId, environment, expiresAt: row.expiresAt };
+    access.set(keyId, got);
+    return got;
   }
+  const environmentOf = async (principal: Principal) => (await accessOf(principal)).environment;
+
+  // `/api/client/streaming`: a child plugin, so the Authorization hook above applies to it too.
+  await app.register(unleashStreamingRoutes, { flags, accessOf, bus, clock });
 
   app.get(
     '/api/client/features',
