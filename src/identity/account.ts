@@ -1,17 +1,42 @@
-// The signed-in user's own account: who they are, their password.
+// The signed-in user's own account: who they are (/v1/me, from memory when warm), their password.
 import { eq } from 'drizzle-orm';
 import { actorOf } from '../audit/service.ts';
 import type { Principal } from '../http/principal.ts';
-import { assertPasswordPolicy, type IdentityCore, type Origin, sessionRevokedEvents } from './core.ts';
+import {
+  assertPasswordPolicy,
+  type IdentityCore,
+  type Origin,
+  requireUser,
+  sessionRevokedEvents,
+} from './core.ts';
 import { identityErrors } from './errors.ts';
 import { createLockout, FAILURES_RESET } from './lockout.ts';
 import { hashPassword, verifyPassword } from './password.ts';
-import { endMfaChallenges, revokeSessions } from './queries.ts';
+import { type Profile, profileOf } from './profile-cache.ts';
+import { endMfaChallenges, revokeSessions, userById } from './queries.ts';
 import { users } from './schema.ts';
 
 export function createAccount(core: IdentityCore) {
-  const { db, audit, clock, revocation } = core;
+  const { db, audit, clock, revocation, profiles } = core;
   const lockout = createLockout(core);
+
+  /**
+   * The caller as /v1/me shows them: from the profile cache when warm (no database read), else
+   * the row, cached unless a change to this user or any other was announced during the read.
+   */
+  function me(principal: Principal): Profile | Promise<Profile> {
+    const id = requireUser(principal);
+    return profiles.get(id) ?? load(id);
+  }
+
+  async function load(id: string): Promise<Profile> {
+    const mark = profiles.mark();
+    const user = await userById(db.db, id);
+    if (!user) throw identityErrors.user_not_found();
+    const profile = profileOf(user);
+    profiles.set(id, profile, mark);
+    return profile;
+  }
 
   /** Changes the caller's password and revokes their other sessions. */
   async function changePassword(
@@ -67,8 +92,9 @@ export function createAccount(core: IdentityCore) {
       return revoked;
     });
     await revocation.publish(ids);
+    await core.userChanged(user.id);
     return { revoked_sessions: ids.length };
   }
 
-  return { currentUser: (principal: Principal) => core.currentUser(principal), changePassword };
+  return { me, changePassword };
 }

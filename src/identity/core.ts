@@ -7,6 +7,7 @@ import type { AuditContext, AuditEventInput, AuditRecorder } from '../audit/serv
 import { actorOf } from '../audit/service.ts';
 import type { Authz } from '../authz/contract.ts';
 import type { InvalidationBus } from '../bus/index.ts';
+import { millisecondsOf } from '../clock.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { httpErrors, type StewardError } from '../http/errors.ts';
@@ -16,6 +17,7 @@ import { identityErrors } from './errors.ts';
 import { signAccessToken } from './jwt.ts';
 import type { LoginIpLimiter } from './limiter.ts';
 import { checkPasswordPolicy } from './password.ts';
+import { ProfileCache } from './profile-cache.ts';
 import { revokeSessions, type User, userById } from './queries.ts';
 import { createRevocationList, type RevocationList } from './revocation.ts';
 import { createSigningKeyStore, type SigningKeyStore } from './signing-keys.ts';
@@ -83,8 +85,15 @@ export interface CachedUser {
 /** Runs after a transaction commits (authz index updates). */
 export type AfterCommit = () => Promise<void>;
 
-/** Bus topic: a user changed (id as the message); caches keyed by user drop their entry. */
+/**
+ * Bus topic: a user changed (id as the message); caches keyed by user drop their entry (the
+ * authenticator's user cache, the /v1/me profiles).
+ */
 export const USER_TOPIC = 'identity.users';
+
+/** /v1/me profiles: how many are kept, and for how long at most (should a bus message be lost). */
+export const PROFILE_CACHE_MAX = 10_000;
+export const PROFILE_CACHE_TTL_MS = 30_000;
 
 export const SYSTEM_ACTOR = { type: 'system' as const, name: 'steward' };
 
@@ -178,15 +187,29 @@ export function createIdentityCore(deps: IdentityDeps) {
   });
   const refreshTokens = createRefreshTokens(keyring);
   const userCache = new Map<string, CachedUser>();
+  const profiles = new ProfileCache({
+    max: PROFILE_CACHE_MAX,
+    ttlMs: PROFILE_CACHE_TTL_MS,
+    now: millisecondsOf(clock),
+  });
+  const dropUser = (id: string) => {
+    userCache.delete(id);
+    profiles.drop(id);
+  };
 
-  /** Subscribes the user cache to changes made by other instances. */
+  /** Subscribes the user caches to changes made by other instances. */
   function startUserCache(): void {
-    bus.subscribe(USER_TOPIC, (id) => userCache.delete(id));
+    bus.subscribe(USER_TOPIC, dropUser);
   }
 
+  /**
+   * After the commit of any change to what the user caches hold (name, username, email, active,
+   * superuser, 2FA state, lock, last login, password change, updated_at): drops the entries here,
+   * at once, and on every other instance over the bus.
+   */
   async function userChanged(...ids: string[]): Promise<void> {
     for (const id of ids) {
-      userCache.delete(id);
+      dropUser(id);
       await bus.publish(USER_TOPIC, id);
     }
   }
@@ -240,6 +263,7 @@ export function createIdentityCore(deps: IdentityDeps) {
     revocation,
     refreshTokens,
     userCache,
+    profiles,
     startUserCache,
     userChanged,
     signFor,

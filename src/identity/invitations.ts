@@ -327,6 +327,7 @@ export function createInvitations(core: IdentityCore) {
       return assigned;
     });
     for (const run of after) await run();
+    await core.userChanged(user.id); // any lock cleared
     return {
       view: { user, active: true, roles: await authz.rolesOf(invitation.orgId, user.id) },
       orgId: invitation.orgId,

@@ -96,7 +96,10 @@ export function createLockout(core: IdentityCore) {
       await audit.record(tx, events);
     });
     await limiter.recordFailure(a.origin.ip);
-    if (lockedUntil !== null) return lockedError(lockedUntil);
+    if (lockedUntil !== null) {
+      await core.userChanged(a.user.id); // /v1/me shows locked_until
+      return lockedError(lockedUntil);
+    }
     return error;
   }
 

@@ -181,9 +181,11 @@ export function createLogin(core: IdentityCore) {
       return { mfa_required: true, mfa_token: challenge.token };
     }
     const roles = await authz.rolesOf(member.orgId, user.id);
-    return db.db.transaction((tx) =>
+    const pair = await db.db.transaction((tx) =>
       openSession(tx, user, member.orgId, origin, 'password', input.device_name, roles),
     );
+    await core.userChanged(user.id); // last_login_at, and any lock cleared
+    return pair;
   }
 
   /**
@@ -297,7 +299,10 @@ export function createLogin(core: IdentityCore) {
       }
       return openSession(tx, user, challenge.orgId, origin, method, input.device_name, roles);
     });
-    if ('access_token' in opened) return opened;
+    if ('access_token' in opened) {
+      await core.userChanged(user.id); // last_login_at, and any lock cleared
+      return opened;
+    }
     if (opened.refused === 'inactive') return refuseInactive(user, challenge.orgId, opened.listed, origin);
     await lockout.assertNotLocked({ ...attempt, user: { ...user, lockedUntil: opened.lockedUntil } });
     throw lockedError(opened.lockedUntil);

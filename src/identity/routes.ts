@@ -5,6 +5,7 @@ import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Organization } from '../tenancy/service.ts';
+import type { Profile } from './profile-cache.ts';
 import type { Session } from './queries.ts';
 import type { IdentityService, Origin, UserView } from './service.ts';
 
@@ -36,7 +37,15 @@ export const userSchema = z.object({
 
 const iso = (d: Date | null) => (d ? d.toISOString() : null);
 
-export const userView = ({ user: u, active, roles }: UserView) => ({
+export const userView = ({
+  user: u,
+  active,
+  roles,
+}: {
+  user: Profile;
+  active: boolean;
+  roles: UserView['roles'];
+}) => ({
   id: u.id,
   email: u.email,
   username: u.username,
@@ -347,7 +356,8 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
     },
     async (request) => {
       const caller = callerOf(request);
-      const user = await identity.currentUser(caller);
+      // From memory when warm; roles, superuser and the session are the principal's (this request's).
+      const user = await identity.me(caller);
       return {
         user: userView({ user, active: user.active, roles: caller.roles }),
         org_id: caller.orgId,

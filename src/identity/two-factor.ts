@@ -35,6 +35,7 @@ export function createTwoFactor(core: IdentityCore) {
         context: origin,
       });
     });
+    await core.userChanged(user.id); // updated_at
     return { secret, otpauth_uri: otpauthUri({ secret, account: user.email, issuer: TOTP_ISSUER }) };
   }
 
@@ -67,6 +68,7 @@ export function createTwoFactor(core: IdentityCore) {
         details: { recovery_codes: recovery.codes.length },
       });
     });
+    await core.userChanged(user.id);
     return { recovery_codes: recovery.codes };
   }
 
@@ -118,6 +120,7 @@ export function createTwoFactor(core: IdentityCore) {
         details: { by: 'self' },
       });
     });
+    await core.userChanged(user.id);
   }
 
   return { enrollTotp, confirmTotp, disableTotp };

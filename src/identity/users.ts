@@ -396,6 +396,7 @@ export function createUsers(core: IdentityCore) {
         },
       });
     });
+    await core.userChanged(userId);
     return getUser(principal, userId);
   }
 
