@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { STORES } from '../../test/helpers/stores.ts';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
+import { createFlagService } from './service.ts';
 
 const rollout = (name: string, pct: number) => ({
   name,
@@ -488,6 +489,52 @@ for (const { kind, skip } of STORES) {
           `round ${round}: ${pair} ${flag.body} ${del.body}`,
         );
       }
+    });
+
+    test('a watch whose hydration fails leaves no listener behind', async () => {
+      const { req, tokens } = v;
+      const ctx = v.t.app.steward;
+      // A second service on the same database and bus: it hears the first one's changes.
+      const flags = createFlagService({
+        db: ctx.db,
+        audit: ctx.audit,
+        tenancy: ctx.tenancy,
+        bus: ctx.bus,
+        clock: ctx.clock,
+      });
+      const orgId = (await req('GET', '/v1/me', { token: tokens.manager })).json().org_id as string;
+      let heard = 0;
+      await assert.rejects(
+        flags.watch(
+          orgId,
+          'staging',
+          () => {
+            throw new Error('the stream went away');
+          },
+          () => {
+            heard += 1;
+          },
+        ),
+        /the stream went away/,
+      );
+      let live = 0;
+      const stop = await flags.watch(
+        orgId,
+        'staging',
+        () => {},
+        () => {
+          live += 1;
+        },
+      );
+      const created = await req('POST', '/v1/flags/staging', {
+        token: tokens.manager,
+        body: rollout('watched-once', 10),
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      for (let i = 0; i < 200 && live === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      assert.equal(live, 1, 'the healthy watch hears the change');
+      assert.equal(heard, 0, 'the failed watch hears nothing');
+      stop();
     });
 
     test('event stream: hydration, change events, closes on shutdown', async () => {

@@ -242,12 +242,19 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       set = new Set();
       listeners.set(k, set);
     }
+    // Subscribed before the snapshot is read, so no change committed in between is missed.
     set.add(listener);
-    hydrate(await snapshotOf(orgId, env));
-    return () => {
+    const unsubscribe = () => {
       set.delete(listener);
       if (set.size === 0) listeners.delete(k);
     };
+    try {
+      hydrate(await snapshotOf(orgId, env));
+    } catch (error) {
+      unsubscribe();
+      throw error;
+    }
+    return unsubscribe;
   }
 
   // --- validation -------------------------------------------------------------------------
