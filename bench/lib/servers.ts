@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
@@ -44,6 +44,22 @@ function profileFlags(): string[] {
   return ['--cpu-prof', '--cpu-prof-dir', dir, ...(interval ? ['--cpu-prof-interval', interval] : [])];
 }
 
+/**
+ * BENCH_PIN=1: every server runs on CPU 1 and the load generator (this process, all its threads)
+ * on CPU 0, so the two never take turns on one core. Unpinned, the scheduler shares both cores
+ * between them run by run, and the same code has measured ±20 % from one process to the next.
+ * Pinned figures say what one core of server buys; unpinned ones what the machine as a whole does.
+ */
+const PIN = process.env.BENCH_PIN === '1';
+if (PIN) execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
+
+/** `node <args>`, on CPU 1 when pinned. */
+function spawnNode(args: string[], options: Parameters<typeof spawn>[2]): ChildProcess {
+  return PIN
+    ? spawn('taskset', ['-c', '1', process.execPath, ...args], options)
+    : spawn(process.execPath, args, options);
+}
+
 export interface RunningServer {
   url: string;
   process: ChildProcess;
@@ -62,14 +78,10 @@ function stopper(child: ChildProcess): () => Promise<void> {
 /** The baseline: a bare Fastify JSON route in its own process, like the servers under test. */
 export async function startBareFastify(): Promise<RunningServer> {
   const port = await freePort();
-  const child = spawn(
-    process.execPath,
-    [...profileFlags(), '--import', 'tsx', 'bench/lib/bare-server.ts', String(port)],
-    {
-      cwd: ROOT,
-      stdio: ['ignore', 'inherit', 'inherit'],
-    },
-  );
+  const child = spawnNode([...profileFlags(), '--import', 'tsx', 'bench/lib/bare-server.ts', String(port)], {
+    cwd: ROOT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
   const url = `http://127.0.0.1:${port}`;
   await waitFor(`${url}/`);
   return { url, process: child, stop: stopper(child) };
@@ -81,7 +93,7 @@ export async function startSteward(
 ): Promise<RunningServer & { readyMs: number }> {
   const port = await freePort();
   const started = performance.now();
-  const child = spawn(process.execPath, [...profileFlags(), 'bin/steward.js', 'serve'], {
+  const child = spawnNode([...profileFlags(), 'bin/steward.js', 'serve'], {
     cwd: ROOT,
     // Embedded unless the caller says otherwise: a DATABASE_URL in the shell must not leak in.
     env: {
