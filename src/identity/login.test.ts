@@ -539,6 +539,30 @@ describe('login/mfa checks the account again, as the password step does (pglite)
     assert.equal(mfa.json().code, 'invalid_credentials');
   });
 
+  test('a deactivation racing a password login leaves no live session (no 2FA)', async () => {
+    // The password check runs off the event loop for milliseconds, while the deactivation commits.
+    // Whichever order the two take, the deactivated account must not keep a session: either the
+    // login is refused, or it committed first and the deactivation revoked what it opened.
+    for (let round = 0; round < 5; round++) {
+      const email = `race${round}@example.com`;
+      const created = await t.call('POST', '/v1/users', { token: admin, body: { email, password: PASS } });
+      assert.equal(created.statusCode, 201, created.body);
+      const id = created.json().id as string;
+      const [login, off] = await Promise.all([
+        t.login(email, PASS),
+        t.call('PATCH', `/v1/users/${id}`, { token: admin, body: { active: false } }),
+      ]);
+      assert.equal(off.statusCode, 200, off.body);
+      assert.ok(login.statusCode === 200 || login.statusCode === 401, login.body);
+      if (login.statusCode === 401) assert.equal(login.json().code, 'invalid_credentials');
+      const [live] = await t.store.db.query<{ n: number | string }>(
+        'select count(*) as n from sessions where user_id = $1 and revoked_at is null',
+        [id],
+      );
+      assert.equal(Number(live?.n), 0, `round ${round}: login ${login.statusCode}, a live session remains`);
+    }
+  });
+
   test('an account locked between the steps: 423 account_locked, audited as locked', async () => {
     const email = 'rosa@example.com';
     const rosa = await twoFactorUser(email);

@@ -16,7 +16,7 @@ import {
   totpAad,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
-import { createLockout } from './lockout.ts';
+import { type Attempt, createLockout } from './lockout.ts';
 import { hashPassword, verifyDummy, verifyPassword } from './password.ts';
 import {
   accountStanding,
@@ -32,6 +32,9 @@ import { newMfaToken, sha256Hex } from './tokens.ts';
 import { verifyTotp } from './totp.ts';
 
 const MFA_MAX_ATTEMPTS = 5;
+
+/** Why the session's transaction opened none: the account is no longer active there, or locked. */
+type Refusal = { refused: 'inactive'; listed: boolean } | { refused: 'locked'; lockedUntil: Date };
 
 // $1 session id, $2 user, $3 org, $4 access jti, $5 refresh hash, $6 ip, $7 user agent,
 // $8 device name, $9 now, $10 expiry.
@@ -138,6 +141,29 @@ export function createLogin(core: IdentityCore) {
     throw identityErrors.invalid_credentials();
   }
 
+  /**
+   * Inside the transaction that opens a session, the account once more, with the user's and the
+   * membership's rows held: a deactivation or a lock committed since the checks before the
+   * password (or the code) is seen here, and one still to come waits for this commit and then
+   * revokes the session it opens. Both steps of a login go through here.
+   */
+  async function standingRefusal(tx: DbOrTx, orgId: string, userId: string): Promise<Refusal | undefined> {
+    const standing = await accountStanding(tx, orgId, userId);
+    if (!standing?.active) return { refused: 'inactive', listed: standing !== undefined };
+    if (standing.lockedUntil && standing.lockedUntil > clock()) {
+      return { refused: 'locked', lockedUntil: standing.lockedUntil };
+    }
+    return undefined;
+  }
+
+  /** Answers a refusal found in the session's transaction as the checks before it answer. */
+  async function refuse(refusal: Refusal, attempt: Attempt): Promise<never> {
+    const { user, orgId, origin } = attempt;
+    if (refusal.refused === 'inactive') return refuseInactive(user, orgId, refusal.listed, origin);
+    await lockout.assertNotLocked({ ...attempt, user: { ...user, lockedUntil: refusal.lockedUntil } });
+    throw lockedError(refusal.lockedUntil);
+  }
+
   /** Step one of a login: password. Unknown user and wrong password answer alike, in the same time. */
   async function login(
     input: { email: string; password: string; org?: string | undefined; device_name?: string | undefined },
@@ -181,11 +207,14 @@ export function createLogin(core: IdentityCore) {
       return { mfa_required: true, mfa_token: challenge.token };
     }
     const roles = await authz.rolesOf(member.orgId, user.id);
-    const pair = await db.db.transaction((tx) =>
-      openSession(tx, user, member.orgId, origin, 'password', input.device_name, roles),
+    const opened = await db.db.transaction(
+      async (tx) =>
+        (await standingRefusal(tx, member.orgId, user.id)) ??
+        openSession(tx, user, member.orgId, origin, 'password', input.device_name, roles),
     );
+    if ('refused' in opened) return refuse(opened, attempt);
     await core.userChanged(user.id); // last_login_at, and any lock cleared
-    return pair;
+    return opened;
   }
 
   /**
@@ -254,14 +283,8 @@ export function createLogin(core: IdentityCore) {
 
     const roles = await authz.rolesOf(challenge.orgId, user.id);
     const opened = await db.db.transaction(async (tx) => {
-      // Again inside the transaction, with the user's and the membership's rows held (FOR SHARE):
-      // a deactivation committed since the checks above is seen here, and one still to come waits
-      // for this commit and then revokes the session it opens.
-      const standing = await accountStanding(tx, challenge.orgId, user.id);
-      if (!standing?.active) return { refused: 'inactive' as const, listed: standing !== undefined };
-      if (standing.lockedUntil && standing.lockedUntil > clock()) {
-        return { refused: 'locked' as const, lockedUntil: standing.lockedUntil };
-      }
+      const refusal = await standingRefusal(tx, challenge.orgId, user.id);
+      if (refusal !== undefined) return refusal;
       const used = await tx
         .update(mfaChallenges)
         .set({ usedAt: now })
@@ -299,13 +322,9 @@ export function createLogin(core: IdentityCore) {
       }
       return openSession(tx, user, challenge.orgId, origin, method, input.device_name, roles);
     });
-    if ('access_token' in opened) {
-      await core.userChanged(user.id); // last_login_at, and any lock cleared
-      return opened;
-    }
-    if (opened.refused === 'inactive') return refuseInactive(user, challenge.orgId, opened.listed, origin);
-    await lockout.assertNotLocked({ ...attempt, user: { ...user, lockedUntil: opened.lockedUntil } });
-    throw lockedError(opened.lockedUntil);
+    if ('refused' in opened) return refuse(opened, attempt);
+    await core.userChanged(user.id); // last_login_at, and any lock cleared
+    return opened;
   }
 
   async function spendAttempt(tokenHash: string): Promise<void> {

@@ -20,6 +20,15 @@ const USER_BY_EMAIL_WITH_HOME_ORG = prepared(
     'and m.active order by m.created_at, m.org_id limit 1) as "homeOrgId" from users u where lower(u.email) = lower($1)',
 );
 
+// One statement, run by every login: the locking clauses take the rows in the order they are
+// written (PostgreSQL applies a statement's row marks in that order), the user's first.
+const ACCOUNT_STANDING = prepared(
+  'account_standing',
+  'select (u.active and m.active) as "active", u.locked_until as "lockedUntil" from users u ' +
+    'join org_memberships m on m.user_id = u.id and m.org_id = $1 where u.id = $2 ' +
+    'for no key update of u for share of m',
+);
+
 export async function userByEmail(db: DbOrTx, email: string): Promise<User | undefined> {
   const [row] = await runPrepared<User>(db, USER_BY_EMAIL, [email]);
   return row;
@@ -159,18 +168,11 @@ export async function accountStanding(
   orgId: string,
   userId: string,
 ): Promise<{ active: boolean; lockedUntil: Date | null } | undefined> {
-  const [user] = await tx
-    .select({ active: users.active, lockedUntil: users.lockedUntil })
-    .from(users)
-    .where(eq(users.id, userId))
-    .for('no key update');
-  if (!user) return undefined;
-  const [member] = await tx
-    .select({ active: orgMemberships.active })
-    .from(orgMemberships)
-    .where(and(eq(orgMemberships.orgId, orgId), eq(orgMemberships.userId, userId)))
-    .for('share');
-  return member ? { active: user.active && member.active, lockedUntil: user.lockedUntil } : undefined;
+  const [row] = await runPrepared<{ active: boolean; lockedUntil: Date | null }>(tx, ACCOUNT_STANDING, [
+    orgId,
+    userId,
+  ]);
+  return row;
 }
 
 /** Inside a transaction: holds the user's row, before any membership's (see accountStanding). */
