@@ -8,6 +8,15 @@ import { environments, organizations } from '../tenancy/schema.ts';
 export * from './secrets/schema.ts';
 export * from './settings/schema.ts';
 
+/** The requester's request context, stored with a held change (`vault_changes.request_context`). */
+export interface ChangeRequestContext {
+  ip: string | null;
+  user_agent: string | null;
+  session_id: string | null;
+  request_id: string | null;
+  tool_id: string | null;
+}
+
 /** Vault policy per org: whether changes in some environments need a second person's approval. */
 export const vaultPolicies = pgTable('vault_policies', {
   orgId: text('org_id')
@@ -41,6 +50,11 @@ export const vaultChanges = pgTable(
     status: text('status').notNull().default('pending'),
     requestedBy: text('requested_by').notNull(),
     requestedByType: text('requested_by_type').notNull(),
+    /**
+     * Where the requester asked from: the applied change is recorded with it, never with the
+     * approver's. Null only for changes requested before migration 0010 and not backfilled.
+     */
+    requestContext: jsonb('request_context').$type<ChangeRequestContext>(),
     decidedBy: text('decided_by'),
     decisionReason: text('decision_reason'),
     /** Id of the resource the applied change created or changed. */
