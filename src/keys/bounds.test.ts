@@ -404,6 +404,170 @@ for (const store of STORES) {
       assert.equal((await verify(k.key)).code, 'rate_limited');
     });
 
+    /** key.updated events of a key. */
+    const updatedEvents = async (id: string) =>
+      (
+        await t.store.db.query(
+          "select 1 from audit_events where resource_id = $1 and action = 'key.updated'",
+          [id],
+        )
+      ).length;
+
+    test('update: a key changes no key looser than itself as it is — name, metadata, scopes included (403)', async () => {
+      const expiry = new Date(t.now.ms + 86_400_000).toISOString();
+      const pinned = await create({
+        scopes: ['api_keys:update', 'api_keys:delete', 'api_keys:read'],
+        allowed_ips: ['127.0.0.1'],
+        expires_at: expiry,
+        tier: 'free',
+      });
+      // Fewer scopes, but unpinned and everlasting: the pinned key may not revoke it, nor change it.
+      const loose = await create({ name: 'loose', scopes: ['api_keys:read'], tier: 'free' });
+      const everlasting = await create({
+        name: 'everlasting',
+        scopes: ['api_keys:read'],
+        allowed_ips: ['127.0.0.1'],
+        tier: 'free',
+      });
+      for (const [target, field] of [
+        [loose, 'allowed_ips'],
+        [everlasting, 'expires_at'],
+      ] as const) {
+        for (const body of [
+          { name: 'pwned' },
+          { metadata: { owned: true } },
+          { scopes: [] },
+          { active: false },
+        ]) {
+          const res = await asKey(pinned.key, 'PATCH', `/v1/keys/${target.id}`, body);
+          assert.equal(problem(res, 403, 'key_bounds_exceeded').field, field, JSON.stringify(body));
+        }
+        problem(await asKey(pinned.key, 'DELETE', `/v1/keys/${target.id}`), 403, 'key_bounds_exceeded');
+        const row = (await t.call('GET', `/v1/keys/${target.id}`, { token })).json();
+        assert.deepEqual(
+          [row.name, row.metadata, row.scopes, row.active],
+          [target === loose ? 'loose' : 'everlasting', {}, ['api_keys:read'], true],
+        );
+        assert.equal(await updatedEvents(target.id), 0);
+      }
+      // A key no looser than itself it changes; the result is checked as well.
+      const tight = await create({
+        scopes: ['api_keys:read'],
+        allowed_ips: ['127.0.0.1'],
+        expires_at: expiry,
+        tier: 'tiny',
+      });
+      const ok = await asKey(pinned.key, 'PATCH', `/v1/keys/${tight.id}`, {
+        name: 'renamed',
+        metadata: { b: 2 },
+      });
+      assert.equal(ok.statusCode, 200, ok.body);
+      assert.deepEqual([ok.json().name, ok.json().metadata], ['renamed', { b: 2 }]);
+      problem(
+        await asKey(pinned.key, 'PATCH', `/v1/keys/${tight.id}`, { tier: 'enterprise' }),
+        403,
+        'key_bounds_exceeded',
+      );
+      // Its own name and metadata it changes, whatever its bounds; a user changes the loose key.
+      const self = await asKey(pinned.key, 'PATCH', `/v1/keys/${pinned.id}`, { name: 'me' });
+      assert.equal(self.statusCode, 200, self.body);
+      const byUser = await t.call('PATCH', `/v1/keys/${loose.id}`, { token, body: { name: 'by user' } });
+      assert.equal(byUser.statusCode, 200, byUser.body);
+    });
+
+    test('a burst suspension is lifted by an admin only (403 api_key_suspended); an owner’s own switch-off is the owner’s', async () => {
+      const dev = await user(['developer']);
+      const k = await create({ scopes: ['secrets:read'] }, dev.token);
+      const patch = (body: Record<string, unknown>, as = dev.token) =>
+        t.call('PATCH', `/v1/keys/${k.id}`, { token: as, body });
+      const state = async () => {
+        const row = (await t.call('GET', `/v1/keys/${k.id}`, { token })).json();
+        return [row.active, row.disabled_reason];
+      };
+      // Suspended as the verifier's burst report (or a creation burst) leaves it.
+      await t.store.db.query(
+        "update api_keys set active = false, disabled_reason = 'burst_detected' where id = $1",
+        [k.id],
+      );
+      await t.app.steward.keys.verifier.invalidate('key', k.id);
+      const refused = problem(await patch({ active: true }), 403, 'api_key_suspended');
+      assert.deepEqual([refused.permission, refused.disabled_reason], ['api_keys:admin', 'burst_detected']);
+      assert.deepEqual(await state(), [false, 'burst_detected']);
+      // Switching it off again keeps the reason: no way round through the owner's own switch.
+      assert.equal((await patch({ active: false })).statusCode, 200);
+      assert.deepEqual(await state(), [false, 'burst_detected']);
+      problem(await patch({ active: true, name: 'again' }), 403, 'api_key_suspended');
+      assert.equal((await verify(k.key)).code, 'disabled');
+      // The owner still renames it; an admin re-enables it.
+      assert.equal((await patch({ name: 'renamed' })).statusCode, 200);
+      const on = await patch({ active: true }, token);
+      assert.equal(on.statusCode, 200, on.body);
+      assert.deepEqual(await state(), [true, null]);
+      assert.equal((await verify(k.key)).code, 'valid');
+      // Off and on again by its owner: not a suspension.
+      assert.equal((await patch({ active: false })).statusCode, 200);
+      assert.deepEqual(await state(), [false, 'disabled by an administrator']);
+      assert.equal((await patch({ active: true })).statusCode, 200);
+      assert.deepEqual(await state(), [true, null]);
+    });
+
+    test('a rolled key is not revived: expires_at and active:true refused (409 api_key_already_rolled)', async () => {
+      const k = await create();
+      const rolled = await t.call('POST', `/v1/keys/${k.id}/roll`, { token, body: { grace_seconds: 60 } });
+      assert.equal(rolled.statusCode, 201, rolled.body);
+      const successor = rolled.json().id as string;
+      t.now.ms += 61_000;
+      token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+      assert.equal((await verify(k.key)).code, 'expired');
+      const later = new Date(t.now.ms + 3_600_000).toISOString();
+      for (const [body, field] of [
+        [{ expires_at: null }, 'expires_at'],
+        [{ expires_at: later }, 'expires_at'],
+      ] as const) {
+        const res = await t.call('PATCH', `/v1/keys/${k.id}`, { token, body });
+        const p = problem(res, 409, 'api_key_already_rolled');
+        assert.deepEqual([p.rolled_to, p.field], [successor, field]);
+      }
+      // Switched off, then on again: refused as well; renaming is fine.
+      assert.equal(
+        (await t.call('PATCH', `/v1/keys/${k.id}`, { token, body: { active: false } })).statusCode,
+        200,
+      );
+      const on = await t.call('PATCH', `/v1/keys/${k.id}`, { token, body: { active: true } });
+      assert.equal(problem(on, 409, 'api_key_already_rolled').field, 'active');
+      assert.equal(
+        (await t.call('PATCH', `/v1/keys/${k.id}`, { token, body: { name: 'old' } })).statusCode,
+        200,
+      );
+      const row = (await t.call('GET', `/v1/keys/${k.id}`, { token })).json();
+      assert.ok(row.expires_at !== null && Date.parse(row.expires_at) <= t.now.ms);
+      assert.equal((await verify(k.key)).code, 'expired');
+    });
+
+    test('a PATCH that changes nothing writes nothing: 200 with the key, no event, same updated_at, cache kept', async () => {
+      const k = await create({ name: 'same', metadata: { a: 1 } });
+      assert.equal((await verify(k.key)).code, 'valid'); // cached
+      const before = (await t.call('GET', `/v1/keys/${k.id}`, { token })).json();
+      const loads = t.app.steward.keys.verifier.stats().loads;
+      t.now.ms += 1000;
+      for (const body of [{}, { name: 'same' }, { metadata: { a: 1 }, active: true, scopes: ['*'] }]) {
+        const res = await t.call('PATCH', `/v1/keys/${k.id}`, { token, body });
+        assert.equal(res.statusCode, 200, res.body);
+        // Usage moves with the flush timer; the rest is the key as it was.
+        const { usage: _u, last_used_at: _l, ...got } = res.json();
+        const { usage: _bu, last_used_at: _bl, ...want } = before;
+        assert.deepEqual(got, want, JSON.stringify(body));
+      }
+      assert.equal(await updatedEvents(k.id), 0);
+      assert.equal((await verify(k.key)).code, 'valid');
+      assert.equal(t.app.steward.keys.verifier.stats().loads, loads, 'the cached key was not dropped');
+      // A real change still writes.
+      const renamed = await t.call('PATCH', `/v1/keys/${k.id}`, { token, body: { name: 'other' } });
+      assert.equal(renamed.statusCode, 200, renamed.body);
+      assert.notEqual(renamed.json().updated_at, before.updated_at);
+      assert.equal(await updatedEvents(k.id), 1);
+    });
+
     test('creation burst: every key created over the threshold is suspended, reported once', async () => {
       const put = (suspend: boolean, threshold: number) =>
         t.call('PUT', '/v1/keys/settings', {

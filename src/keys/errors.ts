@@ -15,6 +15,7 @@ export const keyErrors = defineErrors({
   api_key_revoked: { status: 409, title: 'API key already revoked' },
   api_key_already_rolled: { status: 409, title: 'API key already rolled; roll its successor' },
   api_key_expired: { status: 409, title: 'API key expired' },
+  api_key_suspended: { status: 403, title: 'A key suspended for a burst is re-enabled by an admin' },
   scope_not_held: { status: 403, title: 'A key can give only scopes it holds itself' },
   key_self_change: { status: 403, title: 'A key cannot change its own settings' },
   key_bounds_exceeded: { status: 403, title: 'A key can give no key looser bounds than its own' },
@@ -32,4 +33,8 @@ export const keyErrors = defineErrors({
   webhook_signature_invalid: { status: 401, title: 'No valid webhook signature' },
   webhook_replayed: { status: 409, title: 'Message already received (webhook-id replayed)' },
   invalid_signal_payload: { status: 400, title: 'A signal payload must be a JSON object' },
+  invalid_signal_text: {
+    status: 400,
+    title: 'A signal holds a NUL character or a lone surrogate (\\u0000, \\ud800), which cannot be stored',
+  },
 });

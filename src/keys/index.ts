@@ -29,7 +29,11 @@ function rateHeaders(v: Verification): Record<string, string> {
   };
 }
 
-/** Turns a verification into the request's principal, or the error the caller sees. */
+/**
+ * Turns a verification into the request's principal, or the error the caller sees. A refusal
+ * after the rate limiter took its point (quota exceeded, suspended for a burst) carries the
+ * `RateLimit-*` headers too: a key with a rate limit sees them on every counted response.
+ */
 function principalOf(request: FastifyRequest, v: Verification): Principal {
   const key = v.key;
   if (v.code === 'valid' && key !== null) {
@@ -37,6 +41,7 @@ function principalOf(request: FastifyRequest, v: Verification): Principal {
     return key.principal;
   }
   const extra = { reason: v.code };
+  const headers = v.limit >= 0 ? rateHeaders(v) : undefined;
   switch (v.code) {
     case 'malformed':
       throw keyErrors.key_malformed('The API key is not in the stw_<env>_<random>_<checksum> form', extra);
@@ -47,17 +52,18 @@ function principalOf(request: FastifyRequest, v: Verification): Principal {
     case 'expired':
       throw keyErrors.key_expired(undefined, extra);
     case 'disabled':
-      throw keyErrors.key_disabled(undefined, extra);
+      throw keyErrors.key_disabled(undefined, extra, headers);
     case 'ip_not_allowed':
       throw keyErrors.key_ip_not_allowed(`${request.ip} is not in the key's allowlist`, extra);
     case 'rate_limited':
-      throw keyErrors.rate_limited('The key’s rate limit is used up', extra, rateHeaders(v));
+      throw keyErrors.rate_limited('The key’s rate limit is used up', extra, headers);
     case 'quota_exceeded': {
       const endMs = key === null ? v.nowMs : Date.parse(key.usage.periodEndIso);
       throw keyErrors.quota_exceeded(
         `The quota resets at ${key?.usage.periodEndIso ?? 'period end'}`,
         extra,
         {
+          ...headers,
           'retry-after': String(Math.max(1, Math.ceil((endMs - v.nowMs) / 1000))),
         },
       );

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
+import { isDeepStrictEqual } from 'node:util';
 import { STORES } from '../../test/helpers/stores.ts';
 import { ADMIN, type IdentityTestApp, identityTestApp } from '../identity/test-support.ts';
 import { createKey, problem, TEST_TIERS } from './test-support.ts';
@@ -501,6 +502,159 @@ for (const store of STORES) {
       assert.equal(on.json().active, true);
       t.now.ms += 61_000;
       assert.equal((await verify(s.key)).code, 'valid');
+      await putSettings({ body: { burst_threshold: 50, burst_window_seconds: 60, suspend_on_burst: false } });
+    });
+
+    test('burst: refused requests count too (ip_not_allowed, rate_limited, quota_exceeded, revoked), and may suspend', async () => {
+      const waitFor = async (sql: string, params: unknown[], n: number) => {
+        for (let i = 0; i < 100; i++) {
+          const rows = await t.store.db.query(sql, params);
+          if (rows.length >= n) return rows;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        return t.store.db.query(sql, params);
+      };
+      const bursts =
+        "select details from audit_events where action = 'security.burst_detected' and resource_id = $1";
+      const put = (suspend: boolean) =>
+        putSettings({ body: { burst_threshold: 5, burst_window_seconds: 60, suspend_on_burst: suspend } });
+      // Every key made first, under the default threshold: six creations over a threshold of 5
+      // would be a creation burst of their own.
+      t.now.ms += 120_000;
+      token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+      const pinned = await create({ allowed_ips: ['10.9.9.9'] });
+      const limited = await create({ ratelimit: { limit: 2, window_seconds: 600 } });
+      const quota = await create({ tier: 'tiny' });
+      const revoked = await create();
+      const s = await create({ allowed_ips: ['10.9.9.9'] });
+      const dead = await create();
+      for (const k of [revoked, dead]) {
+        assert.equal((await t.call('DELETE', `/v1/keys/${k.id}`, { token, body: {} })).statusCode, 200);
+      }
+      assert.equal((await put(false)).statusCode, 200);
+      for (const [k, refusal] of [
+        [pinned, 'ip_not_allowed'],
+        [limited, 'rate_limited'],
+        [quota, 'quota_exceeded'],
+        [revoked, 'revoked'],
+      ] as const) {
+        const codes = new Set<string>();
+        for (let i = 0; i < 7; i++) codes.add((await verify(k.key, { ip: '127.0.0.1' })).code);
+        assert.ok(codes.has(refusal), [...codes].join());
+        const rows = (await waitFor(bursts, [k.id], 1)) as { details: Record<string, unknown> }[];
+        assert.equal(rows.length, 1, refusal);
+        assert.deepEqual([rows[0]?.details.count, rows[0]?.details.suspended], [6, false], refusal);
+      }
+      // Over the middleware as well, and with suspension on: the key is switched off.
+      assert.equal((await put(true)).statusCode, 200);
+      for (let i = 0; i < 6; i++) problem(await withKey(s.key), 403, 'key_ip_not_allowed');
+      await waitFor(
+        "select 1 from audit_events where action = 'key.suspended' and resource_id = $1",
+        [s.id],
+        1,
+      );
+      const row = (await t.call('GET', `/v1/keys/${s.id}`, { token })).json();
+      assert.deepEqual([row.active, row.disabled_reason], [false, 'burst_detected']);
+      assert.equal(
+        ((await t.store.db.query(bursts, [s.id]))[0] as { details: { suspended: boolean } }).details
+          .suspended,
+        true,
+      );
+      // A revoked key is not suspended (nothing to switch off): reported, `suspended: false`.
+      for (let i = 0; i < 6; i++) assert.equal((await verify(dead.key)).code, 'revoked');
+      const deadRows = (await waitFor(bursts, [dead.id], 1)) as { details: { suspended: boolean } }[];
+      assert.equal(deadRows[0]?.details.suspended, false);
+      assert.equal(
+        (
+          await t.store.db.query(
+            "select 1 from audit_events where action = 'key.suspended' and resource_id = $1",
+            [dead.id],
+          )
+        ).length,
+        0,
+      );
+      await putSettings({ body: { burst_threshold: 50, burst_window_seconds: 60, suspend_on_burst: false } });
+    });
+
+    test('a quota_exceeded 429 carries RateLimit-* headers (the request took a rate-limit point)', async () => {
+      const k = await create({ tier: 'tiny', ratelimit: { limit: 10, window_seconds: 600 } });
+      for (let i = 0; i < 3; i++) {
+        const ok = await withKey(k.key);
+        assert.equal(ok.statusCode, 200, ok.body);
+        assert.equal(ok.headers['ratelimit-remaining'], String(9 - i));
+      }
+      const over = await withKey(k.key);
+      problem(over, 429, 'quota_exceeded');
+      assert.equal(over.headers['ratelimit-limit'], '10');
+      assert.equal(over.headers['ratelimit-remaining'], '6');
+      assert.ok(Number(over.headers['ratelimit-reset']) > 0);
+      assert.ok(Number(over.headers['retry-after']) > 600, 'Retry-After: the end of the billing period');
+    });
+
+    test('after a billing period ends, refusals and GET show the current period; nothing is written', async () => {
+      const k = await create({ tier: 'tiny', period_days: 1, allowed_ips: ['127.0.0.1'] });
+      const start = t.now.ms;
+      for (let i = 0; i < 3; i++) assert.equal((await verify(k.key, { ip: '127.0.0.1' })).code, 'valid');
+      await t.app.steward.keys.verifier.flush();
+      const refused = await verify(k.key, { ip: '10.1.1.1' });
+      assert.deepEqual([refused.code, refused.quota?.remaining], ['ip_not_allowed', 0]);
+      t.now.ms = start + 86_400_000 + 5_000;
+      token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+      const later = await verify(k.key, { ip: '10.1.1.1' });
+      assert.equal(later.code, 'ip_not_allowed');
+      assert.deepEqual(later.quota, {
+        limit: 3,
+        remaining: 3,
+        period_end: new Date(start + 2 * 86_400_000).toISOString(),
+      });
+      const got = (await t.call('GET', `/v1/keys/${k.id}`, { token })).json();
+      assert.deepEqual(got.usage, {
+        request_count: 0,
+        period_start: new Date(start + 86_400_000).toISOString(),
+        period_days: 1,
+      });
+      const listed = (await t.call('GET', '/v1/keys?limit=100', { token }))
+        .json()
+        .data.find((r: { id: string }) => r.id === k.id);
+      assert.equal(listed.usage.request_count, 0);
+      await t.app.steward.keys.verifier.flush();
+      const [row] = await t.store.db.query<{ request_count: number; period_start: Date }>(
+        'select request_count, period_start from api_keys where id = $1',
+        [k.id],
+      );
+      assert.deepEqual(
+        [row?.request_count, new Date(row?.period_start ?? 0).getTime()],
+        [3, start],
+        'no write',
+      );
+      // The next counted request starts the new period.
+      const fresh = await verify(k.key, { ip: '127.0.0.1' });
+      assert.deepEqual([fresh.code, fresh.quota?.remaining], ['valid', 2]);
+    });
+
+    test('the settings audit event names fields as the API does (snake_case)', async () => {
+      const put = await putSettings({
+        body: { burst_threshold: 40, burst_window_seconds: 30, suspend_on_burst: false },
+      });
+      assert.equal(put.statusCode, 200, put.body);
+      const events = await t.store.db.query<{ changes: { before: object; after: object } }>(
+        "select changes from audit_events where action = 'key.updated' and resource_type = 'api_key_settings'",
+      );
+      const names = ['burst_threshold', 'burst_window_seconds', 'suspend_on_burst'];
+      assert.ok(events.length > 0);
+      for (const { changes } of events) {
+        assert.deepEqual(Object.keys(changes.before).sort(), names);
+        assert.deepEqual(Object.keys(changes.after).sort(), names);
+      }
+      assert.ok(
+        events.some((e) =>
+          isDeepStrictEqual(e.changes.after, {
+            burst_threshold: 40,
+            burst_window_seconds: 30,
+            suspend_on_burst: false,
+          }),
+        ),
+      );
       await putSettings({ body: { burst_threshold: 50, burst_window_seconds: 60, suspend_on_burst: false } });
     });
 

@@ -1,5 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
+import { isDeepStrictEqual } from 'node:util';
 import { and, eq, sql } from 'drizzle-orm';
 import { Webhook } from 'standardwebhooks';
 import type { AuditContext, AuditEventInput, AuditRecorder } from '../audit/service.ts';
@@ -13,6 +14,8 @@ import type { DbHandle } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
+// The vault's helper, as flags uses it: a unique violation however the driver wraps it.
+import { isUniqueViolation } from '../vault/common.ts';
 import { boundsOf, looserBound } from './bounds.ts';
 import { keyErrors } from './errors.ts';
 import {
@@ -94,6 +97,67 @@ function inheritBounds(input: CreateKeyInput, callerKey: q.ApiKeyRow): CreateKey
     ratelimit: input.ratelimit === undefined ? ownLimit : input.ratelimit,
     period_days: input.period_days ?? callerKey.periodDays,
   };
+}
+
+/** `disabled_reason` of a burst suspension (requests or creations): only an admin lifts it. */
+const SUSPENSION_REASONS: ReadonlySet<string> = new Set(['burst_detected']);
+const isSuspension = (reason: string | null) => reason !== null && SUSPENSION_REASONS.has(reason);
+
+const DAY_MS = 86_400_000;
+
+/**
+ * The row as of now: a billing period that has ended reads as the current one, with no requests
+ * counted yet (as the verifier counts it). Nothing is written: the next counted request moves the
+ * stored period.
+ */
+export function currentPeriodOf(row: q.ApiKeyRow, nowMs: number): q.ApiKeyRow {
+  const periodMs = row.periodDays * DAY_MS;
+  const startMs = row.periodStart.getTime();
+  if (nowMs < startMs + periodMs) return row;
+  const periodStart = new Date(startMs + Math.floor((nowMs - startMs) / periodMs) * periodMs);
+  return { ...row, periodStart, requestCount: 0 };
+}
+
+/** The columns a PATCH would change: only the fields it sends with a value other than the stored one. */
+function changesOf(
+  before: q.ApiKeyRow,
+  input: UpdateKeyInput,
+  allowedIps: string[] | undefined,
+): Partial<typeof apiKeys.$inferInsert> {
+  const changes: Partial<typeof apiKeys.$inferInsert> = {};
+  if (input.name !== undefined && input.name !== before.name) changes.name = input.name;
+  if (input.scopes !== undefined && !isDeepStrictEqual(input.scopes, before.scopes))
+    changes.scopes = input.scopes;
+  if (input.tier !== undefined && input.tier !== before.tier) changes.tier = input.tier;
+  if (input.ratelimit !== undefined) {
+    const limit = input.ratelimit?.limit ?? null;
+    const window = input.ratelimit?.window_seconds ?? null;
+    if (limit !== before.ratelimitLimit || window !== before.ratelimitWindowSeconds) {
+      changes.ratelimitLimit = limit;
+      changes.ratelimitWindowSeconds = window;
+    }
+  }
+  if (allowedIps !== undefined && !isDeepStrictEqual(allowedIps, before.allowedIps)) {
+    changes.allowedIps = allowedIps;
+  }
+  if (
+    input.expires_at !== undefined &&
+    (input.expires_at?.getTime() ?? null) !== (before.expiresAt?.getTime() ?? null)
+  ) {
+    changes.expiresAt = input.expires_at;
+  }
+  if (input.metadata !== undefined && !isDeepStrictEqual(input.metadata, before.metadata)) {
+    changes.metadata = input.metadata;
+  }
+  if (input.period_days !== undefined && input.period_days !== before.periodDays) {
+    changes.periodDays = input.period_days;
+  }
+  // Switching off a key already off keeps its reason (a burst suspension stays one).
+  if (input.active !== undefined && input.active !== before.active) {
+    changes.active = input.active;
+    changes.disabledReason = input.active ? null : 'disabled by an administrator';
+  }
+  return changes;
 }
 
 /** A CIDR or a single address, IPv4 or IPv6; normalised (`10.0.0.0/8`, `2001:db8::/32`). */
@@ -375,15 +439,17 @@ export function createKeysService(deps: KeysServiceDeps) {
     caller: Principal,
     options: { limit: number; before?: string | undefined; owner?: string },
   ) {
-    return q.listKeys(db.db, caller.orgId, {
+    const rows = await q.listKeys(db.db, caller.orgId, {
       limit: options.limit,
       before: options.before,
       ownerId: options.owner,
     });
+    const nowMs = clock().getTime();
+    return rows.map((row) => currentPeriodOf(row, nowMs));
   }
 
   async function get(caller: Principal, id: string) {
-    return mustGet(caller, id);
+    return currentPeriodOf(await mustGet(caller, id), clock().getTime());
   }
 
   async function update(caller: Principal, id: string, input: UpdateKeyInput, context: AuditContext) {
@@ -397,36 +463,33 @@ export function createKeysService(deps: KeysServiceDeps) {
     mustNotLoosenItself(caller, id, input);
     await mustHoldScopes(caller, [...before.scopes, ...(input.scopes ?? [])]);
     if (before.revokedAt !== null) throw keyErrors.api_key_revoked('A revoked key cannot change');
-    if (SELF_LOCKED.some((name) => name !== 'scopes' && input[name] !== undefined)) {
-      mustStayWithin(await callerKeyRow(caller), {
-        allowedIps: allowedIps ?? before.allowedIps,
-        expiresAt: input.expires_at === undefined ? before.expiresAt : input.expires_at,
-        ratelimitLimit:
-          input.ratelimit === undefined ? before.ratelimitLimit : (input.ratelimit?.limit ?? null),
-        ratelimitWindowSeconds:
-          input.ratelimit === undefined
-            ? before.ratelimitWindowSeconds
-            : (input.ratelimit?.window_seconds ?? null),
-        tier: input.tier ?? before.tier,
-        periodDays: input.period_days ?? before.periodDays,
+    const changes = changesOf(before, input, allowedIps);
+    // A key changes only keys no looser than itself, as it is and as it would be: a key pinned to
+    // a network must not rename, re-scope or re-enable the org's unpinned key (revoking it is
+    // refused too). Its own key is the self-change rule's (name and metadata only).
+    if (caller.kind === 'key' && (caller.keyId ?? caller.id) !== id) {
+      const callerKey = await callerKeyRow(caller);
+      mustStayWithin(callerKey, before);
+      mustStayWithin(callerKey, { ...before, ...changes });
+    }
+    // Nothing differs: the current view, and nothing written (no event, no cache drop).
+    if (Object.keys(changes).length === 0) return currentPeriodOf(before, now.getTime());
+    // A rolled key ends with its grace: a later expiry (or none), or re-enabling it, would revive a
+    // key that shares its successor's quota and can never be rolled.
+    if (before.rolledTo !== null && (changes.expiresAt !== undefined || changes.active === true)) {
+      throw keyErrors.api_key_already_rolled(
+        `Rolled to ${before.rolledTo}: its ${changes.expiresAt !== undefined ? 'expires_at' : 'active'} no longer changes`,
+        { rolled_to: before.rolledTo, field: changes.expiresAt !== undefined ? 'expires_at' : 'active' },
+      );
+    }
+    // A burst suspension stays until an admin lifts it; the owner's own switch-off does not.
+    if (changes.active === true && isSuspension(before.disabledReason) && !(await isAdmin(caller))) {
+      throw keyErrors.api_key_suspended('Re-enabling a key suspended for a burst needs api_keys:admin', {
+        permission: 'api_keys:admin',
+        disabled_reason: before.disabledReason,
       });
     }
-    const patch: Partial<typeof apiKeys.$inferInsert> = { updatedAt: now };
-    if (input.name !== undefined) patch.name = input.name;
-    if (input.scopes !== undefined) patch.scopes = input.scopes;
-    if (input.tier !== undefined) patch.tier = input.tier;
-    if (input.ratelimit !== undefined) {
-      patch.ratelimitLimit = input.ratelimit?.limit ?? null;
-      patch.ratelimitWindowSeconds = input.ratelimit?.window_seconds ?? null;
-    }
-    if (allowedIps !== undefined) patch.allowedIps = allowedIps;
-    if (input.expires_at !== undefined) patch.expiresAt = input.expires_at;
-    if (input.metadata !== undefined) patch.metadata = input.metadata;
-    if (input.period_days !== undefined) patch.periodDays = input.period_days;
-    if (input.active !== undefined) {
-      patch.active = input.active;
-      patch.disabledReason = input.active ? null : 'disabled by an administrator';
-    }
+    const patch: Partial<typeof apiKeys.$inferInsert> = { ...changes, updatedAt: now };
     const after = await db.db.transaction(async (tx) => {
       const [row] = await tx
         .update(apiKeys)
@@ -445,7 +508,7 @@ export function createKeysService(deps: KeysServiceDeps) {
       return row;
     });
     await verifier.invalidate('key', id);
-    return after;
+    return currentPeriodOf(after, now.getTime());
   }
 
   async function revoke(caller: Principal, id: string, reason: string | undefined, context: AuditContext) {
@@ -478,7 +541,7 @@ export function createKeysService(deps: KeysServiceDeps) {
       return row;
     });
     await verifier.invalidate('key', id);
-    return after;
+    return currentPeriodOf(after, now.getTime());
   }
 
   /**
@@ -555,15 +618,27 @@ export function createKeysService(deps: KeysServiceDeps) {
       .carryRateLimit(old, newKeyId)
       .catch((error: unknown) => deps.onError(error, 'api key rate limit carry'));
     await verifier.prime(created.hash).catch((error: unknown) => deps.onError(error, 'api key prime'));
-    return { row: created, key: secret, oldExpiresAt: oldExpiry };
+    return { row: currentPeriodOf(created, now.getTime()), key: secret, oldExpiresAt: oldExpiry };
   }
 
-  /** A key crossed its org's burst threshold (once per key per window): audit, maybe suspend. */
+  /**
+   * A key crossed its org's burst threshold (once per key per window): audit, maybe suspend.
+   * Refused requests count too, so the key may be revoked or off already: `suspended` says
+   * whether this report switched it off.
+   */
   async function reportBurst(key: CachedKey, count: number): Promise<void> {
     const settings = key.settings;
     const now = clock();
-    const suspend = settings.suspendOnBurst;
+    let suspended = false;
     await db.db.transaction(async (tx) => {
+      if (settings.suspendOnBurst) {
+        const [row] = await tx
+          .update(apiKeys)
+          .set({ active: false, disabledReason: 'burst_detected', updatedAt: now })
+          .where(and(eq(apiKeys.id, key.id), eq(apiKeys.active, true), sql`${apiKeys.revokedAt} is null`))
+          .returning({ id: apiKeys.id });
+        suspended = row !== undefined;
+      }
       const events: AuditEventInput[] = [
         {
           orgId: key.orgId,
@@ -575,29 +650,22 @@ export function createKeysService(deps: KeysServiceDeps) {
             count,
             threshold: settings.burstThreshold,
             window_seconds: settings.burstWindowSeconds,
-            suspended: suspend,
+            suspended,
           },
         },
       ];
-      if (suspend) {
-        const [row] = await tx
-          .update(apiKeys)
-          .set({ active: false, disabledReason: 'burst_detected', updatedAt: now })
-          .where(and(eq(apiKeys.id, key.id), eq(apiKeys.active, true)))
-          .returning({ id: apiKeys.id });
-        if (row) {
-          events.push({
-            orgId: key.orgId,
-            actor: SYSTEM,
-            action: 'key.suspended',
-            resource: { type: 'api_key', id: key.id },
-            details: { reason: 'burst_detected' },
-          });
-        }
+      if (suspended) {
+        events.push({
+          orgId: key.orgId,
+          actor: SYSTEM,
+          action: 'key.suspended',
+          resource: { type: 'api_key', id: key.id },
+          details: { reason: 'burst_detected' },
+        });
       }
       await audit.record(tx, events);
     });
-    if (suspend) await verifier.invalidate('key', key.id);
+    if (suspended) await verifier.invalidate('key', key.id);
   }
 
   // ---- settings ----
@@ -623,7 +691,7 @@ export function createKeysService(deps: KeysServiceDeps) {
         action: 'key.updated',
         resource: { type: 'api_key_settings', id: caller.orgId },
         context,
-        changes: { before, after: input },
+        changes: { before: settingsAudit(before), after: settingsAudit(input) },
       });
     });
     await verifier.invalidate('org', caller.orgId);
@@ -649,6 +717,17 @@ export function createKeysService(deps: KeysServiceDeps) {
       throw keyErrors.webhook_key_name_taken(`A webhook key is named ${name}`);
   }
 
+  /**
+   * Two requests naming the same key at once both pass `nameFree`; the unique index
+   * (`webhook_keys_org_name`) lets one through, and the other is the same 409 (the only other
+   * unique column is the hash of 32 random bytes).
+   */
+  const nameTakenOnClash = (name: string) => (error: unknown) => {
+    throw isUniqueViolation(error)
+      ? keyErrors.webhook_key_name_taken(`A webhook key is named ${name}`)
+      : error;
+  };
+
   async function createWebhookKey(caller: Principal, input: { name: string }, context: AuditContext) {
     await nameFree(caller.orgId, input.name);
     const id = newId('whk');
@@ -656,32 +735,34 @@ export function createKeysService(deps: KeysServiceDeps) {
     const secret = `whsec_${randomBytes(32).toString('base64')}`;
     const now = clock();
     const self = selfOf(caller);
-    const row = await db.db.transaction(async (tx) => {
-      const [inserted] = await tx
-        .insert(webhookKeys)
-        .values({
-          id,
+    const row = await db.db
+      .transaction(async (tx) => {
+        const [inserted] = await tx
+          .insert(webhookKeys)
+          .values({
+            id,
+            orgId: caller.orgId,
+            name: input.name,
+            prefix: displayPrefix(WEBHOOK_KEY_PRODUCT, key),
+            keyHash: hashKey(key),
+            secretSealed: seal(keyring, secret, secretAad(id)),
+            createdBy: isId('usr', self) ? self : null,
+            createdAt: now,
+            updatedAt: now,
+          })
+          .returning();
+        if (!inserted) throw new Error('webhook key insert returned nothing');
+        await audit.record(tx, {
           orgId: caller.orgId,
-          name: input.name,
-          prefix: displayPrefix(WEBHOOK_KEY_PRODUCT, key),
-          keyHash: hashKey(key),
-          secretSealed: seal(keyring, secret, secretAad(id)),
-          createdBy: isId('usr', self) ? self : null,
-          createdAt: now,
-          updatedAt: now,
-        })
-        .returning();
-      if (!inserted) throw new Error('webhook key insert returned nothing');
-      await audit.record(tx, {
-        orgId: caller.orgId,
-        actor: actorOf(caller),
-        action: 'webhook_key.created',
-        resource: { type: 'webhook_key', id },
-        context,
-        changes: { after: { name: inserted.name, prefix: inserted.prefix, active: true } },
-      });
-      return inserted;
-    });
+          actor: actorOf(caller),
+          action: 'webhook_key.created',
+          resource: { type: 'webhook_key', id },
+          context,
+          changes: { after: { name: inserted.name, prefix: inserted.prefix, active: true } },
+        });
+        return inserted;
+      })
+      .catch(nameTakenOnClash(input.name));
     return { row, key, secret };
   }
 
@@ -692,32 +773,38 @@ export function createKeysService(deps: KeysServiceDeps) {
     context: AuditContext,
   ) {
     const before = await mustGetWebhookKey(caller, id);
-    if (input.name !== undefined && input.name !== before.name) await nameFree(caller.orgId, input.name, id);
+    const rename = input.name !== undefined && input.name !== before.name;
+    const toggle = input.active !== undefined && input.active !== before.active;
+    // Nothing differs: the key as it is, and nothing written.
+    if (!rename && !toggle) return before;
+    if (rename && input.name !== undefined) await nameFree(caller.orgId, input.name, id);
     const now = clock();
-    return db.db.transaction(async (tx) => {
-      const [row] = await tx
-        .update(webhookKeys)
-        .set({
-          ...(input.name === undefined ? {} : { name: input.name }),
-          ...(input.active === undefined ? {} : { active: input.active }),
-          updatedAt: now,
-        })
-        .where(and(eq(webhookKeys.orgId, caller.orgId), eq(webhookKeys.id, id)))
-        .returning();
-      if (!row) throw keyErrors.webhook_key_not_found();
-      await audit.record(tx, {
-        orgId: caller.orgId,
-        actor: actorOf(caller),
-        action: 'webhook_key.updated',
-        resource: { type: 'webhook_key', id },
-        context,
-        changes: {
-          before: { name: before.name, active: before.active },
-          after: { name: row.name, active: row.active },
-        },
-      });
-      return row;
-    });
+    return db.db
+      .transaction(async (tx) => {
+        const [row] = await tx
+          .update(webhookKeys)
+          .set({
+            ...(rename ? { name: input.name } : {}),
+            ...(toggle ? { active: input.active } : {}),
+            updatedAt: now,
+          })
+          .where(and(eq(webhookKeys.orgId, caller.orgId), eq(webhookKeys.id, id)))
+          .returning();
+        if (!row) throw keyErrors.webhook_key_not_found();
+        await audit.record(tx, {
+          orgId: caller.orgId,
+          actor: actorOf(caller),
+          action: 'webhook_key.updated',
+          resource: { type: 'webhook_key', id },
+          context,
+          changes: {
+            before: { name: before.name, active: before.active },
+            after: { name: row.name, active: row.active },
+          },
+        });
+        return row;
+      })
+      .catch(nameTakenOnClash(input.name ?? before.name));
   }
 
   async function deleteWebhookKey(caller: Principal, id: string, context: AuditContext): Promise<void> {
@@ -769,8 +856,16 @@ export function createKeysService(deps: KeysServiceDeps) {
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
       throw keyErrors.invalid_signal_payload('The body must be a JSON object');
     }
+    // PostgreSQL's jsonb and text hold neither NUL (`\u0000`) nor a lone surrogate (`\ud800`), both
+    // valid JSON escapes: refused here rather than failing the insert (500).
+    const bad = unstorableText(parsed);
+    if (bad !== null) {
+      throw keyErrors.invalid_signal_text(`${bad}: a NUL character or a lone surrogate cannot be stored`, {
+        path: bad,
+      });
+    }
     const type = (parsed as { type?: unknown }).type;
-    const eventType = typeof type === 'string' ? type.slice(0, 200) : null;
+    const eventType = typeof type === 'string' ? prefixOf(type, 200) : null;
     const now = clock();
     return db.db.transaction(async (tx) => {
       const [signal] = await tx
@@ -819,6 +914,15 @@ export function createKeysService(deps: KeysServiceDeps) {
 
 export type KeysService = ReturnType<typeof createKeysService>;
 
+/** The burst settings as the API names them (`PUT /v1/keys/settings`), for audit events. */
+function settingsAudit(s: q.KeySettings) {
+  return {
+    burst_threshold: s.burstThreshold,
+    burst_window_seconds: s.burstWindowSeconds,
+    suspend_on_burst: s.suspendOnBurst,
+  };
+}
+
 /** What audit events keep of a key: never the hash, never the key. */
 function auditView(row: q.ApiKeyRow) {
   return {
@@ -839,6 +943,39 @@ function auditView(row: q.ApiKeyRow) {
     disabled_reason: row.disabledReason,
     metadata: row.metadata,
   };
+}
+
+/** NUL, or a UTF-16 surrogate without its other half (no `u` flag: the regex sees code units). */
+const UNSTORABLE = /\0|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/**
+ * The path (`body.data.name`, `body.items.0`) of the first string — value or member name — of a
+ * parsed JSON value that PostgreSQL cannot store, or null. Iterative: a deeply nested body costs
+ * no stack.
+ */
+export function unstorableText(value: unknown): string | null {
+  const stack: [unknown, string][] = [[value, 'body']];
+  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
+    const [item, path] = next;
+    if (typeof item === 'string') {
+      if (UNSTORABLE.test(item)) return path;
+    } else if (Array.isArray(item)) {
+      for (let i = item.length - 1; i >= 0; i--) stack.push([item[i], `${path}.${i}`]);
+    } else if (item !== null && typeof item === 'object') {
+      for (const [name, member] of Object.entries(item)) {
+        if (UNSTORABLE.test(name)) return `${path}.${JSON.stringify(name)}`;
+        stack.push([member, `${path}.${name}`]);
+      }
+    }
+  }
+  return null;
+}
+
+/** At most `max` UTF-16 units of `text`, never cutting a surrogate pair in half. */
+function prefixOf(text: string, max: number): string {
+  if (text.length <= max) return text;
+  const last = text.charCodeAt(max - 1);
+  return text.slice(0, last >= 0xd800 && last <= 0xdbff ? max - 1 : max);
 }
 
 const header = (headers: Record<string, string | string[] | undefined>, name: string): string | undefined => {

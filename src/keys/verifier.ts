@@ -490,20 +490,39 @@ export function createVerifier(deps: VerifierDeps) {
     return hash;
   }
 
+  /**
+   * A refusal of a known key (of the asking org): it counts towards the key's burst as a valid
+   * request does (SPEC: more than the threshold of requests from one key), and the answer shows
+   * the current billing period (one that ended reads as a fresh one; nothing is written).
+   */
+  function refuse(code: VerifyCode, key: CachedKey, nowMs: number): Verification {
+    const usage = key.usage;
+    if (nowMs >= usage.periodStartMs + usage.periodMs) startPeriod(usage, nowMs);
+    burst(key, nowMs);
+    return fail(code, key, nowMs);
+  }
+
+  /** The billing period ended: the counter starts again (written at the next counted request's flush). */
+  function startPeriod(usage: Usage, nowMs: number): void {
+    usage.periodStartMs = currentPeriod(usage.periodStartMs, usage.periodMs, nowMs);
+    usage.periodEndIso = new Date(usage.periodStartMs + usage.periodMs).toISOString();
+    usage.count = 0;
+  }
+
   function afterLookup(key: CachedKey, options: VerifyOptions): Verification | Promise<Verification> {
     if (options.orgId !== undefined && key.orgId !== options.orgId) return fail('not_found', null);
-    if (key.revoked) return fail('revoked', key);
+    if (key.revoked) return refuse('revoked', key, now());
     const nowMs = now();
-    if (nowMs >= key.expiresAtMs) return fail('expired', key, nowMs);
-    if (!key.active) return fail('disabled', key, nowMs);
-    if (key.allow !== null && !ipAllowed(key.allow, options.ip)) return fail('ip_not_allowed', key, nowMs);
+    if (nowMs >= key.expiresAtMs) return refuse('expired', key, nowMs);
+    if (!key.active) return refuse('disabled', key, nowMs);
+    if (key.allow !== null && !ipAllowed(key.allow, options.ip)) return refuse('ip_not_allowed', key, nowMs);
     if (key.limiter === null) return afterRateLimit(key, options, nowMs, NO_LIMIT, NO_LIMIT, 0);
     const limit = key.ratelimit?.limit ?? 0;
     return key.limiter.consume(key.usage.id).then(
       (res) => afterRateLimit(key, options, now(), limit, res.remainingPoints, res.msBeforeNext),
       (error: unknown) => {
         if (!(error instanceof RateLimiterRes)) throw error;
-        const out = fail('rate_limited', key, now());
+        const out = refuse('rate_limited', key, now());
         out.limit = limit;
         out.remaining = 0;
         out.resetMs = error.msBeforeNext;
@@ -521,12 +540,8 @@ export function createVerifier(deps: VerifierDeps) {
     resetMs: number,
   ): Verification | Promise<Verification> {
     const usage = key.usage;
-    if (nowMs >= usage.periodStartMs + usage.periodMs) {
-      // The billing period ended: the counter starts again (written at the next flush).
-      usage.periodStartMs = currentPeriod(usage.periodStartMs, usage.periodMs, nowMs);
-      usage.periodEndIso = new Date(usage.periodStartMs + usage.periodMs).toISOString();
-      usage.count = 0;
-    }
+    // The billing period ended: the counter starts again (written at the next flush).
+    if (nowMs >= usage.periodStartMs + usage.periodMs) startPeriod(usage, nowMs);
     const out: Verification = {
       code: 'valid',
       key,
@@ -540,6 +555,7 @@ export function createVerifier(deps: VerifierDeps) {
       if (usage.count >= key.quota) {
         out.code = 'quota_exceeded';
         out.quotaRemaining = 0;
+        burst(key, nowMs);
         record('quota_exceeded');
         return out;
       }
@@ -610,7 +626,10 @@ export function createVerifier(deps: VerifierDeps) {
     if (writing !== undefined && writing.delta > 0) addPending(toId, writing.delta, writing.periodStartMs, 0);
   }
 
-  /** Counts a request in the key's burst window. True when the key was just suspended for it. */
+  /**
+   * Counts a request in the key's burst window — every request that named a key of the asking
+   * org, refused or not. True when the key was just suspended for it.
+   */
   function burst(key: CachedKey, nowMs: number): boolean {
     const windowMs = key.settings.burstWindowSeconds * 1000;
     if (nowMs - key.burstWindowStartMs >= windowMs) {

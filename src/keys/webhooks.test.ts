@@ -4,6 +4,7 @@ import { readFileSync } from 'node:fs';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { crc32 } from 'node:zlib';
 import { Webhook } from 'standardwebhooks';
+import { STORES } from '../../test/helpers/stores.ts';
 import { StewardError } from '../http/errors.ts';
 import { ADMIN, type IdentityTestApp, identityTestApp } from '../identity/test-support.ts';
 import { API_KEY_PRODUCT, crc32Ascii, displayPrefix, generateKey, isWellFormed } from './format.ts';
@@ -265,3 +266,143 @@ describe('inbound webhook keys and /v1/ingest (pglite)', () => {
     assert.equal(ok.statusCode, 202, ok.body);
   });
 });
+
+describe('/v1/ingest: text PostgreSQL cannot store (pglite)', () => {
+  let t: IdentityTestApp;
+  let token: string;
+  before(async () => {
+    t = await identityTestApp('pglite');
+  });
+  beforeEach(async () => {
+    token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+  });
+  after(() => t.close());
+
+  const send = (key: string, secret: string, body: string) => {
+    const ts = Math.floor(t.now.ms / 1000);
+    const id = `msg_${Math.random().toString(36).slice(2)}`;
+    return t.app.inject({
+      method: 'POST',
+      url: '/v1/ingest',
+      headers: {
+        'content-type': 'application/json',
+        'x-api-key': key,
+        'webhook-id': id,
+        'webhook-timestamp': String(ts),
+        'webhook-signature': new Webhook(secret).sign(id, new Date(ts * 1000), body),
+      },
+      payload: body,
+    });
+  };
+
+  test('a signed body with \\u0000 or a lone surrogate is refused (400 invalid_signal_text), nothing stored', async () => {
+    const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Nul' } });
+    assert.equal(created.statusCode, 201, created.body);
+    const { key, secret } = created.json() as { key: string; secret: string };
+    const count = async () =>
+      (await t.store.db.query<{ n: number }>('select count(*)::int as n from signals'))[0]?.n;
+    const before = await count();
+    // JSON text as sent (the escapes are the body's own).
+    for (const [body, path] of [
+      ['{"type":"x","data":{"a":"\\u0000"}}', 'body.data.a'],
+      ['{"type":"a\\u0000b"}', 'body.type'],
+      ['{"type":"x","data":{"a":"\\ud800"}}', 'body.data.a'],
+      ['{"type":"x","data":{"a":"\\udc00z"}}', 'body.data.a'],
+      ['{"type":"x","data":["ok",{"b":"\\ud83d"}]}', 'body.data.1.b'],
+      ['{"type":"x","data":{"\\u0000":1}}', 'body.data."\\u0000"'],
+      ['{"type":"x","data":{"\\udfff":1}}', 'body.data."\\udfff"'],
+    ]) {
+      const res = await send(key, secret, body as string);
+      assert.equal(res.statusCode, 400, `${body}: ${res.body}`);
+      assert.equal(res.json().code, 'invalid_signal_text', body);
+      assert.equal(res.json().path, path, body);
+    }
+    assert.equal(await count(), before, 'nothing stored');
+    // A surrogate pair (escaped or as UTF-8) is one character: stored.
+    const pair = await send(key, secret, '{"type":"x","data":{"a":"\\ud83d\\ude00","b":"😀"}}');
+    assert.equal(pair.statusCode, 202, pair.body);
+    // A type longer than the stored 200 units is not cut inside a pair.
+    const type = `${'t'.repeat(199)}😀${'t'.repeat(50)}`;
+    const long = await send(key, secret, JSON.stringify({ type }));
+    assert.equal(long.statusCode, 202, long.body);
+    const [row] = await t.store.db.query<{ event_type: string }>(
+      'select event_type from signals where id = $1',
+      [long.json().id],
+    );
+    assert.equal(row?.event_type, 't'.repeat(199));
+  });
+
+  test('PATCH /v1/webhook-keys/{id} that changes nothing writes nothing (200, no event, same updated_at)', async () => {
+    const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Same' } });
+    assert.equal(created.statusCode, 201, created.body);
+    const { id, updated_at } = created.json() as { id: string; updated_at: string };
+    t.now.ms += 1000;
+    for (const body of [{}, { name: 'Same' }, { active: true }, { name: 'Same', active: true }]) {
+      const res = await t.call('PATCH', `/v1/webhook-keys/${id}`, { token, body });
+      assert.equal(res.statusCode, 200, res.body);
+      assert.deepEqual(
+        [res.json().name, res.json().active, res.json().updated_at],
+        ['Same', true, updated_at],
+      );
+    }
+    const events = async () =>
+      (
+        await t.store.db.query(
+          "select 1 from audit_events where resource_id = $1 and action = 'webhook_key.updated'",
+          [id],
+        )
+      ).length;
+    assert.equal(await events(), 0);
+    const renamed = await t.call('PATCH', `/v1/webhook-keys/${id}`, { token, body: { name: 'Other' } });
+    assert.equal(renamed.statusCode, 200, renamed.body);
+    assert.equal(await events(), 1);
+  });
+});
+
+for (const store of STORES) {
+  describe(`webhook key names under concurrency (${store.kind})`, { skip: store.skip }, () => {
+    let t: IdentityTestApp;
+    let token: string;
+    before(async () => {
+      t = await identityTestApp(store.kind);
+      token = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+    });
+    after(() => t.close());
+
+    test('concurrent creates and renames to one name: one wins, the others 409 webhook_key_name_taken', async () => {
+      const creates = await Promise.all(
+        Array.from({ length: 6 }, () =>
+          t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Race' } }),
+        ),
+      );
+      assert.deepEqual(
+        creates.map((r) => r.statusCode).sort(),
+        [201, 409, 409, 409, 409, 409],
+        creates.map((r) => r.body).join('\n'),
+      );
+      for (const r of creates)
+        if (r.statusCode === 409) assert.equal(r.json().code, 'webhook_key_name_taken');
+      const others = await Promise.all(
+        Array.from({ length: 6 }, async (_, i) => {
+          const res = await t.call('POST', '/v1/webhook-keys', { token, body: { name: `Other ${i}` } });
+          assert.equal(res.statusCode, 201, res.body);
+          return (res.json() as { id: string }).id;
+        }),
+      );
+      const renames = await Promise.all(
+        others.map((id) => t.call('PATCH', `/v1/webhook-keys/${id}`, { token, body: { name: 'Renamed' } })),
+      );
+      assert.deepEqual(
+        renames.map((r) => r.statusCode).sort(),
+        [200, 409, 409, 409, 409, 409],
+        renames.map((r) => r.body).join('\n'),
+      );
+      for (const r of renames)
+        if (r.statusCode === 409) assert.equal(r.json().code, 'webhook_key_name_taken');
+      const names = await t.store.db.query<{ n: number }>(
+        "select count(*)::int as n from webhook_keys where name in ('Race', 'Renamed')",
+      );
+      assert.equal(names[0]?.n, 2);
+    });
+  });
+}
