@@ -50,6 +50,8 @@ export interface IdentityDeps {
    * authenticated request answer without a promise. Optional; `authz.rolesOf` is the authority.
    */
   rolesOfSync?: ((orgId: string, principalId: string) => readonly string[] | undefined) | undefined;
+  /** Where work finished after the answer (`later`) reports its failures; default: dropped. */
+  onError?: ((error: unknown, what: string) => void) | undefined;
 }
 
 /** Where a request came from: audit context plus the IP the limiter keys on. */
@@ -229,6 +231,25 @@ export function createIdentityCore(deps: IdentityDeps) {
     );
   }
 
+  // Work a request started and answered before it finished (a failed login's bookkeeping, so that
+  // the answer takes the same time whatever the account): tracked, so that `settled` (tests, and
+  // stop() before the database closes) can wait for it; failures go to onError.
+  const inFlight = new Set<Promise<unknown>>();
+  function later<T>(work: Promise<T>, what: string): Promise<T | undefined> {
+    const tracked = work.catch((error: unknown) => {
+      deps.onError?.(error, what);
+      return undefined;
+    });
+    inFlight.add(tracked);
+    void tracked.finally(() => inFlight.delete(tracked));
+    return tracked;
+  }
+
+  /** Resolves once the work started with `later` so far has finished. */
+  async function settled(): Promise<void> {
+    while (inFlight.size > 0) await Promise.all(inFlight);
+  }
+
   /** Revokes sessions matching `filter` with a `session.revoked` event each, then tells every instance. */
   async function revokeWhere(
     principal: Principal | null,
@@ -269,6 +290,8 @@ export function createIdentityCore(deps: IdentityDeps) {
     signFor,
     revokeWhere,
     currentUser,
+    later,
+    settled,
   };
 }
 

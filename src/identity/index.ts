@@ -24,7 +24,7 @@ export function identitySettings(config: Config): IdentityDeps['settings'] {
 
 /** Builds the identity service with its per-IP limiter (Redis-backed when REDIS_URL is set). */
 export async function openIdentityService(
-  deps: Omit<IdentityDeps, 'limiter' | 'settings' | 'authz' | 'rolesOfSync'> & {
+  deps: Omit<IdentityDeps, 'limiter' | 'settings' | 'authz' | 'rolesOfSync' | 'onError'> & {
     /** The authz service; its index cache, when present, gives roles without a promise. */
     authz: IdentityDeps['authz'] & Partial<Pick<AuthzService, 'cache'>>;
     config: Config;
@@ -43,6 +43,9 @@ export async function openIdentityService(
     ...rest,
     limiter,
     settings: identitySettings(config),
+    ...(onError
+      ? { onError: (error: unknown, what: string) => onError(new Error(what, { cause: error })) }
+      : {}),
     rolesOfSync: authz.cache
       ? (orgId, principalId) => authz.cache?.get(orgId)?.rolesOf(principalId)
       : undefined,

@@ -3,7 +3,7 @@
 // the password that joins an existing account to an org by invitation. Each counts against the
 // account (lockout, kept in the database so it holds across instances) and against the client's
 // IP (the per-IP limiter): a stolen access token or an invitation is no unlimited password oracle.
-import { eq, sql } from 'drizzle-orm';
+import { and, eq, isNull, or, sql } from 'drizzle-orm';
 import type { AuditEventInput } from '../audit/service.ts';
 import type { StewardError } from '../http/errors.ts';
 import {
@@ -23,6 +23,18 @@ import { users } from './schema.ts';
  */
 export const FAILURES_RESET = { failedLoginCount: 0, lockCount: 0, lockedUntil: null } as const;
 
+/**
+ * The longest a lock lasts, however many came before it (Keycloak's `maxFailureWaitSeconds`): the
+ * doubling would otherwise reach years (15 min × 2^16). A constant: config.ts belongs to no domain.
+ */
+export const MAX_LOCK_MINUTES = 24 * 60;
+
+/** An account's failure count and lock, as its latest recorded failure left them. */
+export interface LockState {
+  failed: number;
+  lockedUntil: Date | null;
+}
+
 /** Where a failure happened, recorded as `details.during` (absent for logins). */
 export type ProofStep = 'password_change' | 'totp_disable' | 'invitation_accept';
 
@@ -37,13 +49,13 @@ export interface Attempt {
 export function createLockout(core: IdentityCore) {
   const { db, audit, limiter, clock, settings } = core;
 
-  const failed = (a: Attempt, reason: string): AuditEventInput => ({
+  const failed = (a: Attempt, reason: string, extra: Record<string, unknown> = {}): AuditEventInput => ({
     orgId: a.orgId,
     actor: { type: 'user', id: a.user.id, name: displayName(a.user) },
     action: 'user.login_failed',
     resource: { type: 'user', id: a.user.id },
     context: a.origin,
-    details: { reason, ...(a.during ? { during: a.during } : {}) },
+    details: { reason, ...(a.during ? { during: a.during } : {}), ...extra },
     success: false,
   });
 
@@ -62,48 +74,109 @@ export function createLockout(core: IdentityCore) {
   }
 
   /**
-   * Counts a failed password or 2FA code against the account and the IP; the Nth in a row locks
-   * the account for LOGIN_LOCKOUT_MINUTES × 2^(locks so far). Returns the error to answer with:
-   * `error`, or `account_locked` when this failure locked the account.
+   * Counts one failure against the account, in one conditional statement: a failure counts only
+   * while no lock is in force (`locked_until` null or past), and the one that brings the count to
+   * LOGIN_MAX_FAILURES locks in that same statement, for LOGIN_LOCKOUT_MINUTES × 2^(locks so far),
+   * at most MAX_LOCK_MINUTES. Concurrent failures queue on the row and each sees the last one's
+   * outcome, so N failures at once lock once; those that arrive during the lock (their Argon2 ran
+   * on a row read before it) are audited but escalate nothing. Returns the account's state after.
    */
-  async function fail(a: Attempt, reason: string, error: StewardError): Promise<StewardError> {
+  async function record(a: Attempt, reason: string): Promise<LockState> {
     const now = clock();
-    let lockedUntil: Date | null = null;
-    await db.db.transaction(async (tx) => {
+    const at = sql`${now.toISOString()}::timestamptz`;
+    const reaches = sql`${users.failedLoginCount} + 1 >= ${settings.maxFailures}::int`;
+    const minutes = sql`least(${settings.lockoutMinutes}::int * (1 << least(${users.lockCount}, 16)), ${MAX_LOCK_MINUTES}::int)`;
+    const { state, locked } = await db.db.transaction(async (tx) => {
       const [row] = await tx
         .update(users)
-        .set({ failedLoginCount: sql`${users.failedLoginCount} + 1` })
-        .where(eq(users.id, a.user.id))
-        .returning({ failed: users.failedLoginCount, lockCount: users.lockCount });
-      const events = [failed(a, reason)];
-      if (row && row.failed >= settings.maxFailures) {
-        const lockCount = row.lockCount + 1;
-        const minutes = settings.lockoutMinutes * 2 ** Math.min(lockCount - 1, 16);
-        lockedUntil = new Date(now.getTime() + minutes * 60_000);
-        await tx
-          .update(users)
-          .set({ failedLoginCount: 0, lockCount, lockedUntil })
+        .set({
+          failedLoginCount: sql`case when ${reaches} then 0 else ${users.failedLoginCount} + 1 end`,
+          lockCount: sql`case when ${reaches} then ${users.lockCount} + 1 else ${users.lockCount} end`,
+          lockedUntil: sql`case when ${reaches} then ${at} + ${minutes} * interval '1 minute' else ${users.lockedUntil} end`,
+        })
+        .where(
+          and(eq(users.id, a.user.id), or(isNull(users.lockedUntil), sql`${users.lockedUntil} <= ${at}`)),
+        )
+        .returning({
+          failed: users.failedLoginCount,
+          lockCount: users.lockCount,
+          lockedUntil: users.lockedUntil,
+        });
+      if (!row) {
+        // Locked since this attempt read the account: recorded, not counted.
+        const [current] = await tx
+          .select({ failed: users.failedLoginCount, lockedUntil: users.lockedUntil })
+          .from(users)
           .where(eq(users.id, a.user.id));
+        await audit.record(tx, failed(a, reason, { counted: false }));
+        return { state: current ?? { failed: 0, lockedUntil: null }, locked: false };
+      }
+      const events = [failed(a, reason)];
+      // The WHERE let through only a row with no lock in force: one in force now is this statement's.
+      const locked = row.lockedUntil !== null && row.lockedUntil > now;
+      if (locked && row.lockedUntil) {
         events.push({
           orgId: a.orgId,
           actor: SYSTEM_ACTOR,
           action: 'user.locked',
           resource: { type: 'user', id: a.user.id },
           context: a.origin,
-          details: { locked_until: lockedUntil.toISOString(), lock_count: lockCount, failures: row.failed },
+          details: {
+            locked_until: row.lockedUntil.toISOString(),
+            lock_count: row.lockCount,
+            failures: settings.maxFailures,
+          },
         });
       }
       await audit.record(tx, events);
+      return { state: { failed: row.failed, lockedUntil: row.lockedUntil }, locked };
     });
-    await limiter.recordFailure(a.origin.ip);
-    if (lockedUntil !== null) {
-      await core.userChanged(a.user.id); // /v1/me shows locked_until
-      return lockedError(lockedUntil);
-    }
-    return error;
+    if (locked) await core.userChanged(a.user.id); // /v1/me shows locked_until
+    return state;
   }
 
-  return { assertIpAllowed, assertNotLocked, fail };
+  /** The error a failure answers with: `error`, or `account_locked` while a lock is in force. */
+  function answer(state: LockState | undefined, error: StewardError): StewardError {
+    return state?.lockedUntil && state.lockedUntil > clock() ? lockedError(state.lockedUntil) : error;
+  }
+
+  /**
+   * Counts a failed password or 2FA code against the account (`record`) and the IP. Returns the
+   * error to answer with: `error`, or `account_locked` when the account is now locked.
+   */
+  async function fail(a: Attempt, reason: string, error: StewardError): Promise<StewardError> {
+    const state = await record(a, reason);
+    await limiter.recordFailure(a.origin.ip);
+    return answer(state, error);
+  }
+
+  // Logins' failures being written after their answer, by user: the next attempt on this instance
+  // reads the outcome from here (after its own Argon2, which hides the wait) instead of its stale row.
+  const pending = new Map<string, Promise<LockState | undefined>>();
+
+  /**
+   * A login's wrong password that will not lock (by the account's state as the attempt knows it):
+   * counted against the IP now, against the account after the answer (`record`, tracked by
+   * `core.later`), so that it answers in the time an unknown email does. The count and the lock
+   * are decided by `record`'s statement whatever the order; `pendingFor` lets the next attempt
+   * see them.
+   */
+  async function failAfterAnswer(a: Attempt, reason: string): Promise<void> {
+    const userId = a.user.id;
+    const work = core.later(record(a, reason), 'identity: recording a failed login');
+    pending.set(userId, work);
+    void work.then(() => {
+      if (pending.get(userId) === work) pending.delete(userId);
+    });
+    await limiter.recordFailure(a.origin.ip);
+  }
+
+  /** The account's state after its latest failure still being written on this instance, if any. */
+  function pendingFor(userId: string): Promise<LockState | undefined> | undefined {
+    return pending.get(userId);
+  }
+
+  return { assertIpAllowed, assertNotLocked, fail, failAfterAnswer, pendingFor };
 }
 
 export type Lockout = ReturnType<typeof createLockout>;

@@ -129,14 +129,20 @@ export function createLogin(core: IdentityCore) {
     await limiter.recordFailure(origin.ip);
     if (orgId !== undefined) {
       const known = user !== undefined && listed;
-      await audit.record(db.db, {
-        orgId,
-        actor: known ? { type: 'user', id: user.id, name: displayName(user) } : { type: 'user', name: null },
-        action: 'user.login_failed',
-        context: origin,
-        details: { reason: known ? 'inactive' : 'unknown_user' },
-        success: false,
-      });
+      // Written after the answer, as a wrong password's count is: the same time either way.
+      void core.later(
+        audit.record(db.db, {
+          orgId,
+          actor: known
+            ? { type: 'user', id: user.id, name: displayName(user) }
+            : { type: 'user', name: null },
+          action: 'user.login_failed',
+          context: origin,
+          details: { reason: known ? 'inactive' : 'unknown_user' },
+          success: false,
+        }),
+        'identity: auditing a refused login',
+      );
     }
     throw identityErrors.invalid_credentials();
   }
@@ -186,8 +192,24 @@ export function createLogin(core: IdentityCore) {
       await lockout.assertNotLocked(attempt);
     }
     const check = await verifyPassword(user.passwordHash, input.password);
+    // A previous attempt's failure still being written (it answered first): its outcome, not the
+    // row read before it, judges this one. Awaited after the Argon2, which hides the wait.
+    const prior = lockout.pendingFor(user.id);
+    const known = (prior && (await prior)) ?? {
+      failed: user.failedLoginCount,
+      lockedUntil: user.lockedUntil,
+    };
+    if (known.lockedUntil && known.lockedUntil > clock()) {
+      await lockout.assertNotLocked({ ...attempt, user: { ...user, lockedUntil: known.lockedUntil } });
+    }
     if (!check.ok) {
-      throw await lockout.fail(attempt, 'wrong_password', identityErrors.invalid_credentials());
+      // The failure that locks answers 423 once its lock is written; any other answers as an
+      // unknown email does, in the same time (the count is written after the answer).
+      if (known.failed + 1 >= settings.maxFailures) {
+        throw await lockout.fail(attempt, 'wrong_password', identityErrors.invalid_credentials());
+      }
+      await lockout.failAfterAnswer(attempt, 'wrong_password');
+      throw identityErrors.invalid_credentials();
     }
     if (check.needsRehash) {
       await db.db

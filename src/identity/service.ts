@@ -54,6 +54,7 @@ export function createIdentityService(deps: IdentityDeps) {
     clearInterval(keyTimer);
     clearInterval(purgeTimer);
     revocation.stop();
+    await core.settled(); // failed logins' bookkeeping, before the database closes
     await limiter.close();
   }
 
@@ -72,6 +73,8 @@ export function createIdentityService(deps: IdentityDeps) {
     rotateSigningKey: () => keys.rotate(),
     /** Deletes expired 2FA challenges (hourly on its own; tests call it). */
     purgeChallenges,
+    /** Resolves once the bookkeeping of answered failed logins is written (tests; stop() waits too). */
+    settled: () => core.settled(),
     signingKeys: keys,
     revocation,
   };
