@@ -33,6 +33,41 @@ export async function requireOn(
   }
 }
 
+/**
+ * The rows of a list page the caller may read one by one: the resource-level check on each id
+ * (a deny grant on one id leaves that row out; lists need the type-wide permission at the route).
+ * Answered from the org's in-memory index: the first check loads it when cold, the rest are
+ * synchronous. No database query per row.
+ */
+export async function readableRows<T>(
+  authz: Pick<Authz, 'check' | 'checkSync'>,
+  principal: Principal,
+  permission: string,
+  type: string,
+  rows: readonly T[],
+  idOf: (row: T) => string,
+): Promise<T[]> {
+  const out: T[] = [];
+  for (const row of rows) {
+    const resource = { type, id: idOf(row) };
+    const result =
+      authz.checkSync(principal, permission, resource) ??
+      (await authz.check(principal, permission, resource));
+    if (result.allowed) out.push(row);
+  }
+  return out;
+}
+
+/**
+ * A page of rows examined in key order: the rows to show and the cursor after the last row
+ * examined, shown or not (null when the query ran out). A page may hold fewer rows than asked
+ * for — none at all — and still have a next cursor.
+ */
+export interface FilteredPage<T> {
+  rows: T[];
+  next: string | null;
+}
+
 const TOOL_ID = /^[A-Za-z0-9._:@/-]{1,200}$/;
 
 /**

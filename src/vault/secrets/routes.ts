@@ -193,6 +193,10 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
       schema: {
         tags: ['secrets'],
         summary: 'List secrets (metadata only, never values)',
+        description:
+          'Only the secrets the caller may read (`secrets:read` on each; a deny grant on one id leaves it ' +
+          'out). The cursor follows the last secret examined: a page may hold fewer than `limit` secrets, ' +
+          'even none, and still have a `next_cursor`.',
         querystring: z.strictObject({
           ...pageQuery,
           environment: z.string().min(1).max(40).optional(),
@@ -209,7 +213,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
     async (request) => {
       const q = request.query;
       const cursor = decodeCursor(q.cursor, z.object({ id: z.string().max(100) }));
-      const rows = await secrets.list(
+      const page = await secrets.list(
         callerOf(request),
         {
           environment: q.environment,
@@ -220,10 +224,9 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
         { limit: q.limit, after: cursor?.id },
       );
       const now = clock();
-      const last = rows.at(-1);
       return {
-        data: rows.map((s) => secretView(s, now)),
-        next_cursor: rows.length === q.limit && last ? encodeCursor({ id: last.id }) : null,
+        data: page.rows.map((s) => secretView(s, now)),
+        next_cursor: page.next === null ? null : encodeCursor({ id: page.next }),
       };
     },
   );

@@ -132,6 +132,55 @@ for (const store of STORES) {
       assert.ok(failed.every((l) => l.errorCode === 'secret_not_found' && l.orgId !== added[0]?.orgId));
     });
 
+    test('a deny grant on one secret hides it from the list too; pages follow the rows examined', async () => {
+      const ids: string[] = [];
+      for (const name of ['GRANT_A', 'GRANT_B', 'GRANT_C']) {
+        const res = await create({ name, environment: 'development', value: 'g', tags: ['grant-test'] });
+        assert.equal(res.statusCode, 201, res.body);
+        ids.push(res.json().id);
+      }
+      const hidden = ids[1] as string;
+      const grant = await v.req('POST', '/v1/authz/grants', {
+        token: v.tokens.admin,
+        body: {
+          principal: v.ids.viewer,
+          permission: 'secrets:read',
+          resource_type: 'secrets',
+          resource_id: hidden,
+          effect: 'deny',
+        },
+      });
+      assert.equal(grant.statusCode, 201, grant.body);
+      const one = await v.req('GET', `/v1/secrets/${hidden}`, { token: v.tokens.viewer });
+      assert.equal(one.statusCode, 403, one.body);
+      const list = await v.req('GET', '/v1/secrets?tag=grant-test', { token: v.tokens.viewer });
+      assert.equal(list.statusCode, 200, list.body);
+      assert.deepEqual(
+        list.json().data.map((s: { id: string }) => s.id),
+        [ids[0], ids[2]],
+      );
+      // One row per page: the denied row's page is empty but still points past it.
+      const seen: string[] = [];
+      let pages = 0;
+      let cursor: string | null = null;
+      do {
+        const page = await v.req(
+          'GET',
+          `/v1/secrets?tag=grant-test&limit=1${cursor ? `&cursor=${cursor}` : ''}`,
+          { token: v.tokens.viewer },
+        );
+        assert.equal(page.statusCode, 200, page.body);
+        seen.push(...page.json().data.map((s: { id: string }) => s.id));
+        cursor = page.json().next_cursor;
+        pages++;
+      } while (cursor !== null && pages < 10);
+      assert.deepEqual(seen, [ids[0], ids[2]]);
+      assert.ok(pages >= 3, 'the hidden row took a page of its own');
+      // Others still see it.
+      const dev = await v.req('GET', '/v1/secrets?tag=grant-test', { token: v.tokens.developer });
+      assert.equal(dev.json().data.length, 3);
+    });
+
     test('new versions, versions list, rollback as a new version, reveal of old versions', async () => {
       const put = await v.req('PUT', `/v1/secrets/${secretId}/value`, {
         token: v.tokens.developer,

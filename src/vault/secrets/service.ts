@@ -17,7 +17,7 @@ import type { Principal } from '../../http/principal.ts';
 import type { IdentityService } from '../../identity/service.ts';
 import { environments } from '../../tenancy/schema.ts';
 import type { Environment, TenancyService } from '../../tenancy/service.ts';
-import { isUniqueViolation, requireOn } from '../common.ts';
+import { type FilteredPage, isUniqueViolation, readableRows, requireOn } from '../common.ts';
 import type { FourEyes } from '../four-eyes.ts';
 import { secretErrors } from './errors.ts';
 import { secretAccessLogs, secrets, secretVersions } from './schema.ts';
@@ -97,7 +97,7 @@ export interface SecretServiceDeps {
   db: DbHandle;
   keyring: Keyring;
   audit: AuditRecorder;
-  authz: Pick<Authz, 'check'>;
+  authz: Pick<Authz, 'check' | 'checkSync'>;
   tenancy: Pick<TenancyService, 'environmentByName'>;
   /** Who is a user of an org, for `owner_id` (the lookup API keys use for their owners). */
   identity: Pick<IdentityService, 'findPrincipal'>;
@@ -623,11 +623,15 @@ export function createSecretService({
 
   // ---- reads ------------------------------------------------------------------------------
 
+  /**
+   * A page of the secrets the caller may read: `secrets:read` on each id (a deny grant on one
+   * secret leaves it out). The cursor follows the last row examined, so a page may be short.
+   */
   async function list(
     principal: Principal,
     filters: SecretFilters,
     page: { limit: number; after?: string | undefined },
-  ): Promise<Secret[]> {
+  ): Promise<FilteredPage<Secret>> {
     const where: SQL[] = [eq(secrets.orgId, principal.orgId), isNull(secrets.deletedAt)];
     if (filters.environment !== undefined) {
       const env = await tenancy.environmentByName(principal.orgId, filters.environment);
@@ -651,7 +655,19 @@ export function createSecretService({
       .where(and(...where))
       .orderBy(asc(secrets.id))
       .limit(page.limit);
-    return rows.map((r) => ({ ...r.secret, environment: r.environment }));
+    const last = rows.at(-1);
+    const readable = await readableRows(
+      authz,
+      principal,
+      'secrets:read',
+      'secrets',
+      rows,
+      (r) => r.secret.id,
+    );
+    return {
+      rows: readable.map((r) => ({ ...r.secret, environment: r.environment })),
+      next: rows.length === page.limit && last ? last.secret.id : null,
+    };
   }
 
   async function get(access: Access, id: string): Promise<Secret> {

@@ -119,6 +119,10 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
       schema: {
         tags: ['settings'],
         summary: 'All settings of an environment, by key (secret values masked)',
+        description:
+          'Only the settings the caller may read (`settings:read` on each; a deny grant on one id leaves ' +
+          'it out). The cursor follows the last key examined: a page may hold fewer than `limit` ' +
+          'settings, even none, and still have a `next_cursor`.',
         params: z.object({ env: envParam }),
         querystring: z.strictObject({ ...pageQuery, category: z.string().min(1).max(100).optional() }),
         response: { 200: listResponse(settingSchema) },
@@ -127,15 +131,14 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
     async (request) => {
       const q = request.query;
       const cursor = decodeCursor(q.cursor, z.object({ key: z.string().max(200) }));
-      const rows = await settings.list(callerOf(request), request.params.env, {
+      const page = await settings.list(callerOf(request), request.params.env, {
         limit: q.limit,
         after: cursor?.key,
         category: q.category,
       });
-      const last = rows.at(-1);
       return {
-        data: rows.map(settingView),
-        next_cursor: rows.length === q.limit && last ? encodeCursor({ key: last.row.key }) : null,
+        data: page.rows.map(settingView),
+        next_cursor: page.next === null ? null : encodeCursor({ key: page.next }),
       };
     },
   );

@@ -10,7 +10,7 @@ import { newId } from '../../db/ids.ts';
 import { httpErrors } from '../../http/errors.ts';
 import type { Principal } from '../../http/principal.ts';
 import type { Environment, TenancyService } from '../../tenancy/service.ts';
-import { isUniqueViolation, requireOn } from '../common.ts';
+import { type FilteredPage, isUniqueViolation, readableRows, requireOn } from '../common.ts';
 import type { FourEyes } from '../four-eyes.ts';
 import type { Access, Pending } from '../secrets/service.ts';
 import { settingErrors } from './errors.ts';
@@ -50,7 +50,7 @@ export interface SettingServiceDeps {
   db: DbHandle;
   keyring: Keyring;
   audit: AuditRecorder;
-  authz: Pick<Authz, 'check'>;
+  authz: Pick<Authz, 'check' | 'checkSync'>;
   tenancy: Pick<TenancyService, 'environmentByName'>;
   clock: () => Date;
   fourEyes?: FourEyes | undefined;
@@ -61,15 +61,40 @@ export const settingAad = (orgId: string, settingId: string, version: number) =>
   `org/${orgId}/setting/${settingId}/v/${version}`;
 
 /**
- * Parses `If-Match`: `"3"`, `W/"3"`, `3` (a bare number, for curl users) or `*`. Returns the
- * version, '*' or null when the header is not one of those.
+ * What `If-Match` asks for: nothing (absent), `*`, the strong entity-tags it lists (weak ones are
+ * dropped: RFC 9110 §13.1.1, If-Match uses the strong comparison, so a weak tag never matches), or
+ * null when the header is not valid syntax.
  */
-export function parseIfMatch(header: string | undefined): number | '*' | null | undefined {
+export type IfMatch = undefined | null | '*' | readonly string[];
+
+// One list member (RFC 9110 §8.8.3: [ "W/" ] DQUOTE *etagc DQUOTE) and its separator. Empty
+// members are allowed, as in every list header (§5.6.1).
+const IF_MATCH_MEMBER = /[ \t]*(?:(W\/)?("[\x21\x23-\x7E\x80-\xFF]*"))?[ \t]*(,|$)/y;
+
+/**
+ * Parses `If-Match`: `*`, or a list of entity-tags (`"3"`, `"3", "4"`; a weak `W/"3"` is valid
+ * syntax but never matches), or a bare version number `3` (not RFC syntax; for curl users, taken
+ * as the tag `"3"`). Tags are compared exactly as the ETag is sent: `"03"` is not `"3"`.
+ */
+export function parseIfMatch(header: string | undefined): IfMatch {
   if (header === undefined) return undefined;
   const h = header.trim();
   if (h === '*') return '*';
-  const m = /^(?:W\/)?"?(\d{1,9})"?$/.exec(h);
-  return m?.[1] === undefined ? null : Number(m[1]);
+  if (/^\d{1,9}$/.test(h)) return [`"${h}"`];
+  const strong: string[] = [];
+  let members = 0;
+  let at = 0;
+  while (at < h.length) {
+    IF_MATCH_MEMBER.lastIndex = at;
+    const m = IF_MATCH_MEMBER.exec(h);
+    if (m === null || IF_MATCH_MEMBER.lastIndex === at) return null;
+    if (m[2] !== undefined) {
+      members++;
+      if (m[1] === undefined) strong.push(m[2]);
+    }
+    at = IF_MATCH_MEMBER.lastIndex;
+  }
+  return members === 0 ? null : strong;
 }
 
 export const etagOf = (version: number) => `"${version}"`;
@@ -181,11 +206,15 @@ export function createSettingService({
     return { env, row };
   }
 
+  /**
+   * A page of the settings the caller may read: `settings:read` on each id (a deny grant on one
+   * setting leaves it out). The cursor follows the last key examined, so a page may be short.
+   */
   async function list(
     principal: Principal,
     envName: string,
     page: { limit: number; after?: string | undefined; category?: string | undefined },
-  ): Promise<Setting[]> {
+  ): Promise<FilteredPage<Setting>> {
     const env = await tenancy.environmentByName(principal.orgId, envName);
     const where = [
       eq(settings.orgId, principal.orgId),
@@ -200,18 +229,25 @@ export function createSettingService({
       .where(and(...where))
       .orderBy(asc(settings.key))
       .limit(page.limit);
-    return rows.map((row) => view(row, env.name));
+    const last = rows.at(-1);
+    const readable = await readableRows(authz, principal, 'settings:read', 'settings', rows, (r) => r.id);
+    return {
+      rows: readable.map((row) => view(row, env.name)),
+      next: rows.length === page.limit && last ? last.key : null,
+    };
   }
 
+  /** One setting; the route checks `settings:read` type-wide, this the setting's own id. */
   async function get(principal: Principal, envName: string, key: string): Promise<Setting> {
     const { env, row } = await load(principal.orgId, envName, key);
+    await requireOn(authz, principal, 'settings:read', { type: 'settings', id: row.id });
     return view(row, env.name);
   }
 
-  function expectVersion(ifMatch: number | '*' | null | undefined, current: number | null): void {
+  function expectVersion(ifMatch: IfMatch, current: number | null): void {
     if (ifMatch === null) {
-      throw httpErrors.validation_failed('If-Match must be a version number or an ETag ("3")', {
-        errors: [{ path: 'headers.if-match', message: 'not a version' }],
+      throw httpErrors.validation_failed('If-Match must be "*" or a list of ETags ("3")', {
+        errors: [{ path: 'headers.if-match', message: 'not "*" or a list of entity-tags' }],
       });
     }
     if (current === null) {
@@ -229,10 +265,11 @@ export function createSettingService({
         { current_version: current },
       );
     }
-    if (ifMatch !== '*' && ifMatch !== current) {
-      throw settingErrors.version_conflict(`The setting is at version ${current}, not ${ifMatch}`, {
-        current_version: current,
-      });
+    if (ifMatch !== '*' && !ifMatch.includes(etagOf(current))) {
+      throw settingErrors.version_conflict(
+        `The setting is at version ${current} (ETag ${etagOf(current)}); If-Match names no strong match`,
+        { current_version: current },
+      );
     }
   }
 
@@ -316,7 +353,10 @@ export function createSettingService({
         const id = row0?.id ?? newId('stg');
         const version = (row0?.version ?? 0) + 1;
         const isSecret = input.is_secret ?? before?.isSecret ?? false;
-        const encrypted = input.encrypted ?? (before ? before.encrypted : isSecret);
+        // `encrypted` defaults to `is_secret` (SPEC section 4); on an update an omitted one is kept,
+        // except that a setting becoming secret is sealed from then on unless told otherwise.
+        const encrypted =
+          input.encrypted ?? (before ? before.encrypted || (isSecret && !before.isSecret) : isSecret);
         const sealed = encrypted
           ? seal(keyring, JSON.stringify(input.value), settingAad(principal.orgId, id, version))
           : null;
@@ -414,6 +454,7 @@ export function createSettingService({
   ): Promise<HistoryEntry[]> {
     // History outlives a delete: a deleted key's history stays readable.
     const { row: setting } = await load(principal.orgId, envName, key, true);
+    await requireOn(authz, principal, 'settings:read', { type: 'settings', id: setting.id });
     const where = [eq(settingHistory.settingId, setting.id)];
     if (page.before !== undefined) where.push(lte(settingHistory.version, page.before - 1));
     // One row more than the page: the entry before the last gives its old value.

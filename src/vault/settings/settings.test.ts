@@ -401,5 +401,128 @@ for (const store of STORES) {
       assert.equal(rollback.statusCode, 404, 'a deletion has no value to restore');
       assert.equal(rollback.json().code, 'setting_version_not_found');
     });
+
+    test('a deny grant on one setting: its GET, history and list row are refused; pages follow the keys examined', async () => {
+      const ids: string[] = [];
+      for (const key of ['grant_a', 'grant_b', 'grant_c']) {
+        const res = await put('development', key, { value: 1, value_type: 'int', category: 'grant-test' });
+        assert.equal(res.statusCode, 201, res.body);
+        ids.push(res.json().id);
+      }
+      const grant = await v.req('POST', '/v1/authz/grants', {
+        token: v.tokens.admin,
+        body: {
+          principal: v.ids.viewer,
+          permission: 'settings:read',
+          resource_type: 'settings',
+          resource_id: ids[1],
+          effect: 'deny',
+        },
+      });
+      assert.equal(grant.statusCode, 201, grant.body);
+      for (const url of ['/v1/settings/development/grant_b', '/v1/settings/development/grant_b/history']) {
+        const res = await v.req('GET', url, { token: v.tokens.viewer });
+        assert.equal(res.statusCode, 403, `${url}: ${res.body}`);
+        assert.equal(res.json().code, 'permission_denied');
+        assert.equal((await v.req('GET', url, { token: v.tokens.developer })).statusCode, 200, url);
+      }
+      const list = await v.req('GET', '/v1/settings/development?category=grant-test', {
+        token: v.tokens.viewer,
+      });
+      assert.deepEqual(
+        list.json().data.map((s: { key: string }) => s.key),
+        ['grant_a', 'grant_c'],
+      );
+      const seen: string[] = [];
+      let pages = 0;
+      let cursor: string | null = null;
+      do {
+        const page = await v.req(
+          'GET',
+          `/v1/settings/development?category=grant-test&limit=1${cursor ? `&cursor=${cursor}` : ''}`,
+          { token: v.tokens.viewer },
+        );
+        assert.equal(page.statusCode, 200, page.body);
+        seen.push(...page.json().data.map((s: { key: string }) => s.key));
+        cursor = page.json().next_cursor;
+        pages++;
+      } while (cursor !== null && pages < 10);
+      assert.deepEqual(seen, ['grant_a', 'grant_c']);
+      assert.ok(pages >= 3, 'the hidden row took a page of its own');
+    });
+
+    test('If-Match as RFC 9110 says: a list matches if any strong tag does; weak tags and "06" never match', async () => {
+      const created = await put('development', 'etag_rules', { value: 1, value_type: 'int' });
+      assert.equal(created.statusCode, 201, created.body);
+      const cases: [string, number][] = [
+        ['W/"1"', 412],
+        ['"01"', 412],
+        ['"1 "', 400], // a space is not an etagc
+        ['W/"1", "7"', 412],
+        ['"1",', 200], // version 2 now
+        ['"5", "2"', 200], // 3
+        ['"3","9"', 200], // 4
+        [' "9" , W/"4" , "4" ', 200], // 5
+        ['*', 200], // 6
+        ['6', 200], // 7: a bare version number, for curl users
+        ['07', 412],
+        ['"7" "8"', 400],
+        ['"7", abc', 400],
+        ['W/7', 400],
+        ['"7', 400],
+        [',', 400],
+      ];
+      for (const [ifMatch, status] of cases) {
+        const res = await put('development', 'etag_rules', { value: 2 }, ifMatch);
+        assert.equal(res.statusCode, status, `If-Match: ${ifMatch} → ${res.body}`);
+      }
+      const read = await v.req('GET', '/v1/settings/development/etag_rules', { token: v.tokens.viewer });
+      assert.equal(read.json().version, 7);
+    });
+
+    test('is_secret without encryption (SPEC: two flags) is kept, masked everywhere; becoming secret encrypts', async () => {
+      const plainSecret = 'plaintext-secret-setting-value-xyz';
+      const created = await put('development', 'secret_plain', {
+        value: plainSecret,
+        value_type: 'string',
+        is_secret: true,
+        encrypted: false,
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      assert.equal(created.json().encrypted, false);
+      assert.equal(created.json().masked, true);
+      const updated = await put('development', 'secret_plain', { value: `${plainSecret}-2` }, '"1"');
+      assert.equal(updated.statusCode, 200, updated.body);
+      assert.equal(updated.json().encrypted, false, 'an explicit choice is kept on update');
+      const rb = await v.req('POST', '/v1/settings/development/secret_plain/rollback', {
+        token: v.tokens.developer,
+        body: { version: 1 },
+      });
+      assert.equal(rb.statusCode, 200, rb.body);
+      const bodies = [
+        created.body,
+        updated.body,
+        rb.body,
+        (await v.req('GET', '/v1/settings/development/secret_plain', { token: v.tokens.viewer })).body,
+        (await v.req('GET', '/v1/settings/development', { token: v.tokens.viewer })).body,
+        (await v.req('GET', '/v1/settings/development/secret_plain/history', { token: v.tokens.viewer }))
+          .body,
+      ];
+      for (const b of bodies) assert.ok(!b.includes(plainSecret), b);
+      const audit = await v.t.store.db.query<{ j: string }>(
+        `select row_to_json(a)::text as j from audit_events a`,
+      );
+      for (const a of audit) assert.ok(!a.j.includes(plainSecret), a.j);
+
+      // A plain setting marked secret later, without saying `encrypted`: sealed from then on.
+      const plain = await put('development', 'later_secret', { value: 'p', value_type: 'string' });
+      assert.equal(plain.json().encrypted, false);
+      const marked = await put('development', 'later_secret', { value: 'q', is_secret: true }, '"1"');
+      assert.equal(marked.statusCode, 200, marked.body);
+      assert.equal(marked.json().encrypted, true);
+      const [row] = await v.t.store.db.db.select().from(settings).where(eq(settings.key, 'later_secret'));
+      assert.equal(row?.value, null);
+      assert.ok(row?.valueSealed);
+    });
   });
 }
