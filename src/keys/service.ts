@@ -858,7 +858,7 @@ export function createKeysService(deps: KeysServiceDeps) {
     }
     // PostgreSQL's jsonb and text hold neither NUL (`\u0000`) nor a lone surrogate (`\ud800`), both
     // valid JSON escapes: refused here rather than failing the insert (500).
-    const bad = unstorableText(parsed);
+    const bad = SUSPECT_ESCAPE.test(payload) ? unstorableText(parsed) : null;
     if (bad !== null) {
       throw keyErrors.invalid_signal_text(`${bad}: a NUL character or a lone surrogate cannot be stored`, {
         path: bad,
@@ -945,6 +945,12 @@ function auditView(row: q.ApiKeyRow) {
   };
 }
 
+/**
+ * Either can only arrive as a `\u` escape (JSON forbids a raw control character in a string, and
+ * UTF-8 decoding turns a raw lone surrogate into U+FFFD): a body without such an escape is not
+ * walked.
+ */
+const SUSPECT_ESCAPE = /\\u(?:0000|[dD][89a-fA-F])/;
 /** NUL, or a UTF-16 surrogate without its other half (no `u` flag: the regex sees code units). */
 const UNSTORABLE = /\0|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 

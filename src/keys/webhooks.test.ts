@@ -307,6 +307,7 @@ describe('/v1/ingest: text PostgreSQL cannot store (pglite)', () => {
       ['{"type":"x","data":{"a":"\\u0000"}}', 'body.data.a'],
       ['{"type":"a\\u0000b"}', 'body.type'],
       ['{"type":"x","data":{"a":"\\ud800"}}', 'body.data.a'],
+      ['{"type":"x","data":{"a":"\\uD800\\u0041"}}', 'body.data.a'],
       ['{"type":"x","data":{"a":"\\udc00z"}}', 'body.data.a'],
       ['{"type":"x","data":["ok",{"b":"\\ud83d"}]}', 'body.data.1.b'],
       ['{"type":"x","data":{"\\u0000":1}}', 'body.data."\\u0000"'],
