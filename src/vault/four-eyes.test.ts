@@ -486,6 +486,149 @@ for (const { kind, skip } of STORES) {
       assert.equal(back.statusCode, 200, back.body);
     });
 
+    test('policy: a repeated environment name is stored once', async () => {
+      const dup = await v.req('PUT', '/v1/vault/policy', {
+        token: v.tokens.admin,
+        body: { four_eyes: true, environments: ['production', 'production'] },
+      });
+      assert.equal(dup.statusCode, 200, dup.body);
+      assert.deepEqual(dup.json().environments, ['production']);
+      const policy = await v.req('GET', '/v1/vault/policy', { token: v.tokens.viewer });
+      assert.deepEqual(policy.json().environments, ['production']);
+    });
+
+    test("an approved change is recorded with the requester's context; the approver's is on change.approved", async () => {
+      const asked = await v.req('PUT', '/v1/settings/production/ctx_setting', {
+        token: v.tokens.developer,
+        body: { value: 1, value_type: 'int' },
+        headers: { 'user-agent': 'requester-agent' },
+      });
+      assert.equal(asked.statusCode, 202, asked.body);
+      const secretAsked = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'CTX_SECRET', environment: 'production', value: 'ctx-value' },
+        headers: { 'user-agent': 'requester-agent' },
+      });
+      assert.equal(secretAsked.statusCode, 202, secretAsked.body);
+      const approvals = [];
+      for (const change of [asked, secretAsked]) {
+        const res = await v.req('POST', `/v1/vault/changes/${change.json().change_id}/approve`, {
+          token: v.tokens.manager2,
+          headers: { 'user-agent': 'approver-agent' },
+        });
+        assert.equal(res.statusCode, 200, res.body);
+        approvals.push(res);
+      }
+      type Ev = {
+        action: string;
+        actor_id: string;
+        user_agent: string | null;
+        session_id: string | null;
+        request_id: string | null;
+        resource_id: string;
+      };
+      const events = async (ids: string[]) =>
+        v.t.store.db.query<Ev>(
+          `select action, actor_id, user_agent, session_id, request_id, resource_id from audit_events
+            where resource_id = any($1) order by id`,
+          [ids],
+        );
+      for (const [i, change] of [asked, secretAsked].entries()) {
+        const changeId: string = change.json().change_id;
+        const approval = approvals[i];
+        assert.ok(approval);
+        const resultId: string = approval.json().result_id;
+        const evs = await events([changeId, resultId]);
+        const requested = evs.find((e) => e.action === 'change.requested');
+        const applied = evs.find((e) => e.action === (i === 0 ? 'setting.changed' : 'secret.created'));
+        const approved = evs.find((e) => e.action === 'change.approved');
+        assert.ok(requested && applied && approved, JSON.stringify(evs));
+        const requester = i === 0 ? v.ids.developer : v.ids.manager;
+        assert.equal(applied.actor_id, requester);
+        assert.equal(applied.user_agent, 'requester-agent');
+        assert.equal(applied.request_id, change.headers['x-request-id']);
+        assert.equal(applied.session_id, requested.session_id, "the requester's session");
+        assert.ok(applied.session_id);
+        assert.equal(approved.actor_id, v.ids.manager2);
+        assert.equal(approved.user_agent, 'approver-agent');
+        assert.equal(approved.request_id, approval.headers['x-request-id']);
+        assert.notEqual(approved.session_id, applied.session_id);
+      }
+      const history = await v.req('GET', '/v1/settings/production/ctx_setting/history', {
+        token: v.tokens.viewer,
+      });
+      const entry = history.json().data[0];
+      assert.equal(entry.changed_by, v.ids.developer);
+      assert.equal(entry.user_agent, 'requester-agent');
+      assert.equal(entry.request_id, asked.headers['x-request-id']);
+      const logs = await v.t.store.db.query<{ principal_id: string; user_agent: string; request_id: string }>(
+        `select principal_id, user_agent, request_id from secret_access_logs
+          where secret_id = $1 and access_type = 'write'`,
+        [approvals[1]?.json().result_id],
+      );
+      assert.deepEqual(logs, [
+        {
+          principal_id: v.ids.manager,
+          user_agent: 'requester-agent',
+          request_id: secretAsked.headers['x-request-id'],
+        },
+      ]);
+    });
+
+    test('a requester may withdraw their own pending change without approvals:approve; others may not', async () => {
+      const mine = await v.req('PUT', '/v1/settings/production/withdrawn_setting', {
+        token: v.tokens.developer,
+        body: { value: 1, value_type: 'int' },
+      });
+      assert.equal(mine.statusCode, 202, mine.body);
+      const id: string = mine.json().change_id;
+      const viewer = await v.req('POST', `/v1/vault/changes/${id}/reject`, { token: v.tokens.viewer });
+      assert.equal(viewer.statusCode, 403, viewer.body);
+      assert.equal(viewer.json().code, 'permission_denied');
+      const unknown = await v.req('POST', '/v1/vault/changes/chg_01J0000000000000000000000/reject', {
+        token: v.tokens.developer,
+      });
+      assert.equal(unknown.statusCode, 403, 'without approvals:approve, an unknown change says nothing');
+      const withdrawn = await v.req('POST', `/v1/vault/changes/${id}/reject`, {
+        token: v.tokens.developer,
+        body: { reason: 'asked too soon' },
+      });
+      assert.equal(withdrawn.statusCode, 200, withdrawn.body);
+      assert.equal(withdrawn.json().status, 'rejected');
+      assert.equal(withdrawn.json().decided_by, v.ids.developer);
+      const again = await v.req('POST', `/v1/vault/changes/${id}/reject`, { token: v.tokens.developer });
+      assert.equal(again.statusCode, 409);
+      const [event] = await v.t.store.db.query<{ actor_id: string; details: Record<string, unknown> }>(
+        `select actor_id, details from audit_events where action = 'change.rejected' and resource_id = $1`,
+        [id],
+      );
+      assert.equal(event?.actor_id, v.ids.developer);
+      assert.equal(event?.details.withdrawn, true);
+      assert.equal(event?.details.reason, 'asked too soon');
+      const nothing = await v.req('GET', '/v1/settings/production/withdrawn_setting', {
+        token: v.tokens.viewer,
+      });
+      assert.equal(nothing.statusCode, 404);
+      // Someone else's change still needs approvals:approve (a manager's, rejected by a developer).
+      const theirs = await v.req('PUT', '/v1/settings/production/withdrawn_setting', {
+        token: v.tokens.manager,
+        body: { value: 2, value_type: 'int' },
+      });
+      const refused = await v.req('POST', `/v1/vault/changes/${theirs.json().change_id}/reject`, {
+        token: v.tokens.developer,
+      });
+      assert.equal(refused.statusCode, 403, refused.body);
+      const byManager = await v.req('POST', `/v1/vault/changes/${theirs.json().change_id}/reject`, {
+        token: v.tokens.manager2,
+      });
+      assert.equal(byManager.statusCode, 200, byManager.body);
+      const [rejected] = await v.t.store.db.query<{ details: Record<string, unknown> }>(
+        `select details from audit_events where action = 'change.rejected' and resource_id = $1`,
+        [theirs.json().change_id],
+      );
+      assert.equal(rejected?.details.withdrawn, undefined, 'a rejection by someone else is no withdrawal');
+    });
+
     test('segment create, update and delete are held (segments serve production too)', async () => {
       const body = {
         name: 'beta-users',

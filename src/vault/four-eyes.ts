@@ -13,12 +13,12 @@ import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import { callerOf } from '../http/auth.ts';
 import { contextOf, type RequestContext } from '../http/context.ts';
-import { defineErrors, StewardError } from '../http/errors.ts';
+import { defineErrors, httpErrors, StewardError } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Principal } from '../http/principal.ts';
 import { environments } from '../tenancy/schema.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
-import { vaultChanges, vaultPolicies } from './schema.ts';
+import { type ChangeRequestContext, vaultChanges, vaultPolicies } from './schema.ts';
 import type { Access } from './secrets/service.ts';
 
 /** A change to hold for approval. `payload` is the request as given (sealed at rest). */
@@ -95,6 +95,36 @@ export type PolicyRow = typeof vaultPolicies.$inferSelect;
 
 const changeAad = (orgId: string, id: string) => `org/${orgId}/change/${id}`;
 
+/** The requester's context as stored with a held change. */
+const storedContext = (access: Access): ChangeRequestContext => ({
+  ip: access.context.ip,
+  user_agent: access.context.userAgent,
+  session_id: access.context.sessionId,
+  request_id: access.context.requestId,
+  tool_id: access.toolId,
+});
+
+/**
+ * The context an approved change is recorded with: the requester's, as stored when they asked —
+ * never the approver's (whose context goes in `change.approved`). Empty only for a change from
+ * before migration 0010 whose `change.requested` event was no longer there to backfill it.
+ */
+function requesterContext(stored: ChangeRequestContext | null): Pick<Access, 'context' | 'toolId'> {
+  return {
+    context: {
+      ip: stored?.ip ?? '',
+      userAgent: stored?.user_agent ?? null,
+      sessionId: stored?.session_id ?? null,
+      requestId: stored?.request_id ?? '',
+    },
+    toolId: stored?.tool_id ?? null,
+  };
+}
+
+/** Whether a principal is the change's requester (or a key acting for them). */
+const isRequester = (principal: Principal, row: ChangeRow) =>
+  principal.id === row.requestedBy || principal.ownerId === row.requestedBy;
+
 /**
  * Four-eyes changes: an org switch (`vault_policies`), pending changes (`vault_changes`, payload
  * sealed since it may hold a secret value), and the decision by another user holding
@@ -131,11 +161,11 @@ export function createFourEyes({
 
   /**
    * The requester as they are now, read in the approval's transaction: an active member (else
-   * 403), with the rights the org's index gives them. A key's change was requested for its owner
+   * 403), with the rights the org's index gives them, and the context they asked from. A key's change was requested for its owner
    * (`requested_by`), whose rights decide: the key's own id is not stored, and its scopes were
    * checked when it asked.
    */
-  async function requesterNow(row: ChangeRow, tx: DbOrTx, context: RequestContext): Promise<Access> {
+  async function requesterNow(row: ChangeRow, tx: DbOrTx): Promise<Access> {
     const found = await principals.find(row.orgId, row.requestedBy, tx);
     if (found === null || found.orgId !== row.orgId) {
       throw changeErrors.requester_not_permitted(
@@ -147,7 +177,7 @@ export function createFourEyes({
       row.requestedByType === 'key'
         ? { ...found, kind: 'key', id: row.requestedBy, ownerId: row.requestedBy, scopes: null }
         : found;
-    return { principal, context, toolId: null };
+    return { principal, ...requesterContext(row.requestContext) };
   }
 
   async function policy(
@@ -163,12 +193,14 @@ export function createFourEyes({
     input: { four_eyes: boolean; environments?: string[] | undefined },
     context: RequestContext,
   ) {
+    // A name given twice is stored once (the list is a set; order of first appearance kept).
+    const wanted = input.environments === undefined ? undefined : [...new Set(input.environments)];
     return db.db.transaction(async (tx) => {
       // A misspelt name would protect nothing while reading as protected: 404
       // environment_not_found, as every route answers for an unknown environment.
-      for (const name of input.environments ?? []) await tenancy.environmentByName(principal.orgId, name, tx);
+      for (const name of wanted ?? []) await tenancy.environmentByName(principal.orgId, name, tx);
       const before = await policy(principal.orgId, tx);
-      const after = { fourEyes: input.four_eyes, environments: input.environments ?? before.environments };
+      const after = { fourEyes: input.four_eyes, environments: wanted ?? before.environments };
       await tx
         .insert(vaultPolicies)
         .values({
@@ -227,6 +259,7 @@ export function createFourEyes({
           keyId: sealedKeyId(sealed),
           requestedBy: principal.ownerId ?? principal.id,
           requestedByType: principal.kind,
+          requestContext: storedContext(access),
           createdAt: clock(),
         });
         await audit.record(tx, {
@@ -281,12 +314,16 @@ export function createFourEyes({
     return row;
   }
 
-  /** Claims a pending change (pending → rejected) and records the decision, in one transaction. */
+  /**
+   * Claims a pending change (pending → rejected) and records the decision, in one transaction.
+   * `withdrawn`: the requester took their own change back.
+   */
   async function decideRejected(
     approver: Principal,
     row: ChangeRow,
     reason: string | null,
     context: RequestContext,
+    withdrawn: boolean,
   ) {
     await db.db.transaction(async (tx) => {
       const claimed = await tx
@@ -301,7 +338,13 @@ export function createFourEyes({
         action: 'change.rejected',
         resource: { type: 'change', id: row.id },
         context,
-        details: { kind: row.kind, target_id: row.targetId, requested_by: row.requestedBy, reason },
+        details: {
+          kind: row.kind,
+          target_id: row.targetId,
+          requested_by: row.requestedBy,
+          reason,
+          ...(withdrawn ? { withdrawn: true } : {}),
+        },
       });
     });
   }
@@ -317,7 +360,7 @@ export function createFourEyes({
   async function approve(approver: Principal, id: string, reason: string | null, context: RequestContext) {
     const row = await load(approver.orgId, id);
     if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
-    if (approver.id === row.requestedBy || approver.ownerId === row.requestedBy) {
+    if (isRequester(approver, row)) {
       throw changeErrors.self_approval('Another person must approve this change');
     }
     const applier = appliers.get(row.kind);
@@ -343,7 +386,7 @@ export function createFourEyes({
             ? [null]
             : await tx.select().from(environments).where(eq(environments.id, row.environmentId));
         if (environment === undefined) throw changeErrors.change_not_found('Its environment is gone');
-        const requester = await requesterNow(row, tx, context);
+        const requester = await requesterNow(row, tx);
         const out = await applier({
           tx,
           requester,
@@ -432,11 +475,30 @@ export function createFourEyes({
     });
   }
 
-  async function reject(approver: Principal, id: string, reason: string | null, context: RequestContext) {
-    const row = await load(approver.orgId, id);
+  /**
+   * Rejects a pending change. Needs `approvals:approve`, except for the requester (or a key acting
+   * for them) withdrawing their own change. Without the permission, a change that is not the
+   * caller's — or does not exist — is the same 403 the route used to answer.
+   */
+  async function reject(caller: Principal, id: string, reason: string | null, context: RequestContext) {
+    let row: ChangeRow;
+    if ((await authz.check(caller, 'approvals:approve')).allowed) row = await load(caller.orgId, id);
+    else {
+      const own = await load(caller.orgId, id).catch((error: unknown) => {
+        if (error instanceof StewardError && error.code === 'change_not_found') return null;
+        throw error;
+      });
+      if (own === null || !isRequester(caller, own)) {
+        throw httpErrors.permission_denied(
+          'This action needs approvals:approve (a requester may withdraw only their own change)',
+          { permission: 'approvals:approve' },
+        );
+      }
+      row = own;
+    }
     if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
-    await decideRejected(approver, row, reason, context);
-    return { ...row, status: 'rejected', decidedBy: approver.id, decisionReason: reason };
+    await decideRejected(caller, row, reason, context, isRequester(caller, row));
+    return { ...row, status: 'rejected', decidedBy: caller.id, decisionReason: reason };
   }
 
   async function list(
@@ -595,10 +657,14 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
   app.post(
     '/v1/vault/changes/:id/reject',
     {
-      config: { access: { permission: 'approvals:approve' } },
+      // approvals:approve is checked by the service: a requester withdrawing their own needs none.
+      config: { access: 'authenticated' },
       schema: {
         tags: ['vault'],
         summary: 'Reject a change (a requester may withdraw their own)',
+        description:
+          'Needs `approvals:approve`, except for the requester withdrawing their own pending change ' +
+          '(audited `change.rejected` with `withdrawn: true`).',
         params: idParams,
         body: decisionBody,
         response: { 200: changeSchema },
