@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import type { LightMyRequestResponse } from 'fastify';
 import { STORES } from '../../test/helpers/stores.ts';
 import { type VaultTestApp, vaultTestApp } from './test-support.ts';
 
@@ -510,7 +511,7 @@ for (const { kind, skip } of STORES) {
         headers: { 'user-agent': 'requester-agent' },
       });
       assert.equal(secretAsked.statusCode, 202, secretAsked.body);
-      const approvals = [];
+      const approvals: LightMyRequestResponse[] = [];
       for (const change of [asked, secretAsked]) {
         const res = await v.req('POST', `/v1/vault/changes/${change.json().change_id}/approve`, {
           token: v.tokens.manager2,
