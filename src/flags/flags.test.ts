@@ -501,6 +501,7 @@ for (const { kind, skip } of STORES) {
         tenancy: ctx.tenancy,
         bus: ctx.bus,
         clock: ctx.clock,
+        authz: ctx.authz,
       });
       const orgId = (await req('GET', '/v1/me', { token: tokens.manager })).json().org_id as string;
       let heard = 0;
@@ -535,6 +536,216 @@ for (const { kind, skip } of STORES) {
       assert.equal(live, 1, 'the healthy watch hears the change');
       assert.equal(heard, 0, 'the failed watch hears nothing');
       stop();
+    });
+
+    test("a grant on one flag's id: deny on flags:update/delete/read refuses that flag only; lists leave out unreadable flags", async () => {
+      const { req, tokens, ids } = v;
+      const ids2: Record<string, string> = {};
+      for (const name of ['guarded', 'unguarded']) {
+        const res = await req('POST', '/v1/flags/development', {
+          token: tokens.manager,
+          body: { name, enabled: true, strategies: [] },
+        });
+        assert.equal(res.statusCode, 201, res.body);
+        ids2[name] = res.json().id;
+      }
+      const deny = async (principal: string, permission: string) => {
+        const res = await req('POST', '/v1/authz/grants', {
+          token: tokens.admin,
+          body: { principal, permission, resource_type: 'flags', resource_id: ids2.guarded, effect: 'deny' },
+        });
+        assert.equal(res.statusCode, 201, res.body);
+      };
+      await deny(ids.manager, 'flags:update');
+      await deny(ids.manager, 'flags:delete');
+      await deny(ids.viewer, 'flags:read');
+      const body = (name: string) => ({ name, enabled: false, strategies: [] });
+      const put = await req('PUT', '/v1/flags/development/guarded', {
+        token: tokens.manager,
+        body: body('guarded'),
+      });
+      assert.equal(put.statusCode, 403, put.body);
+      assert.equal(put.json().code, 'permission_denied');
+      assert.equal(
+        (await req('DELETE', '/v1/flags/development/guarded', { token: tokens.manager })).statusCode,
+        403,
+      );
+      assert.equal(
+        (
+          await req('PUT', '/v1/flags/development/unguarded', {
+            token: tokens.manager,
+            body: body('unguarded'),
+          })
+        ).statusCode,
+        200,
+      );
+      // The manager may still read it; the viewer may not, and does not see it listed.
+      assert.equal(
+        (await req('GET', '/v1/flags/development/guarded', { token: tokens.manager })).statusCode,
+        200,
+      );
+      assert.equal(
+        (await req('GET', '/v1/flags/development/guarded', { token: tokens.viewer })).statusCode,
+        403,
+      );
+      assert.equal(
+        (await req('GET', '/v1/flags/development/guarded/metrics', { token: tokens.viewer })).statusCode,
+        403,
+      );
+      assert.equal(
+        (await req('GET', '/v1/flags/development/unguarded', { token: tokens.viewer })).statusCode,
+        200,
+      );
+      const names = async (token: string, limit = 100) => {
+        const out: string[] = [];
+        let cursor: string | null = null;
+        do {
+          const res = await req(
+            'GET',
+            `/v1/flags/development?limit=${limit}${cursor ? `&cursor=${cursor}` : ''}`,
+            {
+              token,
+            },
+          );
+          assert.equal(res.statusCode, 200, res.body);
+          out.push(...res.json().data.map((f: { name: string }) => f.name));
+          cursor = res.json().next_cursor;
+        } while (cursor !== null);
+        return out;
+      };
+      assert.ok((await names(tokens.manager)).includes('guarded'));
+      const seen = await names(tokens.viewer);
+      assert.ok(!seen.includes('guarded') && seen.includes('unguarded'), seen.join());
+      // Pages of one: the cursor moves past a page whose only flag was left out.
+      assert.deepEqual(await names(tokens.viewer, 1), seen);
+      // The admin (superuser) passes deny grants.
+      assert.equal(
+        (await req('PUT', '/v1/flags/development/guarded', { token: tokens.admin, body: body('guarded') }))
+          .statusCode,
+        200,
+      );
+    });
+
+    test('GET → PUT round trip: the read-only fields GET returns are accepted and ignored; unknown fields refused', async () => {
+      const { req, tokens } = v;
+      const created = await req('POST', '/v1/flags/development', {
+        token: tokens.manager,
+        body: {
+          ...rollout('round-trip', 40),
+          strategies: [
+            { name: 'flexibleRollout', parameters: { rollout: '40', stickiness: 'userId' }, title: 't' },
+            { name: 'userWithId', parameters: { userIds: 'a,b' }, disabled: true },
+          ],
+        },
+      });
+      assert.equal(created.statusCode, 201, created.body);
+      const read = (await req('GET', '/v1/flags/development/round-trip', { token: tokens.manager })).json();
+      const put = await req('PUT', '/v1/flags/development/round-trip', {
+        token: tokens.manager,
+        body: { ...read, description: 'changed', version: 99, id: 'flg_other', environment: 'staging' },
+      });
+      assert.equal(put.statusCode, 200, put.body);
+      const after = put.json();
+      assert.equal(after.id, read.id);
+      assert.equal(after.environment, 'development');
+      assert.equal(after.version, 2);
+      assert.equal(after.description, 'changed');
+      assert.deepEqual(after.strategies, read.strategies);
+      assert.deepEqual(after.variants, read.variants);
+      // The same body again is accepted unchanged (what a declarative tool does every run).
+      const again = (await req('GET', '/v1/flags/development/round-trip', { token: tokens.manager })).json();
+      assert.equal(
+        (await req('PUT', '/v1/flags/development/round-trip', { token: tokens.manager, body: again }))
+          .statusCode,
+        200,
+      );
+      const unknown = await req('PUT', '/v1/flags/development/round-trip', {
+        token: tokens.manager,
+        body: { ...again, colour: 'red' },
+      });
+      assert.equal(unknown.statusCode, 400, unknown.body);
+      const renamed = await req('PUT', '/v1/flags/development/round-trip', {
+        token: tokens.manager,
+        body: { ...again, name: 'other-name' },
+      });
+      assert.equal(renamed.statusCode, 400, renamed.body);
+    });
+
+    test('If-Match: a list matches on any strong tag; weak tags and "06" never match; * passes', async () => {
+      const { req, tokens } = v;
+      const body = { name: 'conditional', enabled: true, strategies: [] };
+      assert.equal(
+        (await req('POST', '/v1/flags/development', { token: tokens.manager, body })).statusCode,
+        201,
+      );
+      const bump = () => req('PUT', '/v1/flags/development/conditional', { token: tokens.manager, body });
+      for (let i = 0; i < 5; i++) assert.equal((await bump()).statusCode, 200);
+      // Version 6 now.
+      const put = (ifMatch: string) =>
+        req('PUT', '/v1/flags/development/conditional', {
+          token: tokens.manager,
+          body,
+          headers: { 'if-match': ifMatch },
+        });
+      for (const stale of ['W/"6"', '"06"', '"5", W/"6"', '"x"', '"5"']) {
+        const res = await put(stale);
+        assert.equal(res.statusCode, 412, `${stale}: ${res.body}`);
+      }
+      assert.equal((await put('garbage, "6')).statusCode, 400);
+      // "6" in a list → 7; * → 8; "8" → 9.
+      for (const ok of ['"1", "6"', '*', '"8"']) {
+        const res = await put(ok);
+        assert.equal(res.statusCode, 200, `${ok}: ${res.body}`);
+      }
+      // A bare canonical number, for curl users; DELETE reads the header alike.
+      assert.equal((await put('9')).statusCode, 200);
+      assert.equal(
+        (
+          await req('DELETE', '/v1/flags/development/conditional', {
+            token: tokens.manager,
+            headers: { 'if-match': 'W/"10"' },
+          })
+        ).statusCode,
+        412,
+      );
+      assert.equal(
+        (
+          await req('DELETE', '/v1/flags/development/conditional', {
+            token: tokens.manager,
+            headers: { 'if-match': '"3", "10"' },
+          })
+        ).statusCode,
+        204,
+      );
+    });
+
+    test('evaluate: flags the environment does not have are left out of data and listed in missing', async () => {
+      const { req, tokens } = v;
+      assert.equal(
+        (
+          await req('POST', '/v1/flags/development', {
+            token: tokens.manager,
+            body: { name: 'real-off', enabled: false, strategies: [] },
+          })
+        ).statusCode,
+        201,
+      );
+      const res = await req('POST', '/v1/flags/development/evaluate', {
+        token: tokens.viewer,
+        body: { flags: ['real-off', 'nonexistent', 'real-off'] },
+      });
+      assert.equal(res.statusCode, 200, res.body);
+      const out = res.json();
+      assert.deepEqual(
+        out.data.map((e: { name: string; enabled: boolean }) => [e.name, e.enabled]),
+        [['real-off', false]],
+      );
+      assert.deepEqual(out.missing, ['nonexistent']);
+      const all = (
+        await req('POST', '/v1/flags/development/evaluate', { token: tokens.viewer, body: {} })
+      ).json();
+      assert.deepEqual(all.missing, []);
+      assert.ok(all.data.some((e: { name: string }) => e.name === 'real-off'));
     });
 
     test('event stream: hydration, change events, closes on shutdown', async () => {

@@ -6,8 +6,9 @@ import { createFlagMetrics, flagMetricsRoutes } from './metrics.ts';
 import { flagRoutes } from './routes.ts';
 import { createFlagService, type SegmentInput } from './service.ts';
 import { createStreamHub } from './stream.ts';
+import { createStreamGuard } from './stream-guard.ts';
 import type { Feature } from './types.ts';
-import { unleashClientRoutes } from './unleash-api.ts';
+import { createKeyAccess, unleashClientRoutes } from './unleash-api.ts';
 
 /** Heartbeat comment on every server-sent-events stream. */
 const HEARTBEAT_MS = 15_000;
@@ -30,6 +31,7 @@ export async function registerFlags(
     bus: ctx.bus,
     clock: ctx.clock,
     fourEyes: changes.fourEyes,
+    authz: ctx.authz,
     onError: (error, what) => app.log.error({ err: error }, what),
   });
   const envOf = (env: Environment | null): Environment => {
@@ -77,7 +79,15 @@ export async function registerFlags(
     hub.closeAll();
     done();
   });
-  await app.register(flagRoutes, { flags, hub });
+  const keyAccess = createKeyAccess({ keys: ctx.keys.service, bus: ctx.bus });
+  // `/v1/flags/{env}/stream` is re-authenticated like `/api/client/streaming`, and also ends when
+  // the session it was opened with is revoked or logged out.
+  const guard = createStreamGuard({
+    bus: ctx.bus,
+    clock: ctx.clock,
+    sessionRevoked: (sid) => ctx.identity.revocation.isRevoked(sid),
+  });
+  await app.register(flagRoutes, { flags, hub, guard, keyAccess });
   const metrics = createFlagMetrics({ db: ctx.db, clock: ctx.clock });
   const retention = setInterval(() => {
     metrics
@@ -90,7 +100,7 @@ export async function registerFlags(
   await app.register(unleashClientRoutes, {
     flags,
     metrics,
-    keys: ctx.keys.service,
+    accessOf: keyAccess,
     bus: ctx.bus,
     clock: ctx.clock,
   });

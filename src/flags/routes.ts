@@ -7,9 +7,10 @@ import { httpErrors } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { toolIdOf } from '../vault/common.ts';
 import type { Access } from '../vault/secrets/service.ts';
-import { parseIfMatch } from '../vault/settings/service.ts';
+import { ifMatchVersions } from './etag.ts';
 import type { FlagRow, FlagService, SegmentRow } from './service.ts';
 import type { StreamHub } from './stream.ts';
+import type { StreamGuard } from './stream-guard.ts';
 import {
   constraintSchema,
   dependencySchema,
@@ -19,6 +20,7 @@ import {
   strategySchema,
   variantDefinitionSchema,
 } from './types.ts';
+import type { KeyAccessOf } from './unleash-api.ts';
 
 /** URL-safe, as Unleash requires; `stream` is taken by the event stream's path. */
 const flagName = z
@@ -32,9 +34,12 @@ const segmentParams = z.object({ id: z.coerce.number().int().min(1).max(2_147_48
 const ifMatchHeader = z.looseObject({
   'if-match': z
     .string()
-    .max(100)
+    .max(1000)
     .optional()
-    .describe('The version you read; a stale one is refused with 412.'),
+    .describe(
+      'The version you read (`"3"`; a list matches if any strong tag does; weak tags never match; `*`); ' +
+        'a stale one is refused with 412.',
+    ),
 });
 
 /** A flag as sent: Unleash's feature-toggle shape, checked with the engine's schemas. */
@@ -47,6 +52,29 @@ const flagBody = z.strictObject({
   dependencies: z.array(dependencySchema).max(100).optional(),
   impressionData: z.boolean().optional(),
 });
+
+/**
+ * What GET returns besides the flag itself. Accepted on PUT and ignored, so a declarative tool can
+ * PUT what it read (a GET → PUT round trip); anything else unknown is still refused. Checked only
+ * for shape: `version` is not a precondition (send `If-Match` for that), and `id`/`environment`
+ * may name another copy (a flag read in one environment, written to another).
+ */
+const readOnlyFields = {
+  id: z.string().max(100).optional(),
+  environment: z.string().max(100).optional(),
+  version: z.number().int().optional(),
+  created_by: z.string().max(100).nullish(),
+  updated_by: z.string().max(100).nullish(),
+  created_at: z.string().max(100).optional(),
+  updated_at: z.string().max(100).optional(),
+};
+const flagPutBody = flagBody.extend(readOnlyFields);
+
+/** The flag of a PUT body, without the read-only fields. */
+function featureOf(body: z.infer<typeof flagPutBody>): Feature {
+  const { id, environment, version, created_by, updated_by, created_at, updated_at, ...feature } = body;
+  return feature as Feature;
+}
 
 const flagSchema = z.object({
   id: z.string(),
@@ -146,22 +174,25 @@ const accessOf = (request: FastifyRequest): Access => ({
   toolId: toolIdOf(request),
 });
 
-function versionOf(header: string | undefined): number | undefined {
-  const v = parseIfMatch(header);
+/** The versions `If-Match` accepts (any of them matches); undefined: no header, or `*`. */
+function versionOf(header: string | undefined): readonly number[] | undefined {
+  const v = ifMatchVersions(header);
   if (v === undefined || v === '*') return undefined;
   if (v === null) {
-    throw httpErrors.validation_failed('If-Match must be a version number or an ETag ("3")', {
-      errors: [{ path: 'headers.if-match', message: 'not a version' }],
+    throw httpErrors.validation_failed('If-Match must be ETags ("3", a list "2", "3") or *', {
+      errors: [{ path: 'headers.if-match', message: 'not a list of entity tags' }],
     });
   }
   return v;
 }
 
 /** `/v1/flags/{env}…` and `/v1/segments…`. */
-export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: StreamHub }> = async (
-  app,
-  { flags, hub },
-) => {
+export const flagRoutes: FastifyPluginAsyncZod<{
+  flags: FlagService;
+  hub: StreamHub;
+  guard: StreamGuard;
+  keyAccess: KeyAccessOf;
+}> = async (app, { flags, hub, guard, keyAccess }) => {
   app.get(
     '/v1/flags/:env',
     {
@@ -176,14 +207,13 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
     },
     async (request) => {
       const cursor = decodeCursor(request.query.cursor, z.object({ name: z.string().max(100) }));
-      const rows = await flags.list(callerOf(request), request.params.env, {
+      const { rows, last } = await flags.list(callerOf(request), request.params.env, {
         limit: request.query.limit,
         after: cursor?.name,
       });
-      const last = rows.at(-1);
       return {
         data: rows.map((r) => flagView(r, request.params.env)),
-        next_cursor: rows.length === request.query.limit && last ? encodeCursor({ name: last.name }) : null,
+        next_cursor: last === undefined ? null : encodeCursor({ name: last }),
       };
     },
   );
@@ -225,27 +255,43 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
       },
     },
     async (request, reply) => {
-      const { orgId } = callerOf(request);
+      const principal = callerOf(request);
+      const { orgId } = principal;
       // Resolve the environment before hijacking, so an unknown one is a normal 404.
       await flags.snapshot(orgId, request.params.env);
-      let unwatch: () => void = () => {};
-      const stream = hub.start(reply, () => unwatch());
-      unwatch = await flags.watch(
-        orgId,
-        request.params.env,
-        (s) =>
-          stream.send(
-            'unleash-connected',
-            {
-              events: [
-                { type: 'hydration', eventId: s.revision, features: s.features, segments: s.segments },
-              ],
-            },
-            s.revision,
-          ),
-        (events, s) => stream.send('unleash-updated', { events }, s.revision),
-      );
-      if (stream.closed) unwatch();
+      const expiresAt = principal.keyId === undefined ? null : (await keyAccess(principal)).expiresAt;
+      let unwatch: (() => void) | undefined;
+      const stream = hub.start(reply, () => {
+        guard.release(stream);
+        unwatch?.();
+        unwatch = undefined;
+      });
+      // Ended on the credential's revocation, expiry or change, and hourly: the client
+      // reconnects and is authenticated again.
+      guard.hold(stream, principal, expiresAt);
+      try {
+        const stop = await flags.watch(
+          orgId,
+          request.params.env,
+          (s) =>
+            stream.send(
+              'unleash-connected',
+              {
+                events: [
+                  { type: 'hydration', eventId: s.revision, features: s.features, segments: s.segments },
+                ],
+              },
+              s.revision,
+            ),
+          (events, s) => stream.send('unleash-updated', { events }, s.revision),
+        );
+        if (stream.closed) stop();
+        else unwatch = stop;
+      } catch (error) {
+        // Hijacked: nothing can be sent but the end; the client reconnects.
+        request.log.error({ err: error }, 'flag stream');
+        stream.close();
+      }
     },
   );
 
@@ -263,18 +309,19 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
             flags: z.array(z.string().max(100)).max(1000).optional().describe('Only these flags.'),
           })
           .nullish(),
-        response: { 200: z.object({ data: z.array(evaluationSchema) }) },
+        response: {
+          200: z.object({
+            data: z.array(evaluationSchema),
+            missing: z
+              .array(z.string())
+              .describe('Names in `flags` the environment does not have (left out of `data`).'),
+          }),
+        },
       },
     },
     async (request) => {
       const context = (request.body?.context ?? {}) as FlagContext;
-      const data = await flags.evaluate(
-        callerOf(request).orgId,
-        request.params.env,
-        context,
-        request.body?.flags,
-      );
-      return { data };
+      return flags.evaluate(callerOf(request).orgId, request.params.env, context, request.body?.flags);
     },
   );
 
@@ -305,7 +352,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
         summary: 'Replace a flag (optional If-Match); 202 when held for approval',
         params: flagParams,
         headers: ifMatchHeader,
-        body: flagBody,
+        body: flagPutBody,
         response: { 200: flagSchema, 202: pendingSchema },
       },
     },
@@ -314,7 +361,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{ flags: FlagService; hub: Stream
         accessOf(request),
         request.params.env,
         request.params.name,
-        request.body as Feature,
+        featureOf(request.body),
         versionOf(request.headers['if-match']),
       );
       if ('pending' in result) {

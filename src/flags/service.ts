@@ -2,13 +2,14 @@ import { createHash } from 'node:crypto';
 import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm';
 import type { AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
+import type { Authz } from '../authz/contract.ts';
 import type { InvalidationBus } from '../bus/index.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import type { Principal } from '../http/principal.ts';
 import type { FieldError } from '../http/problem.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
-import { isUniqueViolation } from '../vault/common.ts';
+import { isUniqueViolation, requireOn } from '../vault/common.ts';
 import type { FourEyes } from '../vault/four-eyes.ts';
 import type { Access, Pending } from '../vault/secrets/service.ts';
 import { clientView } from './client-view.ts';
@@ -50,6 +51,8 @@ export interface FlagServiceDeps {
   bus: InvalidationBus;
   clock: () => Date;
   fourEyes?: FourEyes | undefined;
+  /** Per-flag checks (grants on resource type `flags`, id `flg_…`); from memory when warm. */
+  authz: Pick<Authz, 'check'>;
   onError?: (error: unknown, what: string) => void;
 }
 
@@ -65,6 +68,13 @@ type State = Pick<FlagSnapshot, 'features' | 'segments'>;
 /** How many past states per environment `/api/client/delta` can answer with a difference. */
 const DELTA_STATES = 20;
 
+/** A version expected by a write: one, any of a list (an `If-Match` list), null (none), or no check. */
+type Expected = number | readonly number[] | null | undefined;
+const versionMatches = (current: number | null, expected: number | readonly number[] | null) =>
+  typeof expected === 'number' || expected === null
+    ? current === expected
+    : current !== null && expected.includes(current);
+
 const auditFlag = (f: Feature | undefined, version: number | undefined) =>
   f === undefined ? undefined : { ...f, version };
 
@@ -73,7 +83,16 @@ const auditFlag = (f: Feature | undefined, version: number | undefined) =>
  * org. Keeps one compiled engine per (org, environment) in memory, dropped on every change here
  * and on other instances (bus topic `flags`), so a warm evaluation never touches the database.
  */
-export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, onError }: FlagServiceDeps) {
+export function createFlagService({
+  db,
+  audit,
+  tenancy,
+  bus,
+  clock,
+  fourEyes,
+  authz,
+  onError,
+}: FlagServiceDeps) {
   const snapshots = new Map<string, Promise<FlagSnapshot>>();
   const envCache = new Map<string, Environment>();
   const listeners = new Map<string, Set<Listener>>();
@@ -392,37 +411,55 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     return row ?? null;
   }
 
+  /**
+   * The route checked `permission` on the type; a grant on this flag's id (resource type `flags`,
+   * id `flg_…`, as the grants API takes it) may deny (or allow) it for this one flag. 403.
+   */
+  const requireOnFlag = (principal: Principal, permission: string, row: FlagRow) =>
+    requireOn(authz, principal, permission, { type: 'flags', id: row.id });
+
+  /**
+   * A page of flags by name, without those a grant on their id keeps the caller from reading
+   * (`page` counts the rows read, so the cursor still moves on when some are left out).
+   */
   async function list(
     principal: Principal,
     envName: string,
     page: { limit: number; after?: string | undefined },
-  ): Promise<FlagRow[]> {
+  ): Promise<{ rows: FlagRow[]; last: string | undefined }> {
     const env = await environment(principal.orgId, envName);
     const where = [eq(featureFlags.orgId, principal.orgId), eq(featureFlags.environmentId, env.id)];
     if (page.after !== undefined) where.push(gt(featureFlags.name, page.after));
-    return db.db
+    const read = await db.db
       .select()
       .from(featureFlags)
       .where(and(...where))
       .orderBy(asc(featureFlags.name))
       .limit(page.limit);
+    const rows: FlagRow[] = [];
+    for (const row of read) {
+      if ((await authz.check(principal, 'flags:read', { type: 'flags', id: row.id })).allowed) rows.push(row);
+    }
+    return { rows, last: read.length === page.limit ? read.at(-1)?.name : undefined };
   }
 
   async function get(principal: Principal, envName: string, name: string): Promise<FlagRow> {
     const env = await environment(principal.orgId, envName);
     const row = await find(principal.orgId, env, name);
     if (!row) throw flagErrors.flag_not_found(`No flag ${name} in ${env.name}`);
+    await requireOnFlag(principal, 'flags:read', row);
     return row;
   }
 
-  function expect(row: FlagRow | null, expected: number | null | undefined, name: string): void {
+  /** `expected`: a version, or those an `If-Match` list names (any matches; none: 412). */
+  function expect(row: FlagRow | null, expected: Expected, name: string): void {
     if (expected === undefined) return;
     const current = row?.version ?? null;
-    if (current !== expected) {
+    if (!versionMatches(current, expected)) {
       throw flagErrors.version_conflict(
         current === null
           ? `The flag ${name} no longer exists`
-          : `The flag is at version ${current}, not ${expected}`,
+          : `The flag is at version ${current}, not ${String(expected)}`,
         { current_version: current },
       );
     }
@@ -458,12 +495,13 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     envName: string,
     name: string,
     input: Feature,
-    expectedVersion: number | undefined,
+    expectedVersion: readonly number[] | undefined,
   ): Promise<FlagRow | Pending> {
     const { orgId } = access.principal;
     const env = await environment(orgId, envName);
     const existing = await find(orgId, env, name);
     if (!existing) throw flagErrors.flag_not_found(`No flag ${name} in ${env.name}`);
+    await requireOnFlag(access.principal, 'flags:update', existing);
     if (input.name !== name)
       invalid('body.name', 'must equal the flag name in the path (flags are not renamed)');
     expect(existing, expectedVersion, name);
@@ -564,12 +602,13 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     access: Access,
     envName: string,
     name: string,
-    expectedVersion: number | undefined,
+    expectedVersion: readonly number[] | undefined,
   ): Promise<{ deleted: true } | Pending> {
     const { orgId } = access.principal;
     const env = await environment(orgId, envName);
     const existing = await find(orgId, env, name);
     if (!existing) throw flagErrors.flag_not_found(`No flag ${name} in ${env.name}`);
+    await requireOnFlag(access.principal, 'flags:delete', existing);
     expect(existing, expectedVersion, name);
     if (fourEyes && (await held(access, env))) {
       const changeId = await fourEyes.propose(access, {
@@ -647,6 +686,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       by: Principal,
     ) {
       await authorized(who, 'flags:update');
+      const target = await find(who.principal.orgId, env, payload.feature.name, tx);
+      if (target) await requireOnFlag(who.principal, 'flags:update', target);
       const feature = await normalise(who.principal.orgId, env, payload.feature, tx);
       const row = await write(who, env, feature, payload.expectedVersion, by, tx);
       return { resultId: row.id, afterCommit: () => announce(who.principal.orgId, env.id) };
@@ -659,6 +700,8 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
       by: Principal,
     ) {
       await authorized(who, 'flags:delete');
+      const target = await find(who.principal.orgId, env, payload.name, tx);
+      if (target) await requireOnFlag(who.principal, 'flags:delete', target);
       const id = await applyRemove(who, env, payload.name, payload.expectedVersion, by, tx);
       return { resultId: id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
@@ -720,9 +763,9 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     return row ?? null;
   }
 
-  function expectSegment(row: SegmentRow, expected: number | null | undefined): void {
-    if (expected === undefined || expected === null || row.version === expected) return;
-    throw flagErrors.version_conflict(`The segment is at version ${row.version}, not ${expected}`, {
+  function expectSegment(row: SegmentRow, expected: Expected): void {
+    if (expected === undefined || expected === null || versionMatches(row.version, expected)) return;
+    throw flagErrors.version_conflict(`The segment is at version ${row.version}, not ${String(expected)}`, {
       current_version: row.version,
     });
   }
@@ -766,7 +809,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     access: Access,
     id: number | null,
     input: SegmentInput,
-    expectedVersion?: number,
+    expectedVersion?: readonly number[],
   ): Promise<SegmentRow | Pending> {
     const { principal } = access;
     refuse(constraintsIssues(input.constraints, 'body.constraints'));
@@ -865,7 +908,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
   async function removeSegment(
     access: Access,
     id: number,
-    expectedVersion?: number,
+    expectedVersion?: readonly number[],
   ): Promise<{ deleted: true } | Pending> {
     const { principal } = access;
     const before = await getSegment(principal, id);
@@ -917,31 +960,46 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
   }
 
   /**
-   * Unleash's delta API: null when `known` (the client's ETag) is the current state (304); the
-   * events from a recent state the client holds; else one `hydration` event.
+   * Unleash's delta API: null when `known` (the ETags the client names, or `*`) includes the
+   * current state (304); the events from a recent state the client holds; else one `hydration`.
    */
   async function delta(
     orgId: string,
     envName: string,
-    known: string | undefined,
+    known: readonly string[] | '*' | undefined,
   ): Promise<{ etag: string; events: DeltaEvent[] } | null> {
     const s = await snapshot(orgId, envName);
-    if (known === s.etag) return null;
-    const before = known === undefined ? undefined : recent.get(keyOf(orgId, s.environment.id))?.get(known);
+    if (known === '*' || known?.includes(s.etag)) return null;
+    const states = recent.get(keyOf(orgId, s.environment.id));
+    let before: State | undefined;
+    for (const tag of known ?? []) {
+      before = states?.get(tag);
+      if (before !== undefined) break;
+    }
     const events: DeltaEvent[] = before
       ? diff(before, s)
       : [{ type: 'hydration', eventId: s.revision, features: [...s.features], segments: [...s.segments] }];
     return { etag: s.etag, events };
   }
 
-  /** Every flag's outcome for a context (optionally only some flags). From memory when warm. */
+  /**
+   * Every flag's outcome for a context, or only the flags `only` names: those the environment does
+   * not have are left out of `data` and listed in `missing`. From memory when warm.
+   */
   async function evaluate(orgId: string, envName: string, context: FlagContext, only?: readonly string[]) {
     const s = await snapshot(orgId, envName);
-    if (only === undefined) return s.engine.evaluateAll(context);
-    return only.map((name) => {
+    if (only === undefined) return { data: s.engine.evaluateAll(context), missing: [] as string[] };
+    const data = [];
+    const missing: string[] = [];
+    for (const name of new Set(only)) {
+      if (!s.engine.has(name)) {
+        missing.push(name);
+        continue;
+      }
       const variant = s.engine.getVariant(name, context);
-      return { name, enabled: variant.feature_enabled, variant, found: s.engine.has(name) };
-    });
+      data.push({ name, enabled: variant.feature_enabled, variant });
+    }
+    return { data, missing };
   }
 
   return {
@@ -956,7 +1014,7 @@ export function createFlagService({ db, audit, tenancy, bus, clock, fourEyes, on
     listSegments,
     getSegment,
     createSegment: (access: Access, input: SegmentInput) => putSegment(access, null, input),
-    updateSegment: (access: Access, id: number, input: SegmentInput, expectedVersion?: number) =>
+    updateSegment: (access: Access, id: number, input: SegmentInput, expectedVersion?: readonly number[]) =>
       putSegment(access, id, input, expectedVersion),
     removeSegment,
     evaluate,

@@ -165,6 +165,42 @@ describe('Unleash client API with unleash-client', () => {
     assert.equal((await fetch(`${address}/api/client/delta`)).status, 401);
   });
 
+  test('If-None-Match uses the weak comparison: W/"etag", a list naming it and * answer 304 (features, delta)', async () => {
+    const get = (path: string, ifNoneMatch?: string) =>
+      fetch(`${address}/api/client/${path}`, {
+        headers: { authorization: key, ...(ifNoneMatch ? { 'if-none-match': ifNoneMatch } : {}) },
+      });
+    const etag = (await get('features')).headers.get('etag') ?? '';
+    assert.match(etag, /^"[^"]+"$/);
+    for (const path of ['features', 'delta']) {
+      for (const header of [etag, `W/${etag}`, `"x", ${etag}`, `"x",W/${etag}`, '*']) {
+        const res = await get(path, header);
+        assert.equal(res.status, 304, `${path} If-None-Match: ${header}`);
+      }
+      for (const header of ['"x"', `"${etag}"`, etag.slice(0, -2) + '"', 'not a tag']) {
+        const res = await get(path, header);
+        assert.equal(res.status, 200, `${path} If-None-Match: ${header}`);
+      }
+    }
+    // A delta from a state named weakly, in a list, is the difference, not a hydration.
+    const created = await v.req('POST', '/v1/flags/staging', {
+      token: v.tokens.manager,
+      body: { name: 'weak-delta', enabled: true, strategies: [{ name: 'default' }] },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const next = (await (await get('delta', `"unknown", W/${etag}`)).json()) as {
+      events: { type: string; feature?: { name: string } }[];
+    };
+    assert.deepEqual(
+      next.events.map((e) => [e.type, e.feature?.name]),
+      [['feature-updated', 'weak-delta']],
+    );
+    assert.equal(
+      (await v.req('DELETE', '/v1/flags/staging/weak-delta', { token: v.tokens.manager })).statusCode,
+      204,
+    );
+  });
+
   test('unleash-client in delta mode evaluates and follows changes', async () => {
     const sdk = initialize({
       url: `${address}/api/`,

@@ -4,6 +4,8 @@ import type { InvalidationBus } from '../bus/index.ts';
 import { callerOf } from '../http/auth.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
+import { KEYS_TOPIC } from '../keys/verifier.ts';
+import { noneMatch, parseEntityTags } from './etag.ts';
 import { type ClientMetrics, clientMetricsBody, clientRegisterBody, type FlagMetrics } from './metrics.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
 import type { DeltaEvent } from './types.ts';
@@ -38,30 +40,14 @@ function withPrefix(event: DeltaEvent, prefix: string): DeltaEvent[] {
 }
 
 /**
- * Unleash's client API (`/api/client/features`, `/delta`, `/streaming`, `/register`,
- * `/metrics`), so the official SDKs pointed at `<steward>/api/` evaluate Steward's flags. Unleash
- * SDKs send the API key as the raw `Authorization` value (no `Bearer`); a hook scoped to these
- * routes adds the scheme so the keys domain's authenticator verifies it as usual (limits,
- * revocation, scopes: `flags:read`).
+ * What a key reads, and until when: key id → `{environment, expiresAt}`, cached per key id and
+ * dropped whenever any key changes (the keys domain's bus topic). Shared by the Unleash client API
+ * and `/v1/flags/{env}/stream` (a key's stream ends when the key expires).
  */
-export const unleashClientRoutes: FastifyPluginAsyncZod<{
-  flags: FlagService;
-  metrics: FlagMetrics;
-  keys: KeyLookup;
-  bus: InvalidationBus;
-  clock: () => Date;
-}> = async (app, { flags, metrics, keys, bus, clock }) => {
-  // Key id → what the key reads; dropped whenever any key changes (the keys domain's bus topic).
+export function createKeyAccess({ keys, bus }: { keys: KeyLookup; bus: InvalidationBus }) {
   const access = new Map<string, KeyAccess>();
-  bus.subscribe('keys', () => access.clear());
-  const bodies = new WeakMap<FlagSnapshot, string>();
-
-  app.addHook('onRequest', async (request) => {
-    const authorization = request.headers.authorization;
-    if (authorization?.startsWith('stw_')) request.headers.authorization = `Bearer ${authorization.trim()}`;
-  });
-
-  async function accessOf(principal: Principal): Promise<KeyAccess> {
+  bus.subscribe(KEYS_TOPIC, () => access.clear());
+  return async function accessOf(principal: Principal): Promise<KeyAccess> {
     const keyId = principal.keyId;
     if (keyId === undefined) {
       throw httpErrors.permission_denied('The Unleash client API takes an API key (stw_…)', {
@@ -79,7 +65,32 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
     const got: KeyAccess = { keyId, environment, expiresAt: row.expiresAt };
     access.set(keyId, got);
     return got;
-  }
+  };
+}
+
+export type KeyAccessOf = ReturnType<typeof createKeyAccess>;
+
+/**
+ * Unleash's client API (`/api/client/features`, `/delta`, `/streaming`, `/register`,
+ * `/metrics`), so the official SDKs pointed at `<steward>/api/` evaluate Steward's flags. Unleash
+ * SDKs send the API key as the raw `Authorization` value (no `Bearer`); a hook scoped to these
+ * routes adds the scheme so the keys domain's authenticator verifies it as usual (limits,
+ * revocation, scopes: `flags:read`).
+ */
+export const unleashClientRoutes: FastifyPluginAsyncZod<{
+  flags: FlagService;
+  metrics: FlagMetrics;
+  accessOf: KeyAccessOf;
+  bus: InvalidationBus;
+  clock: () => Date;
+}> = async (app, { flags, metrics, accessOf, bus, clock }) => {
+  const bodies = new WeakMap<FlagSnapshot, string>();
+
+  app.addHook('onRequest', async (request) => {
+    const authorization = request.headers.authorization;
+    if (authorization?.startsWith('stw_')) request.headers.authorization = `Bearer ${authorization.trim()}`;
+  });
+
   const environmentOf = async (principal: Principal) => (await accessOf(principal)).environment;
 
   // `/api/client/streaming`: a child plugin, so the Authorization hook above applies to it too.
@@ -104,7 +115,9 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
       const s = await flags.snapshot(principal.orgId, await environmentOf(principal));
       reply.header('etag', s.etag).header('cache-control', 'no-cache');
       const prefix = request.query.namePrefix;
-      if (prefix === undefined && request.headers['if-none-match'] === s.etag) return reply.code(304).send();
+      if (prefix === undefined && noneMatch(request.headers['if-none-match'], s.etag)) {
+        return reply.code(304).send();
+      }
       reply.type('application/json; charset=utf-8');
       if (prefix !== undefined) {
         const features = s.features.filter((f) => f.name.startsWith(prefix));
@@ -139,7 +152,10 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
     },
     async (request, reply) => {
       const principal = callerOf(request);
-      const known = request.headers['if-none-match'];
+      // Weak comparison (RFC 9110 §13.1.2): `W/"x"` names the state `"x"`; any tag of a list may.
+      const header = request.headers['if-none-match'];
+      const tags = header === undefined ? undefined : parseEntityTags(header);
+      const known = tags === '*' ? '*' : tags?.map((t) => t.opaque);
       const d = await flags.delta(principal.orgId, await environmentOf(principal), known);
       if (d === null) return reply.code(304).send();
       reply.header('etag', d.etag).header('cache-control', 'no-cache');

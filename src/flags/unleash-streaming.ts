@@ -4,10 +4,9 @@ import type { InvalidationBus } from '../bus/index.ts';
 import { callerOf } from '../http/auth.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
-import { USER_TOPIC } from '../identity/core.ts';
-import { KEYS_TOPIC } from '../keys/verifier.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
-import { createStreamHub, type EventStream } from './stream.ts';
+import { createStreamHub } from './stream.ts';
+import { createStreamGuard } from './stream-guard.ts';
 import type { DeltaEvent } from './types.ts';
 
 /** What an Unleash client key reads, and until when (resolved by the client API plugin). */
@@ -21,18 +20,6 @@ export interface KeyAccess {
 export const MAX_STREAMS_PER_KEY = 500;
 /** A `: heartbeat` comment this often: unleash-client drops a stream silent for 60 s. */
 const HEARTBEAT_MS = 15_000;
-/**
- * A stream is ended after about an hour (±10 %, so clients connected together do not come back
- * together) and the client reconnects: the key is authenticated again, so a change the bus
- * messages below do not name (the owner's roles, an agent switched off) applies within the hour.
- */
-const LIFETIME_MS = 3_600_000;
-
-interface Holder {
-  keyId: string;
-  orgId: string;
-  ownerId: string | undefined;
-}
 
 const hydration = (s: FlagSnapshot): DeltaEvent[] => [
   { type: 'hydration', eventId: s.revision, features: [...s.features], segments: [...s.segments] },
@@ -52,7 +39,9 @@ export const unleashStreamingRoutes: FastifyPluginAsyncZod<{
   clock: () => Date;
 }> = async (app, { flags, accessOf, bus, clock }) => {
   const hub = createStreamHub(HEARTBEAT_MS);
-  const holders = new Map<EventStream, Holder>();
+  // Re-authentication (key revoked or changed, owner changed, expiry, hourly): shared with
+  // `/v1/flags/{env}/stream`. A user token is refused here, so there are no sessions to sweep.
+  const guard = createStreamGuard({ bus, clock });
   const perKey = new Map<string, number>();
   let listeners = 0;
   // One serialisation per state or change, whatever the number of streams.
@@ -64,20 +53,6 @@ export const unleashStreamingRoutes: FastifyPluginAsyncZod<{
     hub.closeAll();
     done();
   });
-
-  /** Ends the streams `matches` picks; their clients reconnect and are authenticated again. */
-  const closeWhere = (matches: (h: Holder) => boolean) => {
-    for (const [stream, holder] of [...holders]) if (matches(holder)) stream.close();
-  };
-  // A key changed (revoked, rolled, expiry, environment) or an org's key settings:
-  // `<instance> key <id>` / `<instance> org <id>`.
-  bus.subscribe(KEYS_TOPIC, (message) => {
-    const [, kind, id] = message.split(' ');
-    if (kind === 'key') closeWhere((h) => h.keyId === id);
-    else if (kind === 'org') closeWhere((h) => h.orgId === id);
-  });
-  // The user a key acts for changed (deactivated, roles).
-  bus.subscribe(USER_TOPIC, (userId) => closeWhere((h) => h.ownerId === userId));
 
   app.stewardMetrics.addSeries(
     () =>
@@ -125,22 +100,15 @@ export const unleashStreamingRoutes: FastifyPluginAsyncZod<{
       perKey.set(keyId, held + 1);
 
       let unwatch: (() => void) | undefined;
-      let lifetime: NodeJS.Timeout | undefined;
       const stream = hub.start(reply, () => {
-        clearTimeout(lifetime);
-        holders.delete(stream);
+        guard.release(stream);
         const left = (perKey.get(keyId) ?? 1) - 1;
         if (left > 0) perKey.set(keyId, left);
         else perKey.delete(keyId);
         unwatch?.();
         unwatch = undefined;
       });
-      holders.set(stream, { keyId, orgId, ownerId: principal.ownerId });
-      const lifetimeMs = LIFETIME_MS * (0.9 + Math.random() * 0.2);
-      const untilExpiry =
-        expiresAt === null ? Number.POSITIVE_INFINITY : expiresAt.getTime() - clock().getTime();
-      lifetime = setTimeout(() => stream.close(), Math.max(0, Math.min(lifetimeMs, untilExpiry)));
-      lifetime.unref();
+      guard.hold(stream, principal, expiresAt);
 
       const known = request.headers['last-event-id'];
       try {
