@@ -181,6 +181,90 @@ for (const store of STORES) {
       assert.equal(dev.json().data.length, 3);
     });
 
+    test('refused reveals are audited (secret.revealed, success false, the reason) with the version asked for', async () => {
+      const res = await create({ name: 'REFUSED_REVEALS', environment: 'development', value: 'rr' });
+      assert.equal(res.statusCode, 201, res.body);
+      const id: string = res.json().id;
+      const reveal = (token: string, body?: unknown) =>
+        v.req('POST', `/v1/secrets/${id}/reveal`, { token, ...(body ? { body } : {}) });
+      const denied = await reveal(v.tokens.developer);
+      assert.equal(denied.statusCode, 403);
+      const missing = await reveal(v.tokens.manager, { version: 99 });
+      assert.equal(missing.statusCode, 404);
+      assert.equal(missing.json().code, 'secret_version_not_found');
+      const off = await v.req('PATCH', `/v1/secrets/${id}`, {
+        token: v.tokens.manager,
+        body: { active: false },
+      });
+      assert.equal(off.statusCode, 200, off.body);
+      const inactive = await reveal(v.tokens.manager);
+      assert.equal(inactive.statusCode, 409);
+      const expiredAt = new Date(v.t.now.ms - 1000).toISOString();
+      await v.req('PATCH', `/v1/secrets/${id}`, {
+        token: v.tokens.manager,
+        body: { active: true, expires_at: expiredAt },
+      });
+      const expired = await reveal(v.tokens.manager);
+      assert.equal(expired.statusCode, 409);
+      assert.equal(expired.json().code, 'secret_expired');
+
+      const events = await v.t.store.db.query<{
+        actor_id: string;
+        success: boolean;
+        details: { reason?: string; version?: number | null; name?: string };
+        request_id: string;
+      }>(
+        `select actor_id, success, details, request_id from audit_events
+          where action = 'secret.revealed' and resource_id = $1 order by id`,
+        [id],
+      );
+      assert.deepEqual(
+        events.map((e) => [e.actor_id, e.success, e.details.reason, e.details.version, e.details.name]),
+        [
+          [v.ids.developer, false, 'permission_denied', 1, 'REFUSED_REVEALS'],
+          [v.ids.manager, false, 'secret_version_not_found', 99, 'REFUSED_REVEALS'],
+          [v.ids.manager, false, 'secret_inactive', 1, 'REFUSED_REVEALS'],
+          [v.ids.manager, false, 'secret_expired', 1, 'REFUSED_REVEALS'],
+        ],
+      );
+      assert.deepEqual(
+        events.map((e) => e.request_id),
+        [denied, missing, inactive, expired].map((r) => r.headers['x-request-id']),
+      );
+      // Visible through the API: the audit routes list them.
+      const listed = await v.req('GET', `/v1/audit/events?action=secret.revealed&resource_id=${id}`, {
+        token: v.tokens.admin,
+      });
+      assert.equal(listed.statusCode, 200, listed.body);
+      assert.equal(listed.json().data.length, 4, listed.body);
+      const logs = await v.t.store.db.db
+        .select()
+        .from(secretAccessLogs)
+        .where(eq(secretAccessLogs.secretId, id));
+      const refused = logs.filter((l) => l.accessType === 'reveal' && !l.success);
+      assert.deepEqual(refused.map((l) => [l.errorCode, l.version]).sort(), [
+        ['permission_denied', 1],
+        ['secret_expired', 1],
+        ['secret_inactive', 1],
+        ['secret_version_not_found', 99],
+      ]);
+      // Another org's admin: a 404, audited in their own org; a malformed id: only its log row.
+      const theirs = await v.req('POST', `/v1/secrets/${id}/reveal`, { token: v.tokens.other });
+      assert.equal(theirs.statusCode, 404);
+      const [theirEvent] = await v.t.store.db.query<{ org_id: string; details: { reason: string } }>(
+        `select org_id, details from audit_events where action = 'secret.revealed' and request_id = $1`,
+        [theirs.headers['x-request-id']],
+      );
+      assert.equal(theirEvent?.details.reason, 'secret_not_found');
+      assert.notEqual(theirEvent?.org_id, logs[0]?.orgId);
+      const junk = await v.req('POST', '/v1/secrets/not-an-id/reveal', { token: v.tokens.manager });
+      assert.equal(junk.statusCode, 404);
+      const junkEvents = await v.t.store.db.query(`select 1 from audit_events where request_id = $1`, [
+        junk.headers['x-request-id'],
+      ]);
+      assert.equal(junkEvents.length, 0);
+    });
+
     test('new versions, versions list, rollback as a new version, reveal of old versions', async () => {
       const put = await v.req('PUT', `/v1/secrets/${secretId}/value`, {
         token: v.tokens.developer,

@@ -724,10 +724,12 @@ export function createSecretService({
     version?: number,
   ): Promise<{ secret: RevealSecret; version: number; value: string }> {
     const { principal } = access;
-    return logged(access, 'reveal', id, async () => {
+    // Outside the try: a refusal records the version it was about.
+    let row: RevealRow | undefined;
+    try {
       if (!isId('sec', id)) throw secretErrors.secret_not_found();
       // The hot path: one plain statement (Drizzle's mapping doubles its cost on PGlite).
-      const row = await revealRow(principal.orgId, id, version);
+      row = await revealRow(principal.orgId, id, version);
       if (!row) throw secretErrors.secret_not_found();
       const secret = revealRowToSecret(row);
       await requireOn(authz, principal, 'secrets:reveal', { type: 'secrets', id });
@@ -766,7 +768,58 @@ export function createSecretService({
       });
       if (touch) row.last_accessed_at = now;
       return { secret, version: v, value };
+    } catch (error) {
+      await refusedReveal(access, id, version ?? row?.current_version ?? null, row, error);
+      throw error;
+    }
+  }
+
+  /**
+   * Records a refused reveal (403, 404, 409 inactive or expired, an unknown version) as the
+   * undecryptable case is: a `secret.revealed` event with `success: false` and the reason (the
+   * error code), and its access-log row with the version asked for — both in one transaction of
+   * the reveal batcher, committed before the refusal answers (best effort: a failed record does
+   * not change the answer). A malformed id gets only its access-log row. Errors already recorded
+   * (undecryptable) and anything that is not a Steward error are left alone.
+   */
+  async function refusedReveal(
+    access: Access,
+    id: string,
+    version: number | null,
+    row: RevealRow | undefined,
+    error: unknown,
+  ): Promise<void> {
+    if (!(error instanceof StewardError) || alreadyLogged.has(error)) return;
+    const log = logRow(access, {
+      secretId: id.slice(0, 200),
+      type: 'reveal',
+      success: false,
+      version,
+      errorCode: error.code,
     });
+    const record = isId('sec', id)
+      ? recordReveal({
+          event: {
+            orgId: access.principal.orgId,
+            actor: actor(access),
+            action: 'secret.revealed',
+            resource: { type: 'secret', id },
+            context: access.context,
+            details: {
+              ...(row ? { name: row.name, environment: row.environment } : {}),
+              version,
+              reason: error.code,
+              tool_id: access.toolId,
+            },
+            success: false,
+            errorMessage: error.detail,
+            sensitive: true,
+          },
+          log,
+          touch: null,
+        })
+      : standaloneLogs.submit(log);
+    await record.catch(() => {});
   }
 
   /**
