@@ -17,10 +17,11 @@ import { startEmbeddedMaintenance } from './db/maintenance.ts';
 import { runMigrations } from './db/migrate.ts';
 import { AuthRegistry, installAccessControl } from './http/auth.ts';
 import { installJsonOnlyBodies } from './http/body.ts';
+import { serializeError } from './http/log.ts';
 import { createRequestMetrics, installMetricsRoute } from './http/metrics.ts';
 import { installOpenApi } from './http/openapi.ts';
 import { installOpsRoutes } from './http/ops.ts';
-import { installProblemHandlers } from './http/problem.ts';
+import { clientErrorResponder, type FrameworkErrorHandler, installProblemHandlers } from './http/problem.ts';
 import { requestIdGenerator } from './http/request-id.ts';
 import { installResponseHook, markArrival, unroutedResponse } from './http/response.ts';
 import { responseSerializerCompiler } from './http/serializer.ts';
@@ -63,9 +64,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     if (ownsDb) await runMigrations(db);
 
     const requestId = requestIdGenerator();
+    let frameworkErrors: FrameworkErrorHandler | undefined;
     const logOptions = {
       level: config.LOG_LEVEL,
       redact: ['req.headers.authorization', 'req.headers["x-api-key"]', 'req.headers.cookie'],
+      // A failed query's parameters never reach the log (log.ts).
+      serializers: { err: serializeError },
     };
     const log = deps.logDestination ? pino(logOptions, deps.logDestination) : pino(logOptions);
     const app = Fastify({
@@ -87,6 +91,10 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       bodyLimit: config.BODY_LIMIT_BYTES,
       trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
       return503OnClosing: true,
+      // The router's refusals (an over-long path parameter, a malformed URL) and the HTTP
+      // parser's (headers too large, not HTTP) leave as problem+json like every other error.
+      frameworkErrors: (error, request, reply) => frameworkErrors?.(error, request, reply),
+      clientErrorHandler: clientErrorResponder(() => requestId(undefined)),
     }).withTypeProvider<ZodTypeProvider>();
     app.log = log;
     app.setValidatorCompiler(validatorCompiler);
@@ -187,7 +195,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
     app.decorate('steward', ctx);
     const metrics = createRequestMetrics(app);
-    installProblemHandlers(app, unroutedResponse(metrics));
+    frameworkErrors = installProblemHandlers(app, unroutedResponse(metrics));
     installJsonOnlyBodies(app);
     installAccessControl(app, auth);
     installResponseHook(app, metrics);

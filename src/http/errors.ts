@@ -65,16 +65,21 @@ export function registeredErrorCodes(): ReadonlyMap<string, ErrorSpec> {
 
 /** Codes produced by the HTTP layer itself, whatever the domain. */
 export const httpErrors = defineErrors({
+  bad_request: { status: 400, title: 'Malformed request' },
   invalid_json: { status: 400, title: 'Malformed JSON body' },
+  unsupported_character: { status: 400, title: 'Unsupported character' },
   validation_failed: { status: 400, title: 'Request failed validation' },
   unauthenticated: { status: 401, title: 'Authentication required' },
   permission_denied: { status: 403, title: 'Permission denied' },
   not_found: { status: 404, title: 'Not found' },
   method_not_allowed: { status: 405, title: 'Method not allowed' },
+  request_timeout: { status: 408, title: 'Request timeout' },
   conflict: { status: 409, title: 'Conflict' },
   payload_too_large: { status: 413, title: 'Payload too large' },
+  uri_too_long: { status: 414, title: 'URI too long' },
   unsupported_media_type: { status: 415, title: 'Unsupported media type' },
   rate_limited: { status: 429, title: 'Too many requests' },
+  headers_too_large: { status: 431, title: 'Request header fields too large' },
   internal_error: { status: 500, title: 'Internal server error' },
   service_unavailable: { status: 503, title: 'Service unavailable' },
 });

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
+import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
+import { sql } from 'drizzle-orm';
 import type { FastifyInstance } from 'fastify';
 import { Webhook } from 'standardwebhooks';
 import { z } from 'zod';
@@ -39,6 +41,32 @@ function addProbeRoutes(app: FastifyInstance) {
     throw new Error('select password from users -- secret detail');
   });
   app.get('/v1/probe/admin', { config: { access: { permission: 'org:admin' } } }, async () => ({ ok: true }));
+  // Body-less routes: no body schema at all, and identity's style (`{}` or nothing).
+  const seen = async (request: { body: unknown }) => ({ body: request.body ?? null });
+  app.post('/v1/probe/nobody', { config: { access: 'public' } }, seen);
+  app.delete('/v1/probe/nobody', { config: { access: 'public' } }, seen);
+  app.post(
+    '/v1/probe/optional',
+    { config: { access: 'public' }, schema: { body: z.strictObject({}).nullish() } },
+    seen,
+  );
+  app.get(
+    '/v1/probe/items/:id',
+    { config: { access: 'public' }, schema: { params: z.object({ id: z.string() }) } },
+    async (request) => request.params,
+  );
+}
+
+/** Sends raw bytes to a listening app and returns everything it answers before closing. */
+function rawExchange(port: number, request: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk) => chunks.push(chunk));
+    socket.on('error', reject);
+    socket.on('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    socket.end(request);
+  });
 }
 
 describe('HTTP plumbing', () => {
@@ -83,6 +111,95 @@ describe('HTTP plumbing', () => {
   test('malformed JSON → 400 invalid_json', async () => {
     assertProblem(await echo('{"name": "a",'), 400, 'invalid_json');
     assertProblem(await echo(''), 400, 'invalid_json');
+  });
+
+  test('a NUL or an unpaired surrogate anywhere in a JSON body → 400 unsupported_character, handler not run', async () => {
+    const refused: [string, RegExp][] = [
+      ['{"name":"a\\u0000b","count":1}', /^body\.name: contains U\+0000/],
+      [
+        '{"name":"x","count":1,"tags":["ok","\\ud800"]}',
+        /^body\.tags\.1: contains an unpaired surrogate \(\\ud800\)/,
+      ],
+      ['{"name":"\\uDFFFx","count":1}', /^body\.name: .*unpaired surrogate \(\\udfff\)/],
+      ['{"name":"\\udc00\\ud800","count":1}', /^body\.name: .*unpaired surrogate/],
+      ['{"name":"x","count":1,"meta":{"k\\u0000":1}}', /^body\.meta \(a key\): contains U\+0000/],
+    ];
+    for (const [payload, detail] of refused) {
+      // Refused by the parser, before validation: the unknown `meta` field is never reached.
+      const body = assertProblem(await echo(payload), 400, 'unsupported_character');
+      assert.match(body.detail, detail, payload);
+    }
+    // A raw NUL is not JSON at all.
+    assertProblem(await echo('{"name":"a\u0000b","count":1}'), 400, 'invalid_json');
+    // A surrogate pair written as escapes is one character; an escaped backslash is no escape.
+    const pair = await echo('{"name":"\\ud83d\\ude00","count":1}');
+    assert.equal(pair.statusCode, 200, pair.body);
+    assert.equal(pair.json().name, '\u{1F600}');
+    const literal = await echo('{"name":"\\\\u0000 \\\\ud800","count":1}');
+    assert.equal(literal.statusCode, 200, literal.body);
+    assert.equal(literal.json().name, '\\u0000 \\ud800');
+  });
+
+  test('an empty JSON body is no body where the route takes none; refused where it needs one', async () => {
+    const send = (method: 'POST' | 'DELETE', url: string, payload?: string) =>
+      t.app.inject({ method, url, payload, headers: { 'content-type': 'application/json' } });
+    for (const [method, url] of [
+      ['POST', '/v1/probe/nobody'],
+      ['DELETE', '/v1/probe/nobody'],
+      ['POST', '/v1/probe/optional'],
+    ] as const) {
+      const empty = await send(method, url, '');
+      assert.equal(empty.statusCode, 200, `${method} ${url}: ${empty.body}`);
+      assert.deepEqual(empty.json(), { body: null });
+      const object = await send(method, url, '{}');
+      assert.equal(object.statusCode, 200, object.body);
+      assert.deepEqual(object.json(), { body: {} });
+    }
+    // A route whose schema needs a body says so.
+    const body = assertProblem(await echo(''), 400, 'invalid_json');
+    assert.match(body.detail, /empty/);
+    // Malformed JSON on a body-less route is still malformed.
+    assertProblem(await send('POST', '/v1/probe/nobody', '{'), 400, 'invalid_json');
+  });
+
+  test('an over-long path parameter → 414 uri_too_long, a malformed URL → 400 bad_request (problem+json)', async () => {
+    const ok = await t.app.inject({ method: 'GET', url: `/v1/probe/items/${'a'.repeat(90)}` });
+    assert.equal(ok.statusCode, 200, ok.body);
+    const long = await t.app.inject({ method: 'GET', url: `/v1/probe/items/${'a'.repeat(500)}` });
+    const problem = assertProblem(long, 414, 'uri_too_long');
+    assert.doesNotMatch(JSON.stringify(problem), /aaaa/, 'the path is not echoed');
+    assert.equal(long.headers['x-content-type-options'], 'nosniff');
+    assertProblem(await t.app.inject({ method: 'GET', url: '/v1/probe/items/%zz' }), 400, 'bad_request');
+  });
+
+  test("the HTTP parser's refusals (431, 400) leave as problem+json too (real socket)", async () => {
+    await t.app.listen({ port: 0, host: '127.0.0.1' });
+    const port = (t.app.server.address() as { port: number }).port;
+    const parse = (raw: string) => {
+      const [head = '', body = ''] = raw.split('\r\n\r\n');
+      const headers = Object.fromEntries(
+        head
+          .split('\r\n')
+          .slice(1)
+          .map((line) => [
+            line.slice(0, line.indexOf(':')).toLowerCase(),
+            line.slice(line.indexOf(':') + 1).trim(),
+          ]),
+      );
+      return { statusCode: Number(head.split(' ')[1]), headers, body };
+    };
+    const big = parse(
+      await rawExchange(port, `GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: ${'a'.repeat(20_000)}\r\n\r\n`),
+    );
+    const problem = assertProblem(big, 431, 'headers_too_large');
+    assert.match(problem.request_id, /\S/);
+    assert.equal(big.headers.connection, 'close');
+    assertProblem(parse(await rawExchange(port, 'NOT HTTP AT ALL\r\n\r\n')), 400, 'bad_request');
+    // The server still answers afterwards.
+    assert.match(
+      await rawExchange(port, 'GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n'),
+      /^HTTP\/1\.1 200/,
+    );
   });
 
   test('schema violation → 400 validation_failed with the field paths', async () => {
@@ -380,6 +497,8 @@ describe('graceful shutdown', () => {
   });
 });
 
+const QUERY_SECRET = 'sealed-secret-9f8e7d6c5b4a';
+
 describe('logging', () => {
   const lines: Record<string, unknown>[] = [];
   let t: TestApp;
@@ -395,6 +514,25 @@ describe('logging', () => {
         });
         app.get('/v1/probe/slow', { config: { access: 'public' } }, async () => {
           await new Promise((resolve) => setTimeout(resolve, 30));
+          return { ok: true };
+        });
+        // Queries that fail with a secret-looking parameter: through Drizzle, wrapped by a
+        // service, and straight to the driver (PGlite puts the parameters on its error too).
+        const { db, query } = app.steward.db;
+        app.post('/v1/probe/dup', { config: { access: 'public' } }, async () => {
+          await db.execute(sql`insert into probe_unique (v) values (${QUERY_SECRET})`);
+          return { ok: true };
+        });
+        app.post('/v1/probe/dup-wrapped', { config: { access: 'public' } }, async () => {
+          try {
+            await db.execute(sql`insert into probe_unique (v) values (${QUERY_SECRET})`);
+          } catch (error) {
+            throw new Error('saving the probe failed', { cause: error });
+          }
+          return { ok: true };
+        });
+        app.post('/v1/probe/dup-raw', { config: { access: 'public' } }, async () => {
+          await query('insert into probe_unique (v) values ($1)', [QUERY_SECRET]);
           return { ok: true };
         });
         app.get('/v1/probe/note', { config: { access: 'public' } }, async (request) => {
@@ -421,6 +559,48 @@ describe('logging', () => {
     assert.equal(failed[0]?.route, '/v1/probe/boom');
     assert.match(String((failed[0]?.err as { message?: string } | undefined)?.message), /secret detail/);
     assert.doesNotMatch(JSON.stringify(lines), /stw_live_secret|stw_live_other/);
+  });
+
+  test("a failed query's 5xx logs the driver's message, code and constraint, never the parameters", async () => {
+    await t.store.db.query('create table probe_unique (v text primary key)');
+    await t.store.db.query('insert into probe_unique (v) values ($1)', [QUERY_SECRET]);
+    for (const url of ['/v1/probe/dup', '/v1/probe/dup-wrapped', '/v1/probe/dup-raw']) {
+      lines.length = 0;
+      const res = await t.app.inject({ method: 'POST', url });
+      assert.equal(res.statusCode, 500, url);
+      assert.doesNotMatch(res.body, /probe_unique|duplicate/);
+      const failed = lines.filter((l) => l.msg === 'request failed');
+      assert.equal(failed.length, 1, JSON.stringify(lines));
+      const logged = JSON.stringify(failed[0]);
+      assert.doesNotMatch(JSON.stringify(lines), new RegExp(QUERY_SECRET), `${url}: ${logged}`);
+      assert.doesNotMatch(logged, /params/, logged);
+      // The driver's error, wherever it sits in the chain.
+      type Logged = { type?: string; message?: string; stack?: string; cause?: Logged } & Record<
+        string,
+        unknown
+      >;
+      let driver = failed[0]?.err as Logged | undefined;
+      while (driver && driver.type !== 'DatabaseError') driver = driver.cause;
+      assert.ok(driver, logged);
+      assert.match(
+        String(driver.message),
+        /duplicate key value violates unique constraint "probe_unique_pkey"/,
+      );
+      assert.equal(driver.code, '23505');
+      assert.equal(driver.constraint, 'probe_unique_pkey');
+      assert.equal(driver.table, 'probe_unique');
+      assert.equal(driver.detail, undefined, 'detail quotes the row');
+      const top = failed[0]?.err as Logged;
+      assert.match(String(top.stack), /\n {4}at /, 'the stack frames are kept');
+      if (url === '/v1/probe/dup') {
+        assert.equal(top.type, 'DrizzleQueryError');
+        assert.match(String(top.message), /^Failed query: insert into probe_unique \(v\) values \(\$1\)$/);
+      }
+      if (url === '/v1/probe/dup-wrapped') {
+        assert.equal(top.message, 'saving the probe failed');
+        assert.equal(top.cause?.type, 'DrizzleQueryError');
+      }
+    }
   });
 
   test("Fastify's own per-request warnings and plugins' lines reach the same log", async () => {
@@ -458,6 +638,35 @@ describe('logging', () => {
     const seconds = value(`steward_http_request_duration_seconds_sum{${series}}`);
     assert.ok(seconds >= 0.029 && seconds < 5, String(seconds));
     assert.equal(value(`steward_http_request_duration_seconds_bucket{le="0.025",${series}}`), 0);
+  });
+});
+
+describe('bodies over real routes', () => {
+  let t: IdentityTestApp;
+  before(async () => {
+    t = await identityTestApp('pglite');
+  });
+  after(() => t.close());
+
+  test('logout and TOTP enrol accept an empty JSON body; a NUL in a name is refused, not a 500', async () => {
+    const { access_token } = await t.tokensFor(ADMIN.email, ADMIN.password);
+    const empty = (url: string) =>
+      t.call('POST', url, { token: access_token, headers: { 'content-type': 'application/json' }, body: '' });
+    const enrol = await empty('/v1/auth/totp/enroll');
+    assert.equal(enrol.statusCode, 200, enrol.body);
+    for (const name of ['a\u0000b', 'a\ud800b']) {
+      const res = await t.call('POST', '/v1/webhook-keys', { token: access_token, body: { name } });
+      assert.equal(res.statusCode, 400, res.body);
+      assert.equal(res.json().code, 'unsupported_character');
+      assert.match(res.json().detail, /^body\.name: /);
+    }
+    const logout = await empty('/v1/auth/logout');
+    assert.equal(logout.statusCode, 204, logout.body);
+    assert.equal(
+      (await t.call('GET', '/v1/me', { token: access_token })).statusCode,
+      401,
+      'the session ended',
+    );
   });
 });
 

@@ -1,6 +1,9 @@
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 import { httpErrors, StewardError } from './errors.ts';
+import { securityHeadersFor } from './security.ts';
 
 export const PROBLEM_CONTENT_TYPE = 'application/problem+json; charset=utf-8';
 
@@ -50,6 +53,11 @@ function toStewardError(error: FastifyError): StewardError {
         : httpErrors.validation_failed('Content-Length does not match the body');
     case 'FST_ERR_VALIDATION':
       return httpErrors.validation_failed(error.message);
+    // The router's own refusals, which reach us through `frameworkErrors` (app.ts).
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      return httpErrors.uri_too_long('A path parameter exceeds the length limit');
+    case 'FST_ERR_BAD_URL':
+      return httpErrors.bad_request('The URL is not valid (bad percent-encoding)');
   }
   // A SyntaxError with status 400 is how Fastify's JSON parser reports bad JSON.
   if (error.statusCode === 400 && error instanceof SyntaxError) return httpErrors.invalid_json();
@@ -93,15 +101,24 @@ function sendProblem(request: FastifyRequest, reply: FastifyReply, problem: Stew
   });
 }
 
+/** What Fastify's `frameworkErrors` option is given: errors the router raises before any route. */
+export type FrameworkErrorHandler = (
+  error: FastifyError,
+  request: FastifyRequest,
+  reply: FastifyReply,
+) => void;
+
 /**
  * Every error leaves as RFC 9457 problem+json. 4xx say what was wrong; 5xx say
- * nothing specific and the log has the detail (never the request body).
+ * nothing specific and the log has the detail (never the request body, never a query's
+ * parameters: see `log.ts`). Returns the handler for Fastify's `frameworkErrors` option (an
+ * over-long path parameter, a malformed URL), whose replies have no route, like a 404's.
  */
 export function installProblemHandlers(
   app: FastifyInstance,
-  beforeNotFound: (request: FastifyRequest, reply: FastifyReply, statusCode: number) => void,
-): void {
-  app.setErrorHandler((error: FastifyError, request, reply) => {
+  unrouted: (request: FastifyRequest, reply: FastifyReply, statusCode: number) => void,
+): FrameworkErrorHandler {
+  const fail = (error: FastifyError, request: FastifyRequest): StewardError => {
     const problem = toStewardError(error);
     if (problem.status >= 500) {
       request.log.error(
@@ -109,11 +126,61 @@ export function installProblemHandlers(
         'request failed',
       );
     }
-    sendProblem(request, reply, problem);
+    return problem;
+  };
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    sendProblem(request, reply, fail(error, request));
   });
   app.setNotFoundHandler((request, reply) => {
     const problem = httpErrors.not_found(`No route for ${request.method} at this path`);
-    beforeNotFound(request, reply, problem.status);
+    unrouted(request, reply, problem.status);
     sendProblem(request, reply, problem);
   });
+  return (error, request, reply) => {
+    const problem = fail(error, request);
+    unrouted(request, reply, problem.status);
+    sendProblem(request, reply, problem);
+  };
+}
+
+/**
+ * Node's HTTP parser refuses some requests before Fastify sees them (headers over the size limit,
+ * a malformed request line, a request that took too long to arrive) and hands the socket to the
+ * server's `clientError` listener; this one (Fastify's `clientErrorHandler` option) answers with a
+ * problem document like every other error, carrying a fresh request id, and closes the
+ * connection, as Node and Fastify do. Nothing is logged: these are the client's or the network's
+ * faults, and a line per malformed request would let anyone fill the log.
+ */
+export function clientErrorResponder(newRequestId: () => string): (error: Error, socket: Socket) => void {
+  return (error, socket) => {
+    const code = (error as NodeJS.ErrnoException).code;
+    // A reset connection is already gone; a socket whose response has begun cannot take another.
+    const started = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage
+      ?.headersSent;
+    if (code === 'ECONNRESET' || socket.destroyed || !socket.writable || started === true) {
+      socket.destroy();
+      return;
+    }
+    const problem =
+      code === 'HPE_HEADER_OVERFLOW'
+        ? httpErrors.headers_too_large('The request headers exceed the size limit')
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? httpErrors.request_timeout('The request did not arrive in time')
+          : httpErrors.bad_request('The request is not valid HTTP');
+    const requestId = newRequestId();
+    const body = JSON.stringify({
+      type: `https://steward.dev/problems/${problem.code}`,
+      title: problem.title,
+      status: problem.status,
+      detail: problem.detail,
+      code: problem.code,
+      request_id: requestId,
+    });
+    let head = `HTTP/1.1 ${problem.status} ${STATUS_CODES[problem.status]}\r\n`;
+    for (const [name, value] of Object.entries(securityHeadersFor('/'))) head += `${name}: ${value}\r\n`;
+    head += `x-request-id: ${requestId}\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\n`;
+    head += `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n`;
+    socket.end(head + body);
+    socket.destroySoon();
+  };
 }
