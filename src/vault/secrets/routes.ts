@@ -26,7 +26,10 @@ const value = z
     message: `at most ${MAX_VALUE_BYTES} bytes`,
   })
   .describe('The secret value (UTF-8; base64 for binary). Never returned except by reveal.');
-const tags = z.array(z.string().min(1).max(64)).max(50);
+const tags = z
+  .array(z.string().min(1).max(64))
+  .max(50)
+  .describe('Stored as a set: exact duplicates are dropped (case matters).');
 const metadata = z
   .record(z.string().max(100), z.unknown())
   .refine((m) => JSON.stringify(m).length <= 16_384, { message: 'at most 16 KiB of JSON' });
@@ -172,7 +175,10 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
             .max(100)
             .optional()
             .describe('A permission also needed (on this secret) to reveal it. Needs secrets:admin.'),
-          rotation_enabled: z.boolean().optional().describe('Default: true when rotation_days is given.'),
+          rotation_enabled: z
+            .boolean()
+            .optional()
+            .describe('Default: true when rotation_days is given. true without rotation_days is a 400.'),
           rotation_days: rotationDays.optional(),
           expires_at: isoDate.optional(),
         }),

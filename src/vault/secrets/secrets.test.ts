@@ -265,6 +265,41 @@ for (const store of STORES) {
       assert.equal(junkEvents.length, 0);
     });
 
+    test('rotation enabled needs a period; tags are stored as a set', async () => {
+      const never = await create({
+        name: 'ROT_NO_DAYS',
+        environment: 'development',
+        value: 'x',
+        rotation_enabled: true,
+      });
+      assert.equal(never.statusCode, 400, never.body);
+      assert.equal(never.json().code, 'validation_failed');
+      assert.equal(never.json().errors[0].path, 'body.rotation_days');
+      const res = await create({
+        name: 'ROT_TAGS',
+        environment: 'development',
+        value: 'x',
+        tags: ['a', 'a', 'A'],
+      });
+      assert.equal(res.statusCode, 201, res.body);
+      assert.deepEqual(res.json().tags, ['a', 'A']);
+      assert.equal(res.json().rotation_enabled, false);
+      const id: string = res.json().id;
+      const patch = (body: unknown) =>
+        v.req('PATCH', `/v1/secrets/${id}`, { token: v.tokens.developer, body });
+      const enableOnly = await patch({ rotation_enabled: true });
+      assert.equal(enableOnly.statusCode, 400, enableOnly.body);
+      const enabled = await patch({ rotation_enabled: true, rotation_days: 5, tags: ['b', 'b', 'c'] });
+      assert.equal(enabled.statusCode, 200, enabled.body);
+      assert.deepEqual(enabled.json().tags, ['b', 'c']);
+      assert.ok(enabled.json().next_rotation_at);
+      const dropDays = await patch({ rotation_days: null });
+      assert.equal(dropDays.statusCode, 400, dropDays.body);
+      const off = await patch({ rotation_enabled: false, rotation_days: null });
+      assert.equal(off.statusCode, 200, off.body);
+      assert.equal(off.json().next_rotation_at, null);
+    });
+
     test('new versions, versions list, rollback as a new version, reveal of old versions', async () => {
       const put = await v.req('PUT', `/v1/secrets/${secretId}/value`, {
         token: v.tokens.developer,

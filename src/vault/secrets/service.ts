@@ -206,6 +206,18 @@ function auditView(s: SecretRow | Secret) {
   };
 }
 
+/** Tags as a set: exact duplicates dropped, first appearance order kept (case matters: `a` ≠ `A`). */
+const uniqueTags = (tags: readonly string[]) => [...new Set(tags)];
+
+/** Rotation enabled with no period would never come due: refused rather than stored. */
+function checkRotation(enabled: boolean, days: number | null): void {
+  if (enabled && days === null) {
+    throw httpErrors.validation_failed('body.rotation_days: required while rotation is enabled', {
+      errors: [{ path: 'body.rotation_days', message: 'Required while rotation_enabled is true' }],
+    });
+  }
+}
+
 const nextRotation = (enabled: boolean, days: number | null, from: Date) =>
   enabled && days !== null ? new Date(from.getTime() + days * DAY_MS) : null;
 
@@ -520,6 +532,7 @@ export function createSecretService({
   async function checkCreate(access: Access, input: CreateSecretInput, tx?: DbOrTx): Promise<void> {
     const { principal } = access;
     await requireOn(authz, principal, 'secrets:create');
+    checkRotation(input.rotation_enabled ?? false, input.rotation_days ?? null);
     if (input.required_permission !== undefined || input.owner_id !== undefined) {
       await requireOn(authz, principal, 'secrets:admin', { type: 'secrets', id: '*' });
     }
@@ -575,7 +588,7 @@ export function createSecretService({
             displayName: input.display_name ?? null,
             description: input.description ?? null,
             secretType: input.secret_type ?? 'generic',
-            tags: input.tags ?? [],
+            tags: uniqueTags(input.tags ?? []),
             metadata: input.metadata ?? {},
             ownerId: input.owner_id ?? principal.ownerId ?? principal.id,
             requiredPermission: input.required_permission ?? null,
@@ -1086,6 +1099,10 @@ export function createSecretService({
     if (typeof input.required_permission === 'string' && !isPermission(input.required_permission)) {
       throw secretErrors.invalid_required_permission(`${input.required_permission} is not a permission`);
     }
+    checkRotation(
+      input.rotation_enabled ?? secret.rotationEnabled,
+      input.rotation_days === undefined ? secret.rotationDays : input.rotation_days,
+    );
     // null clears the owner; an id must be a principal of the org (at approval too: they may have left).
     if (typeof input.owner_id === 'string') await checkOwner(access.principal, input.owner_id, tx);
     return secret;
@@ -1125,7 +1142,7 @@ export function createSecretService({
           ...(input.display_name !== undefined ? { displayName: input.display_name } : {}),
           ...(input.description !== undefined ? { description: input.description } : {}),
           ...(input.secret_type !== undefined ? { secretType: input.secret_type } : {}),
-          ...(input.tags !== undefined ? { tags: input.tags } : {}),
+          ...(input.tags !== undefined ? { tags: uniqueTags(input.tags) } : {}),
           ...(input.metadata !== undefined ? { metadata: input.metadata } : {}),
           ...(input.owner_id !== undefined ? { ownerId: input.owner_id } : {}),
           ...(input.required_permission !== undefined
