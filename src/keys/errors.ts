@@ -33,8 +33,4 @@ export const keyErrors = defineErrors({
   webhook_signature_invalid: { status: 401, title: 'No valid webhook signature' },
   webhook_replayed: { status: 409, title: 'Message already received (webhook-id replayed)' },
   invalid_signal_payload: { status: 400, title: 'A signal payload must be a JSON object' },
-  invalid_signal_text: {
-    status: 400,
-    title: 'A signal holds a NUL character or a lone surrogate (\\u0000, \\ud800), which cannot be stored',
-  },
 });

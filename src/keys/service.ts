@@ -12,6 +12,7 @@ import { open, seal } from '../crypto/envelope.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
+import { mayHoldUnstorable, unstorableIn } from '../http/body.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 // The vault's helper, as flags uses it: a unique violation however the driver wraps it.
@@ -858,12 +859,8 @@ export function createKeysService(deps: KeysServiceDeps) {
     }
     // PostgreSQL's jsonb and text hold neither NUL (`\u0000`) nor a lone surrogate (`\ud800`), both
     // valid JSON escapes: refused here rather than failing the insert (500).
-    const bad = SUSPECT_ESCAPE.test(payload) ? unstorableText(parsed) : null;
-    if (bad !== null) {
-      throw keyErrors.invalid_signal_text(`${bad}: a NUL character or a lone surrogate cannot be stored`, {
-        path: bad,
-      });
-    }
+    const bad = mayHoldUnstorable(payload) ? unstorableIn(parsed) : undefined;
+    if (bad !== undefined) throw httpErrors.unsupported_character(bad);
     const type = (parsed as { type?: unknown }).type;
     const eventType = typeof type === 'string' ? prefixOf(type, 200) : null;
     const now = clock();
@@ -943,38 +940,6 @@ function auditView(row: q.ApiKeyRow) {
     disabled_reason: row.disabledReason,
     metadata: row.metadata,
   };
-}
-
-/**
- * Either can only arrive as a `\u` escape (JSON forbids a raw control character in a string, and
- * UTF-8 decoding turns a raw lone surrogate into U+FFFD): a body without such an escape is not
- * walked.
- */
-const SUSPECT_ESCAPE = /\\u(?:0000|[dD][89a-fA-F])/;
-/** NUL, or a UTF-16 surrogate without its other half (no `u` flag: the regex sees code units). */
-const UNSTORABLE = /\0|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
-
-/**
- * The path (`body.data.name`, `body.items.0`) of the first string — value or member name — of a
- * parsed JSON value that PostgreSQL cannot store, or null. Iterative: a deeply nested body costs
- * no stack.
- */
-export function unstorableText(value: unknown): string | null {
-  const stack: [unknown, string][] = [[value, 'body']];
-  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
-    const [item, path] = next;
-    if (typeof item === 'string') {
-      if (UNSTORABLE.test(item)) return path;
-    } else if (Array.isArray(item)) {
-      for (let i = item.length - 1; i >= 0; i--) stack.push([item[i], `${path}.${i}`]);
-    } else if (item !== null && typeof item === 'object') {
-      for (const [name, member] of Object.entries(item)) {
-        if (UNSTORABLE.test(name)) return `${path}.${JSON.stringify(name)}`;
-        stack.push([member, `${path}.${name}`]);
-      }
-    }
-  }
-  return null;
 }
 
 /** At most `max` UTF-16 units of `text`, never cutting a surrogate pair in half. */
