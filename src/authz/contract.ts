@@ -28,9 +28,20 @@ export interface Authz {
     tx: DbOrTx,
     input: { orgId: string; principalId: string; role: string; by: Principal | null; context?: AuditContext },
   ): Promise<{ assignmentId: string; afterCommit: () => Promise<void> }>;
-  /** Removes every assignment of a principal in an org (deactivation), same commit protocol. */
+  /**
+   * Removes every assignment of a principal in an org (deactivation), or those of `roles` (a role
+   * set replaced), same commit protocol. When `by` is given, each removed role is checked as the
+   * unassign route checks it: 403 `self_modification` for one's own, 403 `role_escalation` for a
+   * role carrying permissions `by` does not hold (the caller's transaction then rolls back).
+   */
   unassignAllInTx(
     tx: DbOrTx,
-    input: { orgId: string; principalId: string; by: Principal | null; context?: AuditContext },
+    input: {
+      orgId: string;
+      principalId: string;
+      by: Principal | null;
+      context?: AuditContext;
+      roles?: readonly string[];
+    },
   ): Promise<{ afterCommit: () => Promise<void> }>;
 }

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { and, eq, gt, isNotNull, isNull, or } from 'drizzle-orm';
+import { and, eq, gt, inArray, isNotNull, isNull, or } from 'drizzle-orm';
 import type { AuditActor, AuditContext, AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { InvalidationBus } from '../bus/index.ts';
@@ -707,15 +707,42 @@ export function createAuthzService({
     await changed(orgId, (index) => index.unassign(row.principalId, row.roleName));
   }
 
+  /**
+   * Removes a principal's assignments (all, or those of `roles`) inside the caller's transaction.
+   * With a caller (`by`), the unassign route's rules apply to each removed role: not one's own
+   * (`self_modification`), only roles whose permissions one holds (`role_escalation`); a refusal
+   * throws, and the caller's transaction rolls back with nothing removed.
+   */
   async function unassignAllInTx(
     tx: DbOrTx,
-    input: { orgId: string; principalId: string; by: Principal | null; context?: AuditContext },
+    input: {
+      orgId: string;
+      principalId: string;
+      by: Principal | null;
+      context?: AuditContext;
+      roles?: readonly string[];
+    },
   ): Promise<{ afterCommit: () => Promise<void> }> {
     const { orgId, principalId, by } = input;
+    if (input.roles !== undefined && input.roles.length === 0) return { afterCommit: async () => {} };
     const removed = await tx
       .delete(roleAssignments)
-      .where(and(eq(roleAssignments.orgId, orgId), eq(roleAssignments.principalId, principalId)))
+      .where(
+        and(
+          eq(roleAssignments.orgId, orgId),
+          eq(roleAssignments.principalId, principalId),
+          input.roles === undefined ? undefined : inArray(roleAssignments.roleName, [...input.roles]),
+        ),
+      )
       .returning();
+    if (by !== null && removed.length > 0) {
+      if (isSelf(by, principalId)) throw authzErrors.self_modification('You cannot change your own roles');
+      const index = await indexIn(tx, orgId);
+      const held = heldBy(index, by);
+      for (const r of removed) {
+        assertHoldsAll(held, index.rolePermissions(r.roleName) ?? [], `Role ${r.roleName}`);
+      }
+    }
     await audit.record(
       tx,
       removed.map((r) => ({

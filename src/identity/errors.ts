@@ -31,6 +31,8 @@ export const identityErrors = defineErrors({
   superuser_exists: { status: 409, title: 'A superuser already exists' },
   not_a_user: { status: 403, title: 'Only a signed-in user can do this' },
   cannot_deactivate_self: { status: 409, title: 'You cannot deactivate yourself' },
+  superuser_protected: { status: 403, title: 'Only a superuser can deactivate a superuser' },
+  last_superuser: { status: 409, title: 'The last active superuser cannot be deactivated' },
   invitation_not_found: { status: 404, title: 'Invitation not found' },
   invitation_invalid: { status: 404, title: 'Unknown invitation token' },
   invitation_expired: { status: 410, title: 'Invitation expired' },

@@ -19,22 +19,45 @@ import { type User, userByEmail, userById } from './queries.ts';
 import { orgMemberships, users } from './schema.ts';
 import { assignRoles } from './users.ts';
 
+const activeSuperuser = and(eq(users.superuser, true), eq(users.active, true));
+
 export function createOrgs(core: IdentityCore) {
   const { db, audit, tenancy, clock } = core;
 
-  /** Orgs the caller belongs to (a superuser sees every org). */
-  async function listOrgs(principal: Principal): Promise<Organization[]> {
+  /**
+   * Orgs the caller belongs to (a superuser sees every org), oldest first, a page at a time: up to
+   * `limit` after the org `afterId` (the keyset is (created_at, id), read from that org's row so
+   * the cursor loses no timestamp precision). `more`: another page follows.
+   */
+  async function listOrgs(
+    principal: Principal,
+    page: { limit: number; afterId?: string | undefined } = { limit: 500 },
+  ): Promise<{ orgs: Organization[]; more: boolean }> {
+    const after =
+      page.afterId === undefined
+        ? undefined
+        : sql`(${organizations.createdAt}, ${organizations.id}) > (select o.created_at, o.id from organizations o where o.id = ${page.afterId})`;
+    const order = [asc(organizations.createdAt), asc(organizations.id)] as const;
+    let orgs: Organization[];
     if (principal.superuser) {
-      return db.db.select().from(organizations).orderBy(asc(organizations.createdAt), asc(organizations.id));
+      orgs = await db.db
+        .select()
+        .from(organizations)
+        .where(after)
+        .orderBy(...order)
+        .limit(page.limit + 1);
+    } else {
+      const userId = principal.kind === 'user' ? principal.id : (principal.ownerId ?? '');
+      const rows = await db.db
+        .select({ org: organizations })
+        .from(organizations)
+        .innerJoin(orgMemberships, eq(orgMemberships.orgId, organizations.id))
+        .where(and(eq(orgMemberships.userId, userId), eq(orgMemberships.active, true), after))
+        .orderBy(...order)
+        .limit(page.limit + 1);
+      orgs = rows.map((r) => r.org);
     }
-    const userId = principal.kind === 'user' ? principal.id : (principal.ownerId ?? '');
-    const rows = await db.db
-      .select({ org: organizations })
-      .from(organizations)
-      .innerJoin(orgMemberships, eq(orgMemberships.orgId, organizations.id))
-      .where(and(eq(orgMemberships.userId, userId), eq(orgMemberships.active, true)))
-      .orderBy(asc(organizations.createdAt), asc(organizations.id));
-    return rows.map((r) => r.org);
+    return { orgs: orgs.slice(0, page.limit), more: orgs.length > page.limit };
   }
 
   /** Superuser: a new org; the creator (and `admin_user_id`, if given) become its admins. */
@@ -67,8 +90,9 @@ export function createOrgs(core: IdentityCore) {
     return org;
   }
 
+  /** An active superuser exists (a deactivated one does not stop `steward bootstrap` recovering). */
   async function superuserExists(): Promise<boolean> {
-    const [row] = await db.db.select({ id: users.id }).from(users).where(eq(users.superuser, true)).limit(1);
+    const [row] = await db.db.select({ id: users.id }).from(users).where(activeSuperuser).limit(1);
     return row !== undefined;
   }
 
@@ -99,11 +123,7 @@ export function createOrgs(core: IdentityCore) {
     const { user, runs } = await db.db.transaction(async (tx) => {
       // Serialises concurrent bootstraps (several instances on one empty database).
       await tx.execute(sql`select pg_advisory_xact_lock(hashtext('steward:bootstrap'))`);
-      const [existing] = await tx
-        .select({ id: users.id })
-        .from(users)
-        .where(eq(users.superuser, true))
-        .limit(1);
+      const [existing] = await tx.select({ id: users.id }).from(users).where(activeSuperuser).limit(1);
       if (existing) throw identityErrors.superuser_exists();
       if (await userByEmail(tx, input.email)) throw identityErrors.email_taken();
       const [user] = await tx

@@ -559,14 +559,23 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
       config: { access: 'authenticated' },
       schema: {
         tags,
-        summary: 'Orgs the caller belongs to (every org, for a superuser)',
-        response: { 200: z.object({ data: z.array(orgSchema), next_cursor: z.null() }) },
+        summary: 'Orgs the caller belongs to (every org, for a superuser), oldest first',
+        querystring: z.strictObject(pageQuery),
+        response: { 200: listResponse(orgSchema) },
       },
     },
-    async (request) => ({
-      data: (await identity.listOrgs(callerOf(request))).map(orgView),
-      next_cursor: null,
-    }),
+    async (request) => {
+      const after = decodeCursor(request.query.cursor, idCursor);
+      const { orgs, more } = await identity.listOrgs(callerOf(request), {
+        limit: request.query.limit,
+        afterId: after?.id,
+      });
+      const last = orgs.at(-1);
+      return {
+        data: orgs.map(orgView),
+        next_cursor: more && last ? encodeCursor({ id: last.id }) : null,
+      };
+    },
   );
 
   app.post(

@@ -1,6 +1,6 @@
 // The users admin API of an org: create, list, get, update (name, active, roles), deactivate,
 // unlock; and the user insertion shared with invitations and sign-up.
-import { and, eq, sql } from 'drizzle-orm';
+import { and, eq, ne, sql } from 'drizzle-orm';
 import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { DbOrTx } from '../db/client.ts';
@@ -210,11 +210,30 @@ export function createUsers(core: IdentityCore) {
     return view(principal.orgId, user, m);
   }
 
+  /** The caller acting on itself: its own account, or (an API key) its owner's. */
+  const isSelf = (principal: Principal, userId: string) =>
+    principal.id === userId || principal.ownerId === userId;
+
+  /**
+   * Refuses a deactivation the caller may not make, whatever the route: of oneself or of one's
+   * key's owner (409 `cannot_deactivate_self`), of a superuser by anyone but a superuser (403
+   * `superuser_protected`). The last active superuser is refused in the transaction (`deactivateInTx`).
+   */
+  function assertMayDeactivate(principal: Principal, target: User): void {
+    if (isSelf(principal, target.id)) throw identityErrors.cannot_deactivate_self();
+    if (target.superuser && !principal.superuser) {
+      throw identityErrors.superuser_protected('Only a superuser can deactivate a superuser');
+    }
+  }
+
   /**
    * Edits a user: every part (name, username, active, roles) and its audit events commit in one
-   * transaction, or nothing does. What can be checked before writing is (self-deactivation, the
-   * username); unknown or unassignable roles are refused by authz inside the transaction, which
-   * rolls everything back. Revocations and cache drops are published after the commit.
+   * transaction, or nothing does. What can be checked before writing is (permission to deactivate,
+   * self-deactivation, the username); roles are replaced by difference — those dropped are
+   * unassigned, those new assigned, each under authz's delegation rules (one's own roles, roles
+   * carrying permissions one does not hold: 403), inside the transaction, which rolls everything
+   * back on a refusal. A PATCH that changes nothing writes nothing. Revocations and cache drops
+   * are published after the commit.
    */
   async function updateUser(
     principal: Principal,
@@ -228,9 +247,13 @@ export function createUsers(core: IdentityCore) {
     origin: AuditContext,
   ): Promise<UserView> {
     const { user, membership: m } = await getMember(principal.orgId, userId);
-    const deactivating = input.active === false && (m.active || user.active);
     if (input.active === false) {
-      if (principal.kind === 'user' && principal.id === userId) throw identityErrors.cannot_deactivate_self();
+      // The same operation as DELETE /v1/users/{id}, so the same permission.
+      const may = await authz.check(principal, 'users:delete');
+      if (!may.allowed) {
+        throw httpErrors.permission_denied('This action needs users:delete', { permission: 'users:delete' });
+      }
+      assertMayDeactivate(principal, user);
       // Deactivation removes every role: roles sent with it would be dropped in the same breath.
       if (input.roles !== undefined && input.roles.length > 0) {
         throw httpErrors.validation_failed('roles: a deactivated user holds no roles', {
@@ -242,22 +265,35 @@ export function createUsers(core: IdentityCore) {
       await assertUsernameFree(db.db, input.username);
     }
     const beforeRoles = await authz.rolesOf(principal.orgId, userId);
+    const renaming = input.full_name !== undefined && input.full_name !== user.fullName;
+    const reusername = input.username !== undefined && input.username !== user.username;
+    const reactivating = input.active === true && !(m.active && user.active);
+    // The membership decides: a user already deactivated here is not deactivated again.
+    const deactivating = input.active === false && m.active;
+    const next =
+      input.roles === undefined || input.active === false ? undefined : [...new Set(input.roles)].sort();
+    const dropped = next === undefined ? [] : beforeRoles.filter((r) => !next.includes(r));
+    const added = next === undefined ? [] : next.filter((r) => !beforeRoles.includes(r));
+    const rolesChange = dropped.length > 0 || added.length > 0;
+    if (!renaming && !reusername && !reactivating && !deactivating && !rolesChange) {
+      return view(principal.orgId, user, m);
+    }
     const now = clock();
     const { runs, revoked } = await db.db
       .transaction(async (tx) => {
         const before: Record<string, unknown> = {};
         const changed: Record<string, unknown> = {};
         const set: Partial<typeof users.$inferInsert> = { updatedAt: now };
-        if (input.full_name !== undefined && input.full_name !== user.fullName) {
+        if (renaming) {
           before.full_name = user.fullName;
           set.fullName = changed.full_name = input.full_name;
         }
-        if (input.username !== undefined && input.username !== user.username) {
+        if (reusername) {
           before.username = user.username;
           set.username = changed.username = input.username;
         }
         await tx.update(users).set(set).where(eq(users.id, userId));
-        if (input.active === true && !(m.active && user.active)) {
+        if (reactivating) {
           await tx
             .update(orgMemberships)
             .set({ active: true, updatedAt: now })
@@ -267,16 +303,16 @@ export function createUsers(core: IdentityCore) {
           changed.active = true;
         }
         const runs: AfterCommit[] = [];
-        const next = input.roles === undefined || deactivating ? undefined : [...new Set(input.roles)].sort();
-        if (next !== undefined && next.join(',') !== [...beforeRoles].sort().join(',')) {
+        if (next !== undefined && rolesChange) {
           const un = await authz.unassignAllInTx(tx, {
             orgId: principal.orgId,
             principalId: userId,
             by: principal,
             context: origin,
+            roles: dropped,
           });
           runs.push(un.afterCommit);
-          runs.push(...(await assignRoles(core, tx, principal.orgId, userId, next, principal, origin)));
+          runs.push(...(await assignRoles(core, tx, principal.orgId, userId, added, principal, origin)));
           before.roles = beforeRoles;
           changed.roles = next;
         }
@@ -291,7 +327,7 @@ export function createUsers(core: IdentityCore) {
           });
         }
         if (!deactivating) return { runs, revoked: [] as string[] };
-        const off = await deactivateInTx(tx, principal, userId, origin, now);
+        const off = await deactivateInTx(tx, principal, user, origin, now);
         return { runs: [...runs, ...off.runs], revoked: off.revoked };
       })
       .catch(uniqueViolation);
@@ -303,16 +339,19 @@ export function createUsers(core: IdentityCore) {
 
   /**
    * Inside `tx`: the membership off (and the user, once no active membership remains), roles
-   * removed, sessions and pending 2FA challenges in this org ended, all audited. The caller runs
-   * `runs` and publishes `revoked` after the commit.
+   * removed (under authz's delegation rules: a role the caller could not unassign refuses the
+   * whole deactivation), sessions and pending 2FA challenges in this org ended, all audited. The
+   * caller runs `runs` and publishes `revoked` after the commit. Refuses (409 `last_superuser`)
+   * to turn off the account of the last active superuser: `steward bootstrap` could not recover.
    */
   async function deactivateInTx(
     tx: DbOrTx,
     principal: Principal,
-    userId: string,
+    target: User,
     origin: AuditContext,
     now: Date,
   ): Promise<{ runs: AfterCommit[]; revoked: string[] }> {
+    const userId = target.id;
     // The user's row before the membership's, as a 2FA login's last step takes them (queries.ts,
     // accountStanding): that login waits for this commit, or this waits for the login's.
     await lockUserRow(tx, userId);
@@ -322,6 +361,18 @@ export function createUsers(core: IdentityCore) {
       .where(and(eq(orgMemberships.orgId, principal.orgId), eq(orgMemberships.userId, userId)));
     const others = await activeMemberships(tx, userId);
     const global = others.length === 0;
+    if (global && target.superuser) {
+      // Two superusers turning each other off at once: the second waits here and sees the first.
+      await tx.execute(sql`select pg_advisory_xact_lock(hashtext('steward:superusers'))`);
+      const [another] = await tx
+        .select({ id: users.id })
+        .from(users)
+        .where(and(eq(users.superuser, true), eq(users.active, true), ne(users.id, userId)))
+        .limit(1);
+      if (!another) {
+        throw identityErrors.last_superuser('The last active superuser cannot be deactivated');
+      }
+    }
     if (global) await tx.update(users).set({ active: false, updatedAt: now }).where(eq(users.id, userId));
     const un = await authz.unassignAllInTx(tx, {
       orgId: principal.orgId,
@@ -351,14 +402,17 @@ export function createUsers(core: IdentityCore) {
     return { runs: [un.afterCommit], revoked };
   }
 
-  /** Deactivates a user in the caller's org: membership off, roles removed, sessions revoked. */
+  /**
+   * Deactivates a user in the caller's org: membership off, roles removed, sessions revoked. A
+   * membership already off answers as done, with no write and no event (idempotent).
+   */
   async function deactivateUser(principal: Principal, userId: string, origin: AuditContext): Promise<void> {
     const { user, membership: m } = await getMember(principal.orgId, userId);
-    if (principal.kind === 'user' && principal.id === userId) throw identityErrors.cannot_deactivate_self();
-    if (!m.active && !user.active) return;
+    assertMayDeactivate(principal, user);
+    if (!m.active) return;
     const now = clock();
     const { runs, revoked } = await db.db.transaction((tx) =>
-      deactivateInTx(tx, principal, userId, origin, now),
+      deactivateInTx(tx, principal, user, origin, now),
     );
     for (const run of runs) await run();
     await revocation.publish(revoked);
