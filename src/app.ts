@@ -168,7 +168,8 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       authz,
       tenancy,
       clock,
-      onError: (error) => app.log.error({ err: error }, 'identity limiter redis'),
+      // The Redis limiter's failures and the login bookkeeping done after the answer (the message says which).
+      onError: (error) => app.log.error({ err: error }, `identity: ${error.message}`),
     });
     const keys = await openKeys({
       config,
