@@ -2,11 +2,14 @@
 // Steward's server code: @openfeature/server-sdk is a devDependency of Steward and a dependency
 // of whoever uses this file.
 import {
+  ErrorCode,
   type EvaluationContext,
+  GeneralError,
   type JsonValue,
   OpenFeatureEventEmitter,
   type Provider,
   ProviderEvents,
+  ProviderFatalError,
   type ResolutionDetails,
 } from '@openfeature/server-sdk';
 import { applyDeltaEvents, createFlagEngine, type FlagEngine } from '../engine.ts';
@@ -55,11 +58,47 @@ export function toFlagContext(context: EvaluationContext): FlagContext {
   return out;
 }
 
+/** What changed between two states: flags added, removed or redefined, and those using a changed segment. */
+export function changedFlags(before: ClientFeatures, after: ClientFeatures): string[] {
+  const changed = new Set<string>();
+  const old = new Map(before.features.map((f) => [f.name, JSON.stringify(f)]));
+  for (const f of after.features) {
+    if (old.get(f.name) !== JSON.stringify(f)) changed.add(f.name);
+    old.delete(f.name);
+  }
+  for (const name of old.keys()) changed.add(name);
+  const oldSeg = new Map((before.segments ?? []).map((s) => [s.id, JSON.stringify(s)]));
+  const segments = new Set<number>();
+  for (const s of after.segments ?? []) {
+    if (oldSeg.get(s.id) !== JSON.stringify(s)) segments.add(s.id);
+    oldSeg.delete(s.id);
+  }
+  for (const id of oldSeg.keys()) segments.add(id);
+  for (const name of usingSegments(after, segments)) changed.add(name);
+  return [...changed];
+}
+
+/** Flags of a state whose strategies name one of `segments`. */
+function usingSegments(state: ClientFeatures, segments: ReadonlySet<number>): string[] {
+  if (segments.size === 0) return [];
+  return state.features
+    .filter((f) => f.strategies?.some((s) => s.segments?.some((id) => segments.has(id))))
+    .map((f) => f.name);
+}
+
+/** A refusal of the token (401/403): retrying cannot help. */
+const FATAL_STATUSES = new Set([401, 403]);
+
 /**
  * Evaluates Steward's flags in-process with the same engine as the server: hydrates from the
  * flag stream (`GET /v1/flags/{env}/stream`, whose first event is the whole state), then applies
  * its change events and emits `PROVIDER_CONFIGURATION_CHANGED`. Reconnects with back-off; while
  * disconnected it keeps evaluating the last state (`PROVIDER_STALE`).
+ *
+ * Startup: `initialize` resolves at the first hydration (READY). If Steward cannot be reached it
+ * rejects (the SDK reports ERROR) and the provider keeps retrying with back-off, emitting
+ * `PROVIDER_READY` once flags load; until then every evaluation answers the default with
+ * `PROVIDER_NOT_READY`. A 401 or 403 is final: `PROVIDER_FATAL`, no more retries.
  */
 export class StewardProvider implements Provider {
   readonly metadata = { name: 'steward' } as const;
@@ -70,6 +109,13 @@ export class StewardProvider implements Provider {
   private readonly disabled = new Set<string>();
   private abort = new AbortController();
   private closed = false;
+  /** Flags have loaded once: evaluations answer from them (stale or not). */
+  private hydrated = false;
+  /** Set when Steward refused the token (401/403): the provider stopped. */
+  private fatal: string | undefined;
+  /** `initialize`'s outcome, until it is settled. */
+  private starting: { resolve: () => void; reject: (error: unknown) => void } | undefined;
+  private running = false;
   private readonly fetchFn: typeof fetch;
 
   constructor(private readonly options: StewardProviderOptions) {
@@ -77,13 +123,12 @@ export class StewardProvider implements Provider {
   }
 
   async initialize(): Promise<void> {
-    let hydrated!: () => void;
-    let failed!: (error: unknown) => void;
+    if (this.hydrated) return;
+    if (this.fatal !== undefined) throw new ProviderFatalError(this.fatal);
     const ready = new Promise<void>((resolve, reject) => {
-      hydrated = resolve;
-      failed = reject;
+      this.starting = { resolve, reject };
     });
-    void this.run(hydrated, failed);
+    if (!this.running) void this.run();
     await ready;
   }
 
@@ -92,28 +137,55 @@ export class StewardProvider implements Provider {
     this.abort.abort();
   }
 
-  private async run(hydrated: () => void, failed: (error: unknown) => void): Promise<void> {
-    let first = true;
-    let wait = this.options.reconnectMs ?? 1000;
-    while (!this.closed) {
-      try {
-        await this.connect(() => {
-          if (first) hydrated();
-          else this.events.emit(ProviderEvents.Ready);
-          first = false;
-          wait = this.options.reconnectMs ?? 1000;
-        });
-      } catch (error) {
+  private settle(error?: unknown): void {
+    const starting = this.starting;
+    this.starting = undefined;
+    if (starting === undefined) return;
+    if (error === undefined) starting.resolve();
+    else starting.reject(error);
+  }
+
+  private async run(): Promise<void> {
+    this.running = true;
+    const base = this.options.reconnectMs ?? 1000;
+    let wait = base;
+    try {
+      while (!this.closed) {
+        let failure: unknown;
+        try {
+          await this.connect(() => {
+            wait = base;
+          });
+        } catch (error) {
+          failure = error;
+        }
         if (this.closed) return;
-        if (first) {
-          failed(error);
+        if (failure instanceof ProviderFatalError) {
+          this.fatal = failure.message;
+          if (this.starting !== undefined) this.settle(failure);
+          else {
+            this.events.emit(ProviderEvents.Error, {
+              message: failure.message,
+              errorCode: ErrorCode.PROVIDER_FATAL,
+            });
+          }
           return;
         }
+        const message = `Steward flag stream: ${failure instanceof Error ? failure.message : 'ended'}`;
+        if (this.starting !== undefined) {
+          // The SDK reports ERROR; this loop goes on and emits PROVIDER_READY once flags load.
+          this.settle(new GeneralError(`${message}; retrying`, { cause: failure }));
+        } else if (this.hydrated) {
+          this.events.emit(ProviderEvents.Stale, { message: 'flag stream disconnected' });
+        }
+        // ±20 % so instances cut off together do not come back together.
+        await new Promise((resolve) => setTimeout(resolve, wait * (0.8 + Math.random() * 0.4)).unref());
+        wait = Math.min(wait * 2, 30_000);
       }
-      if (this.closed) return;
-      this.events.emit(ProviderEvents.Stale, { message: 'flag stream disconnected' });
-      await new Promise((resolve) => setTimeout(resolve, wait).unref());
-      wait = Math.min(wait * 2, 30_000);
+    } finally {
+      this.running = false;
+      // Closed before the first hydration: `initialize` must not wait forever.
+      this.settle(new GeneralError('provider closed'));
     }
   }
 
@@ -124,8 +196,15 @@ export class StewardProvider implements Provider {
       headers: { authorization: `Bearer ${this.options.token}`, accept: 'text/event-stream' },
       signal: this.abort.signal,
     });
+    if (FATAL_STATUSES.has(response.status)) {
+      await response.body?.cancel();
+      throw new ProviderFatalError(
+        `Steward refused the token (${response.status}): check it and its flags:read`,
+      );
+    }
     if (!response.ok || response.body === null) {
-      throw new Error(`Steward flag stream answered ${response.status}`);
+      await response.body?.cancel();
+      throw new Error(`answered ${response.status}`);
     }
     const decoder = new TextDecoder();
     let buffer = '';
@@ -151,14 +230,34 @@ export class StewardProvider implements Provider {
     const parsed = (JSON.parse(data.join('\n')) as { events: unknown[] }).events.map((e) =>
       deltaEventSchema.parse(e),
     );
+    const before = this.state;
     this.apply(parsed);
-    if (event === 'unleash-connected') onHydrated();
-    else {
-      const flagsChanged = parsed.flatMap((e) =>
-        e.type === 'feature-updated' ? [e.feature.name] : e.type === 'feature-removed' ? [e.featureName] : [],
-      );
-      this.events.emit(ProviderEvents.ConfigurationChanged, { flagsChanged });
+    if (event === 'unleash-connected') {
+      onHydrated();
+      const again = this.hydrated;
+      this.hydrated = true;
+      if (this.starting !== undefined)
+        this.settle(); // the SDK emits PROVIDER_READY
+      else this.events.emit(ProviderEvents.Ready);
+      // Reconnected: what changed while the stream was down (the hydration replaced the state).
+      if (again) {
+        const flagsChanged = changedFlags(before, this.state);
+        if (flagsChanged.length > 0) this.events.emit(ProviderEvents.ConfigurationChanged, { flagsChanged });
+      }
+      return;
     }
+    const changed = new Set<string>();
+    const segments = new Set<number>();
+    for (const e of parsed) {
+      if (e.type === 'feature-updated') changed.add(e.feature.name);
+      else if (e.type === 'feature-removed') changed.add(e.featureName);
+      else if (e.type === 'segment-updated') segments.add(e.segment.id);
+      else if (e.type === 'segment-removed') segments.add(e.segmentId);
+    }
+    // A segment's change changes the result of every flag using it (before or after).
+    for (const name of usingSegments(before, segments)) changed.add(name);
+    for (const name of usingSegments(this.state, segments)) changed.add(name);
+    this.events.emit(ProviderEvents.ConfigurationChanged, { flagsChanged: [...changed] });
   }
 
   private apply(events: DeltaEvent[]): void {
@@ -170,6 +269,17 @@ export class StewardProvider implements Provider {
 
   private missing<T>(flagKey: string, defaultValue: T): ResolutionDetails<T> | undefined {
     if (this.engine.has(flagKey)) return undefined;
+    // Before the first hydration every flag is missing: say why (never FLAG_NOT_FOUND).
+    if (!this.hydrated) {
+      return {
+        value: defaultValue,
+        reason: 'ERROR',
+        errorCode: (this.fatal === undefined
+          ? 'PROVIDER_NOT_READY'
+          : 'PROVIDER_FATAL') as ResolutionDetails<T>['errorCode'],
+        errorMessage: this.fatal ?? 'Steward flags not loaded yet (retrying)',
+      };
+    }
     return {
       value: defaultValue,
       reason: 'ERROR',
@@ -186,10 +296,12 @@ export class StewardProvider implements Provider {
     const miss = this.missing(flagKey, defaultValue);
     if (miss) return Promise.resolve(miss);
     const value = this.engine.isEnabled(flagKey, toFlagContext(context));
+    // As the variant evaluations: on is a match; off is DISABLED for a disabled flag, else DEFAULT
+    // (no strategy matched).
     return Promise.resolve({
       value,
       variant: value ? 'on' : 'off',
-      reason: this.disabled.has(flagKey) ? 'DISABLED' : 'TARGETING_MATCH',
+      reason: value ? 'TARGETING_MATCH' : this.disabled.has(flagKey) ? 'DISABLED' : 'DEFAULT',
     });
   }
 
