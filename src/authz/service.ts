@@ -5,6 +5,7 @@ import { actorOf } from '../audit/service.ts';
 import type { InvalidationBus } from '../bus/index.ts';
 import { millisecondsOf } from '../clock.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
+import { isUniqueViolation } from '../db/errors.ts';
 import { type IdPrefix, isId, newId, prefixOf } from '../db/ids.ts';
 import type { Authorizer } from '../http/auth.ts';
 import { httpErrors } from '../http/errors.ts';
@@ -156,14 +157,6 @@ function roleInfoOf(row: q.RoleRow): RoleInfo {
     createdAt: row.createdAt,
     updatedAt: row.updatedAt,
   };
-}
-
-function isUniqueViolation(error: unknown): boolean {
-  for (let e: unknown = error; e instanceof Error || (typeof e === 'object' && e !== null); ) {
-    if ((e as { code?: unknown }).code === '23505') return true;
-    e = (e as { cause?: unknown }).cause;
-  }
-  return false;
 }
 
 const actor = (by: Principal | null): AuditActor => (by ? actorOf(by) : { type: 'system', name: 'steward' });

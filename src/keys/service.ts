@@ -11,12 +11,12 @@ import { expandPattern } from '../authz/roles.ts';
 import { open, seal } from '../crypto/envelope.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle } from '../db/client.ts';
+// The vault's helper, as flags uses it: a unique violation however the driver wraps it.
+import { isUniqueViolation } from '../db/errors.ts';
 import { isId, newId } from '../db/ids.ts';
 import { mayHoldUnstorable, unstorableIn } from '../http/body.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
-// The vault's helper, as flags uses it: a unique violation however the driver wraps it.
-import { isUniqueViolation } from '../vault/common.ts';
 import { boundsOf, looserBound } from './bounds.ts';
 import { keyErrors } from './errors.ts';
 import {

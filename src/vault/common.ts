@@ -3,15 +3,6 @@ import type { Authz } from '../authz/contract.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 
-/** Whether a database error is a unique violation (Postgres 23505), however it is wrapped. */
-export function isUniqueViolation(error: unknown): boolean {
-  for (let e: unknown = error; typeof e === 'object' && e !== null; ) {
-    if ((e as { code?: unknown }).code === '23505') return true;
-    e = (e as { cause?: unknown }).cause;
-  }
-  return false;
-}
-
 /**
  * Resource-level check (id grants, type grants, roles); throws permission_denied. Without a
  * resource, the type-wide check a route's `access: {permission}` makes.
