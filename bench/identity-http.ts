@@ -83,7 +83,7 @@ try {
     ]);
     const once = [
       await load({
-        label: 'Steward GET /v1/me (Bearer, reads the user row)',
+        label: 'Steward GET /v1/me (Bearer, profile cached per user)',
         url: `${steward.url}/v1/me`,
         headers: auth,
         seconds: SECONDS,

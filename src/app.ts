@@ -92,7 +92,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       // The router's default (100 characters per path parameter) is below what routes accept: a
       // setting's key may be 200 characters. Longer is 414 uri_too_long; each route's schema still
       // bounds its own parameters.
-      maxParamLength: 256,
+      routerOptions: { maxParamLength: 256 },
       trustProxy: config.TRUST_PROXY.length > 0 ? config.TRUST_PROXY : false,
       return503OnClosing: true,
       // The router's refusals (an over-long path parameter, a malformed URL) and the HTTP
