@@ -10,7 +10,7 @@ import { newId } from '../db/ids.ts';
 import type { Principal } from '../http/principal.ts';
 import type { FieldError } from '../http/problem.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
-import { requireOn } from '../vault/common.ts';
+import { readableRows, requireOn } from '../vault/common.ts';
 import type { FourEyes } from '../vault/four-eyes.ts';
 import type { Access, Pending } from '../vault/secrets/service.ts';
 import { clientView } from './client-view.ts';
@@ -53,7 +53,7 @@ export interface FlagServiceDeps {
   clock: () => Date;
   fourEyes?: FourEyes | undefined;
   /** Per-flag checks (grants on resource type `flags`, id `flg_…`); from memory when warm. */
-  authz: Pick<Authz, 'check'>;
+  authz: Pick<Authz, 'check' | 'checkSync'>;
   onError?: (error: unknown, what: string) => void;
 }
 
@@ -437,10 +437,7 @@ export function createFlagService({
       .where(and(...where))
       .orderBy(asc(featureFlags.name))
       .limit(page.limit);
-    const rows: FlagRow[] = [];
-    for (const row of read) {
-      if ((await authz.check(principal, 'flags:read', { type: 'flags', id: row.id })).allowed) rows.push(row);
-    }
+    const rows = await readableRows(authz, principal, 'flags:read', 'flags', read, (row) => row.id);
     return { rows, last: read.length === page.limit ? read.at(-1)?.name : undefined };
   }
 
