@@ -9,6 +9,7 @@ import type { DbHandle, DbOrTx } from '../../db/client.ts';
 import { isUniqueViolation } from '../../db/errors.ts';
 import { newId } from '../../db/ids.ts';
 import { httpErrors } from '../../http/errors.ts';
+import { parseEntityTags } from '../../http/etag.ts';
 import type { Principal } from '../../http/principal.ts';
 import type { Environment, TenancyService } from '../../tenancy/service.ts';
 import { type FilteredPage, readableRows, requireOn } from '../common.ts';
@@ -68,34 +69,19 @@ export const settingAad = (orgId: string, settingId: string, version: number) =>
  */
 export type IfMatch = undefined | null | '*' | readonly string[];
 
-// One list member (RFC 9110 §8.8.3: [ "W/" ] DQUOTE *etagc DQUOTE) and its separator. Empty
-// members are allowed, as in every list header (§5.6.1).
-const IF_MATCH_MEMBER = /[ \t]*(?:(W\/)?("[\x21\x23-\x7E\x80-\xFF]*"))?[ \t]*(,|$)/y;
-
 /**
  * Parses `If-Match`: `*`, or a list of entity-tags (`"3"`, `"3", "4"`; a weak `W/"3"` is valid
  * syntax but never matches), or a bare version number `3` (not RFC syntax; for curl users, taken
- * as the tag `"3"`). Tags are compared exactly as the ETag is sent: `"03"` is not `"3"`.
+ * as the tag `"3"`). Tags are compared exactly as the ETag is sent: `"03"` is not `"3"`. Null when
+ * malformed or empty.
  */
 export function parseIfMatch(header: string | undefined): IfMatch {
   if (header === undefined) return undefined;
   const h = header.trim();
-  if (h === '*') return '*';
   if (/^\d{1,9}$/.test(h)) return [`"${h}"`];
-  const strong: string[] = [];
-  let members = 0;
-  let at = 0;
-  while (at < h.length) {
-    IF_MATCH_MEMBER.lastIndex = at;
-    const m = IF_MATCH_MEMBER.exec(h);
-    if (m === null || IF_MATCH_MEMBER.lastIndex === at) return null;
-    if (m[2] !== undefined) {
-      members++;
-      if (m[1] === undefined) strong.push(m[2]);
-    }
-    at = IF_MATCH_MEMBER.lastIndex;
-  }
-  return members === 0 ? null : strong;
+  const tags = parseEntityTags(h);
+  if (tags === null || tags === '*') return tags;
+  return tags.length === 0 ? null : tags.filter((t) => !t.weak).map((t) => t.opaque);
 }
 
 export const etagOf = (version: number) => `"${version}"`;

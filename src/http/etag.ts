@@ -1,4 +1,4 @@
-// Conditional request headers (RFC 9110 §8.8.3, §13.1.1, §13.1.2).
+// Conditional request headers (RFC 9110 §8.8.3, §13.1.1, §13.1.2), for every domain that serves ETags.
 
 /** One entity tag of a header: its opaque part with the quotes (`"abc"`), and whether it is weak. */
 export interface EntityTag {
