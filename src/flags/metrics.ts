@@ -4,6 +4,7 @@ import { z } from 'zod';
 import type { DbHandle } from '../db/client.ts';
 import { callerOf } from '../http/auth.ts';
 import type { Environment } from '../tenancy/service.ts';
+import { envParams, flagParams } from './params.ts';
 import { flagClients, flagMetrics } from './schema.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
 
@@ -215,7 +216,6 @@ export const flagMetricsRoutes: FastifyPluginAsyncZod<{ flags: FlagService; metr
   app,
   { flags, metrics },
 ) => {
-  const envParam = z.string().min(1).max(40);
   app.get(
     '/v1/flags/:env/:name/metrics',
     {
@@ -223,7 +223,7 @@ export const flagMetricsRoutes: FastifyPluginAsyncZod<{ flags: FlagService; metr
       schema: {
         tags: ['flags'],
         summary: 'Evaluation counts reported by SDKs, per hour (yes, no, variants)',
-        params: z.object({ env: envParam, name: z.string().min(1).max(100) }),
+        params: flagParams,
         querystring: z.strictObject({
           hours: z.coerce
             .number()
@@ -275,7 +275,7 @@ export const flagMetricsRoutes: FastifyPluginAsyncZod<{ flags: FlagService; metr
       schema: {
         tags: ['flags'],
         summary: 'SDK instances that registered or sent metrics, most recently seen first',
-        params: z.object({ env: envParam }),
+        params: envParams,
         querystring: z.strictObject({ limit: z.coerce.number().int().min(1).max(500).default(100) }),
         response: { 200: z.object({ data: z.array(clientSchema) }) },
       },

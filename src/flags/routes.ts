@@ -3,11 +3,10 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
-import { httpErrors } from '../http/errors.ts';
-import { ifMatchVersions } from '../http/etag.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { toolIdOf } from '../vault/common.ts';
 import type { Access } from '../vault/secrets/service.ts';
+import { envParams, flagCursor, flagParams, ifMatchVersions } from './params.ts';
 import type { FlagRow, FlagService, SegmentRow } from './service.ts';
 import type { StreamHub } from './stream.ts';
 import type { StreamGuard } from './stream-guard.ts';
@@ -27,9 +26,6 @@ const flagName = z
   .string()
   .regex(/^[A-Za-z0-9_][A-Za-z0-9_.~:-]{0,99}$/, 'letters, digits, _ . ~ : - (≤ 100), URL-safe')
   .refine((n) => n !== 'stream', '`stream` is reserved');
-const envParam = z.string().min(1).max(40);
-const envParams = z.object({ env: envParam });
-const flagParams = z.object({ env: envParam, name: z.string().min(1).max(100) });
 const segmentParams = z.object({ id: z.coerce.number().int().min(1).max(2_147_483_647) });
 const ifMatchHeader = z.looseObject({
   'if-match': z
@@ -174,18 +170,6 @@ const accessOf = (request: FastifyRequest): Access => ({
   toolId: toolIdOf(request),
 });
 
-/** The versions `If-Match` accepts (any of them matches); undefined: no header, or `*`. */
-function versionOf(header: string | undefined): readonly number[] | undefined {
-  const v = ifMatchVersions(header);
-  if (v === undefined || v === '*') return undefined;
-  if (v === null) {
-    throw httpErrors.validation_failed('If-Match must be ETags ("3", a list "2", "3") or *', {
-      errors: [{ path: 'headers.if-match', message: 'not a list of entity tags' }],
-    });
-  }
-  return v;
-}
-
 /** `/v1/flags/{env}…` and `/v1/segments…`. */
 export const flagRoutes: FastifyPluginAsyncZod<{
   flags: FlagService;
@@ -206,7 +190,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
       },
     },
     async (request) => {
-      const cursor = decodeCursor(request.query.cursor, z.object({ name: z.string().max(100) }));
+      const cursor = decodeCursor(request.query.cursor, flagCursor);
       const { rows, last } = await flags.list(callerOf(request), request.params.env, {
         limit: request.query.limit,
         after: cursor?.name,
@@ -362,7 +346,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
         request.params.env,
         request.params.name,
         featureOf(request.body),
-        versionOf(request.headers['if-match']),
+        ifMatchVersions(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
@@ -389,7 +373,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
         accessOf(request),
         request.params.env,
         request.params.name,
-        versionOf(request.headers['if-match']),
+        ifMatchVersions(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
@@ -469,7 +453,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
         accessOf(request),
         request.params.id,
         request.body,
-        versionOf(request.headers['if-match']),
+        ifMatchVersions(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
@@ -495,7 +479,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
       const result = await flags.removeSegment(
         accessOf(request),
         request.params.id,
-        versionOf(request.headers['if-match']),
+        ifMatchVersions(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
