@@ -958,16 +958,17 @@ export function createFlagService({
   }
 
   /**
-   * Unleash's delta API: null when `known` (the ETags the client names, or `*`) includes the
-   * current state (304); the events from a recent state the client holds; else one `hydration`.
+   * Unleash's delta API: the current state's ETag, and `events` null when `known` (the ETags the
+   * client names, or `*`) includes it (304, which carries that ETag too); the events from a recent
+   * state the client holds; else one `hydration`.
    */
   async function delta(
     orgId: string,
     envName: string,
     known: readonly string[] | '*' | undefined,
-  ): Promise<{ etag: string; events: DeltaEvent[] } | null> {
+  ): Promise<{ etag: string; events: DeltaEvent[] | null }> {
     const s = await snapshot(orgId, envName);
-    if (known === '*' || known?.includes(s.etag)) return null;
+    if (known === '*' || known?.includes(s.etag)) return { etag: s.etag, events: null };
     const states = recent.get(keyOf(orgId, s.environment.id));
     let before: State | undefined;
     for (const tag of known ?? []) {

@@ -201,6 +201,28 @@ describe('Unleash client API with unleash-client', () => {
     );
   });
 
+  test('a 304 carries the ETag and Cache-Control a 200 would (features, delta; RFC 9110 §15.4.5)', async () => {
+    const get = (path: string, ifNoneMatch?: string) =>
+      fetch(`${address}/api/client/${path}`, {
+        headers: { authorization: key, ...(ifNoneMatch ? { 'if-none-match': ifNoneMatch } : {}) },
+      });
+    for (const path of ['features', 'delta']) {
+      const full = await get(path);
+      assert.equal(full.status, 200);
+      const etag = full.headers.get('etag') ?? '';
+      assert.match(etag, /^"[^"]+"$/);
+      // Whatever the 200 says (the API's \`no-store\` from src/http wins over the route's \`no-cache\`).
+      const caching = full.headers.get('cache-control');
+      assert.ok(caching);
+      for (const header of [etag, `W/${etag}`, `"x", ${etag}`, '*']) {
+        const res = await get(path, header);
+        assert.equal(res.status, 304, `${path} If-None-Match: ${header}`);
+        assert.equal(res.headers.get('etag'), etag, `${path} If-None-Match: ${header}`);
+        assert.equal(res.headers.get('cache-control'), caching, `${path} If-None-Match: ${header}`);
+      }
+    }
+  });
+
   test('unleash-client in delta mode evaluates and follows changes', async () => {
     const sdk = initialize({
       url: `${address}/api/`,

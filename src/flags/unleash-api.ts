@@ -157,8 +157,9 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
       const tags = header === undefined ? undefined : parseEntityTags(header);
       const known = tags === '*' ? '*' : tags?.map((t) => t.opaque);
       const d = await flags.delta(principal.orgId, await environmentOf(principal), known);
-      if (d === null) return reply.code(304).send();
+      // A 304 carries the ETag (and caching) a 200 would have (RFC 9110 §15.4.5).
       reply.header('etag', d.etag).header('cache-control', 'no-cache');
+      if (d.events === null) return reply.code(304).send();
       const prefix = request.query.namePrefix;
       const events = prefix === undefined ? d.events : d.events.flatMap((e) => withPrefix(e, prefix));
       return reply.type('application/json; charset=utf-8').send(JSON.stringify({ events }));
