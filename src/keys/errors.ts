@@ -15,6 +15,7 @@ export const keyErrors = defineErrors({
   api_key_revoked: { status: 409, title: 'API key already revoked' },
   api_key_already_rolled: { status: 409, title: 'API key already rolled; roll its successor' },
   api_key_expired: { status: 409, title: 'API key expired' },
+  api_key_conflict: { status: 409, title: 'API key changed by concurrent requests; retry' },
   api_key_suspended: { status: 403, title: 'A key suspended for a burst is re-enabled by an admin' },
   scope_not_held: { status: 403, title: 'A key can give only scopes it holds itself' },
   key_self_change: { status: 403, title: 'A key cannot change its own settings' },

@@ -24,11 +24,18 @@ export async function keyByHash(db: DbOrTx, hash: string): Promise<ApiKeyRow | n
   return row ?? null;
 }
 
-export async function keyById(db: DbOrTx, orgId: string, id: string): Promise<ApiKeyRow | null> {
-  const [row] = await db
+/** `lock`: `FOR UPDATE`, inside a write's transaction (concurrent writers of the row wait). */
+export async function keyById(
+  db: DbOrTx,
+  orgId: string,
+  id: string,
+  lock = false,
+): Promise<ApiKeyRow | null> {
+  const query = db
     .select()
     .from(apiKeys)
     .where(and(eq(apiKeys.orgId, orgId), eq(apiKeys.id, id)));
+  const [row] = lock ? await query.for('update') : await query;
   return row ?? null;
 }
 
@@ -49,15 +56,39 @@ export async function listKeys(
     .limit(options.limit);
 }
 
+/** An org's settings and when they last changed (0: never set, the defaults). `lock`: `FOR UPDATE`. */
+export async function settingsVersionOf(
+  db: DbOrTx,
+  orgId: string,
+  lock = false,
+): Promise<{ settings: KeySettings; updatedAtMs: number }> {
+  const query = db.select().from(apiKeySettings).where(eq(apiKeySettings.orgId, orgId));
+  const [row] = lock ? await query.for('update') : await query;
+  if (!row) return { settings: DEFAULT_KEY_SETTINGS, updatedAtMs: 0 };
+  return {
+    settings: {
+      burstThreshold: row.burstThreshold,
+      burstWindowSeconds: row.burstWindowSeconds,
+      suspendOnBurst: row.suspendOnBurst,
+    },
+    updatedAtMs: row.updatedAt.getTime(),
+  };
+}
+
 export async function settingsOf(db: DbOrTx, orgId: string): Promise<KeySettings> {
-  const [row] = await db.select().from(apiKeySettings).where(eq(apiKeySettings.orgId, orgId));
-  return row
-    ? {
-        burstThreshold: row.burstThreshold,
-        burstWindowSeconds: row.burstWindowSeconds,
-        suspendOnBurst: row.suspendOnBurst,
-      }
-    : DEFAULT_KEY_SETTINGS;
+  return (await settingsVersionOf(db, orgId)).settings;
+}
+
+/** Orgs whose settings changed since `since`: the invalidation poll, for a lost bus message. */
+export async function settingsChangedSince(
+  db: DbOrTx,
+  since: Date,
+): Promise<{ orgId: string; updatedAt: Date }[]> {
+  return db
+    .select({ orgId: apiKeySettings.orgId, updatedAt: apiKeySettings.updatedAt })
+    .from(apiKeySettings)
+    .where(gte(apiKeySettings.updatedAt, since))
+    .limit(10_000);
 }
 
 /** Keys changed (not merely used) since `since`: the invalidation poll. */
@@ -111,11 +142,18 @@ export async function webhookKeyByHash(db: DbOrTx, hash: string): Promise<Webhoo
   return row ?? null;
 }
 
-export async function webhookKeyById(db: DbOrTx, orgId: string, id: string): Promise<WebhookKeyRow | null> {
-  const [row] = await db
+/** `lock`: `FOR UPDATE`, inside a write's transaction. */
+export async function webhookKeyById(
+  db: DbOrTx,
+  orgId: string,
+  id: string,
+  lock = false,
+): Promise<WebhookKeyRow | null> {
+  const query = db
     .select()
     .from(webhookKeys)
     .where(and(eq(webhookKeys.orgId, orgId), eq(webhookKeys.id, id)));
+  const [row] = lock ? await query.for('update') : await query;
   return row ?? null;
 }
 

@@ -10,7 +10,7 @@ import { isMatchableScope } from '../authz/engine.ts';
 import { expandPattern } from '../authz/roles.ts';
 import { open, seal } from '../crypto/envelope.ts';
 import type { Keyring } from '../crypto/keyring.ts';
-import type { DbHandle } from '../db/client.ts';
+import type { DbHandle, DbOrTx } from '../db/client.ts';
 // The vault's helper, as flags uses it: a unique violation however the driver wraps it.
 import { isUniqueViolation } from '../db/errors.ts';
 import { isId, newId } from '../db/ids.ts';
@@ -105,6 +105,50 @@ const SUSPENSION_REASONS: ReadonlySet<string> = new Set(['burst_detected']);
 const isSuspension = (reason: string | null) => reason !== null && SUSPENSION_REASONS.has(reason);
 
 const DAY_MS = 86_400_000;
+
+/**
+ * Thrown inside a write's transaction when the key's row, once locked, is no longer the row its
+ * checks read: a roll, revoke, PATCH or burst suspension committed in between (on any instance).
+ * The transaction rolls back and the operation runs again from its read, so it answers what it
+ * would have answered after that change (`retried`).
+ */
+class KeyChangedMeanwhile extends Error {}
+
+/** Runs of one write before it gives up on a key that keeps changing under it (409). */
+const MAX_ATTEMPTS = 5;
+
+/** What a write's checks read of a key: every column but usage (any flush moves it) and `updated_at`. */
+function checkedStateOf(row: q.ApiKeyRow) {
+  const { requestCount: _count, periodStart: _start, lastUsedAt: _used, updatedAt: _updated, ...state } = row;
+  return state;
+}
+
+/**
+ * The key's row, locked for the rest of the transaction, if it is still the one the checks read;
+ * else `KeyChangedMeanwhile`. Checks run before the transaction (they read authz and the caller's
+ * key, outside it); this makes the write conditional on what they saw.
+ */
+async function lockAsChecked(tx: DbOrTx, checked: q.ApiKeyRow): Promise<q.ApiKeyRow> {
+  const locked = await q.keyById(tx, checked.orgId, checked.id, true);
+  if (locked === null || !isDeepStrictEqual(checkedStateOf(locked), checkedStateOf(checked))) {
+    throw new KeyChangedMeanwhile();
+  }
+  return locked;
+}
+
+/** Runs a check-then-write operation again while its key changed between its read and its write. */
+async function retried<T>(operation: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!(error instanceof KeyChangedMeanwhile)) throw error;
+      if (attempt >= MAX_ATTEMPTS) {
+        throw keyErrors.api_key_conflict('The key kept changing while this request was applied; retry');
+      }
+    }
+  }
+}
 
 /**
  * The row as of now: a billing period that has ended reads as the current one, with no requests
@@ -453,10 +497,27 @@ export function createKeysService(deps: KeysServiceDeps) {
     return currentPeriodOf(await mustGet(caller, id), clock().getTime());
   }
 
+  /**
+   * Every rule below is checked on the row as read; the write locks the row and goes ahead only if
+   * it is unchanged (`lockAsChecked`), else the whole update runs again on the new row. A PATCH
+   * racing a roll, a revoke or a burst suspension thus answers as it would after it (409
+   * `api_key_already_rolled`, 409 `api_key_revoked`, 403 `api_key_suspended`, or a no-op), and
+   * never writes over it.
+   */
   async function update(caller: Principal, id: string, input: UpdateKeyInput, context: AuditContext) {
     if (input.scopes !== undefined) validateScopes(input.scopes);
     if (input.tier !== undefined) validateTier(input.tier);
     const allowedIps = input.allowed_ips === undefined ? undefined : normaliseIps(input.allowed_ips);
+    return retried(() => updateOnce(caller, id, input, allowedIps, context));
+  }
+
+  async function updateOnce(
+    caller: Principal,
+    id: string,
+    input: UpdateKeyInput,
+    allowedIps: string[] | undefined,
+    context: AuditContext,
+  ) {
     const now = clock();
     mustBeFuture(input.expires_at, now);
     const before = await mustGet(caller, id);
@@ -492,6 +553,7 @@ export function createKeysService(deps: KeysServiceDeps) {
     }
     const patch: Partial<typeof apiKeys.$inferInsert> = { ...changes, updatedAt: now };
     const after = await db.db.transaction(async (tx) => {
+      await lockAsChecked(tx, before);
       const [row] = await tx
         .update(apiKeys)
         .set(patch)
@@ -512,7 +574,17 @@ export function createKeysService(deps: KeysServiceDeps) {
     return currentPeriodOf(after, now.getTime());
   }
 
-  async function revoke(caller: Principal, id: string, reason: string | undefined, context: AuditContext) {
+  /** The checks read the row; the write is conditional on it being unchanged (see update). */
+  function revoke(caller: Principal, id: string, reason: string | undefined, context: AuditContext) {
+    return retried(() => revokeOnce(caller, id, reason, context));
+  }
+
+  async function revokeOnce(
+    caller: Principal,
+    id: string,
+    reason: string | undefined,
+    context: AuditContext,
+  ) {
     const before = await mustGet(caller, id);
     await mustManage(caller, before);
     if (before.revokedAt !== null) throw keyErrors.api_key_revoked();
@@ -525,6 +597,8 @@ export function createKeysService(deps: KeysServiceDeps) {
     }
     const now = clock();
     const after = await db.db.transaction(async (tx) => {
+      // A key widened or loosened since the checks may be out of this caller's reach now.
+      await lockAsChecked(tx, before);
       const [row] = await tx
         .update(apiKeys)
         .set({ revokedAt: now, revokedReason: reason ?? null, active: false, updatedAt: now })
@@ -550,11 +624,17 @@ export function createKeysService(deps: KeysServiceDeps) {
    * so a roll does not reset a quota: the count is copied after a flush, what is counted after it
    * moves over, and while the old key is in its grace period both count on the new key's row).
    * The old key keeps working until `now + grace` (or its own earlier expiry). A key already
-   * rolled, expired or revoked is refused: its successor is the one to roll.
+   * rolled, expired or revoked is refused: its successor is the one to roll. The new key copies
+   * the row the checks read, written only if the row is unchanged (see update): a roll racing a
+   * revoke answers `api_key_revoked`, one racing a PATCH or a suspension copies the key as changed.
    */
   async function roll(caller: Principal, id: string, graceSeconds: number, context: AuditContext) {
     // The old row's count then holds everything this instance counted before the roll.
     await verifier.flush().catch((error: unknown) => deps.onError(error, 'api key usage flush'));
+    return retried(() => rollOnce(caller, id, graceSeconds, context));
+  }
+
+  async function rollOnce(caller: Principal, id: string, graceSeconds: number, context: AuditContext) {
     const old = await mustGet(caller, id);
     await mustManage(caller, old);
     if (old.revokedAt !== null) throw keyErrors.api_key_revoked('A revoked key cannot be rolled');
@@ -576,10 +656,12 @@ export function createKeysService(deps: KeysServiceDeps) {
     const secret = generateKey(API_KEY_PRODUCT, old.environment);
     const newKeyId = newId('key');
     const created = await db.db.transaction(async (tx) => {
+      // Locked as checked; its usage is the freshest (other instances' flushes since the read).
+      const locked = await lockAsChecked(tx, old);
       const [row] = await tx
         .insert(apiKeys)
         .values({
-          ...old,
+          ...locked,
           id: newKeyId,
           prefix: displayPrefix(API_KEY_PRODUCT, secret),
           hash: hashKey(secret),
@@ -596,8 +678,8 @@ export function createKeysService(deps: KeysServiceDeps) {
         .set({ expiresAt: oldExpiry, rolledTo: newKeyId, updatedAt: now })
         .where(and(eq(apiKeys.id, id), sql`${apiKeys.rolledTo} is null`, sql`${apiKeys.revokedAt} is null`))
         .returning({ id: apiKeys.id });
-      // A concurrent roll or revoke got there first: this one's insert is rolled back.
-      if (!rolled) throw keyErrors.api_key_already_rolled('The key changed while it was being rolled');
+      // Cannot happen under the lock; kept as the statement's own guard against a second roll.
+      if (!rolled) throw new KeyChangedMeanwhile();
       await audit.record(tx, {
         orgId: caller.orgId,
         actor: actorOf(caller),
@@ -676,16 +758,20 @@ export function createKeysService(deps: KeysServiceDeps) {
   }
 
   async function putSettings(caller: Principal, input: q.KeySettings, context: AuditContext) {
-    const before = await q.settingsOf(db.db, caller.orgId);
     const now = clock();
     await db.db.transaction(async (tx) => {
+      // The event's `before` is the row this write replaces, read locked: two PUTs at once record
+      // a chain (defaults → first → second), not the same `before` twice. A missing row (the
+      // defaults) is inserted first, so there is a row to lock (a concurrent insert waits here).
       await tx
         .insert(apiKeySettings)
-        .values({ orgId: caller.orgId, ...input, updatedBy: caller.id, createdAt: now, updatedAt: now })
-        .onConflictDoUpdate({
-          target: apiKeySettings.orgId,
-          set: { ...input, updatedBy: caller.id, updatedAt: now },
-        });
+        .values({ orgId: caller.orgId, ...q.DEFAULT_KEY_SETTINGS, createdAt: now, updatedAt: now })
+        .onConflictDoNothing();
+      const before = (await q.settingsVersionOf(tx, caller.orgId, true)).settings;
+      await tx
+        .update(apiKeySettings)
+        .set({ ...input, updatedBy: caller.id, updatedAt: now })
+        .where(eq(apiKeySettings.orgId, caller.orgId));
       await audit.record(tx, {
         orgId: caller.orgId,
         actor: actorOf(caller),
@@ -782,11 +868,19 @@ export function createKeysService(deps: KeysServiceDeps) {
     const now = clock();
     return db.db
       .transaction(async (tx) => {
+        // What differs is decided again on the locked row: a concurrent PATCH or DELETE committed
+        // since the read is seen (the same change twice writes and records it once; a deleted key
+        // is 404), and the event's `before` is the row this write replaced.
+        const current = await q.webhookKeyById(tx, caller.orgId, id, true);
+        if (current === null) throw keyErrors.webhook_key_not_found();
+        const renameNow = input.name !== undefined && input.name !== current.name;
+        const toggleNow = input.active !== undefined && input.active !== current.active;
+        if (!renameNow && !toggleNow) return current;
         const [row] = await tx
           .update(webhookKeys)
           .set({
-            ...(rename ? { name: input.name } : {}),
-            ...(toggle ? { active: input.active } : {}),
+            ...(renameNow ? { name: input.name } : {}),
+            ...(toggleNow ? { active: input.active } : {}),
             updatedAt: now,
           })
           .where(and(eq(webhookKeys.orgId, caller.orgId), eq(webhookKeys.id, id)))
@@ -799,7 +893,7 @@ export function createKeysService(deps: KeysServiceDeps) {
           resource: { type: 'webhook_key', id },
           context,
           changes: {
-            before: { name: before.name, active: before.active },
+            before: { name: current.name, active: current.active },
             after: { name: row.name, active: row.active },
           },
         });
@@ -809,9 +903,14 @@ export function createKeysService(deps: KeysServiceDeps) {
   }
 
   async function deleteWebhookKey(caller: Principal, id: string, context: AuditContext): Promise<void> {
-    const before = await mustGetWebhookKey(caller, id);
     await db.db.transaction(async (tx) => {
-      await tx.delete(webhookKeys).where(and(eq(webhookKeys.orgId, caller.orgId), eq(webhookKeys.id, id)));
+      // The row as deleted, not a row read before: two DELETEs at once delete it once, and the
+      // other is 404 with no second `webhook_key.deleted` (a rename just before is what it names).
+      const [before] = await tx
+        .delete(webhookKeys)
+        .where(and(eq(webhookKeys.orgId, caller.orgId), eq(webhookKeys.id, id)))
+        .returning();
+      if (!before) throw keyErrors.webhook_key_not_found(`No webhook key ${id} in this organization`);
       await audit.record(tx, {
         orgId: caller.orgId,
         actor: actorOf(caller),
