@@ -1,20 +1,248 @@
+import { STATUS_CODES } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify';
 import { jsonSchemaTransform } from 'fastify-type-provider-zod';
-
-type Body = { required?: boolean; content?: Record<string, { schema?: { anyOf?: { type?: string }[] } }> };
+import type { RouteAccess } from './auth.ts';
 
 /**
- * @fastify/swagger marks every declared body required. A body schema that admits null is a route
- * that takes none (identity's `noBody`: absent or `{}`), so its requestBody is optional.
+ * The document's security schemes. The access layer accepts an access token or an API key, as a
+ * bearer token or in X-API-Key (the global requirement); a route that takes another credential
+ * declares `schema.security` with the schemes below, and a public route that declares none gets
+ * `security: []`.
  */
-function optionalNullableBodies<T extends { paths?: object | undefined }>(doc: T): T {
-  for (const operations of Object.values(doc.paths ?? {}) as (object | undefined)[]) {
-    for (const operation of Object.values(operations ?? {})) {
-      const body = (operation as { requestBody?: Body } | null)?.requestBody;
-      const schema = body?.content?.['application/json']?.schema;
-      if (body && schema?.anyOf?.some((s) => s.type === 'null')) body.required = false;
+const securitySchemes = {
+  bearer: { type: 'http', scheme: 'bearer', description: 'Access token (JWT) or API key (`stw_…`)' },
+  apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: 'API key (`stw_…`)' },
+  unleashClientKey: {
+    type: 'apiKey',
+    in: 'header',
+    name: 'Authorization',
+    description: 'API key (`stw_…`) as the raw Authorization value, as Unleash SDKs send it',
+  },
+  webhookKey: { type: 'apiKey', in: 'header', name: 'X-API-Key', description: 'Inbound webhook key' },
+  webhookSignature: {
+    type: 'apiKey',
+    in: 'header',
+    name: 'webhook-signature',
+    description: 'Standard Webhooks signature of `webhook-id`, `webhook-timestamp` and the raw body',
+  },
+} as const;
+
+type SecurityRequirement = Partial<Record<keyof typeof securitySchemes, string[]>>;
+
+const ACCESS_LAYER_SECURITY: SecurityRequirement[] = [{ bearer: [] }, { apiKey: [] }];
+/** The Unleash client API (`/api/client/*`): the key raw in Authorization, or in X-API-Key. */
+export const unleashClientSecurity: SecurityRequirement[] = [{ unleashClientKey: [] }, { apiKey: [] }];
+/** Inbound webhooks: a webhook key and the Standard Webhooks signature, both required. */
+export const webhookSecurity: SecurityRequirement[] = [{ webhookKey: [], webhookSignature: [] }];
+
+const PROBLEM_TYPE = 'application/problem+json';
+
+/** What every problem document carries (problem.ts `sendProblem`), and the optional members in use. */
+const problemSchema = {
+  type: 'object',
+  description:
+    'RFC 9457 problem details. `code` is stable and names the error; domains may add members ' +
+    '(e.g. `locked_until`, `retry_after`, `reason`).',
+  required: ['type', 'title', 'status', 'detail', 'code', 'request_id'],
+  properties: {
+    type: { type: 'string', format: 'uri', examples: ['https://steward.dev/problems/validation_failed'] },
+    title: { type: 'string' },
+    status: { type: 'integer', minimum: 400, maximum: 599 },
+    detail: { type: 'string' },
+    code: { type: 'string', examples: ['validation_failed'] },
+    request_id: { type: 'string', description: 'Also in the X-Request-Id header' },
+    errors: {
+      type: 'array',
+      description: 'With `validation_failed`: each field that failed, as `body.items.0.name`',
+      items: {
+        type: 'object',
+        required: ['path', 'message'],
+        properties: { path: { type: 'string' }, message: { type: 'string' } },
+      },
+    },
+    permission: { type: 'string', description: 'With `permission_denied`: the permission needed' },
+    reason: { type: 'string', description: 'A finer cause, where the code has several' },
+  },
+  additionalProperties: true,
+} as const;
+
+/** Methods whose requests Fastify reads a body for (GET and HEAD bodies are ignored). */
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+
+type ResponseDoc = {
+  description: string;
+  content: Record<string, { schema: object }>;
+  headers?: Record<string, { type: string; description: string }>;
+};
+
+const problem = (description: string, headers?: ResponseDoc['headers']): ResponseDoc => ({
+  description,
+  content: { [PROBLEM_TYPE]: { schema: { $ref: '#/components/schemas/Problem' } } },
+  ...(headers && { headers }),
+});
+
+/** The sentence appended to each operation's description. */
+function accessSentence(access: RouteAccess, ownSecurity: boolean): string {
+  if (access === 'public') {
+    return ownSecurity
+      ? 'No token or API key: the route checks its own credential (see security).'
+      : 'Public: no token or API key needed.';
+  }
+  if (access === 'authenticated') {
+    return 'Authenticated (any caller); what it may read or change is checked on the resource.';
+  }
+  return `Requires \`${access.permission}\`.`;
+}
+
+interface RouteFacts {
+  access: RouteAccess;
+  methods: string[];
+  url: string;
+  /**
+   * The route's context replaced the JSON parser with its own (keys' /v1/ingest reads every media
+   * type as raw bytes): the JSON parser's refusals (`invalid_json`, `unsupported_character`, 415)
+   * are not the shared layer's to document there.
+   */
+  ownBodyParser: boolean;
+}
+
+/**
+ * The error responses the shared layer can give a route, from what it declares: its schemas
+ * (400), whether it reads a body (400, 413, 415), its access (401, 403, 429), path parameters
+ * (404), and 500 for all. Domain-specific errors (409, 412, a login's 401…) are the route's to
+ * declare; a status the route declares is never replaced.
+ */
+function errorResponses(
+  schema: FastifySchema,
+  facts: RouteFacts,
+  security: unknown[],
+): Record<string, ResponseDoc> {
+  const readsBody = schema.body !== undefined || facts.methods.some((m) => BODY_METHODS.has(m));
+  const parsesJson = readsBody && !facts.ownBodyParser;
+  const validated = [schema.body, schema.querystring, schema.params, schema.headers].some(
+    (s) => s !== undefined,
+  );
+  const out: Record<string, ResponseDoc> = {};
+  const bad = [
+    validated && '`validation_failed` (the fields in `errors`)',
+    parsesJson && '`invalid_json`, `unsupported_character`',
+  ].filter((s) => typeof s === 'string');
+  if (bad.length > 0) out['400'] = problem(`Bad request: ${bad.join(', ')}`);
+  if (security.length > 0) {
+    out['401'] = problem(
+      'No credential, or a refused one (`unauthenticated`, an expired token, a revoked key…)',
+      {
+        'WWW-Authenticate': { type: 'string', description: 'Bearer realm="steward" (RFC 6750)' },
+      },
+    );
+  }
+  if (typeof facts.access === 'object') {
+    out['403'] = problem(`\`permission_denied\`: the caller does not hold \`${facts.access.permission}\``);
+  }
+  if (facts.url.includes(':') || facts.url.includes('{')) {
+    out['404'] = problem(
+      "`not_found` (or the domain's own code): no such resource in the caller's organization",
+    );
+  }
+  if (readsBody) {
+    out['413'] = problem('`payload_too_large`: the body exceeds BODY_LIMIT_BYTES');
+    if (parsesJson) out['415'] = problem('`unsupported_media_type`: bodies are `application/json` in UTF-8');
+  }
+  if (facts.access !== 'public') {
+    out['429'] = problem("`rate_limited` or `quota_exceeded`: the API key's rate limit or quota is used up", {
+      'Retry-After': { type: 'string', description: 'Seconds to wait' },
+    });
+  }
+  out['500'] = problem('`internal_error`: nothing specific; the log has the detail (by `request_id`)');
+  return out;
+}
+
+/**
+ * Adds to one route's generated schema what the document must say and the zod schemas cannot:
+ * its access (`x-steward-access`, `x-steward-permission`, a sentence in the description, and
+ * `security: []` when it is public), its error responses, and a success response when it
+ * declares none (the media types of `produces`, else `2XX`: swagger's invented
+ * `200 Default Response` was wrong for every route answering 204 or 202). Runs once, when the
+ * document is first generated.
+ */
+function documentRoute(schema: FastifySchema, facts: RouteFacts): FastifySchema {
+  const declared = schema as FastifySchema & {
+    security?: SecurityRequirement[];
+    description?: string;
+    produces?: string[];
+    response?: Record<string, unknown>;
+  };
+  const ownSecurity = declared.security !== undefined;
+  const security = declared.security ?? (facts.access === 'public' ? [] : ACCESS_LAYER_SECURITY);
+  const responses: Record<string, unknown> = { ...declared.response };
+  if (!Object.keys(responses).some((status) => status.startsWith('2'))) {
+    const produces = declared.produces ?? [];
+    if (produces.length > 0) {
+      responses['200'] = {
+        description: 'OK',
+        content: Object.fromEntries(produces.map((type) => [type, { schema: { type: 'string' } }])),
+      };
+    } else {
+      responses['2XX'] = { description: 'Success (the response body is not described)', type: 'null' };
+    }
+  }
+  for (const [status, doc] of Object.entries(errorResponses(schema, facts, security))) {
+    if (responses[status] === undefined) responses[status] = doc;
+  }
+  const sentence = accessSentence(facts.access, ownSecurity && facts.access === 'public');
+  return {
+    ...schema,
+    description: declared.description ? `${declared.description}\n\n${sentence}` : sentence,
+    security,
+    response: responses,
+    'x-steward-access': typeof facts.access === 'object' ? 'permission' : facts.access,
+    ...(typeof facts.access === 'object' && { 'x-steward-permission': facts.access.permission }),
+  } as FastifySchema;
+}
+
+type Document = { paths?: object | undefined; components?: { schemas?: Record<string, unknown> } };
+type Operation = {
+  requestBody?: {
+    required?: boolean;
+    content?: Record<string, { schema?: { anyOf?: { type?: string }[] } }>;
+  };
+  responses?: Record<string, { description?: string }>;
+  security?: Record<string, string[]>[];
+};
+
+/** Every operation of the document, with its path and method. */
+function operationsOf(doc: Document): [string, string, Operation][] {
+  return Object.entries(doc.paths ?? {}).flatMap(([path, operations]) =>
+    Object.entries((operations ?? {}) as Record<string, Operation>).map(
+      ([method, operation]) => [path, method, operation] as [string, string, Operation],
+    ),
+  );
+}
+
+/**
+ * The whole document, once generated: the Problem component, reason phrases for swagger's
+ * "Default Response" descriptions, optional body-less bodies (below), and a check that every
+ * security requirement names a scheme (a typo would otherwise publish a broken document).
+ */
+function finishDocument<T extends Document>(doc: T): T {
+  doc.components = { ...doc.components, schemas: { ...doc.components?.schemas, Problem: problemSchema } };
+  for (const [path, method, operation] of operationsOf(doc)) {
+    // @fastify/swagger marks every declared body required. A body schema that admits null is a
+    // route that takes none (identity's `noBody`: absent or `{}`), so its requestBody is optional.
+    const body = operation.requestBody;
+    if (body?.content?.['application/json']?.schema?.anyOf?.some((s) => s.type === 'null'))
+      body.required = false;
+    for (const [status, response] of Object.entries(operation.responses ?? {})) {
+      if (response.description === 'Default Response')
+        response.description = STATUS_CODES[status] ?? 'Response';
+    }
+    for (const requirement of operation.security ?? []) {
+      for (const scheme of Object.keys(requirement)) {
+        if (!(scheme in securitySchemes))
+          throw new Error(`${method.toUpperCase()} ${path}: unknown security scheme ${scheme}`);
+      }
     }
   }
   return doc;
@@ -22,9 +250,17 @@ function optionalNullableBodies<T extends { paths?: object | undefined }>(doc: T
 
 /**
  * OpenAPI 3.1 generated from the same zod schemas that validate requests, served at
- * /openapi.json and browsable at /docs. Never written by hand.
+ * /openapi.json and browsable at /docs. Never written by hand: each operation's access,
+ * security and error responses come from the route's declaration (`documentRoute`). Nothing
+ * here runs per request: the document is built once, on its first request.
  */
 export async function installOpenApi(app: FastifyInstance, version: string): Promise<void> {
+  // Routes whose context dropped the JSON parser for its own (keys' /v1/ingest). Fastify cannot be
+  // asked about a catch-all parser, only about a media type's.
+  const ownBodyParser = new WeakSet<RouteOptions>();
+  app.addHook('onRoute', function noteBodyParser(route) {
+    if (!this.hasContentTypeParser('application/json')) ownBodyParser.add(route);
+  });
   await app.register(swagger, {
     openapi: {
       openapi: '3.1.0',
@@ -33,19 +269,27 @@ export async function installOpenApi(app: FastifyInstance, version: string): Pro
         version,
         description:
           'Identity, keys, permissions, secrets, flags, audit and approvals for applications and AI agents. ' +
-          'Errors are RFC 9457 application/problem+json with a stable `code` and a `request_id`.',
+          'Errors are RFC 9457 application/problem+json with a stable `code` and a `request_id`. ' +
+          'Each operation states the access it needs (`x-steward-access`, `x-steward-permission`).',
       },
-      components: {
-        securitySchemes: {
-          bearer: { type: 'http', scheme: 'bearer', description: 'Access token (JWT) or API key' },
-          apiKey: { type: 'apiKey', in: 'header', name: 'X-API-Key' },
-        },
-      },
-      security: [{ bearer: [] }, { apiKey: [] }],
+      components: { securitySchemes },
+      security: ACCESS_LAYER_SECURITY,
     },
-    transform: jsonSchemaTransform,
+    transform: (input) => {
+      const generated = jsonSchemaTransform(input);
+      const schema = generated.schema as FastifySchema & { hide?: boolean };
+      if (schema.hide) return generated;
+      const { route } = input;
+      const facts: RouteFacts = {
+        access: route.config?.access ?? 'public',
+        methods: typeof route.method === 'string' ? [route.method] : route.method,
+        url: route.url,
+        ownBodyParser: ownBodyParser.has(route),
+      };
+      return { ...generated, schema: documentRoute(schema, facts) };
+    },
     transformObject: (document) =>
-      'openapiObject' in document ? optionalNullableBodies(document.openapiObject) : document.swaggerObject,
+      'openapiObject' in document ? finishDocument(document.openapiObject) : document.swaggerObject,
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());

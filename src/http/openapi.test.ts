@@ -1,0 +1,247 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { Validator } from '@seriousme/openapi-schema-validator';
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { installTestPrincipals, type TestApp, testApp } from '../../test/helpers/app.ts';
+import type { Principal } from './principal.ts';
+
+/** A caller with no role and no grant: every permission route refuses it. */
+const nobody: Principal = {
+  orgId: 'org_01JAAAAAAAAAAAAAAAAAAAAAAA',
+  kind: 'user',
+  id: 'usr_01JCCCCCCCCCCCCCCCCCCCCCCC',
+  name: 'Nobody',
+  roles: [],
+  scopes: null,
+  superuser: false,
+};
+
+/** Routes for the cases no domain route has today: a declared error response, its own security. */
+function addProbeRoutes(app: FastifyInstance) {
+  installTestPrincipals(app, { nobody });
+  app.post(
+    '/v1/probe/echo',
+    {
+      config: { access: 'authenticated' },
+      schema: { body: z.strictObject({ name: z.string().min(1), count: z.number().int().min(0) }) },
+    },
+    async (request) => request.body,
+  );
+  app.get(
+    '/v1/probe/things/:id',
+    {
+      config: { access: { permission: 'org:read' } },
+      schema: {
+        description: 'A thing.',
+        params: z.object({ id: z.string() }),
+        response: { 200: z.object({ id: z.string() }), 404: z.object({ missing: z.string() }) },
+      },
+    },
+    async (request) => request.params,
+  );
+  app.post(
+    '/v1/probe/signed',
+    { config: { access: 'public' }, schema: { security: [{ webhookKey: [], webhookSignature: [] }] } },
+    async () => ({}),
+  );
+}
+
+type Response = {
+  description: string;
+  content?: Record<string, { schema?: { $ref?: string } }>;
+  headers?: Record<string, unknown>;
+};
+type Operation = {
+  description?: string;
+  parameters?: { in: string; name: string }[];
+  requestBody?: object;
+  security?: Record<string, string[]>[];
+  responses: Record<string, Response>;
+  'x-steward-access'?: string;
+  'x-steward-permission'?: string;
+};
+type Document = {
+  openapi: string;
+  security: Record<string, string[]>[];
+  paths: Record<string, Record<string, Operation>>;
+  components: { securitySchemes: Record<string, object>; schemas: Record<string, { required?: string[] }> };
+};
+
+const PROBLEM_REF = '#/components/schemas/Problem';
+const ERROR_CODES = ['400', '401', '403', '404', '413', '415', '429', '500'];
+
+describe('OpenAPI document', () => {
+  let t: TestApp;
+  let doc: Document;
+  let operations: [string, string, Operation][];
+  before(async () => {
+    t = await testApp('pglite', {}, addProbeRoutes);
+    const res = await t.app.inject({ method: 'GET', url: '/openapi.json' });
+    doc = JSON.parse(res.body);
+    operations = Object.entries(doc.paths).flatMap(([path, ops]) =>
+      Object.entries(ops).map(([method, op]) => [path, method, op] as [string, string, Operation]),
+    );
+  });
+  after(() => t.close());
+
+  test('is valid OpenAPI 3.1, generated from the route schemas', async () => {
+    assert.equal(doc.openapi, '3.1.0');
+    const validator = new Validator();
+    const result = await validator.validate(structuredClone(doc));
+    assert.equal(result.valid, true, JSON.stringify(result.errors, null, 1));
+    assert.equal(validator.version, '3.1');
+    assert.ok(operations.length > 100, `${operations.length} operations`);
+    const events = doc.paths['/v1/audit/events']?.get;
+    const params = events?.parameters?.map((p) => p.name) ?? [];
+    for (const name of ['actor_id', 'action', 'since', 'limit', 'cursor'])
+      assert.ok(params.includes(name), name);
+    type Body = {
+      content: Record<string, { schema: { required: string[]; additionalProperties: boolean } }>;
+    };
+    const echoBody = (doc.paths['/v1/probe/echo']?.post?.requestBody as Body | undefined)?.content[
+      'application/json'
+    ]?.schema;
+    assert.deepEqual(echoBody?.required.sort(), ['count', 'name']);
+    assert.equal(echoBody?.additionalProperties, false);
+    const docs = await t.app.inject({ method: 'GET', url: '/docs/' });
+    assert.equal(docs.statusCode, 200);
+    assert.match(docs.body, /swagger/i);
+  });
+
+  test('the Problem component holds what every problem document carries', () => {
+    const problem = doc.components.schemas.Problem;
+    assert.deepEqual(problem?.required?.sort(), ['code', 'detail', 'request_id', 'status', 'title', 'type']);
+  });
+
+  test("every operation states its access: extension, description's sentence, security", () => {
+    const schemes = Object.keys(doc.components.securitySchemes);
+    for (const [path, method, op] of operations) {
+      const where = `${method.toUpperCase()} ${path}`;
+      const access = op['x-steward-access'];
+      const security = op.security ?? doc.security;
+      for (const requirement of security)
+        for (const scheme of Object.keys(requirement))
+          assert.ok(schemes.includes(scheme), `${where}: ${scheme}`);
+      if (access === 'permission') {
+        assert.match(op['x-steward-permission'] ?? '', /^[a-z_]+:[a-z_]+$/, where);
+        assert.ok(op.description?.endsWith(`Requires \`${op['x-steward-permission']}\`.`), where);
+        assert.ok(security.length > 0, where);
+      } else if (access === 'authenticated') {
+        assert.equal(op['x-steward-permission'], undefined, where);
+        assert.match(
+          op.description ?? '',
+          /Authenticated \(any caller\); what it may read or change is checked on the resource\.$/,
+          where,
+        );
+        assert.ok(security.length > 0, where);
+      } else {
+        assert.equal(access, 'public', where);
+        assert.equal(op['x-steward-permission'], undefined, where);
+        if (op.security?.length === 0)
+          assert.match(op.description ?? '', /Public: no token or API key needed\.$/, where);
+        else assert.match(op.description ?? '', /checks its own credential/, where);
+      }
+    }
+    // The routes the tester named, public by declaration.
+    for (const [path, method] of [
+      ['/v1/auth/login', 'post'],
+      ['/v1/auth/refresh', 'post'],
+      ['/v1/auth/signup', 'post'],
+      ['/v1/auth/invitations/accept', 'post'],
+      ['/.well-known/jwks.json', 'get'],
+    ] as const) {
+      assert.deepEqual(doc.paths[path]?.[method]?.security, [], path);
+    }
+    assert.deepEqual(doc.paths['/v1/probe/signed']?.post?.security, [
+      { webhookKey: [], webhookSignature: [] },
+    ]);
+    assert.equal(doc.paths['/v1/probe/things/{id}']?.get?.description, 'A thing.\n\nRequires `org:read`.');
+  });
+
+  test('every operation lists the error responses the shared layer can give it, as problem+json', () => {
+    for (const [path, method, op] of operations) {
+      const where = `${method.toUpperCase()} ${path}`;
+      const access = op['x-steward-access'];
+      const security = op.security ?? doc.security;
+      const readsBody = op.requestBody !== undefined || ['post', 'put', 'patch', 'delete'].includes(method);
+      // /v1/ingest reads raw bytes with its own parser: the JSON parser's refusals are not its.
+      const parsesJson = readsBody && !path.startsWith('/v1/ingest');
+      const validated = op.requestBody !== undefined || (op.parameters ?? []).length > 0;
+      const expected = new Set(['500']);
+      if (validated || parsesJson) expected.add('400');
+      if (security.length > 0) expected.add('401');
+      if (access === 'permission') expected.add('403');
+      if (path.includes('{')) expected.add('404');
+      if (readsBody) expected.add('413');
+      if (access !== 'public') expected.add('429');
+      const statuses = Object.keys(op.responses);
+      for (const status of expected)
+        assert.ok(statuses.includes(status), `${where}: no ${status} in ${statuses}`);
+      // 415 wherever the shared JSON parser reads the body (not where the route reads raw bytes).
+      if (parsesJson) assert.ok(statuses.includes('415'), `${where}: no 415`);
+      else assert.ok(!statuses.includes('415'), `${where}: 415`);
+      for (const status of statuses.filter((s) => ERROR_CODES.includes(s))) {
+        if (where === 'GET /v1/probe/things/{id}' && status === '404') continue; // declared by the route
+        const response = op.responses[status] as Response;
+        assert.deepEqual(
+          Object.keys(response.content ?? {}),
+          ['application/problem+json'],
+          `${where} ${status}`,
+        );
+        assert.equal(
+          response.content?.['application/problem+json']?.schema?.$ref,
+          PROBLEM_REF,
+          `${where} ${status}`,
+        );
+        assert.notEqual(response.description, 'Default Response', `${where} ${status}`);
+      }
+      if (expected.has('401')) assert.ok(op.responses['401']?.headers?.['WWW-Authenticate'], where);
+      if (expected.has('429')) assert.ok(op.responses['429']?.headers?.['Retry-After'], where);
+      // A success is documented, and never as swagger's invented "200 Default Response".
+      assert.ok(
+        statuses.some((s) => s.startsWith('2')),
+        `${where}: no 2xx in ${statuses}`,
+      );
+      for (const [status, response] of Object.entries(op.responses))
+        assert.notEqual(response.description, 'Default Response', `${where} ${status}`);
+    }
+  });
+
+  test("a route's own error response is kept; produces gives the success its media types", () => {
+    const things = doc.paths['/v1/probe/things/{id}']?.get;
+    assert.deepEqual(Object.keys(things?.responses['404']?.content ?? {}), ['application/json']);
+    assert.ok(things?.responses['403'], 'the others are still added');
+    const exported = doc.paths['/v1/audit/export']?.get;
+    assert.deepEqual(Object.keys(exported?.responses['200']?.content ?? {}).sort(), [
+      'application/x-ndjson',
+      'text/csv',
+    ]);
+    // A route that declares no success response gets no invented 200.
+    const echo = doc.paths['/v1/probe/echo']?.post;
+    assert.equal(echo?.responses['200'], undefined);
+    assert.ok(echo?.responses['2XX']);
+    // A route answering 204 that declares it has no 200 beside it.
+    const logout = doc.paths['/v1/auth/logout']?.post;
+    assert.deepEqual(
+      Object.keys(logout?.responses ?? {}).filter((s) => s.startsWith('2')),
+      ['204'],
+    );
+  });
+
+  test('what the document says of access is what every route does', async () => {
+    for (const [path, method, op] of operations) {
+      const where = `${method.toUpperCase()} ${path}`;
+      const url = path.replaceAll(/\{[^}]+\}/g, 'x');
+      const verb = method.toUpperCase() as 'GET';
+      const anonymous = await t.app.inject({ method: verb, url });
+      const refusedByAccessLayer =
+        anonymous.statusCode === 401 && anonymous.json().detail === 'Send a bearer token or an API key';
+      assert.equal(refusedByAccessLayer, op['x-steward-access'] !== 'public', `${where}: ${anonymous.body}`);
+      if (op['x-steward-access'] !== 'permission') continue;
+      const denied = await t.app.inject({ method: verb, url, headers: { 'x-test-principal': 'nobody' } });
+      assert.equal(denied.statusCode, 403, `${where}: ${denied.body}`);
+      assert.equal(denied.json().permission, op['x-steward-permission'], where);
+    }
+  });
+});
