@@ -1,5 +1,5 @@
 // Two Steward instances on one PostgreSQL database and one Redis: rate limits are shared, and a
-// revoke on one instance is seen by verification on the other within a second.
+// revoke (or a settings change) on one instance is seen by verification on the other within a second.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
@@ -122,6 +122,35 @@ describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
     const { code, elapsed } = await untilRefused(b, k.key, revokedAt);
     assert.equal(code, 'revoked');
     assert.ok(elapsed < 1000, `took ${elapsed.toFixed(0)} ms`);
+  });
+
+  test('without the bus message, the poll applies a settings change within one second', async () => {
+    const k = await create({});
+    // B caches the key and its org's settings (defaults: threshold 50, no suspension).
+    const warm = (await verifyOn(b, k.key)) as { code: string; org_id?: string };
+    assert.equal(warm.code, 'valid');
+    // Switch suspension on behind Steward's back (no bus message): only B's poll can notice.
+    const changedAt = performance.now();
+    await dbs[0]?.query(
+      `insert into api_key_settings (org_id, burst_threshold, burst_window_seconds, suspend_on_burst, updated_at)
+       values ($1, 3, 60, true, now())
+       on conflict (org_id) do update set burst_threshold = 3, suspend_on_burst = true, updated_at = now()`,
+      [warm.org_id],
+    );
+    try {
+      // Once B has the new settings, the fourth request crosses the threshold and is suspended.
+      const { code, elapsed } = await untilRefused(b, k.key, changedAt);
+      assert.equal(code, 'disabled');
+      assert.ok(elapsed < 1000, `took ${elapsed.toFixed(0)} ms`);
+    } finally {
+      const reset = await a.inject({
+        method: 'PUT',
+        url: '/v1/keys/settings',
+        headers: { authorization: `Bearer ${token}` },
+        payload: { burst_threshold: 50, burst_window_seconds: 60, suspend_on_burst: false },
+      });
+      assert.equal(reset.statusCode, 200, reset.body);
+    }
   });
 
   test('a user deactivated on A: their keys are disabled on B within one second', async () => {

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { isDeepStrictEqual } from 'node:util';
 import { type RateLimiterAbstract, RateLimiterRes } from 'rate-limiter-flexible';
 import type { Authz } from '../authz/contract.ts';
 import { AUTHZ_TOPIC } from '../authz/service.ts';
@@ -159,7 +160,12 @@ export function createVerifier(deps: VerifierDeps) {
   const hashById = new Map<string, string>();
   const negative = new Map<string, number>();
   const loading = new Map<string, Promise<CachedKey | null>>();
-  const settingsByOrg = new Map<string, q.KeySettings>();
+  /**
+   * Burst settings per org, as last read. Dropped by a bus message or by the poll (a lost
+   * message); read again, off the hot path, when a key of the org is loaded or refreshed and the
+   * copy is older than REFRESH_MS, as the key records themselves are.
+   */
+  const settingsByOrg = new Map<string, { settings: q.KeySettings; updatedAtMs: number; readAtMs: number }>();
   /** Usage objects by the id of the key whose row holds the count (shared through a roll's grace). */
   const usageById = new Map<string, Usage>();
   /** Cached key ids by owner, so a change to a user reaches their keys at once. */
@@ -239,10 +245,7 @@ export function createVerifier(deps: VerifierDeps) {
     const [from, kind, id] = message.split(' ');
     if (stopped || from === instanceId || id === undefined) return;
     if (kind === 'key') evict(id);
-    else if (kind === 'org') {
-      settingsByOrg.delete(id);
-      for (const key of byHash.values()) if (key.orgId === id) evict(key.id);
-    }
+    else if (kind === 'org') dropSettings(id);
   });
 
   // A user changed (deactivated, roles, superuser flag; identity publishes the id after the
@@ -264,13 +267,18 @@ export function createVerifier(deps: VerifierDeps) {
     for (const key of byHash.values()) if (key.orgId === orgId) key.loadedAtMs = 0;
   });
 
+  /** An org's settings changed: they and its cached keys are read again at next use. */
+  function dropSettings(orgId: string): void {
+    // A settings read under way does not cache what it read (it may predate the change).
+    generation++;
+    settingsByOrg.delete(orgId);
+    for (const key of byHash.values()) if (key.orgId === orgId) evict(key.id);
+  }
+
   /** Drops the key here and tells every other instance to; run after the change commits. */
   async function invalidate(kind: 'key' | 'org', id: string): Promise<void> {
     if (kind === 'key') evict(id);
-    else {
-      settingsByOrg.delete(id);
-      for (const key of byHash.values()) if (key.orgId === id) evict(key.id);
-    }
+    else dropSettings(id);
     try {
       await bus.publish(KEYS_TOPIC, `${instanceId} ${kind} ${id}`);
     } catch (error) {
@@ -296,12 +304,27 @@ export function createVerifier(deps: VerifierDeps) {
     return startMs + Math.floor((nowMs - startMs) / periodMs) * periodMs;
   }
 
+  /**
+   * The org's burst settings. A copy older than REFRESH_MS is read again (a key's load or
+   * background refresh asks, never a verification), and when it changed every cached key of the
+   * org takes the new one in place: a settings change whose bus message this instance missed
+   * applies within about two refresh periods even without the poll (embedded mode has none).
+   */
   async function settingsFor(orgId: string): Promise<q.KeySettings> {
-    let settings = settingsByOrg.get(orgId);
-    if (settings === undefined) {
-      settings = await q.settingsOf(db.db, orgId);
-      settingsByOrg.set(orgId, settings);
+    const cached = settingsByOrg.get(orgId);
+    if (cached !== undefined && Date.now() - cached.readAtMs < REFRESH_MS) return cached.settings;
+    const since = generation;
+    const read = await q.settingsVersionOf(db.db, orgId);
+    if (stopped || since !== generation) return read.settings;
+    const current = settingsByOrg.get(orgId);
+    const settings =
+      current !== undefined && isDeepStrictEqual(current.settings, read.settings)
+        ? current.settings
+        : read.settings;
+    if (current !== undefined && settings !== current.settings) {
+      for (const key of byHash.values()) if (key.orgId === orgId) key.settings = settings;
     }
+    settingsByOrg.set(orgId, { settings, updatedAtMs: read.updatedAtMs, readAtMs: Date.now() });
     return settings;
   }
 
@@ -712,11 +735,19 @@ export function createVerifier(deps: VerifierDeps) {
   async function poll(): Promise<void> {
     const since = new Date(Math.min(lastPoll, clock().getTime()) - 5_000);
     lastPoll = clock().getTime();
-    const changed = await q.keysChangedSince(db.db, since);
+    const [changed, settings] = await Promise.all([
+      q.keysChangedSince(db.db, since),
+      q.settingsChangedSince(db.db, since),
+    ]);
     for (const row of changed) {
       const hash = hashById.get(row.id);
       const key = hash === undefined ? undefined : byHash.get(hash);
       if (key !== undefined && row.updatedAt.getTime() > key.updatedAtMs) evict(row.id);
+    }
+    // Settings whose bus message was lost: as for keys, the copy read before the change goes.
+    for (const row of settings) {
+      const cached = settingsByOrg.get(row.orgId);
+      if (cached !== undefined && row.updatedAt.getTime() > cached.updatedAtMs) dropSettings(row.orgId);
     }
   }
 
