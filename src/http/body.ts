@@ -8,7 +8,7 @@ import { httpErrors } from './errors.ts';
  * that read raw bodies bring their own parsers (keys' /v1/ingest reads every type as a Buffer);
  * this runs before the domains register, so their contexts inherit JSON only.
  *
- * The JSON parser is Fastify's own (same prototype-poisoning rules), with two additions:
+ * The JSON parser is Fastify's own (same prototype-poisoning rules), with three additions:
  *
  * - **A string PostgreSQL cannot store is refused** (400 `unsupported_character`): U+0000 (text
  *   and jsonb refuse it) and an unpaired surrogate (not Unicode: jsonb refuses its escape, text
@@ -16,10 +16,14 @@ import { httpErrors } from './errors.ts';
  *   control character in a string, and UTF-8 decoding turns a raw lone surrogate into U+FFFD),
  *   so one regex test on the raw text clears almost every body; only a body carrying such an
  *   escape (or an escaped emoji's pair) has its parsed value walked. Measured (docs/adr/0003):
-  ~0.02 µs on a 400-byte body, 0.6 µs on 64 KB, at most ~1 µs on 4 KB full of backslashes.
+ *   ~0.02 µs on a 400-byte body, 0.6 µs on 64 KB, at most ~1 µs on 4 KB full of backslashes.
  * - **An empty body is no body** on a route whose body schema accepts none (no schema, or an
  *   optional one): fetch wrappers send `content-type: application/json` with nothing after it.
  *   A route that needs a body still answers 400 `invalid_json`.
+ * - **A body declared in another charset is refused** (415 `unsupported_media_type`): JSON is
+ *   UTF-8 (RFC 8259 §8.1) and the bytes are decoded as such, so `charset=iso-8859-1` with 0xE9
+ *   would have been stored as U+FFFD. A type without parameters pays one length comparison;
+ *   `charset=utf-8` as most clients write it, one string comparison.
  */
 export function installJsonOnlyBodies(app: FastifyInstance): void {
   app.removeContentTypeParser('text/plain');
@@ -29,6 +33,13 @@ export function installJsonOnlyBodies(app: FastifyInstance): void {
   );
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    // Fastify decoded the bytes as UTF-8 whatever the charset said; a body declared in another
+    // charset was misread (0xE9 in Latin-1 became U+FFFD): refused instead of stored corrupted.
+    const type = request.headers['content-type'] as string;
+    if (type.length > JSON_TYPE_LENGTH && !declaresUtf8OrNothing(type)) {
+      done(httpErrors.unsupported_media_type(NOT_UTF8), undefined);
+      return;
+    }
     const text = body as string;
     if (text.length === 0) {
       if (acceptsNoBody(request)) done(null, undefined);
@@ -50,6 +61,25 @@ export function installJsonOnlyBodies(app: FastifyInstance): void {
       else done(httpErrors.unsupported_character(problem), undefined);
     });
   });
+}
+
+/** `application/json` without parameters: the length below which no charset can be declared. */
+const JSON_TYPE_LENGTH = 'application/json'.length;
+const NOT_UTF8 = 'JSON bodies are UTF-8: send charset=utf-8 or no charset';
+/** The charset parameter's value (RFC 9110 §5.6.6: a token or a quoted string). */
+const CHARSET = /;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/i;
+
+/**
+ * Whether a JSON media type declares UTF-8 (`utf-8` or `utf8`, any case) or no charset at all.
+ * Asked only of a media type longer than `application/json` (one with parameters, or a suffix
+ * Fastify matched), and the usual one is answered by a comparison.
+ */
+function declaresUtf8OrNothing(type: string): boolean {
+  if (type === 'application/json; charset=utf-8') return true;
+  const match = CHARSET.exec(type);
+  if (match === null) return true;
+  const charset = (match[1] ?? match[2] ?? '').toLowerCase();
+  return charset === 'utf-8' || charset === 'utf8';
 }
 
 /** A `\u0000` escape or the escape of a surrogate (`\uD800`–`\uDFFF`), in either case. */

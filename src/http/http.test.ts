@@ -255,6 +255,90 @@ describe('HTTP plumbing', () => {
     }
   });
 
+  test('a JSON body declared in a charset other than UTF-8 → 415 unsupported_media_type, handler not run', async () => {
+    // {"name":"café","count":1} in Latin-1: é is the single byte 0xE9 (not UTF-8).
+    const latin1 = Buffer.concat([
+      Buffer.from('{"name":"caf'),
+      Buffer.from([0xe9]),
+      Buffer.from('","count":1}'),
+    ]);
+    for (const type of [
+      'application/json; charset=iso-8859-1',
+      'application/json;charset=ISO-8859-1',
+      'application/json; charset="latin1"',
+      'application/json; charset=utf-16',
+      'application/json; charset=',
+    ]) {
+      const body = assertProblem(
+        await echo(latin1 as unknown as string, { 'content-type': type }),
+        415,
+        'unsupported_media_type',
+      );
+      assert.match(body.detail, /UTF-8/, type);
+    }
+    // Declared in another charset, even when the bytes happen to be ASCII.
+    assertProblem(
+      await echo('{"name":"a","count":1}', { 'content-type': 'application/json; charset=us-ascii' }),
+      415,
+      'unsupported_media_type',
+    );
+    const utf8 = JSON.stringify({ name: 'café', count: 1 });
+    for (const type of [
+      'application/json',
+      'application/json; charset=utf-8',
+      'application/json; charset=UTF-8',
+      'application/json;charset=utf8',
+      'application/json; charset="utf-8"',
+      'application/json; foo=bar',
+    ]) {
+      const res = await echo(utf8, { 'content-type': type });
+      assert.equal(res.statusCode, 200, `${type}: ${res.body}`);
+      assert.equal(res.json().name, 'café', type);
+    }
+  });
+
+  test('a known path asked with another method → 405 method_not_allowed with Allow; unknown paths stay 404', async () => {
+    const cases: [string, string, string][] = [
+      ['PUT', '/v1/probe/echo', 'POST'],
+      ['GET', '/v1/probe/echo?x=1', 'POST'],
+      ['DELETE', '/v1/probe/items/abc', 'GET, HEAD'],
+      ['PATCH', '/v1/probe/nobody', 'POST, DELETE'],
+      ['PUT', '/v1/roles', 'GET, HEAD, POST'],
+    ];
+    for (const [method, url, allow] of cases) {
+      const res = await t.app.inject({
+        method: method as 'PUT',
+        url,
+        headers: { 'x-test-principal': 'root' },
+      });
+      const body = assertProblem(res, 405, 'method_not_allowed');
+      assert.equal(res.headers.allow, allow, `${method} ${url}`);
+      assert.equal(body.detail, `This path answers ${allow}`);
+      assert.equal(res.headers['x-content-type-options'], 'nosniff');
+    }
+    // Anonymous too: the router answers before any route's access check, and says nothing of a resource.
+    assert.equal(
+      (await t.app.inject({ method: 'PUT', url: '/v1/roles/rol_does_not_exist' })).headers.allow,
+      'GET, HEAD, PATCH, DELETE',
+    );
+    for (const [method, url] of [
+      ['PUT', '/v1/nothing-here'],
+      ['GET', '/v1/probe/items/a/b'],
+      // HEAD and OPTIONS keep their 404 (HEAD routes are Fastify's; OPTIONS is CORS's).
+      ['HEAD', '/v1/probe/echo'],
+      ['OPTIONS', '/v1/probe/echo'],
+    ] as const) {
+      const res = await t.app.inject({ method, url });
+      assert.equal(res.statusCode, 404, `${method} ${url}`);
+      assert.equal(res.headers.allow, undefined, `${method} ${url}`);
+    }
+    const metrics = (await t.app.inject({ method: 'GET', url: '/metrics' })).body;
+    assert.match(
+      metrics,
+      /steward_http_requests_total\{method="PUT",route="\(unmatched\)",status_code="405"\} \d+/,
+    );
+  });
+
   test('unknown route → 404 not_found, path not echoed', async () => {
     const res = await t.app.inject({ method: 'GET', url: '/v1/nothing-here?token=stw_live_secret' });
     const body = assertProblem(res, 404, 'not_found');
@@ -449,6 +533,11 @@ describe('CORS', () => {
       headers: { origin: 'https://evil.example' },
     });
     assert.equal(other.headers['access-control-allow-origin'], undefined);
+    // CORS answers OPTIONS at every path: an unknown path stays 404, a known one lists OPTIONS too.
+    assert.equal((await on.app.inject({ method: 'GET', url: '/v1/nothing-here' })).statusCode, 404);
+    const wrong = await on.app.inject({ method: 'PUT', url: '/v1/audit/events' });
+    assert.equal(wrong.statusCode, 405);
+    assert.equal(wrong.headers.allow, 'GET, HEAD, OPTIONS');
     await on.close();
   });
 });

@@ -131,8 +131,13 @@ export function installProblemHandlers(
   app.setErrorHandler((error: FastifyError, request, reply) => {
     sendProblem(request, reply, fail(error, request));
   });
+  const allowedAt = allowedMethods(app);
   app.setNotFoundHandler((request, reply) => {
-    const problem = httpErrors.not_found(`No route for ${request.method} at this path`);
+    const allow = allowedAt(request);
+    const problem =
+      allow === undefined
+        ? httpErrors.not_found(`No route for ${request.method} at this path`)
+        : httpErrors.method_not_allowed(`This path answers ${allow}`, {}, { allow });
     unrouted(request, reply, problem.status);
     sendProblem(request, reply, problem);
   });
@@ -140,6 +145,34 @@ export function installProblemHandlers(
     const problem = fail(error, request);
     unrouted(request, reply, problem.status);
     sendProblem(request, reply, problem);
+  };
+}
+
+/**
+ * For a request no route matched: the methods its path answers (`GET, HEAD, POST`), or undefined
+ * when the path answers none, or when the request is a HEAD or an OPTIONS, which keep their 404
+ * (HEAD routes are Fastify's own, OPTIONS is CORS's). RFC 9110 §15.5.6: a known path asked with
+ * another method is 405 with `Allow`. Asks the router (`findRoute` matches a concrete URL, as
+ * the router does for a request) once per method any route uses; runs only on this path, never
+ * on a routed request. OPTIONS counts in `Allow` but not towards existence: CORS answers it at
+ * every path (`OPTIONS *`).
+ */
+function allowedMethods(app: FastifyInstance): (request: FastifyRequest) => string | undefined {
+  // In this order in `Allow`; any other method a route uses comes after them.
+  const methods = new Set<string>(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
+  app.addHook('onRoute', (route) => {
+    for (const method of typeof route.method === 'string' ? [route.method] : route.method)
+      methods.add(method);
+  });
+  return (request) => {
+    if (request.method === 'HEAD' || request.method === 'OPTIONS') return undefined;
+    const found: string[] = [];
+    for (const method of methods) {
+      if (method !== request.method && app.findRoute({ method, url: request.url }) !== null)
+        found.push(method);
+    }
+    if (found.every((method) => method === 'OPTIONS')) return undefined;
+    return found.join(', ');
   };
 }
 
