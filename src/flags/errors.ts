@@ -9,4 +9,5 @@ export const flagErrors = defineErrors({
   segment_in_use: { status: 409, title: 'Segment is used by flags' },
   invalid_flag: { status: 400, title: 'Invalid feature flag' },
   version_conflict: { status: 412, title: 'Version conflict' },
+  flag_target_gone: { status: 409, title: 'The flag this change was made against is gone' },
 });

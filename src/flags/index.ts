@@ -41,21 +41,25 @@ export async function registerFlags(
   changes.register('flag.create', ({ tx, requester, payload, environment, approvedBy }) =>
     flags.apply.create(tx, requester, envOf(environment), payload as { feature: Feature }, approvedBy),
   );
-  changes.register('flag.replace', ({ tx, requester, payload, environment, approvedBy }) =>
+  // Replace and delete act on the flag they were made against (`targetId`), never on another
+  // flag given its name since.
+  changes.register('flag.replace', ({ tx, requester, payload, targetId, environment, approvedBy }) =>
     flags.apply.replace(
       tx,
       requester,
       envOf(environment),
       payload as { feature: Feature; expectedVersion: number },
+      targetId,
       approvedBy,
     ),
   );
-  changes.register('flag.delete', ({ tx, requester, payload, environment, approvedBy }) =>
+  changes.register('flag.delete', ({ tx, requester, payload, targetId, environment, approvedBy }) =>
     flags.apply.remove(
       tx,
       requester,
       envOf(environment),
       payload as { name: string; expectedVersion: number },
+      targetId,
       approvedBy,
     ),
   );

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { and, asc, eq, gt, inArray, sql } from 'drizzle-orm';
+import { auditEvents } from '../audit/schema.ts';
 import type { AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { Authz } from '../authz/contract.ts';
@@ -71,6 +72,11 @@ const DELTA_STATES = 20;
 
 /** A version expected by a write: one, any of a list (an `If-Match` list), null (none), or no check. */
 type Expected = number | readonly number[] | null | undefined;
+/**
+ * The flag a replace or delete was made against: its id (null: a change held before ids were
+ * compared — none is) and the version read. A flag of the same name with another id is not it.
+ */
+type Target = { id: string | null; version: number };
 const versionMatches = (current: number | null, expected: number | readonly number[] | null) =>
   typeof expected === 'number' || expected === null
     ? current === expected
@@ -463,6 +469,48 @@ export function createFlagService({
     }
   }
 
+  /**
+   * The row found by name is the flag the change was made against (409 `flag_target_gone`
+   * otherwise: it was deleted, and maybe another flag was created under its name since). Checked
+   * before anything else about the row, so a change reviewed against one flag never acts on another.
+   */
+  function sameFlag(row: FlagRow | null, id: string | null, name: string): void {
+    if (id === null || row?.id === id) return;
+    throw flagErrors.flag_target_gone(
+      row === null
+        ? `The flag ${name} this change was made against (${id}) was deleted`
+        : `The flag ${name} this change was made against (${id}) was deleted; ${row.id} is another flag of that name`,
+      { target_id: id, current_id: row?.id ?? null },
+    );
+  }
+
+  /**
+   * The highest version a flag of this name in this environment ever had, from the `flag.deleted`
+   * events of the audit trail (null if none): a flag created under the name of a deleted one
+   * continues its count, so an ETag (`"<version>"`) never names two flags. The rows are kept only
+   * for `AUDIT_RETENTION_DAYS`: a name deleted longer ago than that starts at 1 again.
+   */
+  async function lastVersionOf(tx: DbOrTx, orgId: string, env: Environment, name: string): Promise<number> {
+    const before = sql`${auditEvents.changes}->'before'`;
+    const [row] = await tx
+      .select({
+        last: sql<string | number | null>`max(case when jsonb_typeof(${before}->'version') = 'number'
+          then (${before}->>'version')::numeric end)`,
+      })
+      .from(auditEvents)
+      .where(
+        and(
+          eq(auditEvents.orgId, orgId),
+          eq(auditEvents.action, 'flag.deleted'),
+          eq(auditEvents.resourceType, 'flag'),
+          sql`${auditEvents.details}->>'environment' = ${env.name}`,
+          sql`${auditEvents.details}->>'name' = ${name}`,
+        ),
+      );
+    const last = Number(row?.last ?? 0);
+    return Number.isSafeInteger(last) && last > 0 ? last : 0;
+  }
+
   async function held(access: Access, env: Environment): Promise<boolean> {
     return fourEyes !== undefined && (await fourEyes.required(access.principal.orgId, env.name));
   }
@@ -514,7 +562,7 @@ export function createFlagService({
       });
       return { pending: true, changeId };
     }
-    return write(access, env, feature, existing.version);
+    return write(access, env, feature, { id: existing.id, version: existing.version });
   }
 
   /** Writes a flag in one transaction with its audit event; `expected` null = create. */
@@ -522,7 +570,7 @@ export function createFlagService({
     access: Access,
     env: Environment,
     feature: Feature,
-    expected: number | null,
+    expected: Target | null,
     approvedBy?: Principal,
     outerTx?: DbOrTx,
   ): Promise<FlagRow> {
@@ -534,7 +582,10 @@ export function createFlagService({
         const before = await find(principal.orgId, env, feature.name, tx, true);
         if (expected === null && before)
           throw flagErrors.flag_exists(`A flag ${feature.name} exists in ${env.name}`);
-        if (expected !== null) expect(before, expected, feature.name);
+        if (expected !== null) {
+          sameFlag(before, expected.id, feature.name);
+          expect(before, expected.version, feature.name);
+        }
         // Again under locks: segments and other flags may have changed since the request was
         // checked (or held).
         await checkSegments(tx, principal.orgId, feature, true);
@@ -561,6 +612,8 @@ export function createFlagService({
                 name: feature.name,
                 enabled: feature.enabled,
                 definition: feature,
+                // Under the environment's write lock (`serialise`): no other write of the name between.
+                version: (await lastVersionOf(tx, principal.orgId, env, feature.name)) + 1,
                 createdBy: principal.id,
                 updatedBy: principal.id,
                 createdAt: now,
@@ -618,7 +671,7 @@ export function createFlagService({
       });
       return { pending: true, changeId };
     }
-    await applyRemove(access, env, name, existing.version);
+    await applyRemove(access, env, name, { id: existing.id, version: existing.version });
     return { deleted: true };
   }
 
@@ -626,7 +679,7 @@ export function createFlagService({
     access: Access,
     env: Environment,
     name: string,
-    expected: number,
+    expected: Target,
     approvedBy?: Principal,
     outerTx?: DbOrTx,
   ): Promise<string> {
@@ -635,7 +688,8 @@ export function createFlagService({
       // A deleted parent changes dependencies too: serialised with the environment's other writes.
       await serialise(tx, principal.orgId, env);
       const before = await find(principal.orgId, env, name, tx, true);
-      expect(before, expected, name);
+      sameFlag(before, expected.id, name);
+      expect(before, expected.version, name);
       if (!before) throw flagErrors.flag_not_found();
       // Unleash refuses to archive a parent with children; so do we.
       const dependants = await dependantsOf(tx, principal.orgId, env, name);
@@ -681,13 +735,16 @@ export function createFlagService({
       who: Access,
       env: Environment,
       payload: { feature: Feature; expectedVersion: number },
+      targetId: string | null,
       by: Principal,
     ) {
       await authorized(who, 'flags:update');
       const target = await find(who.principal.orgId, env, payload.feature.name, tx);
+      sameFlag(target, targetId, payload.feature.name);
       if (target) await requireOnFlag(who.principal, 'flags:update', target);
       const feature = await normalise(who.principal.orgId, env, payload.feature, tx);
-      const row = await write(who, env, feature, payload.expectedVersion, by, tx);
+      const expected = { id: targetId, version: payload.expectedVersion };
+      const row = await write(who, env, feature, expected, by, tx);
       return { resultId: row.id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
     async remove(
@@ -695,12 +752,15 @@ export function createFlagService({
       who: Access,
       env: Environment,
       payload: { name: string; expectedVersion: number },
+      targetId: string | null,
       by: Principal,
     ) {
       await authorized(who, 'flags:delete');
       const target = await find(who.principal.orgId, env, payload.name, tx);
+      sameFlag(target, targetId, payload.name);
       if (target) await requireOnFlag(who.principal, 'flags:delete', target);
-      const id = await applyRemove(who, env, payload.name, payload.expectedVersion, by, tx);
+      const expected = { id: targetId, version: payload.expectedVersion };
+      const id = await applyRemove(who, env, payload.name, expected, by, tx);
       return { resultId: id, afterCommit: () => announce(who.principal.orgId, env.id) };
     },
     async putSegment(
