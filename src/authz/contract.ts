@@ -22,7 +22,9 @@ export interface Authz {
    * records `role.assigned` in it. The caller runs `afterCommit` once the transaction
    * has committed, so indexes (here and on other instances) pick the change up.
    * `by` null means Steward itself (bootstrap). Refuses an unknown role (404) and —
-   * when `by` is given — a role the caller could not hold themselves (403).
+   * when `by` is given — a role the caller may not hand on (403 `role_escalation`, or
+   * `role_outlives_delegator` for rights `by` holds only through expiring grants; README
+   * "Delegation"). Takes the org's role lock (`pg_advisory_xact_lock`) for a custom role.
    */
   assignRoleInTx(
     tx: DbOrTx,

@@ -183,6 +183,36 @@ export class OrgIndex {
     };
   }
 
+  /**
+   * Until when `who` holds `permission`, for handing it on (delegation): on one resource when
+   * `resource` names an id, otherwise on every resource of the type (default: the permission's
+   * own) — and then an active deny of the permission on any single resource means it is not held.
+   * `null`: without end (a role, a grant that never expires, superuser); a number: the first
+   * instant at which expiring grants stop giving it; `undefined`: not held now.
+   */
+  holdsUntil(
+    who: Principal | string,
+    permission: string,
+    nowMs: number,
+    resource?: ResourceRef,
+  ): number | null | undefined {
+    const principal = this.principalOf(who);
+    const meta = META.get(permission);
+    if (meta === undefined) return undefined;
+    const at: ResourceRef = { type: resource?.type ?? meta.info.resource, id: resource?.id ?? null };
+    if (!this.check(principal, permission, at, nowMs).allowed) return undefined;
+    const gate = this.gate(principal, meta);
+    if (typeof gate !== 'string') return null; // superuser: refusals returned above
+    const grants = this.subjects.get(gate)?.grants;
+    if (!grants) return null; // roles only
+    if (at.id === null && grants.deniesAnywhere(meta, nowMs)) return undefined;
+    // Grants only expire as time passes, so the decision can change only at those instants.
+    for (const t of grants.expiries(meta, at.type, at.id ?? null, nowMs)) {
+      if (!this.check(principal, permission, at, t).allowed) return t;
+    }
+    return null;
+  }
+
   /** The role names assigned to a user or agent, sorted. */
   rolesOf(principalId: string): string[] {
     return [...(this.subjects.get(principalId)?.roles ?? [])].sort();

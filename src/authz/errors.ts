@@ -17,5 +17,13 @@ export const authzErrors = defineErrors({
   expiry_in_past: { status: 400, title: 'Expiry must be in the future' },
   grant_escalation: { status: 403, title: 'Cannot grant or revoke a permission you do not hold' },
   role_escalation: { status: 403, title: 'Cannot handle a role with permissions you do not hold' },
+  grant_outlives_delegator: {
+    status: 403,
+    title: 'Cannot hand on a permission for longer than you hold it',
+  },
+  role_outlives_delegator: {
+    status: 403,
+    title: 'Cannot put a permission you hold only for a while into a role',
+  },
   self_modification: { status: 403, title: 'Cannot change your own roles or grants' },
 });

@@ -93,6 +93,39 @@ export class GrantTable {
     list.splice(at, 0, entryOf(def));
   }
 
+  /**
+   * Whether an active deny of this permission names any resource or type, its own or another
+   * (delegation: a permission refused somewhere is not held everywhere).
+   */
+  deniesAnywhere(meta: PermMeta, nowMs: number): boolean {
+    const denies = (bucket: TypeBucket | undefined) => {
+      if (bucket === undefined) return false;
+      if (bucket.type && firstActive(bucket.type.deny, nowMs)) return true;
+      for (const rule of bucket.ids.values()) if (firstActive(rule.deny, nowMs)) return true;
+      return false;
+    };
+    if (denies(this.own[meta.index])) return true;
+    const prefix = `${meta.info.permission}|`;
+    for (const [key, bucket] of this.other) if (key.startsWith(prefix) && denies(bucket)) return true;
+    return false;
+  }
+
+  /**
+   * The instants after `nowMs` at which a grant deciding `meta` on `type` (its type-wide grants
+   * and, with an id, that id's) expires, ascending: the only instants a decision can change.
+   */
+  expiries(meta: PermMeta, type: string, id: string | null, nowMs: number): number[] {
+    const bucket = this.bucket(meta, type);
+    const out = new Set<number>();
+    const rules = [bucket?.type, id === null ? undefined : bucket?.ids.get(id)];
+    for (const rule of rules) {
+      for (const e of [...(rule?.deny ?? []), ...(rule?.allow ?? [])]) {
+        if (e.expiresAt !== null && e.expiresAt > nowMs) out.add(e.expiresAt);
+      }
+    }
+    return [...out].sort((a, b) => a - b);
+  }
+
   delete(meta: PermMeta, def: GrantDef): void {
     const bucket = this.bucket(meta, def.resourceType);
     const rule = def.resourceId === null ? bucket?.type : bucket?.ids.get(def.resourceId);

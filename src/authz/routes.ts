@@ -1,9 +1,12 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import type { AuditAction } from '../audit/actions.ts';
 import type { StewardContext } from '../context.ts';
 import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
-import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
+import { StewardError } from '../http/errors.ts';
+import { decodeCursor, encodeCursor, listResponse, pageQuery, paginationErrors } from '../http/pagination.ts';
 import { PERMISSIONS, permissionInfo } from './catalogue.ts';
 import type { CheckResult } from './engine.ts';
 import type { AssignmentRow, GrantRow } from './queries.ts';
@@ -17,6 +20,7 @@ const principalId = z
   .describe('Prefixed principal id: `usr_…`, `agt_…` or `key_…`.');
 const idParams = z.object({ id: z.string().min(1).max(100) });
 const cursorSchema = z.object({ id: z.string().min(1).max(100) });
+const permissionCursor = z.object({ permission: z.string().min(1).max(100) });
 
 const decisionSchema = z.object({
   by: z.enum(['resource_grant', 'type_grant', 'role', 'superuser', 'default_deny']),
@@ -147,10 +151,65 @@ const page = <T extends { id: string }>(rows: readonly T[], limit: number) => {
 
 const TAGS = ['authz'];
 
+// What a refused change asked for, as its audit event keeps it. A refusal by the route's own
+// permission comes before body validation, so only known fields of the expected types are kept.
+const ASKED_FIELDS = [
+  'principal',
+  'role',
+  'name',
+  'permission',
+  'resource_type',
+  'resource_id',
+  'effect',
+  'expires_at',
+  'inherits',
+];
+
+function askedFor(body: unknown): Record<string, unknown> | undefined {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return undefined;
+  const given = body as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const field of ASKED_FIELDS) {
+    const value = given[field];
+    if (typeof value === 'string') out[field] = value.slice(0, 200);
+  }
+  const perms = given.permissions;
+  if (Array.isArray(perms)) {
+    out.permissions = perms
+      .filter((p): p is string => typeof p === 'string')
+      .slice(0, 200)
+      .map((p) => p.slice(0, 100));
+  }
+  return Object.keys(out).length > 0 ? out : undefined;
+}
+
 /** Roles, assignments, grants and checks (SPEC section 3). */
 export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async (app, { ctx }) => {
   const { authz } = ctx;
   const nowMs = () => ctx.clock().getTime();
+
+  /**
+   * A route hook that puts a refused role or grant change (403: the route's permission, or a
+   * delegation rule) on the audit record, after the refused transaction has rolled back. Best
+   * effort (the service swallows a failed record); the answer stays the refusal.
+   */
+  const auditRefusal =
+    (action: AuditAction, resourceType: string) =>
+    async (request: FastifyRequest, _reply: FastifyReply, error: Error): Promise<void> => {
+      const caller = request.principal;
+      if (!caller || !(error instanceof StewardError) || error.status !== 403) return;
+      const id = (request.params as { id?: unknown } | undefined)?.id;
+      await authz.recordRefusal(
+        caller,
+        {
+          action,
+          resource: { type: resourceType, id: typeof id === 'string' ? id.slice(0, 200) : null },
+          error,
+          request: askedFor(request.body),
+        },
+        contextOf(request),
+      );
+    };
 
   app.get(
     '/v1/authz/permissions',
@@ -158,11 +217,26 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       config: { access: 'authenticated' },
       schema: {
         tags: TAGS,
-        summary: 'The permission catalogue',
-        response: { 200: z.object({ data: z.array(permissionSchema), next_cursor: z.null() }) },
+        summary: 'The permission catalogue, in catalogue order',
+        querystring: z.strictObject(pageQuery),
+        response: { 200: listResponse(permissionSchema) },
       },
     },
-    async () => ({ data: PERMISSIONS.map((p) => ({ ...p })), next_cursor: null }),
+    async (request) => {
+      const { limit, cursor } = request.query;
+      const after = decodeCursor(cursor, permissionCursor)?.permission;
+      const start = after === undefined ? 0 : PERMISSIONS.findIndex((p) => p.permission === after) + 1;
+      if (start === 0 && after !== undefined) {
+        throw paginationErrors.invalid_cursor('The cursor names no permission of the catalogue');
+      }
+      const rows = PERMISSIONS.slice(start, start + limit);
+      const last = rows.at(-1);
+      return {
+        data: rows.map((p) => ({ ...p })),
+        next_cursor:
+          start + limit < PERMISSIONS.length && last ? encodeCursor({ permission: last.permission }) : null,
+      };
+    },
   );
 
   // ---- roles ----
@@ -174,7 +248,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       schema: {
         tags: TAGS,
         summary: 'System roles (first), then custom roles',
-        querystring: z.object(pageQuery),
+        querystring: z.strictObject(pageQuery),
         response: { 200: listResponse(roleSchema) },
       },
     },
@@ -190,6 +264,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/roles',
     {
       config: { access: { permission: 'roles:create' } },
+      onError: auditRefusal('role.created', 'role'),
       schema: {
         tags: TAGS,
         summary: 'Create a custom role',
@@ -221,6 +296,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/roles/:id',
     {
       config: { access: { permission: 'roles:update' } },
+      onError: auditRefusal('role.updated', 'role'),
       schema: {
         tags: TAGS,
         summary: 'Change a custom role (system roles cannot be changed)',
@@ -246,11 +322,17 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/roles/:id',
     {
       config: { access: { permission: 'roles:delete' } },
-      schema: { tags: TAGS, summary: 'Delete a custom role and its assignments', params: idParams },
+      onError: auditRefusal('role.deleted', 'role'),
+      schema: {
+        tags: TAGS,
+        summary: 'Delete a custom role and its assignments',
+        params: idParams,
+        response: { 204: z.null() },
+      },
     },
     async (request, reply) => {
       await authz.deleteRole(callerOf(request), request.params.id, contextOf(request));
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     },
   );
 
@@ -263,7 +345,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       schema: {
         tags: TAGS,
         summary: 'Role assignments, oldest first',
-        querystring: z.object({
+        querystring: z.strictObject({
           principal: principalId.optional(),
           role: z.string().max(100).optional().describe('Role name.'),
           ...pageQuery,
@@ -287,6 +369,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/role-assignments',
     {
       config: { access: { permission: 'roles:update' } },
+      onError: auditRefusal('role.assigned', 'role_assignment'),
       schema: {
         tags: TAGS,
         summary: 'Assign a role to a user or agent',
@@ -307,11 +390,17 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/role-assignments/:id',
     {
       config: { access: { permission: 'roles:delete' } },
-      schema: { tags: TAGS, summary: 'Remove a role assignment', params: idParams },
+      onError: auditRefusal('role.unassigned', 'role_assignment'),
+      schema: {
+        tags: TAGS,
+        summary: 'Remove a role assignment',
+        params: idParams,
+        response: { 204: z.null() },
+      },
     },
     async (request, reply) => {
       await authz.unassign(callerOf(request), request.params.id, contextOf(request));
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     },
   );
 
@@ -321,6 +410,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/authz/grants',
     {
       config: { access: { permission: 'roles:admin' } },
+      onError: auditRefusal('grant.created', 'grant'),
       schema: {
         tags: TAGS,
         summary: 'Grant or deny a permission on a resource type or one resource',
@@ -360,7 +450,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       schema: {
         tags: TAGS,
         summary: 'Grants, oldest first (expired ones included unless active=true)',
-        querystring: z.object({
+        querystring: z.strictObject({
           principal: principalId.optional(),
           permission: z.string().max(100).optional(),
           resource_type: z.string().max(100).optional(),
@@ -394,11 +484,12 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/authz/grants/:id',
     {
       config: { access: { permission: 'roles:admin' } },
-      schema: { tags: TAGS, summary: 'Revoke a grant', params: idParams },
+      onError: auditRefusal('grant.revoked', 'grant'),
+      schema: { tags: TAGS, summary: 'Revoke a grant', params: idParams, response: { 204: z.null() } },
     },
     async (request, reply) => {
       await authz.revokeGrant(callerOf(request), request.params.id, contextOf(request));
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     },
   );
 
@@ -481,7 +572,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
         tags: TAGS,
         summary: 'What a principal can access with one permission, in one call',
         params: idParams,
-        querystring: z.object({
+        querystring: z.strictObject({
           permission: z.string().min(1).max(100),
           resource_type: z.string().min(1).max(100).optional(),
         }),

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { and, eq, gt, inArray, isNotNull, isNull, or } from 'drizzle-orm';
+import { and, eq, gt, inArray, isNotNull, isNull, or, sql } from 'drizzle-orm';
+import type { AuditAction } from '../audit/actions.ts';
 import type { AuditActor, AuditContext, AuditRecorder } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { InvalidationBus } from '../bus/index.ts';
@@ -8,7 +9,7 @@ import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { isUniqueViolation } from '../db/errors.ts';
 import { type IdPrefix, isId, newId, prefixOf } from '../db/ids.ts';
 import type { Authorizer } from '../http/auth.ts';
-import { httpErrors } from '../http/errors.ts';
+import { httpErrors, type StewardError } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import { IndexCache } from './cache.ts';
 import { isPermission, isResourceType, PERMISSIONS, type Permission, permissionInfo } from './catalogue.ts';
@@ -158,6 +159,9 @@ function roleInfoOf(row: q.RoleRow): RoleInfo {
     updatedAt: row.updatedAt,
   };
 }
+
+/** What a caller may hand on: permission → until when it holds it (null: without end). */
+type Held = ReadonlyMap<Permission, number | null>;
 
 const actor = (by: Principal | null): AuditActor => (by ? actorOf(by) : { type: 'system', name: 'steward' });
 
@@ -350,8 +354,19 @@ export function createAuthzService({
 
   // ---- delegation rules -----------------------------------------------------------------
 
-  function heldBy(index: OrgIndex, caller: Principal): ReadonlySet<Permission> {
-    return new Set(index.effectivePermissions(caller, now()).map((e) => e.permission));
+  /**
+   * What `caller` may hand on (README "Delegation"): each permission it holds on every resource
+   * of its type — one it is denied on any single resource does not count — mapped to until when
+   * it holds it: null without end, or the instant the expiring grants that give it run out.
+   */
+  function delegable(index: OrgIndex, caller: Principal): Held {
+    const at = now();
+    const held = new Map<Permission, number | null>();
+    for (const { permission } of PERMISSIONS) {
+      const until = index.holdsUntil(caller, permission, at);
+      if (until !== undefined) held.set(permission, until);
+    }
+    return held;
   }
 
   // Inside a transaction nothing may wait on another connection (PGlite has one): a cold org
@@ -360,13 +375,61 @@ export function createAuthzService({
     return cache.get(orgId) ?? buildOrgIndex(await q.loadSnapshot(tx, orgId, clock()));
   }
 
-  function assertHoldsAll(held: ReadonlySet<Permission>, perms: Iterable<Permission>, what: string): void {
+  function assertHoldsAll(held: Held, perms: Iterable<Permission>, what: string): void {
     const missing = [...perms].filter((p) => !held.has(p));
     if (missing.length > 0) {
-      throw authzErrors.role_escalation(`${what} carries permissions you do not hold`, {
-        missing_permissions: missing,
-      });
+      throw authzErrors.role_escalation(
+        `${what} carries permissions you do not hold on every resource of their type`,
+        { missing_permissions: missing },
+      );
     }
+  }
+
+  /**
+   * Putting permissions into a role (create, edit, assign) hands them on for good: roles and
+   * assignments do not expire, so each must be held everywhere and without end.
+   */
+  function assertMayGive(held: Held, perms: Iterable<Permission>, what: string): void {
+    const list = [...perms];
+    assertHoldsAll(held, list, what);
+    const temporary = list.filter((p) => held.get(p) != null);
+    if (temporary.length > 0) throw outlivesDelegator(held, temporary, what);
+  }
+
+  function outlivesDelegator(held: Held, temporary: readonly Permission[], what: string): StewardError {
+    const until = Math.min(...temporary.map((p) => held.get(p) ?? Number.POSITIVE_INFINITY));
+    return authzErrors.role_outlives_delegator(
+      `${what} would give for good permissions you hold only until ${new Date(until).toISOString()} (roles and assignments do not expire)`,
+      { permissions: temporary, held_until: new Date(until).toISOString() },
+    );
+  }
+
+  /**
+   * Without roles:admin (held for good), only a role strictly below one's own lasting rights: a
+   * strict subset, as the catalogue describes roles:update. `perms` already passed assertMayGive.
+   */
+  function assertBelowCaller(held: Held, perms: ReadonlySet<Permission>, what: string): void {
+    if (held.get('roles:admin') === null) return;
+    let lasting = 0;
+    for (const until of held.values()) if (until === null) lasting++;
+    if (perms.size < lasting) return;
+    const adminUntil = held.get('roles:admin');
+    if (adminUntil != null) {
+      throw authzErrors.role_outlives_delegator(
+        `${what} needs roles:admin for good; you hold it only until ${new Date(adminUntil).toISOString()}`,
+        { permissions: ['roles:admin'], held_until: new Date(adminUntil).toISOString() },
+      );
+    }
+    throw authzErrors.role_escalation(`${what} needs roles:admin`, { missing_permissions: ['roles:admin'] });
+  }
+
+  /**
+   * Serialises, until the transaction ends, the changes that decide what a custom role gives whom:
+   * editing it and assigning it. Otherwise an edit that saw no holder and an assignment that saw the
+   * role before the edit could both pass. On PGlite (one connection) the lock is taken at once.
+   */
+  async function lockRoles(tx: DbOrTx, orgId: string): Promise<void> {
+    await tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${`authz roles ${orgId}`}, 0))`);
   }
 
   async function assertTarget(orgId: string, principalId: string, tx?: DbOrTx): Promise<void> {
@@ -430,7 +493,11 @@ export function createAuthzService({
   async function createRole(caller: Principal, input: RoleInput, context: AuditContext): Promise<RoleInfo> {
     if (isSystemRole(input.name)) throw authzErrors.role_name_reserved(`${input.name} is a system role`);
     validatePermissions(input.permissions);
-    assertHoldsAll(heldBy(await cache.load(caller.orgId), caller), permsOfInput(input), `Role ${input.name}`);
+    assertMayGive(
+      delegable(await cache.load(caller.orgId), caller),
+      permsOfInput(input),
+      `Role ${input.name}`,
+    );
     const orgId = caller.orgId;
     const info = await db.db
       .transaction(async (tx) => {
@@ -480,9 +547,10 @@ export function createAuthzService({
       throw authzErrors.role_name_reserved(`${patch.name} is a system role`);
     }
     if (patch.permissions !== undefined) validatePermissions(patch.permissions);
-    const held = heldBy(await cache.load(orgId), caller);
+    const held = delegable(await cache.load(orgId), caller);
     const result = await db.db
       .transaction(async (tx) => {
+        await lockRoles(tx, orgId);
         const row = isId('rol', id) ? await q.findRole(tx, orgId, { id }) : undefined;
         if (!row) throw authzErrors.role_not_found(`No role ${id}`);
         const before = roleInfoOf(row);
@@ -495,7 +563,16 @@ export function createAuthzService({
         };
         // Both what the role gave and what it will give must be within the caller's rights.
         assertHoldsAll(held, before.effectivePermissions, `Role ${row.name}`);
-        assertHoldsAll(held, permsOfInput(next), `Role ${next.name}`);
+        const nextPerms = permsOfInput(next);
+        assertMayGive(held, nextPerms, `Role ${next.name}`);
+        // Editing a role others hold assigns its new rights to them: the rule of assignment.
+        const holders = await tx
+          .select({ principalId: roleAssignments.principalId })
+          .from(roleAssignments)
+          .where(and(eq(roleAssignments.orgId, orgId), eq(roleAssignments.roleId, row.id)));
+        if (holders.some((h) => !isSelf(caller, h.principalId))) {
+          assertBelowCaller(held, nextPerms, `Changing ${row.name}, which others hold,`);
+        }
         const renamed = next.name !== row.name;
         if (renamed && (await q.findRole(tx, orgId, { name: next.name }))) {
           throw authzErrors.role_exists(`A role named ${next.name} exists`);
@@ -542,7 +619,7 @@ export function createAuthzService({
   async function deleteRole(caller: Principal, id: string, context: AuditContext): Promise<void> {
     const orgId = caller.orgId;
     if (isSystemRole(id)) throw authzErrors.system_role_immutable(`${id} is a system role`);
-    const held = heldBy(await cache.load(orgId), caller);
+    const held = delegable(await cache.load(orgId), caller);
     const name = await db.db.transaction(async (tx) => {
       const row = isId('rol', id) ? await q.findRole(tx, orgId, { id }) : undefined;
       if (!row) throw authzErrors.role_not_found(`No role ${id}`);
@@ -583,17 +660,13 @@ export function createAuthzService({
   ): Promise<{ row: q.AssignmentRow; afterCommit: () => Promise<void> }> {
     const { orgId, principalId, by } = input;
     await assertTarget(orgId, principalId, tx);
+    if (!isSystemRole(input.role)) await lockRoles(tx, orgId);
     const role = await resolveRole(tx, orgId, input.role);
     if (by !== null) {
       if (isSelf(by, principalId)) throw authzErrors.self_modification('You cannot change your own roles');
-      const held = heldBy(await indexIn(tx, orgId), by);
-      assertHoldsAll(held, role.perms, `Role ${role.name}`);
-      // Without roles:admin only roles below one's own: a strict subset of one's rights.
-      if (!held.has('roles:admin') && role.perms.size >= held.size) {
-        throw authzErrors.role_escalation(`Assigning ${role.name} needs roles:admin`, {
-          missing_permissions: ['roles:admin'],
-        });
-      }
+      const held = delegable(await indexIn(tx, orgId), by);
+      assertMayGive(held, role.perms, `Role ${role.name}`);
+      assertBelowCaller(held, role.perms, `Assigning ${role.name}`);
     }
     const [existing] = await tx
       .select()
@@ -677,7 +750,7 @@ export function createAuthzService({
         throw authzErrors.self_modification('You cannot change your own roles');
       }
       const rolePerms = index.rolePermissions(found.roleName) ?? [];
-      assertHoldsAll(heldBy(index, caller), rolePerms, `Role ${found.roleName}`);
+      assertHoldsAll(delegable(index, caller), rolePerms, `Role ${found.roleName}`);
       await tx.delete(roleAssignments).where(eq(roleAssignments.id, found.id));
       await audit.record(tx, {
         orgId,
@@ -731,7 +804,7 @@ export function createAuthzService({
     if (by !== null && removed.length > 0) {
       if (isSelf(by, principalId)) throw authzErrors.self_modification('You cannot change your own roles');
       const index = await indexIn(tx, orgId);
-      const held = heldBy(index, by);
+      const held = delegable(index, by);
       for (const r of removed) {
         assertHoldsAll(held, index.rolePermissions(r.roleName) ?? [], `Role ${r.roleName}`);
       }
@@ -759,17 +832,50 @@ export function createAuthzService({
 
   // ---- grants ---------------------------------------------------------------------------
 
+  /**
+   * A grant, allow or deny, and its revocation need the permission held where the grant applies:
+   * on that resource id, or — for a grant on a whole type — on every resource (a deny on any one
+   * means not held). `handsOn` is the end of the access the change gives: an allow's expiry, null
+   * for revoking a deny (for good), undefined when it gives none. What the caller holds only until
+   * some instant it may hand on only until then (`grant_outlives_delegator`).
+   */
   function assertMayGrant(
     index: OrgIndex,
     caller: Principal,
     permission: string,
     resource: ResourceRef,
+    handsOn: Date | null | undefined,
   ): void {
-    if (!index.check(caller, permission, resource, now()).allowed) {
-      throw authzErrors.grant_escalation(`You do not hold ${permission} on this resource`, {
+    const at = now();
+    const until = index.holdsUntil(caller, permission, at, resource);
+    if (until === undefined) {
+      const where =
+        resource.id == null && index.check(caller, permission, resource, at).allowed
+          ? 'on every resource of this type (you are denied it on some)'
+          : 'on this resource';
+      throw authzErrors.grant_escalation(`You do not hold ${permission} ${where}`, {
         missing_permissions: [permission],
       });
     }
+    if (handsOn === undefined || until === null) return;
+    if (handsOn === null || handsOn.getTime() > until) {
+      const end = new Date(until).toISOString();
+      throw authzErrors.grant_outlives_delegator(
+        `You hold ${permission} here only until ${end}: what you hand on must expire by then`,
+        { permission, held_until: end },
+      );
+    }
+  }
+
+  /**
+   * Serialises, until the transaction ends, the grant writes for one principal: the twin check
+   * and the insert would otherwise let concurrent identical requests all pass (grants have no
+   * unique index; expiry makes one awkward). On PGlite (one connection) the lock is taken at once.
+   */
+  async function lockGrantsOf(tx: DbOrTx, orgId: string, principalId: string): Promise<void> {
+    await tx.execute(
+      sql`select pg_advisory_xact_lock(hashtextextended(${`authz grants ${orgId} ${principalId}`}, 0))`,
+    );
   }
 
   async function createGrant(
@@ -792,11 +898,15 @@ export function createAuthzService({
     await assertTarget(orgId, input.principal);
     if (isSelf(caller, input.principal)) throw authzErrors.self_modification('You cannot grant to yourself');
     const resourceId = input.resourceId ?? null;
-    assertMayGrant(await cache.load(orgId), caller, input.permission, {
-      type: input.resourceType,
-      id: resourceId,
-    });
+    assertMayGrant(
+      await cache.load(orgId),
+      caller,
+      input.permission,
+      { type: input.resourceType, id: resourceId },
+      input.effect === 'allow' ? (input.expiresAt ?? null) : undefined,
+    );
     const row = await db.db.transaction(async (tx) => {
+      await lockGrantsOf(tx, orgId, input.principal);
       const at = clock();
       const [twin] = await tx
         .select({ id: grants.id })
@@ -858,8 +968,14 @@ export function createAuthzService({
       if (isSelf(caller, found.principalId)) {
         throw authzErrors.self_modification('You cannot revoke your own grants');
       }
-      // Revoking a deny gives access back: the same rule as granting.
-      assertMayGrant(index, caller, found.permission, { type: found.resourceType, id: found.resourceId });
+      // Revoking a deny gives access back, for good: the same rule as granting without expiry.
+      assertMayGrant(
+        index,
+        caller,
+        found.permission,
+        { type: found.resourceType, id: found.resourceId },
+        found.effect === 'deny' ? null : undefined,
+      );
       await tx.delete(grants).where(eq(grants.id, found.id));
       await audit.record(tx, {
         orgId,
@@ -872,6 +988,50 @@ export function createAuthzService({
       return found;
     });
     await changed(orgId, (index) => index.removeGrant(row.id));
+  }
+
+  // ---- refusals ------------------------------------------------------------------------
+
+  /**
+   * Records a refused role or grant change: the event of the change it would have been, with
+   * `success: false`, the error code as `details.reason` and what was asked. Called once the
+   * refused transaction has rolled back, in a transaction of its own; best effort — a failed
+   * record goes to `onError` and never changes the refusal the caller gets.
+   */
+  async function recordRefusal(
+    caller: Principal,
+    refusal: {
+      action: AuditAction;
+      resource: { type: string; id?: string | null | undefined };
+      error: StewardError;
+      request?: Record<string, unknown> | undefined;
+    },
+    context: AuditContext,
+  ): Promise<void> {
+    const { error } = refusal;
+    const { missing_permissions, permissions, permission } = error.extra;
+    const missing =
+      missing_permissions ?? permissions ?? (permission === undefined ? undefined : [permission]);
+    try {
+      await db.db.transaction((tx) =>
+        audit.record(tx, {
+          orgId: caller.orgId,
+          actor: actorOf(caller),
+          action: refusal.action,
+          resource: { type: refusal.resource.type, id: refusal.resource.id ?? null },
+          context,
+          details: {
+            reason: error.code,
+            ...(Array.isArray(missing) ? { permissions: missing } : {}),
+            ...(refusal.request ? { request: refusal.request } : {}),
+          },
+          success: false,
+          errorMessage: error.detail,
+        }),
+      );
+    } catch (failure) {
+      onError(failure, `audit of a refused ${refusal.action}`);
+    }
   }
 
   function listGrants(
@@ -926,6 +1086,7 @@ export function createAuthzService({
     createGrant,
     revokeGrant,
     listGrants,
+    recordRefusal,
     /** The in-memory indexes (tests and metrics). */
     cache,
     async stop(): Promise<void> {
