@@ -3,7 +3,7 @@ import { AUDIT_CHECKPOINT_KEY_PURPOSE, createAuditService } from '../audit/servi
 import { loadConfig } from '../config.ts';
 import { loadKeyring } from '../crypto/keyring.ts';
 import { runMigrations } from '../db/migrate.ts';
-import { rewrapAll } from '../vault/secrets/rewrap.ts';
+import { rewrapAll } from '../vault/rewrap.ts';
 import { withDatabase } from './database.ts';
 
 /** A one-line progress bar on a terminal; a line per 10% otherwise (logs, CI). */
@@ -35,8 +35,10 @@ export function registerVaultCommands(program: Command): void {
   vault
     .command('rewrap')
     .description(
-      'Re-wrap every data key under the current master key (STEWARD_MASTER_KEY; the old one must be in ' +
-        'STEWARD_MASTER_KEY_PREVIOUS). Runs in small transactions while servers keep serving; audited as secret.rewrapped.',
+      'Re-wrap every value sealed under an older master key (secrets, settings, pending changes, signing ' +
+        'keys, TOTP seeds, webhook secrets) under the current one (STEWARD_MASTER_KEY; the old one must be in ' +
+        'STEWARD_MASTER_KEY_PREVIOUS). Runs in small transactions while servers keep serving; audited as ' +
+        'secret.rewrapped. Exits 1 when anything is left under another key: do not drop the old key then.',
     )
     .option('--batch-size <n>', 'values per transaction', '200')
     .action(async (options: { batchSize: string }) => {
@@ -69,6 +71,12 @@ export function registerVaultCommands(program: Command): void {
       });
       process.stdout.write(`${JSON.stringify({ to_key_id: keyring.current.id, ...result })}\n`);
       // Values left under a key no server holds cannot be read: make that visible to scripts.
-      process.exitCode = result.failed > 0 || result.remaining > 0 ? 1 : 0;
+      const left = Object.entries(result.tables).filter(([, t]) => t.failed > 0 || t.remaining > 0);
+      for (const [name, t] of left) {
+        process.stderr.write(
+          `steward: ${name}: ${t.remaining} value(s) still under another master key (${t.failed} could not be re-wrapped); keep the old key\n`,
+        );
+      }
+      process.exitCode = left.length > 0 ? 1 : 0;
     });
 }

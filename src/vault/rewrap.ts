@@ -1,189 +1,141 @@
-import { and, asc, count, eq, gt, isNotNull, ne, sql } from 'drizzle-orm';
-import type { AuditRecorder } from '../../audit/service.ts';
-import { rewrap, sealedKeyId } from '../../crypto/envelope.ts';
-import { CryptoError } from '../../crypto/errors.ts';
-import type { Keyring } from '../../crypto/keyring.ts';
-import type { DbHandle, DbOrTx } from '../../db/client.ts';
-import { vaultChanges } from '../schema.ts';
-import { settingHistory, settings } from '../settings/schema.ts';
-import { secretVersions } from './schema.ts';
+import { and, asc, count, eq, getTableName, isNotNull, ne, notLike, type SQL, sql } from 'drizzle-orm';
+import type { AnyPgColumn } from 'drizzle-orm/pg-core';
+import type { AuditRecorder } from '../audit/service.ts';
+import { rewrap, sealedKeyId } from '../crypto/envelope.ts';
+import { CryptoError } from '../crypto/errors.ts';
+import type { Keyring } from '../crypto/keyring.ts';
+import type { DbHandle, DbOrTx } from '../db/client.ts';
+import { SEALED_COLUMNS, type SealedColumn } from './sealed-columns.ts';
 
 export interface RewrapDeps {
   db: DbHandle;
   keyring: Keyring;
   audit: AuditRecorder;
   batchSize?: number;
+  /** What to walk; every sealed column of Steward unless a test narrows it. */
+  columns?: readonly SealedColumn[];
 }
 
-export interface RewrapResult {
+/** Counts of one table (or of all of them). */
+export interface RewrapCounts {
   /** Values found under another master key when the run began. */
   total: number;
   rewrapped: number;
   /** Values that could not be re-wrapped (their master key is not loaded, or they are damaged). */
   failed: number;
-  /** Values still under another key when the run ended (new writes by a server on the old key). */
+  /** Values still under another key when the run ended (failed ones, rows locked throughout, new writes by a server on the old key). */
   remaining: number;
 }
 
+export interface RewrapResult extends RewrapCounts {
+  /** Per `table.column`: where anything is left. */
+  tables: Record<string, RewrapCounts>;
+}
+
 interface Row {
-  cursor: [string, number];
-  orgId: string;
+  key: unknown[];
   sealed: string;
+  orgIds: readonly string[];
 }
 
-interface Target {
-  name: string;
-  pending(tx: DbOrTx, currentId: string): Promise<number>;
-  batch(tx: DbOrTx, currentId: string, after: [string, number] | null, limit: number): Promise<Row[]>;
-  save(tx: DbOrTx, row: Row, sealed: string, keyId: string): Promise<void>;
+/** `table.column`, as the summary and the events name a sealed column. */
+export const sealedColumnName = (c: SealedColumn) => `${getTableName(c.table)}.${c.sealed.name}`;
+
+/** Rows whose value is not under `currentId`: by the indexed key id column where there is one. */
+function notCurrent(c: SealedColumn, currentId: string): SQL {
+  return c.keyId
+    ? (and(isNotNull(c.keyId), ne(c.keyId, currentId)) as SQL)
+    : (and(isNotNull(c.sealed), notLike(c.sealed, `v1.${currentId}.%`)) as SQL);
 }
 
-const numberOf = (rows: { n: number }[]) => rows[0]?.n ?? 0;
+async function pending(tx: DbOrTx, c: SealedColumn, currentId: string): Promise<number> {
+  const [row] = await tx.select({ n: count() }).from(c.table).where(notCurrent(c, currentId));
+  return row?.n ?? 0;
+}
 
-const TARGETS: Target[] = [
-  {
-    name: 'secret_versions',
-    pending: async (tx, id) =>
-      numberOf(await tx.select({ n: count() }).from(secretVersions).where(ne(secretVersions.keyId, id))),
-    batch: async (tx, id, after, limit) =>
-      (
-        await tx
-          .select({
-            a: secretVersions.secretId,
-            b: secretVersions.version,
-            orgId: secretVersions.orgId,
-            sealed: secretVersions.value,
-          })
-          .from(secretVersions)
-          .where(
-            and(
-              ne(secretVersions.keyId, id),
-              after
-                ? sql`(${secretVersions.secretId}, ${secretVersions.version}) > (${after[0]}, ${after[1]})`
-                : undefined,
-            ),
-          )
-          .orderBy(asc(secretVersions.secretId), asc(secretVersions.version))
-          .limit(limit)
-          .for('update', { skipLocked: true })
-      ).map((r) => ({ cursor: [r.a, r.b], orgId: r.orgId, sealed: r.sealed })),
-    save: async (tx, row, sealed, keyId) => {
-      await tx
-        .update(secretVersions)
-        .set({ value: sealed, keyId })
-        .where(and(eq(secretVersions.secretId, row.cursor[0]), eq(secretVersions.version, row.cursor[1])));
-    },
-  },
-  {
-    name: 'settings',
-    pending: async (tx, id) =>
-      numberOf(
-        await tx
-          .select({ n: count() })
-          .from(settings)
-          .where(and(isNotNull(settings.keyId), ne(settings.keyId, id))),
+const list = (values: readonly SQL[]) => sql.join([...values], sql`, `);
+
+/** The next rows to re-wrap after `after` (keyset order), locked; rows others hold are skipped. */
+async function batch(
+  tx: DbOrTx,
+  c: SealedColumn,
+  currentId: string,
+  after: unknown[] | null,
+  limit: number,
+): Promise<Row[]> {
+  const keyCols = c.key.map((col) => sql`${col}`);
+  const orgColumn = typeof c.org === 'function' ? undefined : c.org;
+  const fields: Record<string, AnyPgColumn> = {
+    sealed: c.sealed,
+    ...(orgColumn ? { org: orgColumn } : {}),
+    ...Object.fromEntries(c.key.map((col, i) => [`k${i}`, col])),
+  };
+  const rows = (await tx
+    .select(fields)
+    .from(c.table)
+    .where(
+      and(
+        notCurrent(c, currentId),
+        after ? sql`(${list(keyCols)}) > (${list(after.map((v) => sql`${v}`))})` : undefined,
       ),
-    batch: async (tx, id, after, limit) =>
-      (
-        await tx
-          .select({ a: settings.id, orgId: settings.orgId, sealed: settings.valueSealed })
-          .from(settings)
-          .where(
-            and(
-              isNotNull(settings.keyId),
-              ne(settings.keyId, id),
-              after ? gt(settings.id, after[0]) : undefined,
-            ),
-          )
-          .orderBy(asc(settings.id))
-          .limit(limit)
-          .for('update', { skipLocked: true })
-      ).map((r) => ({ cursor: [r.a, 0], orgId: r.orgId, sealed: r.sealed ?? '' })),
-    save: async (tx, row, sealed, keyId) => {
-      await tx.update(settings).set({ valueSealed: sealed, keyId }).where(eq(settings.id, row.cursor[0]));
-    },
-  },
-  {
-    name: 'setting_history',
-    pending: async (tx, id) =>
-      numberOf(
-        await tx
-          .select({ n: count() })
-          .from(settingHistory)
-          .where(and(isNotNull(settingHistory.keyId), ne(settingHistory.keyId, id))),
-      ),
-    batch: async (tx, id, after, limit) =>
-      (
-        await tx
-          .select({
-            a: settingHistory.settingId,
-            b: settingHistory.version,
-            orgId: settingHistory.orgId,
-            sealed: settingHistory.valueSealed,
-          })
-          .from(settingHistory)
-          .where(
-            and(
-              isNotNull(settingHistory.keyId),
-              ne(settingHistory.keyId, id),
-              after
-                ? sql`(${settingHistory.settingId}, ${settingHistory.version}) > (${after[0]}, ${after[1]})`
-                : undefined,
-            ),
-          )
-          .orderBy(asc(settingHistory.settingId), asc(settingHistory.version))
-          .limit(limit)
-          .for('update', { skipLocked: true })
-      ).map((r) => ({ cursor: [r.a, r.b], orgId: r.orgId, sealed: r.sealed ?? '' })),
-    save: async (tx, row, sealed, keyId) => {
-      await tx
-        .update(settingHistory)
-        .set({ valueSealed: sealed, keyId })
-        .where(and(eq(settingHistory.settingId, row.cursor[0]), eq(settingHistory.version, row.cursor[1])));
-    },
-  },
-  {
-    name: 'vault_changes',
-    pending: async (tx, id) =>
-      numberOf(await tx.select({ n: count() }).from(vaultChanges).where(ne(vaultChanges.keyId, id))),
-    batch: async (tx, id, after, limit) =>
-      (
-        await tx
-          .select({ a: vaultChanges.id, orgId: vaultChanges.orgId, sealed: vaultChanges.payload })
-          .from(vaultChanges)
-          .where(and(ne(vaultChanges.keyId, id), after ? gt(vaultChanges.id, after[0]) : undefined))
-          .orderBy(asc(vaultChanges.id))
-          .limit(limit)
-          .for('update', { skipLocked: true })
-      ).map((r) => ({ cursor: [r.a, 0], orgId: r.orgId, sealed: r.sealed })),
-    save: async (tx, row, sealed, keyId) => {
-      await tx.update(vaultChanges).set({ payload: sealed, keyId }).where(eq(vaultChanges.id, row.cursor[0]));
-    },
-  },
-];
+    )
+    .orderBy(...c.key.map((col) => asc(col)))
+    .limit(limit)
+    .for('update', { skipLocked: true })) as Record<string, unknown>[];
+  const keys = rows.map((r) => c.key.map((_, i) => r[`k${i}`]));
+  const orgs =
+    typeof c.org === 'function' ? await c.org(tx, keys) : rows.map((r) => [String(r.org)] as string[]);
+  return rows.map((r, i) => ({ key: keys[i] ?? [], sealed: String(r.sealed), orgIds: orgs[i] ?? [] }));
+}
+
+async function save(tx: DbOrTx, c: SealedColumn, row: Row, sealed: string, keyId: string): Promise<void> {
+  const set: Record<string, unknown> = { [columnProperty(c, c.sealed)]: sealed };
+  if (c.keyId) set[columnProperty(c, c.keyId)] = keyId;
+  await tx
+    .update(c.table)
+    .set(set)
+    .where(and(...c.key.map((col, i) => eq(col, row.key[i]))));
+}
+
+/** The property name Drizzle knows a column by in its table (`.set()` takes those, not SQL names). */
+function columnProperty(c: SealedColumn, column: AnyPgColumn): string {
+  const entry = Object.entries(c.table).find(([, value]) => value === column);
+  if (!entry) throw new Error(`${column.name} is not a column of ${getTableName(c.table)}`);
+  return entry[0];
+}
 
 /**
- * Re-wraps every data key (secret versions, encrypted settings and their history, pending changes)
- * under the keyring's current master key. Only the 32-byte data keys are decrypted: payloads are
- * copied untouched and no plaintext exists. Small transactions with SKIP LOCKED keep it safe while
- * servers run (they must hold both keys: new as STEWARD_MASTER_KEY, old in _PREVIOUS). Each batch
- * writes one `secret.rewrapped` event per org in the same transaction.
+ * Re-wraps every data key not under the keyring's current master key, in every sealed column of
+ * Steward (`SEALED_COLUMNS`: the vault's secrets, settings, history and pending changes; identity's
+ * signing keys and TOTP seeds; the keys domain's webhook secrets). Only the 32-byte data keys are
+ * decrypted: payloads are copied untouched and no plaintext exists. Small transactions with SKIP
+ * LOCKED keep it safe while servers run (they must hold both keys: new as STEWARD_MASTER_KEY, old
+ * in _PREVIOUS). Each batch writes one `secret.rewrapped` event per org in the same transaction.
  */
 export async function rewrapAll(
-  { db, keyring, audit, batchSize = 200 }: RewrapDeps,
+  { db, keyring, audit, batchSize = 200, columns = SEALED_COLUMNS }: RewrapDeps,
   onProgress?: (done: number, total: number) => void,
 ): Promise<RewrapResult> {
   const currentId = keyring.current.id;
-  let total = 0;
-  for (const target of TARGETS) total += await target.pending(db.db, currentId);
-  let rewrapped = 0;
-  let failed = 0;
+  const tables: Record<string, RewrapCounts> = {};
+  for (const c of columns) {
+    tables[sealedColumnName(c)] = {
+      total: await pending(db.db, c, currentId),
+      rewrapped: 0,
+      failed: 0,
+      remaining: 0,
+    };
+  }
+  const sum = (field: keyof RewrapCounts) => Object.values(tables).reduce((n, t) => n + t[field], 0);
+  const total = sum('total');
   onProgress?.(0, total);
-  for (const target of TARGETS) {
-    let after: [string, number] | null = null;
+  for (const c of columns) {
+    const name = sealedColumnName(c);
+    const counts = tables[name] as RewrapCounts;
+    let after: unknown[] | null = null;
     for (;;) {
       const done = await db.db.transaction(async (tx) => {
-        const rows = await target.batch(tx, currentId, after, batchSize);
+        const rows = await batch(tx, c, currentId, after, batchSize);
         const perOrg = new Map<string, { count: number; from: Set<string> }>();
         let ok = 0;
         let bad = 0;
@@ -198,11 +150,13 @@ export async function rewrapAll(
             bad++;
             continue;
           }
-          await target.save(tx, row, next, currentId);
-          const entry = perOrg.get(row.orgId) ?? { count: 0, from: new Set<string>() };
-          entry.count++;
-          entry.from.add(from);
-          perOrg.set(row.orgId, entry);
+          await save(tx, c, row, next, currentId);
+          for (const orgId of row.orgIds) {
+            const entry = perOrg.get(orgId) ?? { count: 0, from: new Set<string>() };
+            entry.count++;
+            entry.from.add(from);
+            perOrg.set(orgId, entry);
+          }
           ok++;
         }
         if (perOrg.size > 0) {
@@ -212,22 +166,28 @@ export async function rewrapAll(
               orgId,
               actor: { type: 'system' as const, name: 'vault rewrap' },
               action: 'secret.rewrapped' as const,
-              resource: { type: target.name },
-              details: { count: e.count, from_key_ids: [...e.from], to_key_id: currentId },
+              resource: { type: getTableName(c.table) },
+              details: {
+                column: c.sealed.name,
+                count: e.count,
+                from_key_ids: [...e.from],
+                to_key_id: currentId,
+              },
             })),
           );
         }
         return { rows, ok, bad };
       });
-      rewrapped += done.ok;
-      failed += done.bad;
-      onProgress?.(rewrapped + failed, total);
+      counts.rewrapped += done.ok;
+      counts.failed += done.bad;
+      onProgress?.(sum('rewrapped') + sum('failed'), total);
       const last = done.rows.at(-1);
       if (!last || done.rows.length < batchSize) break;
-      after = last.cursor;
+      after = last.key;
     }
   }
-  let remaining = 0;
-  for (const target of TARGETS) remaining += await target.pending(db.db, currentId);
-  return { total, rewrapped, failed, remaining };
+  for (const c of columns) {
+    (tables[sealedColumnName(c)] as RewrapCounts).remaining = await pending(db.db, c, currentId);
+  }
+  return { total, rewrapped: sum('rewrapped'), failed: sum('failed'), remaining: sum('remaining'), tables };
 }

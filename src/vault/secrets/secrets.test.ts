@@ -5,8 +5,8 @@ import { eq, sql } from 'drizzle-orm';
 import { STORES } from '../../../test/helpers/stores.ts';
 import { createKeyring } from '../../crypto/keyring.ts';
 import { newId } from '../../db/ids.ts';
+import { rewrapAll } from '../rewrap.ts';
 import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
-import { rewrapAll } from './rewrap.ts';
 import { secretAccessLogs, secretVersions } from './schema.ts';
 
 const VALUE = 'sk_live_SUPERSECRET_do_not_leak_1234';
