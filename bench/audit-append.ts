@@ -3,13 +3,18 @@
 // (the worst case for a per-org chain), then linked by the sequencer and verified.
 import { randomBytes } from 'node:crypto';
 import { createAuditService } from '../src/audit/service.ts';
+import { createKeyring } from '../src/crypto/keyring.ts';
 import { type DbHandle, openDatabase } from '../src/db/client.ts';
 import { newId } from '../src/db/ids.ts';
 import { runMigrations } from '../src/db/migrate.ts';
 import { createTestDatabase } from '../test/helpers/postgres.ts';
 
 async function measure(label: string, db: DbHandle, writers: number, total: number) {
-  const audit = createAuditService({ db, checkpointKey: randomBytes(32), defaultRetentionDays: 365 });
+  const audit = createAuditService({
+    db,
+    keyring: createKeyring(randomBytes(32)),
+    defaultRetentionDays: 365,
+  });
   audit.sequencer.start(); // linking runs alongside the writers, as in the server
   const orgId = newId('org');
   let next = 0;

@@ -4,7 +4,7 @@ import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { type DestinationStream, pino } from 'pino';
 import { auditRoutes } from './audit/routes.ts';
-import { AUDIT_CHECKPOINT_KEY_PURPOSE, createAuditService } from './audit/service.ts';
+import { createAuditService } from './audit/service.ts';
 import { authzRoutes } from './authz/routes.ts';
 import { createAuthzService } from './authz/service.ts';
 import { type InvalidationBus, openBus } from './bus/index.ts';
@@ -116,7 +116,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       });
     const audit = createAuditService({
       db,
-      checkpointKey: keyring.deriveKey(AUDIT_CHECKPOINT_KEY_PURPOSE),
+      keyring,
       defaultRetentionDays: config.AUDIT_RETENTION_DAYS,
       clock,
     });

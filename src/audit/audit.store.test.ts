@@ -2,9 +2,18 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { openTestStore, STORES, type TestStore } from '../../test/helpers/stores.ts';
+import { createKeyring, masterKeyId } from '../crypto/keyring.ts';
 import { newId } from '../db/ids.ts';
 import { createSequencer } from './sequencer.ts';
 import { type AuditEventInput, type AuditService, createAuditService } from './service.ts';
+
+/** What verify answers for an intact chain of `checked` events. */
+const valid = (checked: number) => ({
+  valid: true,
+  checked,
+  first_bad_sequence: null,
+  first_bad_event_id: null,
+});
 
 // One conformance suite over both stores, as OpenFGA runs its tests over every backend.
 for (const { kind, skip } of STORES) {
@@ -12,13 +21,13 @@ for (const { kind, skip } of STORES) {
     let store: TestStore;
     let now = new Date('2026-01-01T00:00:00.000Z');
     let audit: AuditService;
-    const key = randomBytes(32);
+    const keyring = createKeyring(randomBytes(32));
 
     before(async () => {
       store = await openTestStore(kind);
       audit = createAuditService({
         db: store.db,
-        checkpointKey: key,
+        keyring,
         defaultRetentionDays: 30,
         clock: () => now,
       });
@@ -64,8 +73,8 @@ for (const { kind, skip } of STORES) {
         [7, 6, 5, 4, 3, 2, 1],
       );
       for (let i = 0; i < a.length - 1; i++) assert.equal(a[i]?.prevHash, a[i + 1]?.hash);
-      assert.deepEqual(await audit.verify(orgA), { valid: true, checked: 7, first_bad_sequence: null });
-      assert.deepEqual(await audit.verify(orgB), { valid: true, checked: 3, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(orgA), valid(7));
+      assert.deepEqual(await audit.verify(orgB), valid(3));
     });
 
     test('the database refuses UPDATE, DELETE and TRUNCATE of events', async () => {
@@ -94,7 +103,7 @@ for (const { kind, skip } of STORES) {
         ),
         /append-only/,
       );
-      assert.deepEqual(await audit.verify(org), { valid: true, checked: 2, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(org), valid(2));
     });
 
     test(`by default ${kind === 'pglite' ? 'links as written' : 'leaves linking to the sequencer'}`, async () => {
@@ -111,7 +120,7 @@ for (const { kind, skip } of STORES) {
         assert.equal(row?.hash, null, 'left for the sequencer');
         await audit.sequencer.flushAll();
       }
-      assert.deepEqual(await audit.verify(org), { valid: true, checked: 1, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(org), valid(1));
     });
 
     test('events linked as written and events linked by the sequencer make one chain', async () => {
@@ -137,11 +146,11 @@ for (const { kind, skip } of STORES) {
         await audit.record(store.db.db, event(org, round), { link: true }); // opens its own transaction
       }
       // …and from values read back, as another instance (which remembers nothing) would link them.
-      const elsewhere = createAuditService({ db: store.db, checkpointKey: key, defaultRetentionDays: 30 });
+      const elsewhere = createAuditService({ db: store.db, keyring, defaultRetentionDays: 30 });
       await store.db.db.transaction((tx) => elsewhere.record(tx, [tricky, event(org, 9)], { link: false }));
       await audit.sequencer.flushAll();
-      assert.deepEqual(await audit.verify(org), { valid: true, checked: 14, first_bad_sequence: null });
-      assert.deepEqual(await audit.verify(other), { valid: true, checked: 3, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(org), valid(14));
+      assert.deepEqual(await audit.verify(other), valid(3));
       const [stored] = await audit
         .list(org, { action: tricky.action, success: true }, { limit: 100 })
         .then((rows) => rows.filter((r) => r.userAgent === tricky.context.userAgent));
@@ -159,10 +168,15 @@ for (const { kind, skip } of STORES) {
         "update audit_events set details = jsonb_set(details, '{i}', '99') where org_id = $1 and seq = 4",
         [org],
       );
+      const [tampered] = await store.db.query<{ id: string }>(
+        'select id from audit_events where org_id = $1 and seq = 4',
+        [org],
+      );
       assert.deepEqual(await audit.verify(org), {
         valid: false,
         checked: 3,
         first_bad_sequence: 4,
+        first_bad_event_id: tampered?.id,
         reason: 'hash_mismatch',
       });
     });
@@ -185,6 +199,7 @@ for (const { kind, skip } of STORES) {
         valid: false,
         checked: 2,
         first_bad_sequence: 3,
+        first_bad_event_id: null,
         reason: 'missing_event',
       });
     });
@@ -197,6 +212,7 @@ for (const { kind, skip } of STORES) {
         valid: false,
         checked: 3,
         first_bad_sequence: 4,
+        first_bad_event_id: null,
         reason: 'head_mismatch',
       });
     });
@@ -214,7 +230,7 @@ for (const { kind, skip } of STORES) {
       const events = await audit.list(org, {}, { limit: 10 });
       assert.equal(events.length, 1);
       await append(org, 1, 2);
-      assert.deepEqual(await audit.verify(org), { valid: true, checked: 2, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(org), valid(2));
     });
 
     test('secrets are masked and unstorable text is made safe', async () => {
@@ -259,7 +275,7 @@ for (const { kind, skip } of STORES) {
           [5, 'key.created'],
         ],
       );
-      assert.deepEqual(await audit.verify(org), { valid: true, checked: 3, first_bad_sequence: null });
+      assert.deepEqual(await audit.verify(org), valid(3));
       // A forged checkpoint (say, to hide more deletions) fails its signature.
       await store.db.query('alter table audit_checkpoints disable trigger audit_checkpoints_append_only');
       await store.db.query('update audit_checkpoints set last_purged_seq = 5 where org_id = $1', [org]);
@@ -267,6 +283,37 @@ for (const { kind, skip } of STORES) {
       const forged = await audit.verify(org);
       assert.equal(forged.valid, false);
       assert.equal(forged.reason, 'checkpoint_invalid');
+    });
+
+    test('a mixed workload verifies: single events, batches linked as written and by the sequencer, a purge', async () => {
+      const org = newId('org');
+      const round = async (from: number) => {
+        await store.db.db.transaction((tx) => audit.record(tx, event(org, from))); // the default path
+        // The reveal log's batch, linked as written (COPY on PGlite)…
+        await store.db.db.transaction((tx) =>
+          audit.record(tx, [event(org, from + 1), event(org, from + 2), event(org, from + 3)], {
+            link: true,
+          }),
+        );
+        // …and a batch left to the sequencer.
+        await store.db.db.transaction((tx) =>
+          audit.record(tx, [event(org, from + 4), event(org, from + 5)], { link: false }),
+        );
+        await audit.sequencer.flushAll();
+      };
+      now = new Date('2027-01-01T00:00:00.000Z');
+      await round(0);
+      now = new Date('2027-03-01T00:00:00.000Z');
+      await round(10);
+      const purged = (await audit.purge()).find((r) => r.orgId === org);
+      assert.deepEqual(purged, { orgId: org, purged: 6, lastPurgedSeq: 6 });
+      await round(20);
+      assert.deepEqual(await audit.verify(org), valid(6 + 1 + 6));
+      const [unsigned] = await store.db.query<{ n: string | number }>(
+        'select count(*) as n from audit_events where org_id = $1 and mac is null',
+        [org],
+      );
+      assert.equal(Number(unsigned?.n), 0, 'every event carries its MAC');
     });
 
     test('query filters and keyset pagination', async () => {
@@ -321,13 +368,71 @@ for (const { kind, skip } of STORES) {
       writing = false;
       await Promise.all(linkers);
       const result = await audit.verify(org);
-      assert.deepEqual(result, { valid: true, checked: 200, first_bad_sequence: null });
+      assert.deepEqual(result, valid(200));
       const rows = await store.db.query<{ n: string; distinct_prev: string }>(
         'select count(*) as n, count(distinct prev_hash) as distinct_prev from audit_events where org_id = $1',
         [org],
       );
       assert.equal(Number(rows[0]?.n), 200);
       assert.equal(Number(rows[0]?.distinct_prev), 200, 'no two events share a predecessor');
+    });
+
+    test('after a master key rotation, events and checkpoints signed under the old key still verify', async () => {
+      const oldKey = randomBytes(32);
+      const newKey = randomBytes(32);
+      const org = newId('org');
+      const untouched = newId('org');
+      let at = new Date('2028-01-01T00:00:00.000Z');
+      const service = (ring: ReturnType<typeof createKeyring>) =>
+        createAuditService({ db: store.db, keyring: ring, defaultRetentionDays: 30, clock: () => at });
+      const beforeRotation = service(createKeyring(oldKey));
+      for (let i = 0; i < 3; i++) {
+        await store.db.db.transaction((tx) => beforeRotation.record(tx, event(org, i)));
+        // Kept a year: the purge below leaves this org alone.
+        await store.db.db.transaction((tx) =>
+          beforeRotation.record(tx, { ...event(untouched, i), retentionDays: 365 }),
+        );
+      }
+      at = new Date('2028-03-01T00:00:00.000Z');
+      await store.db.db.transaction((tx) =>
+        beforeRotation.record(tx, { ...event(org, 3), retentionDays: 365 }),
+      );
+      await beforeRotation.sequencer.flushAll();
+      // Purged under the old key: its checkpoint is signed with it, and so is the audit.purged event.
+      assert.equal((await beforeRotation.purge()).find((r) => r.orgId === org)?.purged, 3);
+      await beforeRotation.sequencer.flushAll();
+
+      // STEWARD_MASTER_KEY=new, STEWARD_MASTER_KEY_PREVIOUS=old.
+      const rotated = service(createKeyring(newKey, [oldKey]));
+      for (const orgId of [org, untouched])
+        await store.db.db.transaction((tx) => rotated.record(tx, event(orgId, 9)));
+      await rotated.sequencer.flushAll();
+      assert.deepEqual(await rotated.verify(org), valid(3));
+      assert.deepEqual(await rotated.verify(untouched), valid(4));
+      const macs = await store.db.query<{ mac: string }>(
+        'select mac from audit_events where org_id = $1 order by seq',
+        [untouched],
+      );
+      assert.deepEqual(
+        macs.map(({ mac }) => mac.split('.')[1]),
+        [...Array(3).fill(masterKeyId(oldKey)), masterKeyId(newKey)],
+        'each MAC names its master key',
+      );
+
+      // The old key dropped: what it signed can no longer be checked, and verify says so.
+      const dropped = service(createKeyring(newKey));
+      const [first] = await store.db.query<{ id: string }>(
+        'select id from audit_events where org_id = $1 and seq = 1',
+        [untouched],
+      );
+      assert.deepEqual(await dropped.verify(untouched), {
+        valid: false,
+        checked: 0,
+        first_bad_sequence: 1,
+        first_bad_event_id: first?.id,
+        reason: 'mac_key_unknown',
+      });
+      assert.equal((await dropped.verify(org)).reason, 'checkpoint_invalid');
     });
   });
 }

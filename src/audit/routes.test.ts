@@ -120,6 +120,32 @@ describe('audit and tenancy routes', () => {
     }
   });
 
+  test('a misspelt filter is a 400, not the whole trail (list and export)', async () => {
+    for (const url of ['/v1/audit/events?actor=usr_x', '/v1/audit/export?format=csv&actor=usr_x']) {
+      const res = await as('alice', 'GET', url);
+      assert.equal(res.statusCode, 400, url);
+      assert.equal(res.json().code, 'validation_failed', url);
+      assert.deepEqual(
+        res.json().errors.map((e: { path: string }) => e.path),
+        ['querystring.actor'],
+        url,
+      );
+    }
+  });
+
+  test('HEAD on the export neither runs it nor records an audit.exported event', async () => {
+    const count = async () =>
+      (await as('alice', 'GET', '/v1/audit/events?action=audit.exported&limit=500')).json().data.length;
+    const before = await count();
+    const head = await t.app.inject({
+      method: 'HEAD',
+      url: '/v1/audit/export?format=ndjson',
+      headers: { 'x-test-principal': 'alice' },
+    });
+    assert.notEqual(head.statusCode, 200);
+    assert.equal(await count(), before);
+  });
+
   test('time-range and success filters', async () => {
     const future = await as('alice', 'GET', '/v1/audit/events?since=2999-01-01T00:00:00Z');
     assert.deepEqual(future.json().data, []);
@@ -163,8 +189,18 @@ describe('audit and tenancy routes', () => {
       alice.orgId,
     ]);
     await t.store.db.query('alter table audit_events enable trigger audit_events_append_only');
+    const [edited] = await t.store.db.query<{ id: string }>(
+      'select id from audit_events where org_id = $1 and seq = 2',
+      [alice.orgId],
+    );
     const bad = (await as('alice', 'POST', '/v1/audit/verify')).json();
-    assert.deepEqual(bad, { valid: false, checked: 1, first_bad_sequence: 2, reason: 'hash_mismatch' });
+    assert.deepEqual(bad, {
+      valid: false,
+      checked: 1,
+      first_bad_sequence: 2,
+      first_bad_event_id: edited?.id,
+      reason: 'hash_mismatch',
+    });
     // Bob's chain is untouched.
     assert.equal((await as('bob', 'POST', '/v1/audit/verify')).json().valid, true);
   });

@@ -7,7 +7,7 @@ import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { eventSchema, eventView, exportLines } from './export.ts';
 import type { AuditFilters } from './queries.ts';
-import { actorOf } from './service.ts';
+import { actorOf, VERIFY_REASONS } from './service.ts';
 
 const filterQuery = {
   actor_id: z.string().max(200).optional(),
@@ -46,7 +46,8 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       schema: {
         tags: ['audit'],
         summary: 'Query audit events, newest first',
-        querystring: z.object({ ...filterQuery, ...pageQuery }),
+        // Strict: a misspelt filter (`?actor=`) is a 400, not silently the whole trail.
+        querystring: z.strictObject({ ...filterQuery, ...pageQuery }),
         response: { 200: listResponse(eventSchema) },
       },
     },
@@ -68,11 +69,13 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/audit/export',
     {
+      // Fastify would add a HEAD route running this handler: the whole export, and an audit.exported event.
+      exposeHeadRoute: false,
       config: { access: { permission: 'audit:export' } },
       schema: {
         tags: ['audit'],
         summary: 'Export audit events as NDJSON or CSV (streamed, newest first)',
-        querystring: z.object({ ...filterQuery, format: z.enum(['ndjson', 'csv']).default('ndjson') }),
+        querystring: z.strictObject({ ...filterQuery, format: z.enum(['ndjson', 'csv']).default('ndjson') }),
         produces: ['application/x-ndjson', 'text/csv'],
       },
     },
@@ -106,13 +109,17 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       config: { access: { permission: 'audit:read' } },
       schema: {
         tags: ['audit'],
-        summary: "Re-compute the org's hash chain",
+        summary: "Re-compute the org's hash chain and check each event's MAC",
         response: {
           200: z.object({
             valid: z.boolean(),
             checked: z.number().int(),
             first_bad_sequence: z.number().int().nullable(),
-            reason: z.string().optional(),
+            first_bad_event_id: z
+              .string()
+              .nullable()
+              .describe('The first bad event, when there is a row to point at (not for a missing event).'),
+            reason: z.enum(VERIFY_REASONS).optional(),
           }),
         },
       },

@@ -4,10 +4,11 @@ import { at } from '../db/columns.ts';
 
 /**
  * The tamper-evident trail. Rows are written unchained (seq, prev_hash, hash null) in
- * the transaction of the change they record; the sequencer then links committed rows
- * in order: hash = SHA-256(prev_hash ‖ canonical JSON of the event). A trigger refuses
- * every UPDATE but that one-time linking, and every DELETE but the retention purge.
- * No foreign key to organizations: the trail must outlive what it describes.
+ * the transaction of the change they record, each with its MAC; the sequencer then links
+ * committed rows in order: hash = SHA-256(prev_hash ‖ canonical JSON of the event). A
+ * trigger refuses every UPDATE but that one-time linking, and every DELETE but the
+ * retention purge's (which leaves a checkpoint first). No foreign key to organizations:
+ * the trail must outlive what it describes.
  */
 export const auditEvents = pgTable(
   'audit_events',
@@ -35,6 +36,13 @@ export const auditEvents = pgTable(
     createdAt: at('created_at').notNull(),
     prevHash: text('prev_hash'),
     hash: text('hash'),
+    /**
+     * `v1.<master key id>.<base64url HMAC-SHA256>` of the event's content (everything the hash
+     * covers but seq), written with the event under a key only Steward holds: a row inserted or
+     * rewritten through SQL cannot carry a valid one. Null only for events from before it existed
+     * (see `auditLegacyBoundaries`).
+     */
+    mac: text('mac'),
   },
   (t) => [
     uniqueIndex('audit_events_org_seq').on(t.orgId, t.seq),
@@ -74,3 +82,15 @@ export const auditCheckpoints = pgTable(
   },
   (t) => [index('audit_checkpoints_org_seq').on(t.orgId, t.lastPurgedSeq)],
 );
+
+/**
+ * Per org, the last sequence that may lack a MAC: the events that existed when migration 0011
+ * added MACs (linked ones, plus those committed but not yet linked, which the sequencer links
+ * next). Filled by that migration only; a trigger refuses every later INSERT, UPDATE, DELETE and
+ * TRUNCATE, so nobody can widen it. An org with no row has no legacy events.
+ */
+export const auditLegacyBoundaries = pgTable('audit_legacy_boundaries', {
+  orgId: text('org_id').primaryKey(),
+  legacyThroughSeq: bigint('legacy_through_seq', { mode: 'number' }).notNull(),
+  recordedAt: at('recorded_at').notNull().defaultNow(),
+});

@@ -1,11 +1,14 @@
 import { eq, inArray, isNull, sql } from 'drizzle-orm';
 import type { DbHandle } from '../db/client.ts';
 import { prepared, runPrepared } from '../db/prepared.ts';
-import { type ChainedFields, eventHash, GENESIS_HASH } from './chain.ts';
+import { type CanonicalEvent, canonicalEvent, contentOf, GENESIS_HASH, linkHash } from './chain.ts';
 import { auditChainHeads, auditEvents } from './schema.ts';
 
-/** An event as written, before the sequencer gives it a place in the chain. */
-export type UnlinkedEvent = Omit<ChainedFields, 'seq'>;
+/** An event as its writer serialised it, before the sequencer gives it a place in the chain. */
+export interface WrittenEvent {
+  id: string;
+  event: CanonicalEvent;
+}
 
 const PENDING_IDS = prepared(
   'audit_pending_ids',
@@ -62,18 +65,20 @@ export function createSequencer({
   let again = false;
 
   /**
-   * Events this process wrote unlinked, by id, as it wrote them: a pass hashes these instead of
-   * reading every column back (on PostgreSQL, batches of 30 linked by a pass cost 236–252 µs of
-   * this process's CPU per event that way, 217 µs this way). Only committed rows are ever
-   * linked — the pass finds them by id in the table — and a row's hash is of the values as
-   * stored (`toRow` stores exactly these), so verify, which reads the table, agrees.
+   * Events this process wrote unlinked, by id, serialised as it wrote them (for their MAC): a pass
+   * hashes these instead of reading every column back (on PostgreSQL, batches of 30 linked by a
+   * pass cost 236–252 µs of this process's CPU per event that way, 217 µs this way). Only
+   * committed rows are ever linked — the pass finds them by id in the table — and a row's hash is
+   * of the values as stored (`toRow` stores exactly these), so verify, which reads the table, agrees.
+   * A row someone else inserted is linked like any other (refusing it would stall the org's chain
+   * behind it); its MAC, which only a writer holding the key can make, is what verify checks.
    */
-  const written = new Map<string, { event: UnlinkedEvent; at: number }>();
+  const written = new Map<string, { event: CanonicalEvent; at: number }>();
 
-  function remember(events: readonly UnlinkedEvent[]): void {
+  function remember(events: readonly WrittenEvent[]): void {
     if (written.size + events.length > REMEMBER_MAX) return; // read back instead
     const at = Date.now();
-    for (const event of events) written.set(event.id, { event, at });
+    for (const { id, event } of events) written.set(id, { event, at });
   }
 
   function forgetStale(): void {
@@ -96,12 +101,11 @@ export function createSequencer({
       const pending = await runPrepared<{ id: string }>(tx, PENDING_IDS, [orgId, batchSize]);
       if (pending.length === 0) return [];
       const unknown = pending.filter(({ id }) => !written.has(id)).map(({ id }) => id);
-      const readBack = new Map<string, UnlinkedEvent>();
+      const readBack = new Map<string, CanonicalEvent>();
       if (unknown.length > 0) {
         // Written by another instance, before a restart, or past REMEMBER_MAX.
         for (const row of await tx.select().from(auditEvents).where(inArray(auditEvents.id, unknown))) {
-          const { prevHash: _p, hash: _h, seq: _s, ...event } = row;
-          readBack.set(row.id, event);
+          readBack.set(row.id, canonicalEvent(contentOf(row)));
         }
       }
       let { lastSeq, lastHash } = head;
@@ -110,7 +114,7 @@ export function createSequencer({
         const event = written.get(id)?.event ?? readBack.get(id);
         if (!event) throw new Error(`audit event ${id} vanished while being linked`);
         const seq = ++lastSeq;
-        const hash = eventHash(lastHash, { ...event, seq });
+        const hash = linkHash(lastHash, event, seq);
         links.push({ id, seq, prev_hash: lastHash, hash });
         lastHash = hash;
       }

@@ -1,16 +1,25 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
-import { and, asc, eq, gt, sql } from 'drizzle-orm';
+import { and, asc, eq, gt, isNotNull, isNull, lt, or, sql } from 'drizzle-orm';
 import { PgTransaction } from 'drizzle-orm/pg-core';
 import { type DbHandle, type DbOrTx, rawInsertMany } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import { prepared, runPrepared } from '../db/prepared.ts';
 import type { Principal } from '../http/principal.ts';
 import type { AuditAction } from './actions.ts';
-import { type ChainedFields, eventHash, GENESIS_HASH } from './chain.ts';
+import {
+  type CanonicalEvent,
+  canonicalEvent,
+  contentOf,
+  type EventContent,
+  GENESIS_HASH,
+  linkHash,
+} from './chain.ts';
+import { type AuditKeyring, createAuditKeys } from './mac.ts';
 import { type AuditFilters, listEvents, type StoredEvent } from './queries.ts';
 import { redact, storable, storableJson } from './redact.ts';
-import { auditChainHeads, auditCheckpoints, auditEvents } from './schema.ts';
+import { auditChainHeads, auditCheckpoints, auditEvents, auditLegacyBoundaries } from './schema.ts';
 import { createSequencer, type Sequencer } from './sequencer.ts';
+
+export { AUDIT_CHECKPOINT_KEY_PURPOSE, AUDIT_EVENT_KEY_PURPOSE, type AuditKeyring } from './mac.ts';
 
 /** Who did it. `system` is Steward itself (bootstrap, purge, schedulers). */
 export interface AuditActor {
@@ -45,12 +54,33 @@ export interface AuditEventInput {
   retentionDays?: number;
 }
 
+/** Why a chain does not verify: useful to an operator, harmless to show. */
+export const VERIFY_REASONS = [
+  /** The latest purge checkpoint's signature is wrong under every master key held (forged). */
+  'checkpoint_invalid',
+  /** A sequence is missing: an event was deleted. */
+  'missing_event',
+  /** An event's hash or link to its predecessor is wrong: the event or its neighbour was changed. */
+  'hash_mismatch',
+  /** An event written after MACs existed has none: inserted through SQL. */
+  'mac_missing',
+  /** An event's MAC does not match its content: inserted or rewritten through SQL. */
+  'mac_mismatch',
+  /** An event's MAC is under a master key this process does not hold (keep retired keys in STEWARD_MASTER_KEY_PREVIOUS). */
+  'mac_key_unknown',
+  /** The chain head does not point at the last event: the newest events were removed, or the head moved. */
+  'head_mismatch',
+  /** A row carries a hash but no place in the chain (or one the purge already passed): inserted through SQL. */
+  'unchained_event',
+] as const;
+
 export interface VerifyResult {
   valid: boolean;
   checked: number;
   first_bad_sequence: number | null;
-  /** Why the first bad event is bad: useful to an operator, harmless to show. */
-  reason?: 'hash_mismatch' | 'missing_event' | 'checkpoint_invalid' | 'head_mismatch';
+  /** Id of the first bad event, when there is a row to point at (not for a missing event or a bad head). */
+  first_bad_event_id: string | null;
+  reason?: (typeof VERIFY_REASONS)[number];
 }
 
 export interface PurgeResult {
@@ -61,8 +91,11 @@ export interface PurgeResult {
 
 export interface AuditServiceDeps {
   db: DbHandle;
-  /** HMAC key for purge checkpoints (derived from the master key). */
-  checkpointKey: Buffer;
+  /**
+   * The master keys: each event's MAC and each purge checkpoint are HMAC-SHA256 under keys derived
+   * from the current one; older ones (STEWARD_MASTER_KEY_PREVIOUS) still verify what they signed.
+   */
+  keyring: AuditKeyring;
   defaultRetentionDays: number;
   clock?: () => Date;
   /** Links events into the chain; made here when not given. */
@@ -76,8 +109,12 @@ export function actorOf(principal: Principal): AuditActor {
 
 const PAGE = 1000;
 
-/** An event as stored, before it is linked into its org's chain. */
-type Row = Omit<ChainedFields, 'seq'>;
+/** An event ready to store: its content, serialised once, and its MAC. */
+interface Row {
+  content: EventContent;
+  event: CanonicalEvent;
+  mac: string;
+}
 
 const EVENT_COLUMNS = [
   'id',
@@ -99,11 +136,12 @@ const EVENT_COLUMNS = [
   'sensitive',
   'retention_days',
   'created_at',
+  'mac',
 ] as const;
 const LINKED_COLUMNS = [...EVENT_COLUMNS, 'seq', 'prev_hash', 'hash'] as const;
 
 /** A row's values in `EVENT_COLUMNS` order. */
-const eventValues = (row: Row): unknown[] => [
+const eventValues = ({ content: row, mac }: Row): unknown[] => [
   row.id,
   row.orgId,
   row.actorType,
@@ -123,6 +161,7 @@ const eventValues = (row: Row): unknown[] => [
   row.sensitive,
   row.retentionDays,
   row.createdAt,
+  mac,
 ];
 
 /** Takes the org's chain head (created at genesis on first use) and holds it until commit. */
@@ -136,33 +175,32 @@ const MOVE_HEAD = prepared(
   'update audit_chain_heads set last_seq = $1, last_hash = $2 where org_id = $3',
 );
 
-/** HKDF purpose of the key that signs purge checkpoints. */
-export const AUDIT_CHECKPOINT_KEY_PURPOSE = 'steward/audit/checkpoint/v1';
-
 /** The audit trail: append inside the caller's transaction, query, export, verify, purge. */
 export function createAuditService({
   db,
-  checkpointKey,
+  keyring,
   defaultRetentionDays,
   clock = () => new Date(),
   sequencer = createSequencer({ db }),
 }: AuditServiceDeps) {
   const text = (s: string | null | undefined, max = 2000) => (s == null ? null : storable(s).slice(0, max));
+  const keys = createAuditKeys(keyring);
 
-  function checkpointSignature(c: {
+  /** What a checkpoint's signature covers. */
+  const checkpointPayload = (c: {
     orgId: string;
     lastPurgedSeq: number;
     lastPurgedHash: string;
     purgedCount: number;
     createdAt: Date;
-  }): string {
-    const payload = `${c.orgId}|${c.lastPurgedSeq}|${c.lastPurgedHash}|${c.purgedCount}|${c.createdAt.toISOString()}`;
-    return createHmac('sha256', checkpointKey).update(payload).digest('hex');
-  }
+  }): string =>
+    `${c.orgId}|${c.lastPurgedSeq}|${c.lastPurgedHash}|${c.purgedCount}|${c.createdAt.toISOString()}`;
 
   /**
    * Writes events within `tx`, so an event exists if and only if the change it records
-   * commits.
+   * commits. Each carries its MAC (one HMAC-SHA256 of its content, serialised once for both the
+   * MAC and the hash): what verify checks, so that a row inserted or rewritten through SQL, by
+   * someone without the master key, is found even though the sequencer links it.
    *
    * On PostgreSQL, by default one INSERT and no lock: the sequencer links committed events into
    * the org's chain shortly after (verify and purge link first), so concurrent writers never queue
@@ -180,7 +218,11 @@ export function createAuditService({
     const inputs: readonly AuditEventInput[] = Array.isArray(input) ? input : [input as AuditEventInput];
     if (inputs.length === 0) return;
     const now = clock();
-    const rows = inputs.map((event) => toRow(event, now));
+    const rows = inputs.map((input): Row => {
+      const content = toRow(input, now);
+      const event = canonicalEvent(content);
+      return { content, event, mac: keys.eventMac(event.content) };
+    });
     if (options.link ?? db.kind === 'pglite') {
       // Reading the head and writing after it must not interleave with another transaction.
       if (tx instanceof PgTransaction) await insertLinked(tx as DbOrTx, rows);
@@ -188,14 +230,14 @@ export function createAuditService({
       return;
     }
     await rawInsertMany(tx, db.kind, 'audit_events', EVENT_COLUMNS, rows.map(eventValues));
-    sequencer.remember(rows);
+    sequencer.remember(rows.map(({ content, event }) => ({ id: content.id, event })));
     sequencer.nudge();
   }
 
   /** Appends rows to their orgs' chains: lock each head (orgs in a fixed order), hash, insert, move. */
   async function insertLinked(tx: DbOrTx, rows: Row[]): Promise<void> {
     const byOrg = new Map<string, Row[]>();
-    for (const row of rows) byOrg.set(row.orgId, [...(byOrg.get(row.orgId) ?? []), row]);
+    for (const row of rows) byOrg.set(row.content.orgId, [...(byOrg.get(row.content.orgId) ?? []), row]);
     for (const orgId of [...byOrg.keys()].sort()) {
       const events = byOrg.get(orgId) ?? [];
       const [head] = await runPrepared<{ last_seq: string | number; last_hash: string }>(tx, LOCK_HEAD, [
@@ -206,9 +248,8 @@ export function createAuditService({
       let seq = Number(head.last_seq);
       let prevHash = head.last_hash;
       const linked = events.map((row) => {
-        const fields = { ...row, seq: ++seq };
-        const hash = eventHash(prevHash, fields);
-        const values = [...eventValues(row), fields.seq, prevHash, hash];
+        const hash = linkHash(prevHash, row.event, ++seq);
+        const values = [...eventValues(row), seq, prevHash, hash];
         prevHash = hash;
         return values;
       });
@@ -217,7 +258,7 @@ export function createAuditService({
     }
   }
 
-  function toRow(input: AuditEventInput, now: Date): Row {
+  function toRow(input: AuditEventInput, now: Date): EventContent {
     const secret = input.secretFields ?? [];
     return {
       id: newId('evt'),
@@ -246,9 +287,25 @@ export function createAuditService({
     };
   }
 
-  /** Re-computes the org's chain from its latest checkpoint (or genesis) to its head. */
+  /**
+   * Re-computes the org's chain from its latest checkpoint (or genesis) to its head: each event's
+   * place, link, hash and MAC (events up to the org's legacy boundary may have none), then the head,
+   * then rows that carry a hash but no place in that chain. Reports the first problem found.
+   */
   async function verify(orgId: string): Promise<VerifyResult> {
     await sequencer.flushOrg(orgId);
+    const bad = (
+      checked: number,
+      sequence: number | null,
+      reason: NonNullable<VerifyResult['reason']>,
+      eventId: string | null = null,
+    ): VerifyResult => ({
+      valid: false,
+      checked,
+      first_bad_sequence: sequence,
+      first_bad_event_id: eventId,
+      reason,
+    });
     const [checkpoint] = await db.db
       .select()
       .from(auditCheckpoints)
@@ -258,19 +315,19 @@ export function createAuditService({
     let expectedSeq = 1;
     let expectedPrev = GENESIS_HASH;
     if (checkpoint) {
-      const good = Buffer.from(checkpointSignature(checkpoint), 'hex');
-      const given = Buffer.from(checkpoint.signature, 'hex');
-      if (good.length !== given.length || !timingSafeEqual(good, given)) {
-        return {
-          valid: false,
-          checked: 0,
-          first_bad_sequence: checkpoint.lastPurgedSeq,
-          reason: 'checkpoint_invalid',
-        };
+      // A DELETE needs a checkpoint covering the event: one written by anyone but the purge fails here.
+      if (!keys.checkCheckpoint(checkpointPayload(checkpoint), checkpoint.signature)) {
+        return bad(0, checkpoint.lastPurgedSeq, 'checkpoint_invalid');
       }
       expectedSeq = checkpoint.lastPurgedSeq + 1;
       expectedPrev = checkpoint.lastPurgedHash;
     }
+    const firstSeq = expectedSeq;
+    const [boundary] = await db.db
+      .select({ seq: auditLegacyBoundaries.legacyThroughSeq })
+      .from(auditLegacyBoundaries)
+      .where(eq(auditLegacyBoundaries.orgId, orgId));
+    const legacyThrough = boundary?.seq ?? 0;
     let checked = 0;
     let after = expectedSeq - 1;
     for (;;) {
@@ -281,16 +338,21 @@ export function createAuditService({
         .orderBy(asc(auditEvents.seq))
         .limit(PAGE);
       for (const row of page) {
-        if (row.seq !== expectedSeq) {
-          return { valid: false, checked, first_bad_sequence: expectedSeq, reason: 'missing_event' };
+        if (row.seq !== expectedSeq) return bad(checked, expectedSeq, 'missing_event');
+        const event = canonicalEvent(contentOf(row));
+        if (row.prevHash !== expectedPrev || linkHash(expectedPrev, event, expectedSeq) !== row.hash) {
+          return bad(checked, expectedSeq, 'hash_mismatch', row.id);
         }
-        const { prevHash, hash, ...fields } = row;
-        if (prevHash !== expectedPrev || eventHash(expectedPrev, { ...fields, seq: expectedSeq }) !== hash) {
-          return { valid: false, checked, first_bad_sequence: row.seq, reason: 'hash_mismatch' };
-        }
+        const mac =
+          row.mac !== null
+            ? keys.checkEventMac(event.content, row.mac)
+            : expectedSeq <= legacyThrough
+              ? 'ok'
+              : 'mac_missing';
+        if (mac !== 'ok') return bad(checked, expectedSeq, mac, row.id);
         checked++;
         expectedSeq++;
-        expectedPrev = hash;
+        expectedPrev = row.hash;
         after = expectedSeq - 1;
       }
       if (page.length < PAGE) break;
@@ -299,9 +361,24 @@ export function createAuditService({
     const [head] = await db.db.select().from(auditChainHeads).where(eq(auditChainHeads.orgId, orgId));
     const lastSeq = expectedSeq - 1;
     if (head && (head.lastSeq !== lastSeq || head.lastHash !== expectedPrev)) {
-      return { valid: false, checked, first_bad_sequence: lastSeq + 1, reason: 'head_mismatch' };
+      return bad(checked, lastSeq + 1, 'head_mismatch');
     }
-    return { valid: true, checked, first_bad_sequence: null };
+    // Listed, but outside what was just walked: a hash without a sequence (never linked, never
+    // checked), or a sequence the latest checkpoint says was purged.
+    const [stray] = await db.db
+      .select({ id: auditEvents.id, seq: auditEvents.seq })
+      .from(auditEvents)
+      .where(
+        and(
+          eq(auditEvents.orgId, orgId),
+          isNotNull(auditEvents.hash),
+          or(isNull(auditEvents.seq), lt(auditEvents.seq, firstSeq)),
+        ),
+      )
+      .orderBy(asc(auditEvents.id))
+      .limit(1);
+    if (stray) return bad(checked, stray.seq, 'unchained_event', stray.id);
+    return { valid: true, checked, first_bad_sequence: null, first_bad_event_id: null };
   }
 
   /** Keyset-paginated pages of one org's events, for the API and exports. */
@@ -345,29 +422,37 @@ export function createAuditService({
           .select({
             seq: sql<number>`${auditEvents.seq}`.mapWith(Number),
             hash: sql<string>`${auditEvents.hash}`,
+            // Every row of the prefix, counted before LIMIT: the checkpoint, signed before the
+            // delete, records how many it covers.
+            count: sql<number>`count(*) over ()`.mapWith(Number),
           })
           .from(auditEvents)
           .where(and(eq(auditEvents.orgId, orgId), sql`${auditEvents.seq} < ${bound}`))
           .orderBy(sql`${auditEvents.seq} desc`)
           .limit(1);
         if (!last) return null;
+        const checkpoint = {
+          id: newId('ckp'),
+          orgId,
+          lastPurgedSeq: last.seq,
+          lastPurgedHash: last.hash,
+          purgedCount: last.count,
+          createdAt: now,
+        };
+        // The checkpoint first: the trigger deletes an event only when a checkpoint of its org covers
+        // it (the transaction-local flag alone, which any session may set, is not enough).
+        await tx
+          .insert(auditCheckpoints)
+          .values({ ...checkpoint, signature: keys.signCheckpoint(checkpointPayload(checkpoint)) });
         await tx.execute(sql`set local steward.audit_purge = 'on'`);
         const deleted = await tx
           .delete(auditEvents)
           .where(and(eq(auditEvents.orgId, orgId), sql`${auditEvents.seq} <= ${last.seq}`))
           .returning({ seq: auditEvents.seq });
         await tx.execute(sql`set local steward.audit_purge = 'off'`);
-        const checkpoint = {
-          id: newId('ckp'),
-          orgId,
-          lastPurgedSeq: last.seq,
-          lastPurgedHash: last.hash,
-          purgedCount: deleted.length,
-          createdAt: now,
-        };
-        await tx
-          .insert(auditCheckpoints)
-          .values({ ...checkpoint, signature: checkpointSignature(checkpoint) });
+        // The head lock keeps linking out; a different count would make the signed one a lie.
+        if (deleted.length !== last.count)
+          throw new Error('audit purge: the purged prefix changed under the lock');
         await record(tx, {
           orgId,
           actor: { type: 'system', name: 'retention' },

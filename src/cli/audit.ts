@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import type { Command } from 'commander';
 import { exportLines } from '../audit/export.ts';
 import type { StoredEvent } from '../audit/queries.ts';
-import { AUDIT_CHECKPOINT_KEY_PURPOSE, createAuditService } from '../audit/service.ts';
+import { createAuditService } from '../audit/service.ts';
 import type { Config } from '../config.ts';
 import { loadConfig } from '../config.ts';
 import { loadKeyring } from '../crypto/keyring.ts';
@@ -23,7 +23,7 @@ function auditServiceFor(db: DbHandle, config: Config) {
   });
   return createAuditService({
     db,
-    checkpointKey: keyring.deriveKey(AUDIT_CHECKPOINT_KEY_PURPOSE),
+    keyring,
     defaultRetentionDays: config.AUDIT_RETENTION_DAYS,
   });
 }

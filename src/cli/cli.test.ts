@@ -5,6 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';
+import { createAuditService } from '../audit/service.ts';
+import { loadKeyring } from '../crypto/keyring.ts';
+import { openDatabase } from '../db/client.ts';
 
 /** Runs the real `steward` bin against an embedded data folder. */
 function steward(dir: string, ...args: string[]) {
@@ -40,14 +43,18 @@ describe('steward CLI', () => {
     const migrated = steward(dir, 'migrate');
     assert.equal(migrated.status, 0, migrated.stderr);
     assert.match(migrated.stdout, /migrations applied \(pglite\)/);
-    // Put a few events in through SQL, then let the CLI link and verify them.
-    const db = await PGlite.create(dir);
+    // Put a few events in, unlinked, as a server would write them (each with its MAC under the data
+    // folder's master key: rows inserted through SQL would not verify), then let the CLI link and verify them.
+    const db = await openDatabase({ dataDir: dir });
+    const keyring = loadKeyring({ dataDir: dir, embedded: true, warn: () => {} });
+    const audit = createAuditService({ db, keyring, defaultRetentionDays: 365 });
     for (let i = 1; i <= 3; i++) {
-      await db.query(
-        `insert into audit_events (id, org_id, actor_type, action, success, retention_days, created_at)
-         values ($1, 'org_01JAAAAAAAAAAAAAAAAAAAAAAA', 'system', 'org.created', true, 365, now())`,
-        [`evt_01JAAAAAAAAAAAAAAAAAAAAAA${i}`],
-      );
+      const event = {
+        orgId: 'org_01JAAAAAAAAAAAAAAAAAAAAAAA',
+        actor: { type: 'system' },
+        action: 'org.created',
+      } as const;
+      await audit.record(db.db, event, { link: false });
     }
     await db.close();
     const verified = steward(dir, 'audit', 'verify');
@@ -57,6 +64,7 @@ describe('steward CLI', () => {
       valid: true,
       checked: 3,
       first_bad_sequence: null,
+      first_bad_event_id: null,
     });
     const out = join(dir, 'export.csv');
     const exported = steward(

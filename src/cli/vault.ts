@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { AUDIT_CHECKPOINT_KEY_PURPOSE, createAuditService } from '../audit/service.ts';
+import { createAuditService } from '../audit/service.ts';
 import { loadConfig } from '../config.ts';
 import { loadKeyring } from '../crypto/keyring.ts';
 import { runMigrations } from '../db/migrate.ts';
@@ -60,7 +60,7 @@ export function registerVaultCommands(program: Command): void {
         await runMigrations(db);
         const audit = createAuditService({
           db,
-          checkpointKey: keyring.deriveKey(AUDIT_CHECKPOINT_KEY_PURPOSE),
+          keyring,
           defaultRetentionDays: config.AUDIT_RETENTION_DAYS,
         });
         try {
