@@ -236,6 +236,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
           '(every flag and segment), then `feature-updated`, `feature-removed`, `segment-updated`, ' +
           '`segment-removed`. A `: heartbeat` comment every 15 s.',
         params: envParams,
+        produces: ['text/event-stream'],
       },
     },
     async (request, reply) => {

@@ -4,6 +4,7 @@ import type { InvalidationBus } from '../bus/index.ts';
 import { callerOf } from '../http/auth.ts';
 import { httpErrors } from '../http/errors.ts';
 import { noneMatch, parseEntityTags } from '../http/etag.ts';
+import { unleashClientSecurity } from '../http/openapi.ts';
 import type { Principal } from '../http/principal.ts';
 import { KEYS_TOPIC } from '../keys/verifier.ts';
 import { type ClientMetrics, clientMetricsBody, clientRegisterBody, type FlagMetrics } from './metrics.ts';
@@ -89,6 +90,10 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
   app.addHook('onRequest', async (request) => {
     const authorization = request.headers.authorization;
     if (authorization?.startsWith('stw_')) request.headers.authorization = `Bearer ${authorization.trim()}`;
+  });
+  // The document names the SDKs' scheme (a raw key in Authorization) for every route of the scope.
+  app.addHook('onRoute', (route) => {
+    route.schema = { ...route.schema, security: unleashClientSecurity };
   });
 
   const environmentOf = async (principal: Principal) => (await accessOf(principal)).environment;

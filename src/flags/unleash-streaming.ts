@@ -70,6 +70,7 @@ export const unleashStreamingRoutes: FastifyPluginAsyncZod<{
       config: { access: { permission: 'flags:read' } },
       schema: {
         tags: ['unleash'],
+        produces: ['text/event-stream'],
         summary:
           "Unleash client API (streaming): the key's environment, then every change, as server-sent events",
         description:

@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncZod, ZodTypeProvider } from 'fastify-type-provid
 import { z } from 'zod';
 import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
+import { webhookSecurity } from '../http/openapi.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { SignalRow, WebhookKeyRow } from './queries.ts';
 import type { KeysService } from './service.ts';
@@ -150,11 +151,16 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
     '/v1/webhook-keys/:id',
     {
       config: { access: { permission: 'webhook_keys:delete' } },
-      schema: { tags, summary: 'Delete an inbound webhook key', params: idParams },
+      schema: {
+        tags,
+        summary: 'Delete an inbound webhook key',
+        params: idParams,
+        response: { 204: z.null().describe('Deleted.') },
+      },
     },
     async (request, reply) => {
       await keys.deleteWebhookKey(callerOf(request), request.params.id, contextOf(request));
-      return reply.code(204).send();
+      return reply.code(204).send(null);
     },
   );
 
@@ -207,6 +213,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
         schema: {
           tags: ['signals'],
           summary: 'Push an event (X-API-Key: a webhook key; Standard Webhooks signature headers)',
+          security: webhookSecurity,
           response: { 202: accepted },
         },
       },
@@ -222,6 +229,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
         schema: {
           tags: ['signals'],
           summary: 'Push an event, naming the webhook key (must match the X-API-Key)',
+          security: webhookSecurity,
           params: z.strictObject({ keyName: z.string().max(100) }),
           response: { 202: accepted },
         },
