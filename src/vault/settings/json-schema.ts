@@ -5,13 +5,15 @@
  *   type (one name or an array), enum, const, properties, required, additionalProperties
  *   (boolean or schema), items (one schema), minItems, maxItems, minimum, maximum,
  *   exclusiveMinimum, exclusiveMaximum, multipleOf, minLength, maxLength, pattern
- *   (a JavaScript regular expression, unicode mode).
+ *   (RE2 syntax, matched in linear time: see pattern.ts; not ECMA-262 as the standard says).
  *
  * Annotations ($schema, $id, $comment, title, description, default, examples) are accepted and
  * ignored. Any other keyword ($ref, allOf/anyOf/oneOf/not, if/then/else, patternProperties,
  * prefixItems, format, dependentRequired, …) is refused when the schema is saved, so a rule never
  * silently checks less than its author meant.
  */
+
+import { createPatternMatcher, type PatternMatcher, patternProblem } from './pattern.ts';
 
 export interface SchemaError {
   /** JSON Pointer of the failing part of the value (`/a/0`), '' for the root. */
@@ -108,27 +110,14 @@ export function checkSchema(schema: unknown, path = '', depth = 0): SchemaError[
       case 'pattern':
         if (typeof value !== 'string' || value.length > MAX_PATTERN) {
           bad(key, `pattern must be a string of at most ${MAX_PATTERN} characters`);
-        } else if (compile(value) === null) bad(key, 'pattern is not a valid regular expression');
+        } else {
+          const problem = patternProblem(value);
+          if (problem !== undefined) bad(key, `pattern is ${problem}`);
+        }
         break;
     }
   }
   return errors;
-}
-
-const compiled = new Map<string, RegExp | null>();
-/** Compiles (and caches) a pattern; null when invalid. */
-export function compile(pattern: string): RegExp | null {
-  let re = compiled.get(pattern);
-  if (re === undefined) {
-    try {
-      re = new RegExp(pattern, 'u');
-    } catch {
-      re = null;
-    }
-    if (compiled.size > 1000) compiled.clear();
-    compiled.set(pattern, re);
-  }
-  return re;
 }
 
 /** JSON equality as JSON Schema defines it (object key order does not matter). */
@@ -166,8 +155,16 @@ function typeMatches(name: string, value: unknown): boolean {
   }
 }
 
-/** Validates a value against a schema already accepted by `checkSchema`. */
-export function validate(schema: unknown, value: unknown, path = ''): SchemaError[] {
+/**
+ * Validates a value against a schema already accepted by `checkSchema`. Every `pattern` met shares
+ * `matcher`'s budget (pattern.ts), so one value cannot make a write match for long.
+ */
+export function validate(
+  schema: unknown,
+  value: unknown,
+  path = '',
+  matcher: PatternMatcher = createPatternMatcher(),
+): SchemaError[] {
   if (schema === true) return [];
   if (schema === false) return [{ path, message: 'no value is allowed here' }];
   if (!isObject(schema)) return [];
@@ -192,7 +189,12 @@ export function validate(schema: unknown, value: unknown, path = ''): SchemaErro
       fail(`must be at least ${s.minLength} characters`);
     if (isCount(s.maxLength) && length > (s.maxLength as number))
       fail(`must be at most ${s.maxLength} characters`);
-    if (typeof s.pattern === 'string' && !compile(s.pattern)?.test(value)) fail(`must match ${s.pattern}`);
+    if (typeof s.pattern === 'string') {
+      const matched = matcher.test(s.pattern, value);
+      if (matched === 'no_match') fail(`must match ${s.pattern}`);
+      else if (matched === 'invalid_pattern') fail('the schema pattern is not RE2: save the rule again');
+      else if (matched === 'over_budget') fail('too long to check against the schema patterns');
+    }
   }
   if (isFiniteNumber(value)) {
     if (isFiniteNumber(s.minimum) && value < s.minimum) fail(`must be ≥ ${s.minimum}`);
@@ -213,7 +215,7 @@ export function validate(schema: unknown, value: unknown, path = ''): SchemaErro
       fail(`must have at most ${s.maxItems} items`);
     if (s.items !== undefined)
       value.forEach((item, i) => {
-        errors.push(...validate(s.items, item, pointer(path, i)));
+        errors.push(...validate(s.items, item, pointer(path, i), matcher));
       });
   }
   if (isObject(value)) {
@@ -225,9 +227,9 @@ export function validate(schema: unknown, value: unknown, path = ''): SchemaErro
     }
     for (const [name, inner] of Object.entries(value)) {
       if (Object.hasOwn(properties, name))
-        errors.push(...validate(properties[name], inner, pointer(path, name)));
+        errors.push(...validate(properties[name], inner, pointer(path, name), matcher));
       else if (s.additionalProperties !== undefined)
-        errors.push(...validate(s.additionalProperties, inner, pointer(path, name)));
+        errors.push(...validate(s.additionalProperties, inner, pointer(path, name), matcher));
     }
   }
   return errors;

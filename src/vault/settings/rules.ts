@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { httpErrors } from '../../http/errors.ts';
-import { checkSchema, compile, jsonEqual, type SchemaError, validate } from './json-schema.ts';
+import { checkSchema, jsonEqual, type SchemaError, validate } from './json-schema.ts';
+import { createPatternMatcher, patternProblem } from './pattern.ts';
 import type { SettingRules } from './schema.ts';
 
 /** The types a setting's value may have. */
@@ -18,7 +19,10 @@ export const rulesSchema = z
       .string()
       .max(500)
       .optional()
-      .describe('string: a JavaScript regular expression the value must match.'),
+      .describe(
+        'string: an RE2 regular expression the value must match (no lookaround or backreferences; ' +
+          'matched in linear time).',
+      ),
     enum: z.array(z.unknown()).min(1).max(200).optional().describe('The value must equal one of these.'),
     json_schema: z
       .record(z.string(), z.unknown())
@@ -79,8 +83,10 @@ export function checkRules(type: ValueType, rules: SettingRules): void {
   ) {
     at('min_length', 'min_length is above max_length');
   }
-  if (rules.pattern !== undefined && compile(rules.pattern) === null)
-    at('pattern', 'not a valid regular expression');
+  if (rules.pattern !== undefined) {
+    const problem = patternProblem(rules.pattern);
+    if (problem !== undefined) at('pattern', problem);
+  }
   if (rules.enum !== undefined) {
     rules.enum.forEach((option, i) => {
       const why = typeError(type, option);
@@ -101,6 +107,7 @@ export function checkValue(type: ValueType, rules: SettingRules, value: unknown)
   const errors: FieldError[] = [];
   const at = (message: string, rule: string) =>
     errors.push({ path: 'body.value', message: `${message} (rule ${rule})` });
+  const matcher = createPatternMatcher();
   if (typeof value === 'number') {
     if (rules.min !== undefined && value < rules.min) at(`must be ≥ ${rules.min}`, 'min');
     if (rules.max !== undefined && value > rules.max) at(`must be ≤ ${rules.max}`, 'max');
@@ -111,14 +118,20 @@ export function checkValue(type: ValueType, rules: SettingRules, value: unknown)
       at(`must be at least ${rules.min_length} characters`, 'min_length');
     if (rules.max_length !== undefined && length > rules.max_length)
       at(`must be at most ${rules.max_length} characters`, 'max_length');
-    if (rules.pattern !== undefined && !compile(rules.pattern)?.test(value))
-      at('does not match the pattern', 'pattern');
+    if (rules.pattern !== undefined) {
+      const matched = matcher.test(rules.pattern, value);
+      if (matched === 'no_match') at('does not match the pattern', 'pattern');
+      else if (matched === 'over_budget') at('is too long to check against the pattern', 'pattern');
+      else if (matched === 'invalid_pattern') {
+        errors.push({ path: 'body.rules.pattern', message: 'the saved pattern is not RE2: send new rules' });
+      }
+    }
   }
   if (rules.enum !== undefined && !rules.enum.some((option) => jsonEqual(option, value))) {
     at('must be one of the allowed values', 'enum');
   }
   if (rules.json_schema !== undefined) {
-    for (const e of validate(rules.json_schema, value) as SchemaError[]) {
+    for (const e of validate(rules.json_schema, value, '', matcher) as SchemaError[]) {
       errors.push({
         path: `body.value${e.path.replaceAll('/', '.')}`,
         message: `${e.message} (rule json_schema)`,
