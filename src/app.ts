@@ -25,6 +25,7 @@ import { clientErrorResponder, type FrameworkErrorHandler, installProblemHandler
 import { requestIdGenerator } from './http/request-id.ts';
 import { installResponseHook, markArrival, unroutedResponse } from './http/response.ts';
 import { responseSerializerCompiler } from './http/serializer.ts';
+import { refusingUnstorable } from './http/validation.ts';
 import { identityPlugin, openIdentityService } from './identity/index.ts';
 import { keysPlugin, openKeys } from './keys/index.ts';
 import { tenancyRoutes } from './tenancy/routes.ts';
@@ -101,7 +102,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
       clientErrorHandler: clientErrorResponder(() => requestId(undefined)),
     }).withTypeProvider<ZodTypeProvider>();
     app.log = log;
-    app.setValidatorCompiler(validatorCompiler);
+    app.setValidatorCompiler(refusingUnstorable(validatorCompiler));
     app.setSerializerCompiler(responseSerializerCompiler);
 
     const clock = deps.clock ?? systemClock;

@@ -101,10 +101,11 @@ export function mayHoldUnstorable(text: string): boolean {
  * Where in a parsed JSON value a string (or a member name) holds what PostgreSQL's text and jsonb
  * cannot store — NUL or an unpaired surrogate — and what, as `body.tags.1: …`; undefined when
  * nothing does. Iterative: a deeply nested body costs no stack. Also used by routes that parse
- * their raw body themselves (`/v1/ingest`).
+ * their raw body themselves (`/v1/ingest`), and by the path and query check (`validation.ts`),
+ * which names its own root.
  */
-export function unstorableIn(value: unknown): string | undefined {
-  const stack: [unknown, string][] = [[value, 'body']];
+export function unstorableIn(value: unknown, root = 'body'): string | undefined {
+  const stack: [unknown, string][] = [[value, root]];
   for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
     const [item, path] = next;
     if (typeof item === 'string') {
