@@ -760,6 +760,13 @@ describe('bodies over real routes', () => {
       assert.equal(res.json().code, 'unsupported_character', url);
       assert.match(res.json().detail, detail, url);
     }
+    // A cursor is base64url JSON: a NUL inside it passes the URL check and is refused when decoded.
+    const nulCursor = Buffer.from(JSON.stringify({ id: 'usr_\u0000' })).toString('base64url');
+    for (const url of ['/v1/users', '/v1/keys', '/v1/secrets', '/v1/audit/events']) {
+      const res = await t.call('GET', `${url}?cursor=${nulCursor}`, { token: access_token });
+      assert.equal(res.statusCode, 400, `${url}: ${res.body}`);
+      assert.equal(res.json().code, 'invalid_cursor', url);
+    }
     // A public route with a path parameter: refused before its handler reads the key.
     const ingest = await t.call('POST', '/v1/ingest/a%00b', { body: {} });
     assert.equal(ingest.statusCode, 400, ingest.body);

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { mayHoldUnstorable, unstorableIn } from './body.ts';
 import { defineErrors } from './errors.ts';
 
 export const paginationErrors = defineErrors({
@@ -19,8 +20,14 @@ export function encodeCursor(value: Record<string, string | number>): string {
 export function decodeCursor<T>(cursor: string | undefined, schema: z.ZodType<T>): T | undefined {
   if (cursor === undefined) return undefined;
   try {
-    const parsed = schema.safeParse(JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8')));
-    if (parsed.success) return parsed.data;
+    const text = Buffer.from(cursor, 'base64url').toString('utf8');
+    // A cursor is the client's input too: a NUL (or lone surrogate) in it would reach SQL as a 500.
+    // One this API issued never holds one; the escape check clears every other cursor at once.
+    const value: unknown = JSON.parse(text);
+    if (!mayHoldUnstorable(text) || unstorableIn(value, 'cursor') === undefined) {
+      const parsed = schema.safeParse(value);
+      if (parsed.success) return parsed.data;
+    }
   } catch {
     // fall through: not base64url JSON
   }
