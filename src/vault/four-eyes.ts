@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray, lt } from 'drizzle-orm';
+import { and, desc, eq, inArray, lt, sql } from 'drizzle-orm';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { AuditRecorder } from '../audit/service.ts';
@@ -18,6 +18,7 @@ import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pag
 import type { Principal } from '../http/principal.ts';
 import { environments } from '../tenancy/schema.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
+import { pgText } from './common.ts';
 import { type ChangeRequestContext, vaultChanges, vaultPolicies } from './schema.ts';
 import type { Access } from './secrets/service.ts';
 
@@ -501,19 +502,31 @@ export function createFourEyes({
     return { ...row, status: 'rejected', decidedBy: caller.id, decisionReason: reason };
   }
 
+  /**
+   * Changes newest first, in (created_at, id) order: many are requested in one millisecond, so the
+   * cursor is both (a keyset), never the time alone — that skipped every change sharing the last
+   * row's millisecond. A cursor without `id` (issued before session 8) still means "older than".
+   */
   async function list(
     orgId: string,
     status: string | undefined,
-    page: { limit: number; before?: string | undefined },
+    page: { limit: number; before?: { at: string; id?: string | undefined } | undefined },
   ) {
     const where = [eq(vaultChanges.orgId, orgId)];
     if (status !== undefined) where.push(eq(vaultChanges.status, status));
-    if (page.before !== undefined) where.push(lt(vaultChanges.createdAt, new Date(page.before)));
+    const before = page.before;
+    if (before !== undefined) {
+      where.push(
+        before.id === undefined
+          ? lt(vaultChanges.createdAt, new Date(before.at))
+          : sql`(${vaultChanges.createdAt}, ${vaultChanges.id}) < (${before.at}::timestamptz, ${before.id})`,
+      );
+    }
     return db.db
       .select()
       .from(vaultChanges)
       .where(and(...where))
-      .orderBy(desc(vaultChanges.createdAt))
+      .orderBy(desc(vaultChanges.createdAt), desc(vaultChanges.id))
       .limit(page.limit);
   }
 
@@ -559,6 +572,22 @@ const changeView = (c: ChangeRow) => ({
 });
 
 const policySchema = z.object({ four_eyes: z.boolean(), environments: z.array(z.string()) });
+
+/**
+ * The last change of a page: its instant exactly as `toISOString` wrote it (a date that does not
+ * exist, such as `garbage` or February 31st, reached SQL and was a 500; now 400 invalid_cursor)
+ * and its id.
+ */
+const changeCursor = z.object({
+  at: z
+    .string()
+    .regex(/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/)
+    .refine((at) => {
+      const date = new Date(at);
+      return !Number.isNaN(date.getTime()) && date.toISOString() === at;
+    }),
+  id: pgText(z.string().max(100)).optional(),
+});
 
 /** `/v1/vault/policy` and `/v1/vault/changes`. */
 export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }> = async (
@@ -612,24 +641,24 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
       },
     },
     async (request) => {
-      const cursor = decodeCursor(request.query.cursor, z.object({ at: z.string().max(40) }));
+      const cursor = decodeCursor(request.query.cursor, changeCursor);
       const rows = await service.list(callerOf(request).orgId, request.query.status, {
         limit: request.query.limit,
-        before: cursor?.at,
+        before: cursor,
       });
       const last = rows.at(-1);
       return {
         data: rows.map(changeView),
         next_cursor:
           rows.length === request.query.limit && last
-            ? encodeCursor({ at: last.createdAt.toISOString() })
+            ? encodeCursor({ at: last.createdAt.toISOString(), id: last.id })
             : null,
       };
     },
   );
 
   const decisionBody = z.strictObject({ reason: z.string().max(500).optional() }).nullish();
-  const idParams = z.object({ id: z.string().min(1).max(100) });
+  const idParams = z.object({ id: pgText(z.string().min(1).max(100)) });
 
   app.post(
     '/v1/vault/changes/:id/approve',

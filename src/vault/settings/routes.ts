@@ -5,7 +5,7 @@ import { callerOf } from '../../http/auth.ts';
 import { contextOf } from '../../http/context.ts';
 import { httpErrors } from '../../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../../http/pagination.ts';
-import { toolIdOf } from '../common.ts';
+import { pgText, toolIdOf, versionNumber } from '../common.ts';
 import type { Access } from '../secrets/service.ts';
 import { rulesSchema, VALUE_TYPES } from './rules.ts';
 import { etagOf, type HistoryEntry, type Setting, type SettingService } from './service.ts';
@@ -16,7 +16,7 @@ const settingKey = z
     /^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$/,
     'letters, digits, _ . : -, starting with a letter or _ (≤ 200)',
   );
-const envParam = z.string().min(1).max(40);
+const envParam = pgText(z.string().min(1).max(40));
 const keyParams = z.object({ env: envParam, key: settingKey });
 const ifMatchHeader = z.looseObject({
   'if-match': z
@@ -124,13 +124,16 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
           'it out). The cursor follows the last key examined: a page may hold fewer than `limit` ' +
           'settings, even none, and still have a `next_cursor`.',
         params: z.object({ env: envParam }),
-        querystring: z.strictObject({ ...pageQuery, category: z.string().min(1).max(100).optional() }),
+        querystring: z.strictObject({
+          ...pageQuery,
+          category: pgText(z.string().min(1).max(100)).optional(),
+        }),
         response: { 200: listResponse(settingSchema) },
       },
     },
     async (request) => {
       const q = request.query;
-      const cursor = decodeCursor(q.cursor, z.object({ key: z.string().max(200) }));
+      const cursor = decodeCursor(q.cursor, z.object({ key: pgText(z.string().max(200)) }));
       const page = await settings.list(callerOf(request), request.params.env, {
         limit: q.limit,
         after: cursor?.key,
@@ -252,7 +255,7 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
       },
     },
     async (request) => {
-      const cursor = decodeCursor(request.query.cursor, z.object({ v: z.number().int() }));
+      const cursor = decodeCursor(request.query.cursor, z.object({ v: versionNumber() }));
       const rows = await settings.history(callerOf(request), request.params.env, request.params.key, {
         limit: request.query.limit,
         before: cursor?.v,
@@ -277,7 +280,7 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
         summary: "Restore a version's value, type and rules as a new version (audited)",
         params: keyParams,
         headers: ifMatchHeader,
-        body: z.strictObject({ version: z.number().int().min(1) }),
+        body: z.strictObject({ version: versionNumber() }),
         response: { 200: settingSchema, 202: pendingSchema },
       },
     },
