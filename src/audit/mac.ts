@@ -12,8 +12,9 @@ export type AuditKeyring = Pick<Keyring, 'current' | 'ids' | 'has' | 'deriveKey'
 /** The outcome of checking one event's MAC. */
 export type MacCheck = 'ok' | 'mac_mismatch' | 'mac_key_unknown';
 
-// `v1.<master key id>.<base64url of the 32-byte tag>`, as sealed values name their key.
-const EVENT_MAC = /^v1\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
+// `mac1.<master key id>.<base64url of the 32-byte tag>`: named like sealed values (`v1.<key id>.…`)
+// but not mistakable for one, so a search for values still under an old key finds no MAC.
+const EVENT_MAC = /^mac1\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
 
 /**
  * The audit trail's keys: an event key and a checkpoint key per master key, each derived once
@@ -34,7 +35,7 @@ export function createAuditKeys(keyring: AuditKeyring) {
   };
   const currentId = keyring.current.id;
   const eventKey = keyFor(AUDIT_EVENT_KEY_PURPOSE, currentId);
-  const prefix = `v1.${currentId}.`;
+  const prefix = `mac1.${currentId}.`;
 
   return {
     /** The MAC stored with an event: one HMAC-SHA256 of its canonical content (`canonicalEvent`). */

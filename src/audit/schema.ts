@@ -37,7 +37,7 @@ export const auditEvents = pgTable(
     prevHash: text('prev_hash'),
     hash: text('hash'),
     /**
-     * `v1.<master key id>.<base64url HMAC-SHA256>` of the event's content (everything the hash
+     * `mac1.<master key id>.<base64url HMAC-SHA256>` of the event's content (everything the hash
      * covers but seq), written with the event under a key only Steward holds: a row inserted or
      * rewritten through SQL cannot carry a valid one. Null only for events from before it existed
      * (see `auditLegacyBoundaries`).

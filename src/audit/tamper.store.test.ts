@@ -280,9 +280,9 @@ for (const { kind, skip } of STORES) {
 
     test('2c with a MAC: made up, copied from a genuine event, or under a key nobody holds', async () => {
       const tag = randomBytes(32).toString('base64url');
-      await forgedInFreshOrg(`v1.${keyring.current.id}.${tag}`, 'mac_mismatch');
+      await forgedInFreshOrg(`mac1.${keyring.current.id}.${tag}`, 'mac_mismatch');
       await forgedInFreshOrg((genuine) => String(genuine.mac), 'mac_mismatch');
-      await forgedInFreshOrg(`v1.0123456789abcdef.${tag}`, 'mac_key_unknown');
+      await forgedInFreshOrg(`mac1.0123456789abcdef.${tag}`, 'mac_key_unknown');
       await forgedInFreshOrg('not a mac', 'mac_mismatch');
     });
 
