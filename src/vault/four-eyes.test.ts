@@ -317,6 +317,34 @@ for (const { kind, skip } of STORES) {
       assert.equal(meta.description, 'the payment provider token');
       assert.deepEqual(meta.tags, ['payments']);
       assert.equal(meta.updated_by, v.ids.manager, 'applied as the requester');
+      // Its event names the approver, as the other applied secret changes' do.
+      const [event] = await v.t.store.db.query<{ actor_id: string; details: Record<string, unknown> }>(
+        `select actor_id, details from audit_events
+          where action = 'secret.updated' and resource_id = $1 order by id desc limit 1`,
+        [secretId],
+      );
+      assert.equal(event?.actor_id, v.ids.manager);
+      assert.deepEqual(event?.details, {
+        name: 'API_TOKEN',
+        environment: 'production',
+        approved_by: v.ids.manager2,
+      });
+      // A direct PATCH (development is not covered) names the secret too, with no approver.
+      const dev = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.manager,
+        body: { name: 'API_TOKEN', environment: 'development', value: 'tok-dev' },
+      });
+      assert.equal(dev.statusCode, 201, dev.body);
+      const direct = await v.req('PATCH', `/v1/secrets/${dev.json().id}`, {
+        token: v.tokens.manager,
+        body: { description: 'dev token' },
+      });
+      assert.equal(direct.statusCode, 200, direct.body);
+      const [directEvent] = await v.t.store.db.query<{ details: Record<string, unknown> }>(
+        `select details from audit_events where action = 'secret.updated' and resource_id = $1`,
+        [dev.json().id],
+      );
+      assert.deepEqual(directEvent?.details, { name: 'API_TOKEN', environment: 'development' });
     });
 
     test('changes that could never apply are refused at request time, not held', async () => {
@@ -870,6 +898,78 @@ for (const { kind, skip } of STORES) {
       assert.equal(flag.statusCode, 202, flag.body);
       const flagged = await approve(flag.json().change_id, v.tokens.manager2);
       assert.equal(flagged.statusCode, 200, flagged.body);
+    });
+
+    test('an encrypted (not secret) setting value is nowhere in clear at rest: summaries and events masked', async () => {
+      const marker = (n: number) => `ENCRYPTED-AT-REST-MARKER-${n}`;
+      const put = (env: string, body: unknown, ifMatch?: string) =>
+        v.req('PUT', `/v1/settings/${env}/enc_rest`, {
+          token: v.tokens.developer,
+          body,
+          headers: ifMatch ? { 'if-match': ifMatch } : {},
+        });
+      // Direct writes (development is not covered): create, update, delete.
+      assert.equal(
+        (await put('development', { value: marker(1), value_type: 'string', encrypted: true })).statusCode,
+        201,
+      );
+      assert.equal((await put('development', { value: marker(2) }, '"1"')).statusCode, 200);
+      const read = await v.req('GET', '/v1/settings/development/enc_rest', { token: v.tokens.viewer });
+      assert.equal(read.json().value, marker(2), 'not secret: the API still shows it');
+      // Held writes (production): create, update keeping `encrypted`, rollback, delete.
+      const held = [await put('production', { value: marker(3), value_type: 'string', encrypted: true })];
+      assert.equal(held[0]?.statusCode, 202, held[0]?.body);
+      const summary = (await v.req('GET', '/v1/vault/changes?status=pending', { token: v.tokens.manager }))
+        .json()
+        .data.find((c: { id: string }) => c.id === held[0]?.json().change_id)?.summary;
+      assert.equal(summary?.value, '[REDACTED]', 'the reviewer sees it masked, as a secret value');
+      assert.equal((await approve(held[0]?.json().change_id, v.tokens.manager)).statusCode, 200);
+      const update = await put('production', { value: marker(4) }, '"1"');
+      assert.equal(update.statusCode, 202, update.body);
+      assert.equal((await approve(update.json().change_id, v.tokens.manager)).statusCode, 200);
+      const rollback = await v.req('POST', '/v1/settings/production/enc_rest/rollback', {
+        token: v.tokens.developer,
+        body: { version: 1 },
+      });
+      assert.equal(rollback.statusCode, 202, rollback.body);
+      assert.equal((await approve(rollback.json().change_id, v.tokens.manager)).statusCode, 200);
+      const restored = await v.req('GET', '/v1/settings/production/enc_rest', { token: v.tokens.viewer });
+      assert.equal(restored.json().value, marker(3), 'the sealed payloads applied the real values');
+      const remove = await v.req('DELETE', '/v1/settings/production/enc_rest', {
+        token: v.tokens.manager,
+        headers: { 'if-match': '"3"' },
+      });
+      assert.equal(remove.statusCode, 202, remove.body);
+      assert.equal((await approve(remove.json().change_id, v.tokens.manager2)).statusCode, 200);
+      // Every text and jsonb column of every table: no marker in clear.
+      const columns = await v.t.store.db.query<{ table_name: string; column_name: string }>(
+        `select table_name, column_name from information_schema.columns
+          where table_schema = 'public' and data_type in ('text', 'jsonb')`,
+      );
+      for (const c of columns) {
+        const [hit] = await v.t.store.db.query<{ n: number }>(
+          `select count(*)::int as n from "${c.table_name}" where "${c.column_name}"::text like '%ENCRYPTED-AT-REST-MARKER%'`,
+        );
+        assert.equal(hit?.n, 0, `${c.table_name}.${c.column_name} holds an encrypted value in clear`);
+      }
+      const events = await v.t.store.db.query<{
+        action: string;
+        changes: { before?: { value?: unknown }; after?: { value?: unknown } };
+      }>(
+        `select action, changes from audit_events where resource_type = 'setting' and action like 'setting.%'
+          and changes::text like '%"encrypted": true%' order by id`,
+      );
+      assert.ok(events.length >= 6, `${events.length} events`);
+      for (const e of events) {
+        for (const side of [e.changes.before, e.changes.after]) {
+          // Masked; an old value is not even decrypted (null), as for secret settings.
+          if (side)
+            assert.ok(
+              [null, '[REDACTED]'].includes(side.value as null),
+              `${e.action}: ${JSON.stringify(e.changes)}`,
+            );
+        }
+      }
     });
   });
 }

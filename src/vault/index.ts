@@ -114,8 +114,16 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
   changes.register(
     'secret.update',
     applySecret(
-      async ({ requester, payload, targetId }, within) =>
-        (await service.apply.update(requester, targetId ?? '', payload as UpdateSecretInput, within)).id,
+      async ({ requester, payload, targetId, approvedBy }, within) =>
+        (
+          await service.apply.update(
+            requester,
+            targetId ?? '',
+            payload as UpdateSecretInput,
+            approvedBy,
+            within,
+          )
+        ).id,
     ),
   );
   changes.register('setting.put', async ({ tx, requester, payload, environment, approvedBy }) => {

@@ -1114,13 +1114,15 @@ export function createSecretService({
     access: Access,
     id: string,
     input: UpdateSecretInput,
+    approvedBy: Principal,
     within?: Within,
   ): Promise<Secret> {
     return logged(
       access,
       'write',
       id,
-      async () => writeUpdate(access, await checkUpdate(access, id, input, within?.tx), input, within),
+      async () =>
+        writeUpdate(access, await checkUpdate(access, id, input, within?.tx), input, within, approvedBy),
       within,
     );
   }
@@ -1130,6 +1132,7 @@ export function createSecretService({
     secret: Secret,
     input: UpdateSecretInput,
     within?: Within,
+    approvedBy?: Principal,
   ): Promise<Secret> {
     const { id } = secret;
     const out = await inTx(within, async (tx) => {
@@ -1172,6 +1175,12 @@ export function createSecretService({
         action: 'secret.updated',
         resource: { type: 'secret', id },
         context: access.context,
+        // As every other secret event: name and environment, and the approver of a held change.
+        details: {
+          name: secret.name,
+          environment: secret.environment,
+          ...(approvedBy ? { approved_by: approvedBy.id } : {}),
+        },
         changes: { before: auditView(before), after: auditView(row) },
       });
       await writeLog(tx, access, { secretId: id, type: 'write', success: true });

@@ -107,6 +107,25 @@ const auditView = (s: {
   version: s.version,
 });
 
+/**
+ * Whether a write stores its value sealed: `encrypted` defaults to `is_secret` (SPEC section 4); on
+ * an update an omitted one is kept, except that a setting becoming secret is sealed from then on
+ * unless told otherwise.
+ */
+const encryptedOf = (
+  input: Pick<PutSettingInput, 'encrypted'>,
+  before: { encrypted: boolean; isSecret: boolean } | null,
+  isSecret: boolean,
+): boolean => input.encrypted ?? (before ? before.encrypted || (isSecret && !before.isSecret) : isSecret);
+
+/**
+ * Whether a value must be masked in what is kept at rest besides the sealed value — a held
+ * change's summary, audit events: when the setting is secret or stored encrypted, on either side.
+ * An encrypted value written in clear anywhere else would defeat the encryption.
+ */
+const hidden = (...states: ({ isSecret: boolean; encrypted: boolean } | null | undefined)[]) =>
+  states.some((s) => s?.isSecret || s?.encrypted);
+
 /** Who made a history entry, from where: the same fields on every entry. */
 const changedByOf = (access: Access) => ({
   changedBy: access.principal.id,
@@ -289,6 +308,7 @@ export function createSettingService({
     checkValue(valueType, rules, input.value);
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
       const isSecret = input.is_secret ?? existing?.isSecret ?? false;
+      const encrypted = encryptedOf(input, existing, isSecret);
       const changeId = await fourEyes.propose(access, {
         kind: 'setting.put',
         environmentId: env.id,
@@ -303,7 +323,8 @@ export function createSettingService({
           environment: env.name,
           key,
           value_type: valueType,
-          value: isSecret ? '[REDACTED]' : input.value,
+          // The sealed payload is what approval applies; the summary is kept in clear.
+          value: hidden({ isSecret, encrypted }) ? '[REDACTED]' : input.value,
           expected_version: existing?.version ?? null,
         },
       });
@@ -340,10 +361,7 @@ export function createSettingService({
         const id = row0?.id ?? newId('stg');
         const version = (row0?.version ?? 0) + 1;
         const isSecret = input.is_secret ?? before?.isSecret ?? false;
-        // `encrypted` defaults to `is_secret` (SPEC section 4); on an update an omitted one is kept,
-        // except that a setting becoming secret is sealed from then on unless told otherwise.
-        const encrypted =
-          input.encrypted ?? (before ? before.encrypted || (isSecret && !before.isSecret) : isSecret);
+        const encrypted = encryptedOf(input, before, isSecret);
         const sealed = encrypted
           ? seal(keyring, JSON.stringify(input.value), settingAad(principal.orgId, id, version))
           : null;
@@ -415,7 +433,7 @@ export function createSettingService({
             ...(before ? { before: auditView({ ...before, value: beforeValue }) } : {}),
             after: auditView({ ...state, value: input.value, version }),
           },
-          secretFields: isSecret || before?.isSecret ? ['value'] : [],
+          secretFields: hidden({ isSecret, encrypted }, before) ? ['value'] : [],
         });
         return { setting: view(row, env.name), created: before === null };
       });
@@ -427,9 +445,9 @@ export function createSettingService({
     }
   }
 
-  // A secret setting's old value is masked anyway: never decrypt what will not be shown.
+  // A secret or encrypted setting's old value is masked anyway: never decrypt what will not be shown.
   function decodeForAudit(row: SettingRow): unknown {
-    if (row.isSecret) return null;
+    if (hidden(row)) return null;
     return decode(row.orgId, row.id, row.version, row);
   }
 
@@ -576,7 +594,7 @@ export function createSettingService({
           before: auditView({ ...before, value: decodeForAudit(before) }),
           after: auditView({ ...state, value, version }),
         },
-        secretFields: isSecret ? ['value'] : [],
+        secretFields: hidden({ isSecret, encrypted }, before) ? ['value'] : [],
       });
       return view(row, env.name);
     });
@@ -657,7 +675,7 @@ export function createSettingService({
           ...(approvedBy ? { approved_by: approvedBy.id } : {}),
         },
         changes: { before: auditView({ ...before, value: decodeForAudit(before) }) },
-        secretFields: before.isSecret ? ['value'] : [],
+        secretFields: hidden(before) ? ['value'] : [],
       });
       return before.id;
     });
