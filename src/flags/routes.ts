@@ -6,7 +6,7 @@ import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { toolIdOf } from '../vault/common.ts';
 import type { Access } from '../vault/secrets/service.ts';
-import { envParams, flagCursor, flagParams, ifMatchVersions } from './params.ts';
+import { envParams, flagCursor, flagParams, ifMatchOf } from './params.ts';
 import type { FlagRow, FlagService, SegmentRow } from './service.ts';
 import type { StreamHub } from './stream.ts';
 import type { StreamGuard } from './stream-guard.ts';
@@ -347,7 +347,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
         request.params.env,
         request.params.name,
         featureOf(request.body),
-        ifMatchVersions(request.headers['if-match']),
+        ifMatchOf(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
@@ -374,7 +374,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
         accessOf(request),
         request.params.env,
         request.params.name,
-        ifMatchVersions(request.headers['if-match']),
+        ifMatchOf(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
@@ -454,7 +454,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
         accessOf(request),
         request.params.id,
         request.body,
-        ifMatchVersions(request.headers['if-match']),
+        ifMatchOf(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
@@ -480,7 +480,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
       const result = await flags.removeSegment(
         accessOf(request),
         request.params.id,
-        ifMatchVersions(request.headers['if-match']),
+        ifMatchOf(request.headers['if-match']),
       );
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });

@@ -49,18 +49,20 @@ export function noneMatch(header: string | undefined, etag: string): boolean {
 }
 
 /**
- * `If-Match` on a resource whose ETag is `"<version>"`: undefined (no header), `*`, the versions
- * its strong tags name, or null (malformed). The strong comparison of RFC 9110 §13.1.1: a weak tag
- * never matches, and `"06"` is not version 6 (only the canonical decimal is). A bare canonical
- * number (`3`, for curl users) is read as `"3"`. Tags naming no version are kept out: a list with
- * none left matches nothing (412).
+ * `If-Match` on a resource whose ETag is `"<version>"` (settings, flags, segments): undefined (no
+ * header), `*`, the versions its strong tags name, or null when it is not `*`, a bare number or a
+ * non-empty list of entity tags (the caller answers 400). The strong comparison of RFC 9110
+ * §13.1.1: a weak tag never matches, and `"06"` is not version 6 (only the canonical decimal is).
+ * A bare number of up to 9 digits (not RFC syntax; for curl users) is that entity tag: `3` is
+ * `"3"`, `03` is `"03"`, which names no version. Tags naming no version are kept out, so a list
+ * with none left matches nothing (412).
  */
-export function ifMatchVersions(header: string | undefined): '*' | number[] | null | undefined {
+export function ifMatchVersions(header: string | undefined): '*' | readonly number[] | null | undefined {
   if (header === undefined) return undefined;
-  const bare = /^\s*(0|[1-9]\d{0,8})\s*$/.exec(header);
-  if (bare?.[1] !== undefined) return [Number(bare[1])];
-  const tags = parseEntityTags(header);
+  const h = header.trim();
+  const tags = /^\d{1,9}$/.test(h) ? [{ weak: false, opaque: `"${h}"` }] : parseEntityTags(h);
   if (tags === null || tags === '*') return tags;
+  if (tags.length === 0) return null;
   const versions: number[] = [];
   for (const t of tags) {
     const m = /^"(0|[1-9]\d{0,8})"$/.exec(t.opaque);

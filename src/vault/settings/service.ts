@@ -9,7 +9,7 @@ import type { DbHandle, DbOrTx } from '../../db/client.ts';
 import { isUniqueViolation } from '../../db/errors.ts';
 import { newId } from '../../db/ids.ts';
 import { httpErrors } from '../../http/errors.ts';
-import { parseEntityTags } from '../../http/etag.ts';
+import { ifMatchVersions } from '../../http/etag.ts';
 import type { Principal } from '../../http/principal.ts';
 import type { Environment, TenancyService } from '../../tenancy/service.ts';
 import { type FilteredPage, readableRows, requireOn } from '../common.ts';
@@ -62,27 +62,8 @@ export interface SettingServiceDeps {
 export const settingAad = (orgId: string, settingId: string, version: number) =>
   `org/${orgId}/setting/${settingId}/v/${version}`;
 
-/**
- * What `If-Match` asks for: nothing (absent), `*`, the strong entity-tags it lists (weak ones are
- * dropped: RFC 9110 §13.1.1, If-Match uses the strong comparison, so a weak tag never matches), or
- * null when the header is not valid syntax.
- */
-export type IfMatch = undefined | null | '*' | readonly string[];
-
-/**
- * Parses `If-Match`: `*`, or a list of entity-tags (`"3"`, `"3", "4"`; a weak `W/"3"` is valid
- * syntax but never matches), or a bare version number `3` (not RFC syntax; for curl users, taken
- * as the tag `"3"`). Tags are compared exactly as the ETag is sent: `"03"` is not `"3"`. Null when
- * malformed or empty.
- */
-export function parseIfMatch(header: string | undefined): IfMatch {
-  if (header === undefined) return undefined;
-  const h = header.trim();
-  if (/^\d{1,9}$/.test(h)) return [`"${h}"`];
-  const tags = parseEntityTags(h);
-  if (tags === null || tags === '*') return tags;
-  return tags.length === 0 ? null : tags.filter((t) => !t.weak).map((t) => t.opaque);
-}
+/** What `If-Match` asks for, as `ifMatchVersions` (src/http/etag.ts) reads it. */
+export type IfMatch = ReturnType<typeof ifMatchVersions>;
 
 export const etagOf = (version: number) => `"${version}"`;
 
@@ -271,7 +252,7 @@ export function createSettingService({
         { current_version: current },
       );
     }
-    if (ifMatch !== '*' && !ifMatch.includes(etagOf(current))) {
+    if (ifMatch !== '*' && !ifMatch.includes(current)) {
       throw settingErrors.version_conflict(
         `The setting is at version ${current} (ETag ${etagOf(current)}); If-Match names no strong match`,
         { current_version: current },
@@ -293,7 +274,7 @@ export function createSettingService({
     // A deleted setting is created again: create's permission and no If-Match, but the write
     // still expects the deleted row's version, so a concurrent re-creation conflicts.
     const existing = row?.deletedAt === null ? row : null;
-    const ifMatch = parseIfMatch(ifMatchHeader);
+    const ifMatch = ifMatchVersions(ifMatchHeader);
     if (existing) await requireOn(authz, principal, 'settings:update', { type: 'settings', id: existing.id });
     else await requireOn(authz, principal, 'settings:create', { type: 'settings', id: '*' });
     expectVersion(ifMatch, existing?.version ?? null);
@@ -511,7 +492,7 @@ export function createSettingService({
     const { principal } = access;
     const { env, row } = await load(principal.orgId, envName, key);
     await requireOn(authz, principal, 'settings:update', { type: 'settings', id: row.id });
-    const ifMatch = parseIfMatch(ifMatchHeader);
+    const ifMatch = ifMatchVersions(ifMatchHeader);
     if (ifMatch !== undefined) expectVersion(ifMatch, row.version);
     // Refused now rather than held: history is never removed, so this one would never apply.
     await restorable(db.db, row.id, input.version);
@@ -610,7 +591,7 @@ export function createSettingService({
     const { principal } = access;
     const { env, row } = await load(principal.orgId, envName, key);
     await requireOn(authz, principal, 'settings:delete', { type: 'settings', id: row.id });
-    expectVersion(parseIfMatch(ifMatchHeader), row.version);
+    expectVersion(ifMatchVersions(ifMatchHeader), row.version);
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
       const changeId = await fourEyes.propose(access, {
         kind: 'setting.delete',
