@@ -60,7 +60,11 @@ export function createOrgs(core: IdentityCore) {
     return { orgs: orgs.slice(0, page.limit), more: orgs.length > page.limit };
   }
 
-  /** Superuser: a new org; the creator (and `admin_user_id`, if given) become its admins. */
+  /**
+   * Superuser: a new org; the creator (and `admin_user_id`, if given) become its admins, in the
+   * transaction that creates it: a failure adding them leaves no org behind (two transactions left
+   * an org nobody administered).
+   */
   async function createOrg(
     principal: Principal,
     input: { slug: string; name: string; admin_user_id?: string | undefined },
@@ -74,17 +78,18 @@ export function createOrgs(core: IdentityCore) {
       if (!found) throw identityErrors.user_not_found();
       admins.add(found.id);
     }
-    const org = await tenancy.createOrg(
-      { slug: input.slug, name: input.name },
-      { principal, context: origin },
-    );
-    const runs = await db.db.transaction(async (tx) => {
-      const all: AfterCommit[] = [];
+    const { org, runs } = await db.db.transaction(async (tx) => {
+      const org = await tenancy.createOrg(
+        { slug: input.slug, name: input.name },
+        { principal, context: origin },
+        tx,
+      );
+      const runs: AfterCommit[] = [];
       for (const userId of admins) {
         await tx.insert(orgMemberships).values({ orgId: org.id, userId, createdBy: principal.id });
-        all.push(...(await assignRoles(core, tx, org.id, userId, ['admin'], null, origin)));
+        runs.push(...(await assignRoles(core, tx, org.id, userId, ['admin'], null, origin)));
       }
-      return all;
+      return { org, runs };
     });
     for (const run of runs) await run();
     return org;

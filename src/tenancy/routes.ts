@@ -3,6 +3,7 @@ import { z } from 'zod';
 import type { StewardContext } from '../context.ts';
 import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
+import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Environment, Organization } from './service.ts';
 
 const orgSchema = z.object({
@@ -19,6 +20,9 @@ const environmentSchema = z.object({
   description: z.string().nullable(),
   created_at: z.string(),
 });
+
+/** The last environment of a page; the next page starts after it. */
+const environmentCursor = z.object({ id: z.string() });
 
 const orgView = (o: Organization) => ({
   id: o.id,
@@ -52,21 +56,33 @@ export const tenancyRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = asy
       config: { access: { permission: 'org:read' } },
       schema: {
         tags: ['tenancy'],
-        summary: "The org's environments",
-        response: { 200: z.object({ data: z.array(environmentSchema), next_cursor: z.null() }) },
+        summary: "The org's environments, oldest first",
+        querystring: z.strictObject(pageQuery),
+        response: { 200: listResponse(environmentSchema) },
       },
     },
-    // An org has a handful of environments: one page, always.
-    async (request) => ({
-      data: (await ctx.tenancy.listEnvironments(callerOf(request).orgId)).map(envView),
-      next_cursor: null,
-    }),
+    // Paged like every list (SPEC 0), though an org has a handful: `limit` was ignored and any
+    // `cursor` accepted.
+    async (request) => {
+      const after = decodeCursor(request.query.cursor, environmentCursor);
+      const { environments, more } = await ctx.tenancy.pageEnvironments(callerOf(request).orgId, {
+        limit: request.query.limit,
+        afterId: after?.id,
+      });
+      const last = environments.at(-1);
+      return {
+        data: environments.map(envView),
+        next_cursor: more && last ? encodeCursor({ id: last.id }) : null,
+      };
+    },
   );
 
   app.post(
     '/v1/environments',
     {
-      config: { access: { permission: 'org:update' } },
+      // The catalogue's org:admin ("environments, sign-up policy, deletion"); org:update is renaming
+      // the org and its policies.
+      config: { access: { permission: 'org:admin' } },
       schema: {
         tags: ['tenancy'],
         summary: 'Add an environment',
