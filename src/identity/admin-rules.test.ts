@@ -40,9 +40,16 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
   after(() => t.close());
 
   test("PATCH roles cannot remove a role whose permissions the caller lacks (an admin's admin)", async () => {
+    // A manager who may also remove roles (roles:delete): only authz's delegation rule stops it.
+    const keeperRole = await t.call('POST', '/v1/roles', {
+      token: admin,
+      body: { name: 'role-keeper', permissions: ['roles:delete'], inherits: 'manager' },
+    });
+    assert.equal(keeperRole.statusCode, 201, keeperRole.body);
+    const keeper = await newUser('keeper@example.com', ['role-keeper']);
     const boss = await newUser('boss@example.com', ['admin', 'viewer']);
     const res = await t.call('PATCH', `/v1/users/${boss.id}`, {
-      token: manager.token,
+      token: keeper.token,
       body: { full_name: 'Renamed', roles: ['viewer'] },
     });
     assert.equal(res.statusCode, 403, res.body);
@@ -59,18 +66,19 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
     ).json().data as { id: string; role: string }[];
     const adminAssignment = ras.find((a) => a.role === 'admin');
     assert.ok(adminAssignment);
-    const un = await t.call('DELETE', `/v1/role-assignments/${adminAssignment.id}`, { token: manager.token });
+    const un = await t.call('DELETE', `/v1/role-assignments/${adminAssignment.id}`, { token: keeper.token });
     assert.equal(un.statusCode, 403, un.body);
-    // Adding a role the manager holds, keeping admin untouched, is allowed.
+    assert.equal(un.json().code, 'role_escalation');
+    // Adding a role the caller holds, keeping admin untouched, is allowed.
     const add = await t.call('PATCH', `/v1/users/${boss.id}`, {
-      token: manager.token,
+      token: keeper.token,
       body: { roles: ['admin', 'viewer', 'developer'] },
     });
     assert.equal(add.statusCode, 200, add.body);
     assert.deepEqual([...add.json().roles].sort(), ['admin', 'developer', 'viewer']);
-    // A role the manager holds can be removed.
+    // A role the caller holds can be removed.
     const drop = await t.call('PATCH', `/v1/users/${boss.id}`, {
-      token: manager.token,
+      token: keeper.token,
       body: { roles: ['admin', 'viewer'] },
     });
     assert.equal(drop.statusCode, 200, drop.body);
@@ -101,17 +109,22 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
   });
 
   test("PATCH of one's own roles, removal included: 403 self_modification (a key acts as its owner)", async () => {
-    const self = await t.call('PATCH', `/v1/users/${manager.id}`, {
+    const ada = await newUser('ada@example.com', ['admin']);
+    const self = await t.call('PATCH', `/v1/users/${ada.id}`, { token: ada.token, body: { roles: [] } });
+    assert.equal(self.statusCode, 403, self.body);
+    assert.equal(self.json().code, 'self_modification');
+    assert.deepEqual(await roles(ada.id), ['admin']);
+    // The manager may not remove roles at all (no roles:delete): refused before the rule applies.
+    const managerSelf = await t.call('PATCH', `/v1/users/${manager.id}`, {
       token: manager.token,
       body: { roles: [] },
     });
-    assert.equal(self.statusCode, 403, self.body);
-    assert.equal(self.json().code, 'self_modification');
+    assert.equal(managerSelf.statusCode, 403, managerSelf.body);
+    assert.equal(managerSelf.json().code, 'permission_denied');
     assert.deepEqual(await roles(manager.id), ['manager']);
-    const ada = await newUser('ada@example.com', ['admin']);
     const key = await t.call('POST', '/v1/keys', {
       token: ada.token,
-      body: { name: 'ada key', scopes: ['users:*'] },
+      body: { name: 'ada key', scopes: ['users:*', 'roles:*'] },
     });
     assert.equal(key.statusCode, 201, key.body);
     const headers = { 'x-api-key': key.json().key };
@@ -128,6 +141,89 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
     const after = (await t.call('GET', `/v1/users/${ada.id}`, { token: admin })).json();
     assert.equal(after.active, true);
     assert.deepEqual(after.roles, ['admin']);
+  });
+
+  test("roles changed through the users API need the role routes' permissions: roles:update to add, roles:delete to remove", async () => {
+    // A manager holds roles:update but not roles:delete: DELETE /v1/role-assignments refuses it,
+    // and so must PATCH /v1/users/{id}, whose `roles` would otherwise demote a peer.
+    const peer = await newUser('peer@example.com', ['manager']);
+    const demote = await t.call('PATCH', `/v1/users/${peer.id}`, {
+      token: manager.token,
+      body: { full_name: 'Demoted', roles: [] },
+    });
+    assert.equal(demote.statusCode, 403, demote.body);
+    assert.equal(demote.json().code, 'permission_denied');
+    assert.equal(demote.json().permission, 'roles:delete');
+    const peerAfter = (await t.call('GET', `/v1/users/${peer.id}`, { token: admin })).json();
+    assert.deepEqual(peerAfter.roles, ['manager']);
+    assert.equal(peerAfter.full_name, null, 'nothing half-written');
+    assert.ok(!(await events(peer.id)).some((e) => e.action === 'user.updated'));
+    // Adding is what roles:update allows: the manager may add a role below its own.
+    const added = await t.call('PATCH', `/v1/users/${peer.id}`, {
+      token: manager.token,
+      body: { roles: ['manager', 'viewer'] },
+    });
+    assert.equal(added.statusCode, 200, added.body);
+
+    // A custom role with users:read/create/update and no roles:* permission at all.
+    const hrRole = await t.call('POST', '/v1/roles', {
+      token: admin,
+      body: {
+        name: 'hr',
+        permissions: ['users:read', 'users:create', 'users:update', 'flags:read', 'flags:update'],
+      },
+    });
+    assert.equal(hrRole.statusCode, 201, hrRole.body);
+    const flagReader = await t.call('POST', '/v1/roles', {
+      token: admin,
+      body: { name: 'flag-reader', permissions: ['flags:read'] },
+    });
+    assert.equal(flagReader.statusCode, 201, flagReader.body);
+    const hr = await newUser('hr@example.com', ['hr']);
+    const target = await newUser('target@example.com', ['flag-reader']);
+    const direct = await t.call('POST', '/v1/role-assignments', {
+      token: hr.token,
+      body: { principal: target.id, role: 'flag-reader' },
+    });
+    assert.equal(direct.statusCode, 403, 'the role route refuses it');
+    for (const [body, permission] of [
+      [{ roles: ['flag-reader', 'viewer'] }, 'roles:update'],
+      [{ roles: [] }, 'roles:delete'],
+      [{ roles: ['viewer'] }, 'roles:update'],
+    ] as const) {
+      const res = await t.call('PATCH', `/v1/users/${target.id}`, { token: hr.token, body });
+      assert.equal(res.statusCode, 403, res.body);
+      assert.equal(res.json().code, 'permission_denied');
+      assert.equal(res.json().permission, permission);
+    }
+    assert.deepEqual(await roles(target.id), ['flag-reader']);
+    // A user created, or invited, with roles: roles:update too. Without roles: users:create is enough.
+    const created = await t.call('POST', '/v1/users', {
+      token: hr.token,
+      body: { email: 'hr-made@example.com', password: PASS, roles: ['flag-reader'] },
+    });
+    assert.equal(created.statusCode, 403, created.body);
+    assert.equal(created.json().permission, 'roles:update');
+    const invited = await t.call('POST', '/v1/invitations', {
+      token: hr.token,
+      body: { email: 'hr-invited@example.com', roles: ['flag-reader'] },
+    });
+    assert.equal(invited.statusCode, 403, invited.body);
+    assert.equal(invited.json().permission, 'roles:update');
+    const users = (await t.call('GET', '/v1/users?limit=500', { token: admin })).json().data as {
+      email: string;
+    }[];
+    assert.ok(!users.some((u) => u.email === 'hr-made@example.com'), 'no user created');
+    const plain = await t.call('POST', '/v1/users', {
+      token: hr.token,
+      body: { email: 'hr-made@example.com', password: PASS },
+    });
+    assert.equal(plain.statusCode, 201, plain.body);
+    const rename = await t.call('PATCH', `/v1/users/${target.id}`, {
+      token: hr.token,
+      body: { full_name: 'Renamed', roles: ['flag-reader'] },
+    });
+    assert.equal(rename.statusCode, 200, 'the same roles: no role changes, no roles:* needed');
   });
 
   test('PATCH {active:false} needs users:delete, as DELETE does; reactivation needs users:update', async () => {

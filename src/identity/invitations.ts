@@ -5,6 +5,7 @@ import { and, desc, eq, gt, isNull, lt } from 'drizzle-orm';
 import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import type { DbOrTx } from '../db/client.ts';
+import { isUniqueViolation } from '../db/errors.ts';
 import { isId, newId } from '../db/ids.ts';
 import { StewardError } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
@@ -14,17 +15,17 @@ import {
   displayName,
   type IdentityCore,
   type Origin,
-  rateLimitedError,
   type UserView,
   uniqueViolation,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
+import type { IpReservation } from './limiter.ts';
 import { createLockout, FAILURES_RESET } from './lockout.ts';
 import { hashPassword, verifyPassword } from './password.ts';
 import { activeMemberships, membership, type User, userByEmail } from './queries.ts';
 import { identitySettings, invitations, orgMemberships, users } from './schema.ts';
 import { sha256Hex } from './tokens.ts';
-import { assertFree, assignRoles, insertMember } from './users.ts';
+import { assertFree, assertMayChangeRoles, assignRoles, insertMember } from './users.ts';
 
 export type Invitation = typeof invitations.$inferSelect;
 export type InvitationStatus = 'pending' | 'accepted' | 'revoked' | 'expired';
@@ -55,7 +56,7 @@ export interface Registration {
 }
 
 export function createInvitations(core: IdentityCore) {
-  const { db, audit, authz, tenancy, limiter, clock } = core;
+  const { db, audit, authz, tenancy, clock } = core;
   const lockout = createLockout(core);
   // Thrown inside a transaction to roll it back on purpose (role validation).
   const DRY_RUN = Symbol('dry run');
@@ -63,10 +64,12 @@ export function createInvitations(core: IdentityCore) {
   /**
    * Runs authz's own checks on the roles an invitation will grant (unknown role 404, a role the
    * inviter could not assign 403) by assigning them to a stand-in user in a transaction that is
-   * always rolled back: the invitation cannot smuggle in rights its creator does not have.
+   * always rolled back: the invitation cannot smuggle in rights its creator does not have. The
+   * creator needs `roles:update` too, as `POST /v1/role-assignments` does.
    */
   async function assertRolesAssignable(principal: Principal, roles: readonly string[]) {
     if (roles.length === 0) return;
+    await assertMayChangeRoles(core, principal, { adding: true, removing: false });
     await db.db
       .transaction(async (tx) => {
         await insertMember(
@@ -284,7 +287,8 @@ export function createInvitations(core: IdentityCore) {
    * counts as a failed login does (the account's lockout and the per-IP limiter), so whoever
    * holds an invitation cannot guess the account's password. The failures are audited in the
    * org the user already belongs to (their first), never in the inviting org: its admin must not
-   * learn who holds the account.
+   * learn who holds the account. Two invitations of one org accepted at once: the membership's
+   * key decides, the other answers `already_member`.
    */
   async function joinWithAccount(
     invitation: Invitation,
@@ -292,40 +296,57 @@ export function createInvitations(core: IdentityCore) {
     password: string,
     origin: Origin,
   ): Promise<{ view: UserView; orgId: string }> {
-    await lockout.assertIpAllowed(origin.ip);
-    const home = user.active ? (await activeMemberships(db.db, user.id))[0] : undefined;
-    const attempt = home && { user, orgId: home.orgId, origin, during: 'invitation_accept' as const };
-    if (attempt) await lockout.assertNotLocked(attempt);
-    const check = await verifyPassword(user.passwordHash, password);
-    if (!check.ok || !attempt) {
-      const refused = identityErrors.invalid_credentials();
-      if (!attempt) {
-        // Inactive account: nothing to lock, as a login by an inactive user.
-        await limiter.recordFailure(origin.ip);
-        throw refused;
+    await lockout.withIpPoint(origin.ip, async (ip) => {
+      const home = user.active ? (await activeMemberships(db.db, user.id))[0] : undefined;
+      const attempt = home && { user, orgId: home.orgId, origin, ip, during: 'invitation_accept' as const };
+      if (attempt) await lockout.assertNotLocked(attempt);
+      const check = await verifyPassword(user.passwordHash, password);
+      if (!check.ok || !attempt) {
+        const refused = identityErrors.invalid_credentials();
+        if (!attempt) {
+          // Inactive account: nothing to lock, as a login by an inactive user.
+          ip.fail();
+          throw refused;
+        }
+        throw await lockout.fail(attempt, 'wrong_password', refused);
       }
-      throw await lockout.fail(attempt, 'wrong_password', refused);
-    }
-    const now = clock();
-    const after = await db.db.transaction(async (tx) => {
-      await claim(tx, invitation, now);
-      if (await membership(tx, invitation.orgId, user.id)) throw identityErrors.already_member();
-      await tx.update(users).set(FAILURES_RESET).where(eq(users.id, user.id));
-      await tx
-        .insert(orgMemberships)
-        .values({ orgId: invitation.orgId, userId: user.id, createdBy: invitation.createdBy });
-      const assigned = await assignRoles(core, tx, invitation.orgId, user.id, invitation.roles, null, origin);
-      await tx.update(invitations).set({ acceptedUserId: user.id }).where(eq(invitations.id, invitation.id));
-      await audit.record(tx, {
-        orgId: invitation.orgId,
-        actor: { type: 'user', id: user.id, name: displayName(user) },
-        action: 'invitation.accepted',
-        resource: { type: 'invitation', id: invitation.id },
-        context: origin,
-        details: { user_id: user.id, invited_by: invitation.createdBy, existing_account: true },
-      });
-      return assigned;
     });
+    const now = clock();
+    const after = await db.db
+      .transaction(async (tx) => {
+        await claim(tx, invitation, now);
+        if (await membership(tx, invitation.orgId, user.id)) throw identityErrors.already_member();
+        await tx.update(users).set(FAILURES_RESET).where(eq(users.id, user.id));
+        await tx
+          .insert(orgMemberships)
+          .values({ orgId: invitation.orgId, userId: user.id, createdBy: invitation.createdBy });
+        const assigned = await assignRoles(
+          core,
+          tx,
+          invitation.orgId,
+          user.id,
+          invitation.roles,
+          null,
+          origin,
+        );
+        await tx
+          .update(invitations)
+          .set({ acceptedUserId: user.id })
+          .where(eq(invitations.id, invitation.id));
+        await audit.record(tx, {
+          orgId: invitation.orgId,
+          actor: { type: 'user', id: user.id, name: displayName(user) },
+          action: 'invitation.accepted',
+          resource: { type: 'invitation', id: invitation.id },
+          context: origin,
+          details: { user_id: user.id, invited_by: invitation.createdBy, existing_account: true },
+        });
+        return assigned;
+      })
+      .catch((error: unknown) => {
+        // Another invitation of this org, accepted at the same moment, added the membership first.
+        throw isUniqueViolation(error) ? identityErrors.already_member() : error;
+      });
     for (const run of after) await run();
     await core.userChanged(user.id); // any lock cleared
     return {
@@ -406,25 +427,32 @@ export function createInvitations(core: IdentityCore) {
    * Public sign-up into an org whose `open_signup` is on; the new user starts with the org's
    * `signup_role`, or none (also when that role has been deleted since it was chosen). A closed
    * or unknown org answers the same 403. Refusals count against the per-IP
-   * login limiter, so sign-up cannot be used to enumerate emails faster than logins can.
+   * login limiter, so sign-up cannot be used to enumerate emails faster than logins can; the
+   * IP's point is taken before anything is read, as a login's is.
    */
-  async function signup(
+  function signup(
     input: Registration & { email: string; org: string },
     origin: Origin,
   ): Promise<{ view: UserView; orgId: string }> {
-    const wait = await limiter.blockedFor(origin.ip);
-    if (wait > 0) throw rateLimitedError(wait);
+    return lockout.withIpPoint(origin.ip, (ip) => signUp(input, origin, ip));
+  }
+
+  async function signUp(
+    input: Registration & { email: string; org: string },
+    origin: Origin,
+    ip: IpReservation,
+  ): Promise<{ view: UserView; orgId: string }> {
     const org = await findOrg(input.org);
     const settings = org ? await settingsOf(org.id) : DEFAULT_SIGNUP_SETTINGS;
     if (!org || !settings.openSignup) {
-      await limiter.recordFailure(origin.ip);
+      ip.fail();
       throw identityErrors.signup_disabled();
     }
     assertPasswordPolicy(input.password, { email: input.email, username: input.username ?? null });
     try {
       await assertFree(db.db, input.email, input.username);
     } catch (error) {
-      await limiter.recordFailure(origin.ip);
+      ip.fail();
       throw error;
     }
     const hash = await hashPassword(input.password);

@@ -66,4 +66,44 @@ describe('per-IP login limiter shared by two instances over Redis', { skip }, ()
       await store.dispose();
     }
   });
+
+  test('40 logins at once from one IP over A and B: at most the limit are checked, the rest 429', async () => {
+    const ip = `198.18.${randomInt(256)}.${randomInt(1, 255)}`;
+    const store = await openTestStore('pglite');
+    const keyring = createKeyring(randomBytes(32));
+    const config = loadConfig({
+      LOG_LEVEL: 'silent',
+      REDIS_URL: REDIS_URL ?? '',
+      LOGIN_IP_MAX_FAILURES: '4',
+      LOGIN_IP_WINDOW_SECONDS: '60',
+    });
+    const a = await buildApp(config, { db: store.db, keyring });
+    const b = await buildApp(config, { db: store.db, keyring });
+    const redis = new Redis(REDIS_URL ?? '');
+    try {
+      await Promise.all([a.ready(), b.ready()]);
+      await a.steward.identity.bootstrap(ADMIN);
+      const answers = await Promise.all(
+        Array.from({ length: 40 }, (_, i) =>
+          (i % 2 ? a : b).inject({
+            method: 'POST',
+            url: '/v1/auth/login',
+            remoteAddress: ip,
+            payload: { email: `nobody${i}@example.com`, password: 'a wrong password' },
+          }),
+        ),
+      );
+      const statuses = answers.map((r) => r.statusCode);
+      assert.equal(statuses.filter((s) => s === 401).length, 4, JSON.stringify(statuses));
+      assert.equal(statuses.filter((s) => s === 429).length, 36, JSON.stringify(statuses));
+      // Refusals gave back what they took: the count is the four failures.
+      assert.equal(Number(await redis.get(`steward:login-ip:${ip}`)), 4);
+    } finally {
+      await redis.del(`steward:login-ip:${ip}`).catch(() => 0);
+      redis.disconnect();
+      await a.close();
+      await b.close();
+      await store.dispose();
+    }
+  });
 });

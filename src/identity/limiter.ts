@@ -1,11 +1,23 @@
 import { Redis } from 'ioredis';
 import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 
+/** One attempt's point of its IP's failure budget, taken before the attempt checks a secret. */
+export interface IpReservation {
+  /** The attempt failed: its point stays taken until the window ends. */
+  fail(): void;
+  /** The attempt is over: its point goes back unless it failed. Never throws; once is enough. */
+  release(): Promise<void>;
+}
+
 /** Failed logins per client IP, across accounts: in memory, or shared by instances through Redis. */
 export interface LoginIpLimiter {
-  /** Milliseconds until this IP may try again, or 0. */
-  blockedFor(ip: string): Promise<number>;
-  recordFailure(ip: string): Promise<void>;
+  /**
+   * Takes one of the IP's points for an attempt about to check a password or a code, in one
+   * atomic step: an attempt counts as a failure from before its check until it ends, so however
+   * many arrive at once, at most LOGIN_IP_MAX_FAILURES checks (failed ones, and ones in flight)
+   * run per window. `{ waitMs }`: none left, nothing taken.
+   */
+  reserve(ip: string): Promise<IpReservation | { waitMs: number }>;
   close(): Promise<void>;
 }
 
@@ -17,9 +29,11 @@ export interface LoginIpLimiterOptions {
 }
 
 /**
- * Counts failures only, so a busy office behind one NAT logging in successfully is never slowed;
- * an IP over the limit is refused until its window ends. Redis errors fail open to an in-memory
- * limiter (the per-account lockout, kept in the database, still applies).
+ * Counts failures only, so a busy office behind one NAT logging in successfully is never slowed
+ * (its points come back as each login succeeds; only more than LOGIN_IP_MAX_FAILURES logins in
+ * flight at the same moment would wait); an IP over the limit is refused until its window ends.
+ * Redis errors fail open to an in-memory limiter (the per-account lockout, kept in the database,
+ * still applies).
  */
 export async function createLoginIpLimiter(options: LoginIpLimiterOptions): Promise<LoginIpLimiter> {
   const base = {
@@ -40,18 +54,40 @@ export async function createLoginIpLimiter(options: LoginIpLimiterOptions): Prom
     await redis.connect();
     limiter = new RateLimiterRedis({ ...base, storeClient: redis, insuranceLimiter: memory });
   }
+
+  // Giving a point back; an attempt that outlived its window gives it to the next one (one
+  // failure more allowed there), which is cheaper than a second round trip to prevent.
+  const giveBack = async (ip: string): Promise<void> => {
+    try {
+      await limiter.reward(ip, 1);
+    } catch (error) {
+      options.onError?.(error instanceof Error ? error : new Error(String(error)));
+    }
+  };
+
   return {
-    async blockedFor(ip) {
-      const res = await limiter.get(ip);
-      return res && res.consumedPoints >= options.maxFailures ? res.msBeforeNext : 0;
-    },
-    async recordFailure(ip) {
+    async reserve(ip) {
       try {
-        await limiter.consume(ip);
+        await limiter.consume(ip, 1);
       } catch (error) {
         if (!(error instanceof RateLimiterRes)) throw error;
-        // Over the limit: blockedFor() answers from now on.
+        // Refused: the consume counted all the same, and a refusal is no failure (it may be
+        // attempts still in flight that fill the budget, and they may all succeed).
+        await giveBack(ip);
+        return { waitMs: Math.max(error.msBeforeNext, 1) };
       }
+      let failed = false;
+      let released = false;
+      return {
+        fail() {
+          failed = true;
+        },
+        async release() {
+          if (released || failed) return;
+          released = true;
+          await giveBack(ip);
+        },
+      };
     },
     async close() {
       if (redis) await redis.quit().catch(() => {});

@@ -11,11 +11,11 @@ import {
   type LoginResult,
   lockedError,
   type Origin,
-  rateLimitedError,
   type TokenPair,
   totpAad,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
+import type { IpReservation } from './limiter.ts';
 import { type Attempt, createLockout } from './lockout.ts';
 import { hashPassword, verifyDummy, verifyPassword } from './password.ts';
 import {
@@ -33,8 +33,14 @@ import { verifyTotp } from './totp.ts';
 
 const MFA_MAX_ATTEMPTS = 5;
 
-/** Why the session's transaction opened none: the account is no longer active there, or locked. */
-type Refusal = { refused: 'inactive'; listed: boolean } | { refused: 'locked'; lockedUntil: Date };
+/**
+ * Why the session's transaction opened none (or the password step issued no 2FA challenge): the
+ * account is no longer active there, it is locked, or its password changed after the one proved.
+ */
+type Refusal =
+  | { refused: 'inactive'; listed: boolean }
+  | { refused: 'locked'; lockedUntil: Date }
+  | { refused: 'password_changed' };
 
 // $1 session id, $2 user, $3 org, $4 access jti, $5 refresh hash, $6 ip, $7 user agent,
 // $8 device name, $9 now, $10 expiry.
@@ -49,7 +55,7 @@ const OPEN_SESSION = prepared(
 
 /** Login steps and the session a successful one opens. */
 export function createLogin(core: IdentityCore) {
-  const { db, keyring, audit, authz, tenancy, limiter, clock, settings, refreshTokens } = core;
+  const { db, keyring, audit, authz, tenancy, clock, settings, refreshTokens } = core;
   const lockout = createLockout(core);
 
   /** Opens a session inside `tx`: the row, the user's login bookkeeping and the audit event. */
@@ -120,13 +126,14 @@ export function createLogin(core: IdentityCore) {
    * who has an account elsewhere. Nothing is recorded for that account's own orgs either: no
    * password was tried against it. Both steps of a login refuse through here.
    */
-  async function refuseInactive(
+  function refuseInactive(
     user: User | undefined,
     orgId: string | undefined,
     listed: boolean,
     origin: Origin,
-  ): Promise<never> {
-    await limiter.recordFailure(origin.ip);
+    ip: IpReservation,
+  ): never {
+    ip.fail();
     if (orgId !== undefined) {
       const known = user !== undefined && listed;
       // Written after the answer, as a wrong password's count is: the same time either way.
@@ -148,45 +155,71 @@ export function createLogin(core: IdentityCore) {
   }
 
   /**
-   * Inside the transaction that opens a session, the account once more, with the user's and the
-   * membership's rows held: a deactivation or a lock committed since the checks before the
-   * password (or the code) is seen here, and one still to come waits for this commit and then
-   * revokes the session it opens. Both steps of a login go through here.
+   * Inside the transaction that opens a session (or issues a 2FA challenge), the account once more,
+   * with the user's and the membership's rows held: a deactivation, a lock or a password change
+   * committed since the checks before the password (or the code) is seen here, and one still to
+   * come waits for this commit and then revokes the session it opens (or ends the challenge). The
+   * password must still be the one proved: not changed after `since` — the `password_changed_at`
+   * of the row whose hash the password step verified, or the challenge's creation for the code
+   * step. A login that read the old hash before a password change committed opened a live
+   * session after it. Both steps of a login go through here.
    */
-  async function standingRefusal(tx: DbOrTx, orgId: string, userId: string): Promise<Refusal | undefined> {
-    const standing = await accountStanding(tx, orgId, userId);
+  async function standingRefusal(
+    tx: DbOrTx,
+    orgId: string,
+    userId: string,
+    since: Date | null,
+  ): Promise<Refusal | undefined> {
+    const standing = await accountStanding(tx, orgId, userId, since);
     if (!standing?.active) return { refused: 'inactive', listed: standing !== undefined };
     if (standing.lockedUntil && standing.lockedUntil > clock()) {
       return { refused: 'locked', lockedUntil: standing.lockedUntil };
     }
+    if (standing.passwordChanged) return { refused: 'password_changed' };
     return undefined;
   }
 
-  /** Answers a refusal found in the session's transaction as the checks before it answer. */
-  async function refuse(refusal: Refusal, attempt: Attempt): Promise<never> {
+  /**
+   * Answers a refusal found in the session's transaction as the checks before it answer; a
+   * password changed meanwhile as the step answers a stale proof (`passwordChanged`).
+   */
+  async function refuse(
+    refusal: Refusal,
+    attempt: Attempt,
+    passwordChanged: () => Promise<never>,
+  ): Promise<never> {
     const { user, orgId, origin } = attempt;
-    if (refusal.refused === 'inactive') return refuseInactive(user, orgId, refusal.listed, origin);
+    if (refusal.refused === 'inactive')
+      return refuseInactive(user, orgId, refusal.listed, origin, attempt.ip);
+    if (refusal.refused === 'password_changed') return passwordChanged();
     await lockout.assertNotLocked({ ...attempt, user: { ...user, lockedUntil: refusal.lockedUntil } });
     throw lockedError(refusal.lockedUntil);
   }
 
-  /** Step one of a login: password. Unknown user and wrong password answer alike, in the same time. */
-  async function login(
+  /**
+   * Step one of a login: password. Unknown user and wrong password answer alike, in the same time.
+   * A point of the IP's failure budget is taken first (429 when none is left: nothing about any
+   * account is read, so there is nothing to hide and no Argon2 to spend), kept if the login fails.
+   */
+  function login(
     input: { email: string; password: string; org?: string | undefined; device_name?: string | undefined },
     origin: Origin,
   ): Promise<LoginResult> {
-    const wait = await limiter.blockedFor(origin.ip);
-    if (wait > 0) {
-      await verifyDummy();
-      throw rateLimitedError(wait);
-    }
+    return lockout.withIpPoint(origin.ip, (ip) => passwordStep(input, origin, ip));
+  }
+
+  async function passwordStep(
+    input: { email: string; password: string; org?: string | undefined; device_name?: string | undefined },
+    origin: Origin,
+    ip: IpReservation,
+  ): Promise<LoginResult> {
     const { user, org, member, listed } = await resolveLogin(input.email, input.org);
     if (!user?.active || !member) {
       await verifyDummy();
-      return refuseInactive(user, org?.id, listed === true, origin);
+      return refuseInactive(user, org?.id, listed === true, origin, ip);
     }
     const now = clock();
-    const attempt = { user, orgId: member.orgId, origin };
+    const attempt: Attempt = { user, orgId: member.orgId, origin, ip };
     if (user.lockedUntil && user.lockedUntil > now) {
       await verifyDummy();
       await lockout.assertNotLocked(attempt);
@@ -202,39 +235,51 @@ export function createLogin(core: IdentityCore) {
     if (known.lockedUntil && known.lockedUntil > clock()) {
       await lockout.assertNotLocked({ ...attempt, user: { ...user, lockedUntil: known.lockedUntil } });
     }
-    if (!check.ok) {
-      // The failure that locks answers 423 once its lock is written; any other answers as an
-      // unknown email does, in the same time (the count is written after the answer).
+    // A wrong password, or the right one for a hash replaced since it was read (found where the
+    // session opens): the failure that locks answers 423 once its lock is written; any other
+    // answers as an unknown email does, in the same time (the count is written after the answer).
+    const wrongPassword = async (): Promise<never> => {
       if (known.failed + 1 >= settings.maxFailures) {
         throw await lockout.fail(attempt, 'wrong_password', identityErrors.invalid_credentials());
       }
-      await lockout.failAfterAnswer(attempt, 'wrong_password');
+      lockout.failAfterAnswer(attempt, 'wrong_password');
       throw identityErrors.invalid_credentials();
-    }
+    };
+    if (!check.ok) return wrongPassword();
+    // The password proved is the one set at this time: the session (or the challenge) opens only if
+    // it has not changed since.
+    const since = user.passwordChangedAt;
     if (check.needsRehash) {
+      // Over the hash verified only: a password changed meanwhile must not be put back.
       await db.db
         .update(users)
         .set({ passwordHash: await hashPassword(input.password) })
-        .where(eq(users.id, user.id));
+        .where(and(eq(users.id, user.id), eq(users.passwordHash, user.passwordHash)));
     }
     if (user.totpEnabled) {
       const challenge = newMfaToken();
-      await db.db.insert(mfaChallenges).values({
-        tokenHash: challenge.hash,
-        userId: user.id,
-        orgId: member.orgId,
-        createdAt: now,
-        expiresAt: new Date(now.getTime() + settings.mfaTokenTtlSeconds * 1000),
+      const refused = await db.db.transaction(async (tx) => {
+        const refusal = await standingRefusal(tx, member.orgId, user.id, since);
+        if (refusal !== undefined) return refusal;
+        await tx.insert(mfaChallenges).values({
+          tokenHash: challenge.hash,
+          userId: user.id,
+          orgId: member.orgId,
+          createdAt: now,
+          expiresAt: new Date(now.getTime() + settings.mfaTokenTtlSeconds * 1000),
+        });
+        return undefined;
       });
+      if (refused !== undefined) return refuse(refused, attempt, wrongPassword);
       return { mfa_required: true, mfa_token: challenge.token };
     }
     const roles = await authz.rolesOf(member.orgId, user.id);
     const opened = await db.db.transaction(
       async (tx) =>
-        (await standingRefusal(tx, member.orgId, user.id)) ??
+        (await standingRefusal(tx, member.orgId, user.id, since)) ??
         openSession(tx, user, member.orgId, origin, 'password', input.device_name, roles),
     );
-    if ('refused' in opened) return refuse(opened, attempt);
+    if ('refused' in opened) return refuse(opened, attempt, wrongPassword);
     await core.userChanged(user.id); // last_login_at, and any lock cleared
     return opened;
   }
@@ -245,14 +290,21 @@ export function createLogin(core: IdentityCore) {
    * and refused as step one refuses it: an admin may have deactivated the user or their membership,
    * or failures elsewhere locked the account, since the password was right. These checks come
    * before the challenge's own state: a deactivation also ends the org's pending challenges, and
-   * the caller is then told what a fresh login would tell them.
+   * the caller is then told what a fresh login would tell them. The IP's point is taken first, as
+   * in step one.
    */
-  async function loginMfa(
+  function loginMfa(
     input: { mfa_token: string; code: string; device_name?: string | undefined },
     origin: Origin,
   ): Promise<TokenPair> {
-    const wait = await limiter.blockedFor(origin.ip);
-    if (wait > 0) throw rateLimitedError(wait);
+    return lockout.withIpPoint(origin.ip, (ip) => codeStep(input, origin, ip));
+  }
+
+  async function codeStep(
+    input: { mfa_token: string; code: string; device_name?: string | undefined },
+    origin: Origin,
+    ip: IpReservation,
+  ): Promise<TokenPair> {
     const tokenHash = sha256Hex(input.mfa_token);
     const [challenge] = await db.db
       .select()
@@ -261,15 +313,17 @@ export function createLogin(core: IdentityCore) {
     if (!challenge) throw identityErrors.mfa_token_invalid();
     const user = await userById(db.db, challenge.userId);
     const m = user ? await membership(db.db, challenge.orgId, user.id) : undefined;
-    if (!user?.active || !m?.active) return refuseInactive(user, challenge.orgId, m !== undefined, origin);
-    const attempt = { user, orgId: challenge.orgId, origin };
+    if (!user?.active || !m?.active)
+      return refuseInactive(user, challenge.orgId, m !== undefined, origin, ip);
+    const attempt: Attempt = { user, orgId: challenge.orgId, origin, ip };
     await lockout.assertNotLocked(attempt);
     const now = clock();
     if (challenge.usedAt) throw identityErrors.mfa_token_invalid();
     if (challenge.expiresAt <= now) throw identityErrors.mfa_token_expired();
     if (!user.totpEnabled || !user.totpSecret) throw identityErrors.mfa_token_invalid();
     // A challenge issued before the password last changed is void (account.ts also ends pending
-    // ones in the change's transaction; this covers a login that raced the change).
+    // ones in the change's transaction; the step one transaction refuses to issue one for a
+    // password changed since it was read). The same rule is checked again where the session opens.
     if (user.passwordChangedAt && challenge.createdAt < user.passwordChangedAt) {
       throw identityErrors.mfa_token_invalid();
     }
@@ -305,7 +359,7 @@ export function createLogin(core: IdentityCore) {
 
     const roles = await authz.rolesOf(challenge.orgId, user.id);
     const opened = await db.db.transaction(async (tx) => {
-      const refusal = await standingRefusal(tx, challenge.orgId, user.id);
+      const refusal = await standingRefusal(tx, challenge.orgId, user.id, challenge.createdAt);
       if (refusal !== undefined) return refusal;
       const used = await tx
         .update(mfaChallenges)
@@ -344,17 +398,26 @@ export function createLogin(core: IdentityCore) {
       }
       return openSession(tx, user, challenge.orgId, origin, method, input.device_name, roles);
     });
-    if ('refused' in opened) return refuse(opened, attempt);
+    if ('refused' in opened) {
+      return refuse(opened, attempt, async () => {
+        throw identityErrors.mfa_token_invalid();
+      });
+    }
     await core.userChanged(user.id); // last_login_at, and any lock cleared
     return opened;
   }
 
+  /**
+   * Counts a wrong code against the challenge; the fifth uses it up. Never clears `used_at`: a
+   * wrong code racing the right one (read before that login committed, written after) set it back
+   * to null, and the spent `mfa_token` opened further sessions.
+   */
   async function spendAttempt(tokenHash: string): Promise<void> {
     await db.db
       .update(mfaChallenges)
       .set({
         attempts: sql`${mfaChallenges.attempts} + 1`,
-        usedAt: sql`case when ${mfaChallenges.attempts} + 1 >= ${MFA_MAX_ATTEMPTS} then now() else null end`,
+        usedAt: sql`case when ${mfaChallenges.attempts} + 1 >= ${MFA_MAX_ATTEMPTS} then coalesce(${mfaChallenges.usedAt}, now()) else ${mfaChallenges.usedAt} end`,
       })
       .where(eq(mfaChallenges.tokenHash, tokenHash));
   }

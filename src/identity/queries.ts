@@ -21,10 +21,14 @@ const USER_BY_EMAIL_WITH_HOME_ORG = prepared(
 );
 
 // One statement, run by every login: the locking clauses take the rows in the order they are
-// written (PostgreSQL applies a statement's row marks in that order), the user's first.
+// written (PostgreSQL applies a statement's row marks in that order), the user's first. The
+// password's change time is compared to the millisecond, the precision a JavaScript Date read it
+// with (Steward writes it from one, so it never has more).
 const ACCOUNT_STANDING = prepared(
   'account_standing',
-  'select (u.active and m.active) as "active", u.locked_until as "lockedUntil" from users u ' +
+  'select (u.active and m.active) as "active", u.locked_until as "lockedUntil", ' +
+    `coalesce(date_trunc('milliseconds', u.password_changed_at) > coalesce($3::timestamptz, '-infinity'), false) ` +
+    'as "passwordChanged" from users u ' +
     'join org_memberships m on m.user_id = u.id and m.org_id = $1 where u.id = $2 ' +
     'for no key update of u for share of m',
 );
@@ -156,21 +160,33 @@ export async function purgeMfaChallenges(db: DbOrTx, expiredBefore: Date): Promi
   return gone.length;
 }
 
+/** An account as a login sees it where the session opens (`accountStanding`). */
+export interface Standing {
+  active: boolean;
+  lockedUntil: Date | null;
+  /** The password changed after the `since` given: the proof checked is no longer the password. */
+  passwordChanged: boolean;
+}
+
 /**
- * Inside a transaction: whether the user and their membership of the org are both active, and the
- * user's lock; undefined without a user or a membership. Holds the user's row (FOR NO KEY UPDATE:
- * the caller goes on to update it) and then the membership's (FOR SHARE) until the transaction
- * ends, in that order, the order every deactivation takes them (`lockUserRow` first): one
+ * Inside a transaction: whether the user and their membership of the org are both active, the
+ * user's lock, and whether the password changed after `since` (the `password_changed_at` of the
+ * row whose hash the login verified, or when a 2FA challenge was issued); undefined without a
+ * user or a membership. Holds the user's row (FOR NO KEY UPDATE: the caller goes on to update it)
+ * and then the membership's (FOR SHARE) until the transaction ends, in that order, the order
+ * every deactivation takes them (`lockUserRow` first) and a password change takes the user's: one
  * committed before is seen, one after waits for the commit, and neither can deadlock with it.
  */
 export async function accountStanding(
   tx: DbOrTx,
   orgId: string,
   userId: string,
-): Promise<{ active: boolean; lockedUntil: Date | null } | undefined> {
-  const [row] = await runPrepared<{ active: boolean; lockedUntil: Date | null }>(tx, ACCOUNT_STANDING, [
+  since: Date | null,
+): Promise<Standing | undefined> {
+  const [row] = await runPrepared<Standing>(tx, ACCOUNT_STANDING, [
     orgId,
     userId,
+    since === null ? null : since.toISOString(),
   ]);
   return row;
 }

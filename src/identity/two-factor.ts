@@ -79,25 +79,27 @@ export function createTwoFactor(core: IdentityCore) {
   ): Promise<void> {
     const user = await core.currentUser(principal);
     if (!user.totpEnabled || !user.totpSecret) throw identityErrors.totp_not_enabled();
+    const { totpSecret } = user;
     // Password and code are proofs like a login's: throttled, counted and locked alike.
-    const attempt = { user, orgId: principal.orgId, origin, during: 'totp_disable' as const };
-    await lockout.assertIpAllowed(origin.ip);
-    await lockout.assertNotLocked(attempt);
-    const check = await verifyPassword(user.passwordHash, input.password);
-    if (!check.ok) throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
-    const secret = open(keyring, user.totpSecret, totpAad(user.id)).toString('utf8');
-    const result = verifyTotp(secret, input.code, {
-      nowMs: clock().getTime(),
-      lastUsedStep: user.totpLastStep,
+    await lockout.withIpPoint(origin.ip, async (ip) => {
+      const attempt = { user, orgId: principal.orgId, origin, ip, during: 'totp_disable' as const };
+      await lockout.assertNotLocked(attempt);
+      const check = await verifyPassword(user.passwordHash, input.password);
+      if (!check.ok) throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
+      const secret = open(keyring, totpSecret, totpAad(user.id)).toString('utf8');
+      const result = verifyTotp(secret, input.code, {
+        nowMs: clock().getTime(),
+        lastUsedStep: user.totpLastStep,
+      });
+      const recoveryIndex = result.ok ? -1 : matchRecoveryCode(input.code, user.recoveryCodeHashes);
+      if (!result.ok && recoveryIndex < 0) {
+        throw await lockout.fail(
+          attempt,
+          result.reason === 'replayed' ? 'totp_replayed' : 'wrong_totp',
+          identityErrors.totp_code_invalid(undefined, { reason: result.reason }),
+        );
+      }
     });
-    const recoveryIndex = result.ok ? -1 : matchRecoveryCode(input.code, user.recoveryCodeHashes);
-    if (!result.ok && recoveryIndex < 0) {
-      throw await lockout.fail(
-        attempt,
-        result.reason === 'replayed' ? 'totp_replayed' : 'wrong_totp',
-        identityErrors.totp_code_invalid(undefined, { reason: result.reason }),
-      );
-    }
     await db.db.transaction(async (tx) => {
       // Both proofs held: the failure count starts again, as after a login.
       await tx

@@ -48,6 +48,34 @@ export interface NewMember {
   by: Principal | null;
 }
 
+/** Refuses (403 `permission_denied`, the access layer's answer) a caller without `permission`. */
+export async function requirePermission(
+  core: Pick<IdentityCore, 'authz'>,
+  principal: Principal,
+  permission: string,
+): Promise<void> {
+  const may = await core.authz.check(principal, permission);
+  if (!may.allowed) {
+    throw httpErrors.permission_denied(`This action needs ${permission}`, { permission });
+  }
+}
+
+/**
+ * Roles changed through the users API (and invitations) need what the role routes need:
+ * `roles:update` to add one (`POST /v1/role-assignments`), `roles:delete` to remove one
+ * (`DELETE /v1/role-assignments/{id}`). Authz's delegation rules then apply to each role, as on
+ * those routes. Without this, `users:update` alone demoted a peer and a role with no `roles:*`
+ * at all assigned roles.
+ */
+export async function assertMayChangeRoles(
+  core: Pick<IdentityCore, 'authz'>,
+  principal: Principal,
+  change: { adding: boolean; removing: boolean },
+): Promise<void> {
+  if (change.adding) await requirePermission(core, principal, 'roles:update');
+  if (change.removing) await requirePermission(core, principal, 'roles:delete');
+}
+
 /** Assigns roles inside `tx`; returns what to run after the commit. */
 export async function assignRoles(
   core: Pick<IdentityCore, 'authz'>,
@@ -144,6 +172,7 @@ export function createUsers(core: IdentityCore) {
     },
     origin: AuditContext,
   ): Promise<UserView> {
+    await assertMayChangeRoles(core, principal, { adding: (input.roles ?? []).length > 0, removing: false });
     assertPasswordPolicy(input.password, { email: input.email, username: input.username ?? null });
     await assertFree(db.db, input.email, input.username);
     const hash = await hashPassword(input.password);
@@ -249,10 +278,7 @@ export function createUsers(core: IdentityCore) {
     const { user, membership: m } = await getMember(principal.orgId, userId);
     if (input.active === false) {
       // The same operation as DELETE /v1/users/{id}, so the same permission.
-      const may = await authz.check(principal, 'users:delete');
-      if (!may.allowed) {
-        throw httpErrors.permission_denied('This action needs users:delete', { permission: 'users:delete' });
-      }
+      await requirePermission(core, principal, 'users:delete');
       assertMayDeactivate(principal, user);
       // Deactivation removes every role: roles sent with it would be dropped in the same breath.
       if (input.roles !== undefined && input.roles.length > 0) {
@@ -275,6 +301,7 @@ export function createUsers(core: IdentityCore) {
     const dropped = next === undefined ? [] : beforeRoles.filter((r) => !next.includes(r));
     const added = next === undefined ? [] : next.filter((r) => !beforeRoles.includes(r));
     const rolesChange = dropped.length > 0 || added.length > 0;
+    await assertMayChangeRoles(core, principal, { adding: added.length > 0, removing: dropped.length > 0 });
     if (!renaming && !reusername && !reactivating && !deactivating && !rolesChange) {
       return view(principal.orgId, user, m);
     }
