@@ -2,7 +2,7 @@
 // transaction (as a domain change records it), from concurrent writers in ONE org
 // (the worst case for a per-org chain), then linked by the sequencer and verified.
 import { randomBytes } from 'node:crypto';
-import { createAuditService } from '../src/audit/service.ts';
+import { openAuditService } from '../src/audit/service.ts';
 import { createKeyring } from '../src/crypto/keyring.ts';
 import { type DbHandle, openDatabase } from '../src/db/client.ts';
 import { newId } from '../src/db/ids.ts';
@@ -10,7 +10,7 @@ import { runMigrations } from '../src/db/migrate.ts';
 import { createTestDatabase } from '../test/helpers/postgres.ts';
 
 async function measure(label: string, db: DbHandle, writers: number, total: number) {
-  const audit = createAuditService({
+  const audit = await openAuditService({
     db,
     keyring: createKeyring(randomBytes(32)),
     defaultRetentionDays: 365,

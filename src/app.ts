@@ -4,7 +4,7 @@ import Fastify, { type FastifyInstance, LogController } from 'fastify';
 import { validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { type DestinationStream, pino } from 'pino';
 import { auditRoutes } from './audit/routes.ts';
-import { createAuditService } from './audit/service.ts';
+import { openAuditService } from './audit/service.ts';
 import { authzRoutes } from './authz/routes.ts';
 import { createAuthzService } from './authz/service.ts';
 import { type InvalidationBus, openBus } from './bus/index.ts';
@@ -115,7 +115,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
         embedded: config.DATABASE_URL === undefined,
         warn: (message) => app.log.warn(message),
       });
-    const audit = createAuditService({
+    const audit = await openAuditService({
       db,
       keyring,
       defaultRetentionDays: config.AUDIT_RETENTION_DAYS,

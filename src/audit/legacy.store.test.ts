@@ -17,7 +17,7 @@ import { type DbHandle, openDatabase } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import { MIGRATIONS_FOLDER, runMigrations } from '../db/migrate.ts';
 import { type EventContent, eventHash, GENESIS_HASH } from './chain.ts';
-import { type AuditService, createAuditService } from './service.ts';
+import { type AuditService, openAuditService } from './service.ts';
 
 const BEFORE_MACS = '0010_vault_change_context';
 
@@ -130,7 +130,11 @@ for (const { kind, skip } of STORES) {
       await writeAsBefore(linkedAndPending, 3, 2);
       await writeAsBefore(pendingOnly, 0, 3);
       await runMigrations(db); // 0011 and anything after it
-      audit = createAuditService({ db, keyring: createKeyring(randomBytes(32)), defaultRetentionDays: 30 });
+      audit = await openAuditService({
+        db,
+        keyring: createKeyring(randomBytes(32)),
+        defaultRetentionDays: 30,
+      });
     });
     after(() => dispose?.());
 

@@ -1,73 +1,86 @@
 import type { Keyring } from '../crypto/keyring.ts';
 import { hmacSha256, verifyHmacSha256 } from '../crypto/mac.ts';
+import type { AuditMacKeys } from './mac-key.ts';
 
-/** HKDF purpose of the key that signs purge checkpoints. */
+/** HKDF purpose of the master-key-derived key that signed checkpoints before the audit MAC key (hex signatures). */
 export const AUDIT_CHECKPOINT_KEY_PURPOSE = 'steward/audit/checkpoint/v1';
-/** HKDF purpose of the key that authenticates each event's content when it is written. */
+/** HKDF purpose of the master-key-derived key of `mac1.` event MACs (before the audit MAC key). */
 export const AUDIT_EVENT_KEY_PURPOSE = 'steward/audit/event/v1';
 
-/** What the audit trail needs of the keyring: per-purpose keys, derived from older master keys too. */
-export type AuditKeyring = Pick<Keyring, 'current' | 'ids' | 'has' | 'deriveKey'>;
+/** What verifying `mac1.` MACs and hex checkpoints needs of the keyring: keys derived from any master key held. */
+export type AuditKeyring = Pick<Keyring, 'ids' | 'has' | 'deriveKey'>;
 
 /** The outcome of checking one event's MAC. */
 export type MacCheck = 'ok' | 'mac_mismatch' | 'mac_key_unknown';
 
-// `mac1.<master key id>.<base64url of the 32-byte tag>`: named like sealed values (`v1.<key id>.…`)
+// `mac<version>.<key id>.<base64url of the 32-byte tag>`: named like sealed values (`v1.<key id>.…`)
 // but not mistakable for one, so a search for values still under an old key finds no MAC.
-const EVENT_MAC = /^mac1\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
+// mac2: the key id is an audit MAC key's (audit_mac_keys). mac1: a master key's, written before
+// the audit MAC key existed.
+const SIGNED = /^mac([12])\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
+// A checkpoint signed before the audit MAC key: hex, under a key derived from some master key.
+const LEGACY_CHECKPOINT = /^[0-9a-f]{64}$/;
 
 /**
- * The audit trail's keys: an event key and a checkpoint key per master key, each derived once
- * (HKDF with its own purpose). Events and checkpoints are signed under the current master key;
- * an event's MAC names its master key, so events written before a rotation verify as long as
- * that key is in STEWARD_MASTER_KEY_PREVIOUS.
+ * The audit trail's keys. Events and checkpoints are signed under the audit MAC key
+ * (`mac2.<audit key id>.…`), which a master-key rotation does not change. What was signed before
+ * that key existed names a master key (`mac1.` events, hex checkpoints) and verifies while that
+ * master key is held; the keys derived from it are derived once per key id.
  */
-export function createAuditKeys(keyring: AuditKeyring) {
+export function createAuditKeys(keyring: AuditKeyring, macKeys: AuditMacKeys) {
   const derived = new Map<string, Buffer>();
-  const keyFor = (purpose: string, keyId: string): Buffer => {
-    const name = `${purpose} ${keyId}`;
+  const legacyKey = (purpose: string, masterKeyId: string): Buffer => {
+    const name = `${purpose} ${masterKeyId}`;
     let key = derived.get(name);
     if (key === undefined) {
-      key = keyring.deriveKey(purpose, 32, keyId);
+      key = keyring.deriveKey(purpose, 32, masterKeyId);
       derived.set(name, key);
     }
     return key;
   };
-  const currentId = keyring.current.id;
-  const eventKey = keyFor(AUDIT_EVENT_KEY_PURPOSE, currentId);
-  const prefix = `mac1.${currentId}.`;
+  const { current } = macKeys;
+  const prefix = `mac2.${current.id}.`;
 
   return {
     /** The MAC stored with an event: one HMAC-SHA256 of its canonical content (`canonicalEvent`). */
-    eventMac: (content: string): string => prefix + hmacSha256(eventKey, content).toString('base64url'),
+    eventMac: (content: string): string =>
+      prefix + hmacSha256(current.eventKey, content).toString('base64url'),
 
     /** Checks a stored MAC against the event's canonical content, in constant time. */
     checkEventMac(content: string, mac: string): MacCheck {
-      const match = EVENT_MAC.exec(mac);
+      const match = SIGNED.exec(mac);
       if (match === null) return 'mac_mismatch';
-      const [, keyId = '', tag = ''] = match;
-      if (!keyring.has(keyId)) return 'mac_key_unknown';
-      const ok = verifyHmacSha256(
-        keyFor(AUDIT_EVENT_KEY_PURPOSE, keyId),
-        content,
-        Buffer.from(tag, 'base64url'),
-      );
-      return ok ? 'ok' : 'mac_mismatch';
+      const [, version, keyId = '', tag = ''] = match;
+      const key =
+        version === '2'
+          ? macKeys.byId.get(keyId)?.eventKey
+          : keyring.has(keyId)
+            ? legacyKey(AUDIT_EVENT_KEY_PURPOSE, keyId)
+            : undefined;
+      if (key === undefined) return 'mac_key_unknown';
+      return verifyHmacSha256(key, content, Buffer.from(tag, 'base64url')) ? 'ok' : 'mac_mismatch';
     },
 
-    /** Hex HMAC-SHA256 of a checkpoint's payload under the current master key. */
+    /** A checkpoint's signature: `mac2.<audit key id>.<base64url HMAC-SHA256>` of its payload. */
     signCheckpoint: (payload: string): string =>
-      hmacSha256(keyFor(AUDIT_CHECKPOINT_KEY_PURPOSE, currentId), payload).toString('hex'),
+      prefix + hmacSha256(current.checkpointKey, payload).toString('base64url'),
 
     /**
-     * A checkpoint verifies under any master key held. Its signature does not name its key (older
-     * ones could not), so each is tried: one HMAC per key for the one checkpoint verify reads.
+     * A checkpoint verifies under the audit MAC key it names. One signed before that key existed
+     * (hex, no key named) verifies under any master key held: each is tried, one HMAC per key for
+     * the one checkpoint verify reads.
      */
     checkCheckpoint(payload: string, signature: string): boolean {
-      if (!/^[0-9a-f]{64}$/.test(signature)) return false;
+      const match = SIGNED.exec(signature);
+      if (match !== null) {
+        const [, version, keyId = '', tag = ''] = match;
+        const key = version === '2' ? macKeys.byId.get(keyId)?.checkpointKey : undefined;
+        return key !== undefined && verifyHmacSha256(key, payload, Buffer.from(tag, 'base64url'));
+      }
+      if (!LEGACY_CHECKPOINT.test(signature)) return false;
       const tag = Buffer.from(signature, 'hex');
       return keyring.ids.some((id) =>
-        verifyHmacSha256(keyFor(AUDIT_CHECKPOINT_KEY_PURPOSE, id), payload, tag),
+        verifyHmacSha256(legacyKey(AUDIT_CHECKPOINT_KEY_PURPOSE, id), payload, tag),
       );
     },
   };

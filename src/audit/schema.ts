@@ -37,10 +37,11 @@ export const auditEvents = pgTable(
     prevHash: text('prev_hash'),
     hash: text('hash'),
     /**
-     * `mac1.<master key id>.<base64url HMAC-SHA256>` of the event's content (everything the hash
-     * covers but seq), written with the event under a key only Steward holds: a row inserted or
-     * rewritten through SQL cannot carry a valid one. Null only for events from before it existed
-     * (see `auditLegacyBoundaries`).
+     * `mac2.<audit MAC key id>.<base64url HMAC-SHA256>` of the event's content (everything the hash
+     * covers but seq), written with the event under a key only Steward holds (`auditMacKeys`): a row
+     * inserted or rewritten through SQL cannot carry a valid one. Events written before that key
+     * existed carry `mac1.<master key id>.…` (a key derived from the master key). Null only for
+     * events from before MACs existed (see `auditLegacyBoundaries`).
      */
     mac: text('mac'),
   },
@@ -67,7 +68,8 @@ export const auditChainHeads = pgTable('audit_chain_heads', {
 
 /**
  * Left by the retention purge: the last purged event's sequence and hash, signed
- * (HMAC-SHA256 under a key derived from the master key), so the rest still verifies.
+ * (`mac2.<audit MAC key id>.…`, HMAC-SHA256 under the audit MAC key; older ones: hex, under a key
+ * derived from the master key), so the rest still verifies.
  */
 export const auditCheckpoints = pgTable(
   'audit_checkpoints',
@@ -93,4 +95,25 @@ export const auditLegacyBoundaries = pgTable('audit_legacy_boundaries', {
   orgId: text('org_id').primaryKey(),
   legacyThroughSeq: bigint('legacy_through_seq', { mode: 'number' }).notNull(),
   recordedAt: at('recorded_at').notNull().defaultNow(),
+});
+
+/**
+ * The audit trail's own secret: 32 random bytes, made once per deployment by the first instance
+ * to start, sealed under the master key (AAD `audit-mac-key/<id>`). Event MACs and checkpoint
+ * signatures use keys derived from it, not from the master key, so a master-key rotation only
+ * re-wraps this row (`steward vault rewrap`) and changes nothing that was signed. The id is a
+ * keyed hash of the key, named in every MAC. A trigger refuses every UPDATE but the re-wrap of
+ * `key_sealed` (to another master key), every DELETE and TRUNCATE: the key cannot be replaced.
+ */
+export const auditMacKeys = pgTable('audit_mac_keys', {
+  id: text('id').primaryKey(),
+  /**
+   * 1 for the first key. Instances starting together all insert generation 1 (ON CONFLICT DO
+   * NOTHING) and read back the one that won. Replacing the key is not built; a later key would be
+   * generation 2, a row added beside the first, which keeps verifying what it signed.
+   */
+  generation: integer('generation').notNull().unique('audit_mac_keys_generation'),
+  /** The key, sealed under the master key (`v1.<master key id>.…`). */
+  keySealed: text('key_sealed').notNull(),
+  createdAt: at('created_at').notNull(),
 });

@@ -1,5 +1,6 @@
 import { and, asc, eq, gt, isNotNull, isNull, lt, or, sql } from 'drizzle-orm';
 import { PgTransaction } from 'drizzle-orm/pg-core';
+import type { Keyring } from '../crypto/keyring.ts';
 import { type DbHandle, type DbOrTx, rawInsertMany } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import { prepared, runPrepared } from '../db/prepared.ts';
@@ -13,13 +14,14 @@ import {
   GENESIS_HASH,
   linkHash,
 } from './chain.ts';
-import { type AuditKeyring, createAuditKeys } from './mac.ts';
+import { type AuditKeys, createAuditKeys } from './mac.ts';
+import { loadAuditMacKeys } from './mac-key.ts';
 import { type AuditFilters, listEvents, type StoredEvent } from './queries.ts';
 import { redact, storable, storableJson } from './redact.ts';
 import { auditChainHeads, auditCheckpoints, auditEvents, auditLegacyBoundaries } from './schema.ts';
 import { createSequencer, type Sequencer } from './sequencer.ts';
 
-export { AUDIT_CHECKPOINT_KEY_PURPOSE, AUDIT_EVENT_KEY_PURPOSE, type AuditKeyring } from './mac.ts';
+export { AUDIT_CHECKPOINT_KEY_PURPOSE, AUDIT_EVENT_KEY_PURPOSE, type AuditKeys } from './mac.ts';
 
 /** Who did it. `system` is Steward itself (bootstrap, purge, schedulers). */
 export interface AuditActor {
@@ -56,7 +58,7 @@ export interface AuditEventInput {
 
 /** Why a chain does not verify: useful to an operator, harmless to show. */
 export const VERIFY_REASONS = [
-  /** The latest purge checkpoint's signature is wrong under every master key held (forged). */
+  /** The latest purge checkpoint's signature is wrong (forged), or names a key this process does not hold. */
   'checkpoint_invalid',
   /** A sequence is missing: an event was deleted. */
   'missing_event',
@@ -66,7 +68,10 @@ export const VERIFY_REASONS = [
   'mac_missing',
   /** An event's MAC does not match its content: inserted or rewritten through SQL. */
   'mac_mismatch',
-  /** An event's MAC is under a master key this process does not hold (keep retired keys in STEWARD_MASTER_KEY_PREVIOUS). */
+  /**
+   * An event's MAC names a key this process does not hold: an audit MAC key not in audit_mac_keys, or,
+   * for a `mac1.` event (written before the audit MAC key), a master key not in STEWARD_MASTER_KEY_PREVIOUS.
+   */
   'mac_key_unknown',
   /** The chain head does not point at the last event: the newest events were removed, or the head moved. */
   'head_mismatch',
@@ -92,14 +97,32 @@ export interface PurgeResult {
 export interface AuditServiceDeps {
   db: DbHandle;
   /**
-   * The master keys: each event's MAC and each purge checkpoint are HMAC-SHA256 under keys derived
-   * from the current one; older ones (STEWARD_MASTER_KEY_PREVIOUS) still verify what they signed.
+   * What signs and checks: each event's MAC and each purge checkpoint are HMAC-SHA256 under keys
+   * derived from the audit MAC key (`loadAuditMacKeys`), loaded once, before the first event.
    */
-  keyring: AuditKeyring;
+  keys: AuditKeys;
   defaultRetentionDays: number;
   clock?: () => Date;
   /** Links events into the chain; made here when not given. */
   sequencer?: Sequencer;
+}
+
+/** What `openAuditService` needs: the master keys instead of the audit trail's own. */
+export type OpenAuditServiceDeps = Omit<AuditServiceDeps, 'keys'> & {
+  /**
+   * The master keys: they open the audit MAC key (and seal it, on the first start); events and
+   * checkpoints signed before it existed verify under the master key they were signed with.
+   */
+  keyring: Keyring;
+};
+
+/**
+ * The audit service as Steward starts it: loads the audit MAC key (the first instance to start
+ * makes it), then builds the service. One query at start; nothing more per event.
+ */
+export async function openAuditService({ keyring, ...deps }: OpenAuditServiceDeps): Promise<AuditService> {
+  const macKeys = await loadAuditMacKeys({ db: deps.db, keyring, clock: deps.clock });
+  return createAuditService({ ...deps, keys: createAuditKeys(keyring, macKeys) });
 }
 
 /** Builds the actor of an event from the request's principal. */
@@ -178,13 +201,12 @@ const MOVE_HEAD = prepared(
 /** The audit trail: append inside the caller's transaction, query, export, verify, purge. */
 export function createAuditService({
   db,
-  keyring,
+  keys,
   defaultRetentionDays,
   clock = () => new Date(),
   sequencer = createSequencer({ db }),
 }: AuditServiceDeps) {
   const text = (s: string | null | undefined, max = 2000) => (s == null ? null : storable(s).slice(0, max));
-  const keys = createAuditKeys(keyring);
 
   /** What a checkpoint's signature covers. */
   const checkpointPayload = (c: {
@@ -200,7 +222,7 @@ export function createAuditService({
    * Writes events within `tx`, so an event exists if and only if the change it records
    * commits. Each carries its MAC (one HMAC-SHA256 of its content, serialised once for both the
    * MAC and the hash): what verify checks, so that a row inserted or rewritten through SQL, by
-   * someone without the master key, is found even though the sequencer links it.
+   * someone without the audit MAC key, is found even though the sequencer links it.
    *
    * On PostgreSQL, by default one INSERT and no lock: the sequencer links committed events into
    * the org's chain shortly after (verify and purge link first), so concurrent writers never queue

@@ -4,11 +4,13 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { openTestStore, STORES, type TestStore } from '../../test/helpers/stores.ts';
+import { seal } from '../crypto/envelope.ts';
 import { createKeyring } from '../crypto/keyring.ts';
 import { driverClient } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import { eventHash } from './chain.ts';
-import { type AuditEventInput, type AuditService, createAuditService } from './service.ts';
+import { auditMacKeyAad, auditMacKeyId } from './mac-key.ts';
+import { type AuditEventInput, type AuditService, openAuditService } from './service.ts';
 
 type Query = (text: string, params?: unknown[]) => Promise<Record<string, unknown>[]>;
 
@@ -22,7 +24,7 @@ for (const { kind, skip } of STORES) {
 
     before(async () => {
       store = await openTestStore(kind);
-      audit = createAuditService({ db: store.db, keyring, defaultRetentionDays: 30 });
+      audit = await openAuditService({ db: store.db, keyring, defaultRetentionDays: 30 });
       await store.db.query(`create role ${role} nologin`);
       await store.db.query(`grant select, insert, update, delete on all tables in schema public to ${role}`);
     });
@@ -107,6 +109,25 @@ for (const { kind, skip } of STORES) {
       assert.equal(result.valid, false);
       assert.equal(result.reason, 'checkpoint_invalid');
       assert.equal(result.first_bad_sequence, 6);
+    });
+
+    test('2a with a forged checkpoint naming the audit MAC key: the checkpoint fails its signature', async () => {
+      const org = newId('org');
+      await append(org, 4);
+      const newest = await row(org, 4);
+      const signature = `mac2.${await auditKeyId()}.${randomBytes(32).toString('base64url')}`;
+      await asDmlRole(async (query) => {
+        await query(
+          `insert into audit_checkpoints (id, org_id, last_purged_seq, last_purged_hash, purged_count, created_at, signature)
+           values ($1, $2, 4, $3, 4, now(), $4)`,
+          [newId('ckp'), org, newest.hash, signature],
+        );
+        await query("set local steward.audit_purge = 'on'");
+        await query('delete from audit_events where org_id = $1', [org]);
+      });
+      const result = await audit.verify(org);
+      assert.equal(result.valid, false);
+      assert.equal(result.reason, 'checkpoint_invalid');
     });
 
     test('2a, the head alone moved back: the head no longer matches the chain', async () => {
@@ -283,8 +304,16 @@ for (const { kind, skip } of STORES) {
       await forgedInFreshOrg(`mac1.${keyring.current.id}.${tag}`, 'mac_mismatch');
       await forgedInFreshOrg((genuine) => String(genuine.mac), 'mac_mismatch');
       await forgedInFreshOrg(`mac1.0123456789abcdef.${tag}`, 'mac_key_unknown');
+      await forgedInFreshOrg(`mac2.${await auditKeyId()}.${tag}`, 'mac_mismatch');
+      await forgedInFreshOrg(`mac2.0123456789abcdef.${tag}`, 'mac_key_unknown');
       await forgedInFreshOrg('not a mac', 'mac_mismatch');
     });
+
+    const auditKeyId = async () => {
+      const [key] = await store.db.query<{ id: string }>('select id from audit_mac_keys');
+      assert.ok(key, 'the audit MAC key exists once the service has started');
+      return key.id;
+    };
 
     /** One org, two genuine events, then one forged with `mac`: verify names it and why. */
     async function forgedInFreshOrg(
@@ -311,7 +340,12 @@ for (const { kind, skip } of STORES) {
     test('2c after a purge: a forged row placed below the checkpoint, where verify does not walk, is found', async () => {
       const org = newId('org');
       let now = new Date('2026-01-01T00:00:00.000Z');
-      const dated = createAuditService({ db: store.db, keyring, defaultRetentionDays: 30, clock: () => now });
+      const dated = await openAuditService({
+        db: store.db,
+        keyring,
+        defaultRetentionDays: 30,
+        clock: () => now,
+      });
       for (let i = 0; i < 3; i++) await store.db.db.transaction((tx) => dated.record(tx, event(org, i)));
       now = new Date('2026-03-01T00:00:00.000Z');
       await store.db.db.transaction((tx) => dated.record(tx, { ...event(org, 9), retentionDays: 365 }));
@@ -374,6 +408,89 @@ for (const { kind, skip } of STORES) {
         first_bad_sequence: null,
         first_bad_event_id: null,
       });
+    });
+
+    test('the audit MAC key cannot be replaced or deleted; only a re-wrap to another master key passes', async () => {
+      const org = newId('org');
+      await append(org, 3);
+      const [key] = await store.db.query<{ id: string; generation: number; key_sealed: string }>(
+        'select id, generation, key_sealed from audit_mac_keys',
+      );
+      assert.ok(key);
+      // An attacker's own key, sealed under a master key of their own, under the genuine row's AAD.
+      const theirs = createKeyring(randomBytes(32));
+      const mine = randomBytes(32);
+      const theirId = auditMacKeyId(mine);
+      const theirSealed = seal(theirs, mine, auditMacKeyAad(theirId));
+      const sameMasterKey = `v1.${key.key_sealed.split('.')[1]}.${theirSealed.split('.').slice(2).join('.')}`;
+      for (const [statement, params] of [
+        ['delete from audit_mac_keys', []],
+        ['update audit_mac_keys set id = $1', [theirId]],
+        ['update audit_mac_keys set id = $1, key_sealed = $2', [theirId, theirSealed]],
+        ['update audit_mac_keys set generation = 0', []],
+        ['update audit_mac_keys set created_at = now()', []],
+        ['update audit_mac_keys set key_sealed = $1', ['not sealed']],
+        // A re-wrap moves the value to another master key: the same master key is a replacement.
+        ['update audit_mac_keys set key_sealed = $1', [sameMasterKey]],
+      ] as const) {
+        await assert.rejects(
+          asDmlRole(async (query) => {
+            await query(statement, [...params]);
+          }),
+          /append-only/,
+          statement,
+        );
+      }
+      // Replacing it by a new first key: the generation is taken.
+      await assert.rejects(
+        asDmlRole(async (query) => {
+          await query(
+            `insert into audit_mac_keys (id, generation, key_sealed, created_at) values ($1, 1, $2, now())`,
+            [theirId, theirSealed],
+          );
+        }),
+        /duplicate key|unique/,
+      );
+      await assert.rejects(store.db.query('truncate audit_mac_keys'), /append-only/);
+      assert.deepEqual(
+        await store.db.query('select id, generation, key_sealed from audit_mac_keys'),
+        [key],
+        'the row is as Steward wrote it',
+      );
+      assert.deepEqual((await audit.verify(org)).valid, true);
+
+      // What the trigger cannot tell from a re-wrap (a value sealed under another master key), or a
+      // second key added beside the first, does not open: the next start stops rather than sign
+      // under a key someone else chose, and the running instance goes on verifying.
+      const restore = async () => {
+        await store.db.query('alter table audit_mac_keys disable trigger audit_mac_keys_append_only');
+        await store.db.query('delete from audit_mac_keys where generation <> 1');
+        await store.db.query('update audit_mac_keys set key_sealed = $1', [key.key_sealed]);
+        await store.db.query('alter table audit_mac_keys enable trigger audit_mac_keys_append_only');
+      };
+      for (const statement of [
+        ['update audit_mac_keys set key_sealed = $1', [theirSealed]],
+        [
+          'insert into audit_mac_keys (id, generation, key_sealed, created_at) values ($1, 2, $2, now())',
+          [theirId, theirSealed],
+        ],
+      ] as const) {
+        await asDmlRole(async (query) => {
+          await query(statement[0], [...statement[1]]);
+        });
+        try {
+          await assert.rejects(
+            openAuditService({ db: store.db, keyring, defaultRetentionDays: 30 }),
+            /audit MAC key [0-9a-f]{16} cannot be opened: it is sealed under master key [0-9a-f]{16}, which is not loaded/,
+            statement[0],
+          );
+          assert.deepEqual((await audit.verify(org)).valid, true);
+        } finally {
+          await restore();
+        }
+      }
+      assert.deepEqual(await store.db.query('select id, generation, key_sealed from audit_mac_keys'), [key]);
+      assert.deepEqual((await audit.verify(org)).valid, true);
     });
 
     test('the legacy boundaries cannot be added to, moved or removed', async () => {

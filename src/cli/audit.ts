@@ -3,7 +3,7 @@ import { createWriteStream } from 'node:fs';
 import type { Command } from 'commander';
 import { exportLines } from '../audit/export.ts';
 import type { StoredEvent } from '../audit/queries.ts';
-import { createAuditService } from '../audit/service.ts';
+import { openAuditService } from '../audit/service.ts';
 import type { Config } from '../config.ts';
 import { loadConfig } from '../config.ts';
 import { loadKeyring } from '../crypto/keyring.ts';
@@ -13,7 +13,7 @@ import { createTenancyService } from '../tenancy/service.ts';
 import { withDatabase } from './database.ts';
 
 function auditServiceFor(db: DbHandle, config: Config) {
-  // Verifying a purged chain checks the checkpoint's signature: the real key is needed.
+  // The master keys open the audit trail's MAC key, which verify and purge need.
   const keyring = loadKeyring({
     masterKey: config.STEWARD_MASTER_KEY,
     previousKeys: config.STEWARD_MASTER_KEY_PREVIOUS,
@@ -21,7 +21,7 @@ function auditServiceFor(db: DbHandle, config: Config) {
     embedded: config.DATABASE_URL === undefined,
     warn: (message) => process.stderr.write(`${message}\n`),
   });
-  return createAuditService({
+  return openAuditService({
     db,
     keyring,
     defaultRetentionDays: config.AUDIT_RETENTION_DAYS,
@@ -31,7 +31,7 @@ function auditServiceFor(db: DbHandle, config: Config) {
 /** Accepts an org id or slug. */
 async function resolveOrg(db: DbHandle, config: Config, org: string): Promise<string> {
   if (org.startsWith('org_')) return org;
-  const tenancy = createTenancyService({ db, audit: auditServiceFor(db, config) });
+  const tenancy = createTenancyService({ db, audit: await auditServiceFor(db, config) });
   const found = await tenancy.findOrgBySlug(org);
   if (!found) throw new Error(`No org with slug ${org}`);
   return found.id;
@@ -48,7 +48,7 @@ export function registerAuditCommands(program: Command): void {
       const config = loadConfig();
       const ok = await withDatabase(config, async (db) => {
         await runMigrations(db);
-        const service = auditServiceFor(db, config);
+        const service = await auditServiceFor(db, config);
         const orgs = options.org
           ? [await resolveOrg(db, config, options.org)]
           : await service.orgsWithEvents();
@@ -70,7 +70,7 @@ export function registerAuditCommands(program: Command): void {
       const config = loadConfig();
       await withDatabase(config, async (db) => {
         await runMigrations(db);
-        for (const result of await auditServiceFor(db, config).purge()) {
+        for (const result of await (await auditServiceFor(db, config)).purge()) {
           process.stdout.write(`${JSON.stringify(result)}\n`);
         }
       });
@@ -90,7 +90,7 @@ export function registerAuditCommands(program: Command): void {
       const config = loadConfig();
       await withDatabase(config, async (db) => {
         await runMigrations(db);
-        const service = auditServiceFor(db, config);
+        const service = await auditServiceFor(db, config);
         const orgId = await resolveOrg(db, config, options.org);
         const out = options.out ? createWriteStream(options.out) : process.stdout;
         const progress = process.stderr.isTTY;

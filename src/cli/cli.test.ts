@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { PGlite } from '@electric-sql/pglite';
-import { createAuditService } from '../audit/service.ts';
+import { openAuditService } from '../audit/service.ts';
 import { loadKeyring } from '../crypto/keyring.ts';
 import { openDatabase } from '../db/client.ts';
 
@@ -47,7 +47,7 @@ describe('steward CLI', () => {
     // folder's master key: rows inserted through SQL would not verify), then let the CLI link and verify them.
     const db = await openDatabase({ dataDir: dir });
     const keyring = loadKeyring({ dataDir: dir, embedded: true, warn: () => {} });
-    const audit = createAuditService({ db, keyring, defaultRetentionDays: 365 });
+    const audit = await openAuditService({ db, keyring, defaultRetentionDays: 365 });
     for (let i = 1; i <= 3; i++) {
       const event = {
         orgId: 'org_01JAAAAAAAAAAAAAAAAAAAAAAA',

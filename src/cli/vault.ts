@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { createAuditService } from '../audit/service.ts';
+import { openAuditService } from '../audit/service.ts';
 import { loadConfig } from '../config.ts';
 import { loadKeyring } from '../crypto/keyring.ts';
 import { runMigrations } from '../db/migrate.ts';
@@ -58,7 +58,7 @@ export function registerVaultCommands(program: Command): void {
       });
       const result = await withDatabase(config, async (db) => {
         await runMigrations(db);
-        const audit = createAuditService({
+        const audit = await openAuditService({
           db,
           keyring,
           defaultRetentionDays: config.AUDIT_RETENTION_DAYS,

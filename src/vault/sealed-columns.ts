@@ -1,4 +1,5 @@
 import type { AnyPgColumn, PgTable } from 'drizzle-orm/pg-core';
+import { auditSealedColumns } from '../audit/sealed-columns.ts';
 import type { DbOrTx } from '../db/client.ts';
 import { identitySealedColumns } from '../identity/sealed-columns.ts';
 import { keysSealedColumns } from '../keys/sealed-columns.ts';
@@ -67,4 +68,5 @@ export const SEALED_COLUMNS: readonly SealedColumn[] = [
   ...vaultSealedColumns,
   ...identitySealedColumns,
   ...keysSealedColumns,
+  ...auditSealedColumns,
 ];
