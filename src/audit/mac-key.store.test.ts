@@ -118,7 +118,7 @@ for (const { kind, skip } of STORES) {
       await assert.rejects(
         open(createKeyring(keyB)),
         new RegExp(
-          `audit MAC key ${row?.id} cannot be opened: it is sealed under master key ${masterKeyId(keyA)}, which is not loaded`,
+          `the audit MAC key ${row?.id} is sealed under master key ${masterKeyId(keyA)}, which is not loaded`,
         ),
       );
     });

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { asc } from 'drizzle-orm';
-import { open, seal, sealedKeyId } from '../crypto/envelope.ts';
+import { openAtStart, seal } from '../crypto/envelope.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import { hkdfSha256 } from '../crypto/kdf.ts';
 import type { Keyring } from '../crypto/keyring.ts';
@@ -80,15 +80,15 @@ export async function loadAuditMacKeys({
 function openKey(keyring: Keyring, id: string, sealed: string): { eventKey: Buffer; checkpointKey: Buffer } {
   let key: Buffer;
   try {
-    key = open(keyring, sealed, auditMacKeyAad(id));
+    key = openAtStart(keyring, sealed, auditMacKeyAad(id), `the audit MAC key ${id}`);
   } catch (error) {
-    if (!(error instanceof CryptoError)) throw error;
-    const why =
-      error.code === 'unknown_key'
-        ? `it is sealed under master key ${sealedKeyId(sealed)}, which is not loaded: set that key in ` +
-          'STEWARD_MASTER_KEY_PREVIOUS and run steward vault rewrap before dropping it'
-        : `its sealed value does not open (${error.code}): the row was altered`;
-    throw new Error(`audit MAC key ${id} cannot be opened: ${why}`, { cause: error });
+    if (!(error instanceof CryptoError) || error.code === 'invalid_master_key') throw error;
+    throw new Error(
+      `audit MAC key ${id} cannot be opened: its sealed value does not open (${error.code}): the row was altered`,
+      {
+        cause: error,
+      },
+    );
   }
   try {
     // The id is a hash of the key: a row whose key does not match its id was not written by Steward.

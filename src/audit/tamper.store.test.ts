@@ -481,7 +481,7 @@ for (const { kind, skip } of STORES) {
         try {
           await assert.rejects(
             openAuditService({ db: store.db, keyring, defaultRetentionDays: 30 }),
-            /audit MAC key [0-9a-f]{16} cannot be opened: it is sealed under master key [0-9a-f]{16}, which is not loaded/,
+            /the audit MAC key [0-9a-f]{16} is sealed under master key [0-9a-f]{16}, which is not loaded/,
             statement[0],
           );
           assert.deepEqual((await audit.verify(org)).valid, true);

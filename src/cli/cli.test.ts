@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -80,6 +81,38 @@ describe('steward CLI', () => {
     );
     assert.equal(exported.status, 0, exported.stderr);
     assert.equal(readFileSync(out, 'utf8').trim().split('\r\n').length, 4);
+  });
+
+  test('a master key dropped too early: one line naming the key and what to do, exit 2, no stack', () => {
+    const own = mkdtempSync(join(tmpdir(), 'steward-cli-key-'));
+    try {
+      const keyOf = () => randomBytes(32).toString('base64');
+      const [a, b] = [keyOf(), keyOf()];
+      const withKey = (key: string, ...args: string[]) =>
+        spawnSync(process.execPath, ['bin/steward.js', ...args], {
+          env: {
+            ...process.env,
+            STEWARD_DATA_DIR: own,
+            DATABASE_URL: '',
+            LOG_LEVEL: 'silent',
+            STEWARD_MASTER_KEY: key,
+          },
+          encoding: 'utf8',
+          timeout: 60000,
+        });
+      // The first run seals the audit trail's key under A; dropping A without a re-wrap strands it.
+      const first = withKey(a, 'audit', 'verify');
+      assert.equal(first.status, 0, first.stderr);
+      const stranded = withKey(b, 'audit', 'verify');
+      assert.equal(stranded.status, 2, stranded.stderr);
+      assert.match(
+        stranded.stderr,
+        /^steward: the audit MAC key [0-9a-f]{16} is sealed under master key [0-9a-f]{16}, which is not loaded: put that key back in STEWARD_MASTER_KEY_PREVIOUS, run "steward vault rewrap"/,
+      );
+      assert.equal(stranded.stderr.trim().split('\n').length, 1, stranded.stderr);
+    } finally {
+      rmSync(own, { recursive: true, force: true });
+    }
   });
 
   test('verify exits 1 on a broken chain', async () => {

@@ -79,6 +79,25 @@ export function open(keyring: Keyring, sealed: Sealed, aad: string): Buffer {
   }
 }
 
+/**
+ * `open` for what Steward needs in order to start (the access-token signing key, the audit MAC
+ * key): when the value is wrapped under a master key that is not loaded — it was dropped before
+ * `steward vault rewrap` moved everything off it — the error says which key and what to do, as
+ * one line (`invalid_master_key`, which the CLI prints without a stack) rather than a trace.
+ */
+export function openAtStart(keyring: Keyring, sealed: Sealed, aad: string, what: string): Buffer {
+  try {
+    return open(keyring, sealed, aad);
+  } catch (error) {
+    if (!(error instanceof CryptoError && error.code === 'unknown_key')) throw error;
+    throw new CryptoError(
+      'invalid_master_key',
+      `${what} is sealed under master key ${sealedKeyId(sealed)}, which is not loaded: put that key back ` +
+        'in STEWARD_MASTER_KEY_PREVIOUS, run "steward vault rewrap" and drop it only once the command exits 0',
+    );
+  }
+}
+
 /** The master key id a sealed value is wrapped under. */
 export function sealedKeyId(sealed: Sealed): string {
   return parse(sealed).wrapped.keyId;

@@ -1,7 +1,7 @@
 import { and, desc, eq, gt, isNull, or } from 'drizzle-orm';
 import type { JWK } from 'jose';
 import type { InvalidationBus } from '../bus/index.ts';
-import { open, seal } from '../crypto/envelope.ts';
+import { openAtStart, seal } from '../crypto/envelope.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
@@ -44,7 +44,10 @@ export function createSigningKeyStore(deps: SigningKeyStoreDeps) {
       .orderBy(desc(signingKeys.createdAt));
     const current = rows.find((r) => r.retiredAt === null);
     if (current && active?.kid !== current.kid) {
-      const jwk = JSON.parse(open(keyring, current.privateJwk, aadOf(current.id)).toString('utf8')) as JWK;
+      const what = `the access-token signing key ${current.id}`;
+      const jwk = JSON.parse(
+        openAtStart(keyring, current.privateJwk, aadOf(current.id), what).toString('utf8'),
+      ) as JWK;
       active = await signingKeyFromPrivateJwk(jwk, current.createdAt);
     }
     published = rows.map((r) => ({ kid: r.kid, publicJwk: r.publicJwk as JWK }));
