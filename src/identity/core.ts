@@ -130,10 +130,12 @@ export const lockedError = (until: Date): StewardError =>
     locked_until: until.toISOString(),
   });
 
-export function rateLimitedError(waitMs: number): StewardError {
+export function rateLimitedError(waitMs: number, busy = false): StewardError {
   const seconds = Math.ceil(waitMs / 1000);
   return httpErrors.rate_limited(
-    'Too many failed logins from this address',
+    busy
+      ? 'Too many logins in progress from this address: retry in a moment'
+      : 'Too many failed logins from this address',
     { retry_after: seconds },
     { 'retry-after': String(seconds) },
   );

@@ -64,6 +64,32 @@ for (const { kind, skip } of STORES) {
       assert.ok(Number(limited?.headers['retry-after']) > 0);
       const next = await from(ip, '/v1/auth/login', { email: ADMIN.email, password: ADMIN.password });
       assert.equal(next.statusCode, 429);
+      // Now the budget holds failures only: wait for the window, and say why.
+      assert.ok(Number(next.headers['retry-after']) > 500, String(next.headers['retry-after']));
+      assert.match(next.json().detail, /failed logins/);
+    });
+
+    test('correct logins arriving together beyond the limit: the extra ones retry in a moment, not at the window', async () => {
+      const ip = '10.0.0.9';
+      await newUser('ines@example.com');
+      const together = await Promise.all(
+        Array.from({ length: 10 }, () =>
+          from(ip, '/v1/auth/login', { email: 'ines@example.com', password: PASS }),
+        ),
+      );
+      const counts = tally(together);
+      assert.equal((counts['200'] ?? 0) + (counts['429 rate_limited'] ?? 0), 10, JSON.stringify(counts));
+      assert.ok((counts['200'] ?? 0) >= LIMIT, JSON.stringify(counts));
+      for (const refused of together.filter((a) => a.statusCode === 429)) {
+        assert.equal(refused.headers['retry-after'], '1');
+        assert.match(refused.json().detail, /in progress/);
+        assert.doesNotMatch(refused.json().detail, /failed/);
+      }
+      // Nothing was a failure: one at a time, every login goes through.
+      for (let i = 0; i < 2 * LIMIT; i++) {
+        const one = await from(ip, '/v1/auth/login', { email: 'ines@example.com', password: PASS });
+        assert.equal(one.statusCode, 200, one.body);
+      }
     });
 
     test('successes give their point back: they never use up the budget, even at once', async () => {

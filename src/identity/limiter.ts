@@ -15,11 +15,24 @@ export interface LoginIpLimiter {
    * Takes one of the IP's points for an attempt about to check a password or a code, in one
    * atomic step: an attempt counts as a failure from before its check until it ends, so however
    * many arrive at once, at most LOGIN_IP_MAX_FAILURES checks (failed ones, and ones in flight)
-   * run per window. `{ waitMs }`: none left, nothing taken.
+   * run per window. `{ waitMs, busy }`: none left, nothing taken; `busy` when what fills the budget
+   * is attempts still in flight rather than failures (they may all succeed: worth a retry in a
+   * moment, not at the window's end).
    */
-  reserve(ip: string): Promise<IpReservation | { waitMs: number }>;
+  reserve(ip: string): Promise<IpReservation | IpRefusal>;
   close(): Promise<void>;
 }
+
+/** No point left for this IP: how long to wait, and whether attempts in flight are the reason. */
+export interface IpRefusal {
+  waitMs: number;
+  busy: boolean;
+}
+
+/** What a refusal because of attempts in flight asks the client to wait (Retry-After: 1). */
+export const BUSY_RETRY_MS = 1000;
+/** How long an attempt in flight stays counted if its end is never seen (a crashed instance). */
+const IN_FLIGHT_SECONDS = 300;
 
 export interface LoginIpLimiterOptions {
   maxFailures: number;
@@ -41,9 +54,18 @@ export async function createLoginIpLimiter(options: LoginIpLimiterOptions): Prom
     duration: options.windowSeconds,
     keyPrefix: 'steward:login-ip',
   };
+  // Attempts in flight, counted apart (never refused): what tells a budget full of failures from
+  // one full of logins that have not ended yet, which a busy office behind one NAT makes.
+  const flight = {
+    points: Number.MAX_SAFE_INTEGER,
+    duration: IN_FLIGHT_SECONDS,
+    keyPrefix: 'steward:login-ip-busy',
+  };
   const memory = new RateLimiterMemory(base);
+  const memoryFlight = new RateLimiterMemory(flight);
   let redis: Redis | undefined;
   let limiter: RateLimiterMemory | RateLimiterRedis = memory;
+  let inFlight: RateLimiterMemory | RateLimiterRedis = memoryFlight;
   if (options.redisUrl) {
     redis = new Redis(options.redisUrl, {
       lazyConnect: true,
@@ -53,7 +75,26 @@ export async function createLoginIpLimiter(options: LoginIpLimiterOptions): Prom
     redis.on('error', (error: Error) => options.onError?.(error));
     await redis.connect();
     limiter = new RateLimiterRedis({ ...base, storeClient: redis, insuranceLimiter: memory });
+    inFlight = new RateLimiterRedis({ ...flight, storeClient: redis, insuranceLimiter: memoryFlight });
   }
+  const report = (error: unknown) =>
+    options.onError?.(error instanceof Error ? error : new Error(String(error)));
+  const moveInFlight = async (ip: string, delta: 1 | -1): Promise<void> => {
+    try {
+      if (delta > 0) await inFlight.consume(ip, 1);
+      else await inFlight.reward(ip, 1);
+    } catch (error) {
+      report(error);
+    }
+  };
+  const inFlightNow = async (ip: string): Promise<number> => {
+    try {
+      return Math.max(0, (await inFlight.get(ip))?.consumedPoints ?? 0);
+    } catch (error) {
+      report(error);
+      return 0;
+    }
+  };
 
   // Giving a point back; an attempt that outlived its window gives it to the next one (one
   // failure more allowed there), which is cheaper than a second round trip to prevent.
@@ -61,7 +102,7 @@ export async function createLoginIpLimiter(options: LoginIpLimiterOptions): Prom
     try {
       await limiter.reward(ip, 1);
     } catch (error) {
-      options.onError?.(error instanceof Error ? error : new Error(String(error)));
+      report(error);
     }
   };
 
@@ -71,11 +112,16 @@ export async function createLoginIpLimiter(options: LoginIpLimiterOptions): Prom
         await limiter.consume(ip, 1);
       } catch (error) {
         if (!(error instanceof RateLimiterRes)) throw error;
-        // Refused: the consume counted all the same, and a refusal is no failure (it may be
-        // attempts still in flight that fill the budget, and they may all succeed).
+        // Refused: the consume counted all the same, and a refusal is no failure.
         await giveBack(ip);
-        return { waitMs: Math.max(error.msBeforeNext, 1) };
+        // Full of failures: wait for the window. Full (partly) of attempts still in flight, which
+        // may all succeed: a moment, and no claim of failed logins.
+        const failures = error.consumedPoints - 1 - (await inFlightNow(ip));
+        return failures >= options.maxFailures
+          ? { waitMs: Math.max(error.msBeforeNext, 1), busy: false }
+          : { waitMs: BUSY_RETRY_MS, busy: true };
       }
+      await moveInFlight(ip, 1);
       let failed = false;
       let released = false;
       return {
@@ -83,9 +129,10 @@ export async function createLoginIpLimiter(options: LoginIpLimiterOptions): Prom
           failed = true;
         },
         async release() {
-          if (released || failed) return;
+          if (released) return;
           released = true;
-          await giveBack(ip);
+          await moveInFlight(ip, -1);
+          if (!failed) await giveBack(ip);
         },
       };
     },

@@ -73,7 +73,7 @@ export function createLockout(core: IdentityCore) {
    */
   async function withIpPoint<T>(ip: string, proof: (point: IpReservation) => Promise<T>): Promise<T> {
     const point = await limiter.reserve(ip);
-    if ('waitMs' in point) throw rateLimitedError(point.waitMs);
+    if ('waitMs' in point) throw rateLimitedError(point.waitMs, point.busy);
     try {
       return await proof(point);
     } finally {
