@@ -153,8 +153,16 @@ for (const { kind, skip } of STORES) {
       );
       assert.ok(first?.mac.startsWith(`mac1.${masterKeyId(keyA)}.`));
 
-      // This change deployed, still on A: new events get mac2; everything verifies.
+      // This change deployed, still on A: new events get mac2; everything verifies. At its start the
+      // hex checkpoint (which every earlier release wrote) got a copy signed under the audit MAC key.
       const onA = await open(ringA);
+      const signatures = await store.db.query<{ signature: string }>(
+        'select signature from audit_checkpoints where org_id = $1 order by id',
+        [purged],
+      );
+      assert.equal(signatures.length, 2);
+      assert.match(signatures[1]?.signature ?? '', /^mac2\./, 're-signed under the audit MAC key');
+      assert.equal(await onA.resignLegacyCheckpoints(), 0, 'once is enough');
       for (const org of [purged, mixed, fresh]) await append(onA, org, 10, 2);
       assert.deepEqual(await onA.verify(purged), valid(4));
       assert.deepEqual(await onA.verify(mixed), valid(4));
@@ -182,8 +190,12 @@ for (const { kind, skip } of STORES) {
       assert.deepEqual(await rotated.verify(purged), valid(5));
       assert.deepEqual(await rotated.verify(mixed), valid(5));
 
-      // A dropped: only what A itself signed (today's mac1 events, the hex checkpoint) is unverifiable.
+      // A dropped: only today's mac1 events are unverifiable; the checkpoint's re-signed copy holds.
       const onlyB = await open(createKeyring(keyB));
+      const [fourth] = await store.db.query<{ id: string }>(
+        'select id from audit_events where org_id = $1 and seq = 4',
+        [purged],
+      );
       assert.deepEqual(await onlyB.verify(fresh), valid(3));
       assert.deepEqual(await onlyB.verify(mixed), {
         valid: false,
@@ -195,9 +207,9 @@ for (const { kind, skip } of STORES) {
       assert.deepEqual(await onlyB.verify(purged), {
         valid: false,
         checked: 0,
-        first_bad_sequence: 3,
-        first_bad_event_id: null,
-        reason: 'checkpoint_invalid',
+        first_bad_sequence: 4,
+        first_bad_event_id: fourth?.id,
+        reason: 'mac_key_unknown',
       });
     });
 

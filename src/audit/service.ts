@@ -118,11 +118,14 @@ export type OpenAuditServiceDeps = Omit<AuditServiceDeps, 'keys'> & {
 
 /**
  * The audit service as Steward starts it: loads the audit MAC key (the first instance to start
- * makes it), then builds the service. One query at start; nothing more per event.
+ * makes it), builds the service and re-signs the checkpoints older releases signed under a master
+ * key (`resignLegacyCheckpoints`). A few queries at start; nothing more per event.
  */
 export async function openAuditService({ keyring, ...deps }: OpenAuditServiceDeps): Promise<AuditService> {
   const macKeys = await loadAuditMacKeys({ db: deps.db, keyring, clock: deps.clock });
-  return createAuditService({ ...deps, keys: createAuditKeys(keyring, macKeys) });
+  const service = createAuditService({ ...deps, keys: createAuditKeys(keyring, macKeys) });
+  await service.resignLegacyCheckpoints();
+  return service;
 }
 
 /** Builds the actor of an event from the request's principal. */
@@ -332,7 +335,8 @@ export function createAuditService({
       .select()
       .from(auditCheckpoints)
       .where(eq(auditCheckpoints.orgId, orgId))
-      .orderBy(sql`${auditCheckpoints.lastPurgedSeq} desc`)
+      // The newest of the furthest: a re-signed copy (`resignLegacyCheckpoints`) comes after its original.
+      .orderBy(sql`${auditCheckpoints.lastPurgedSeq} desc`, sql`${auditCheckpoints.id} desc`)
       .limit(1);
     let expectedSeq = 1;
     let expectedPrev = GENESIS_HASH;
@@ -488,6 +492,39 @@ export function createAuditService({
     return results;
   }
 
+  /**
+   * Purge checkpoints signed before the audit MAC key existed (hex: every release before session 8)
+   * verify only under the master key they were signed with, so a master-key rotation would leave
+   * them `checkpoint_invalid`. At start, each org's latest one that still verifies (its master key
+   * is held: before a rotation, or during one, as the previous key) gets a copy signed under the
+   * audit MAC key — the same fields, only the signature new; the table is append-only, so the
+   * original stays. A forged or unverifiable checkpoint is never re-signed: verify keeps reporting it.
+   * Returns how many were re-signed.
+   */
+  async function resignLegacyCheckpoints(): Promise<number> {
+    const orgs = await db.db
+      .selectDistinct({ orgId: auditCheckpoints.orgId })
+      .from(auditCheckpoints)
+      .where(sql`${auditCheckpoints.signature} not like 'mac%'`);
+    let resigned = 0;
+    for (const { orgId } of orgs) {
+      const [latest] = await db.db
+        .select()
+        .from(auditCheckpoints)
+        .where(eq(auditCheckpoints.orgId, orgId))
+        .orderBy(sql`${auditCheckpoints.lastPurgedSeq} desc`, sql`${auditCheckpoints.id} desc`)
+        .limit(1);
+      if (!latest || latest.signature.startsWith('mac')) continue;
+      const payload = checkpointPayload(latest);
+      if (!keys.checkCheckpoint(payload, latest.signature)) continue;
+      await db.db
+        .insert(auditCheckpoints)
+        .values({ ...latest, id: newId('ckp'), signature: keys.signCheckpoint(payload) });
+      resigned++;
+    }
+    return resigned;
+  }
+
   /** Orgs with a chain (for `steward audit verify` without --org). */
   async function orgsWithEvents(): Promise<string[]> {
     await sequencer.flushAll(); // an org whose events are all still unlinked has no head yet
@@ -501,6 +538,7 @@ export function createAuditService({
     purge,
     stream,
     orgsWithEvents,
+    resignLegacyCheckpoints,
     sequencer,
     list: (orgId: string, filters: AuditFilters, page: { limit: number; beforeId?: string | undefined }) =>
       listEvents(db.db, orgId, filters, page),
