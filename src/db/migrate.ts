@@ -1,9 +1,10 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import type { NodePgDatabase } from 'drizzle-orm/node-postgres';
+import { drizzle as drizzlePg, type NodePgDatabase } from 'drizzle-orm/node-postgres';
 import { migrate as migratePg } from 'drizzle-orm/node-postgres/migrator';
 import type { PgliteDatabase } from 'drizzle-orm/pglite';
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
+import type pg from 'pg';
 import type { DbHandle } from './client.ts';
 
 /** Where drizzle-kit writes the generated migrations (committed, only ever appended). */
@@ -17,14 +18,34 @@ function journal(): Journal {
   return JSON.parse(readFileSync(`${MIGRATIONS_FOLDER}/meta/_journal.json`, 'utf8')) as Journal;
 }
 
+/** The advisory lock every Steward instance takes around its migrations (any fixed 64-bit key). */
+const MIGRATION_LOCK = 7_391_620_455_143_010n;
+
 /**
- * Applies pending migrations. Drizzle takes an advisory lock on PostgreSQL, so
- * several instances starting together apply each migration once.
+ * Applies pending migrations. On PostgreSQL, under a session advisory lock on one connection of
+ * the pool: Drizzle's migrator takes none, so instances starting together on an empty database
+ * raced to create the same tables and all but one died on a duplicate key (a tester started
+ * three: two exited). Now the others wait for the first, then find nothing left to apply.
+ * PGlite is one process's own database (its folder is locked).
  */
 export async function runMigrations(handle: DbHandle): Promise<void> {
   const config = { migrationsFolder: MIGRATIONS_FOLDER };
-  if (handle.kind === 'pglite') await migratePglite(handle.db as unknown as PgliteDatabase, config);
-  else await migratePg(handle.db as unknown as NodePgDatabase, config);
+  if (handle.kind === 'pglite') {
+    await migratePglite(handle.db as unknown as PgliteDatabase, config);
+    return;
+  }
+  const pool = (handle.db as unknown as { $client: pg.Pool }).$client;
+  const client = await pool.connect();
+  try {
+    await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK.toString()]);
+    try {
+      await migratePg(drizzlePg({ client }) as unknown as NodePgDatabase, config);
+    } finally {
+      await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK.toString()]);
+    }
+  } finally {
+    client.release();
+  }
 }
 
 /** How the database compares with the migrations this build ships. */
