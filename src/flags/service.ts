@@ -455,6 +455,16 @@ export function createFlagService({
     return row;
   }
 
+  /** What a refused precondition asked for, as a sentence: an If-Match naming no version says so. */
+  const asked = (expected: number | readonly number[] | null): string =>
+    expected === null
+      ? 'absent (it must not exist yet)'
+      : typeof expected === 'number'
+        ? String(expected)
+        : expected.length === 0
+          ? 'a version If-Match names (it names none: weak or non-numeric entity tags never match)'
+          : expected.join(' or ');
+
   /** `expected`: a version, or those an `If-Match` list names (any matches; none: 412). */
   function expect(row: FlagRow | null, expected: Expected, name: string): void {
     if (expected === undefined) return;
@@ -463,7 +473,7 @@ export function createFlagService({
       throw flagErrors.version_conflict(
         current === null
           ? `The flag ${name} no longer exists`
-          : `The flag is at version ${current}, not ${String(expected)}`,
+          : `The flag is at version ${current}, not ${asked(expected)}`,
         { current_version: current },
       );
     }
@@ -823,7 +833,7 @@ export function createFlagService({
 
   function expectSegment(row: SegmentRow, expected: Expected): void {
     if (expected === undefined || expected === null || versionMatches(row.version, expected)) return;
-    throw flagErrors.version_conflict(`The segment is at version ${row.version}, not ${String(expected)}`, {
+    throw flagErrors.version_conflict(`The segment is at version ${row.version}, not ${asked(expected)}`, {
       current_version: row.version,
     });
   }
