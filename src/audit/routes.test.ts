@@ -178,6 +178,11 @@ describe('audit and tenancy routes', () => {
   test('verify answers valid with the count, then detects tampering', async () => {
     await as('alice', 'POST', '/v1/environments', { name: 'verify-probe' });
     const total = (await as('alice', 'GET', '/v1/audit/events?limit=500')).json().data.length;
+    // It verifies the caller's org and takes no body: naming another org is refused, not ignored.
+    const other = await as('alice', 'POST', '/v1/audit/verify', { org_id: 'org_01JAAAAAAAAAAAAAAAAAAAAAAA' });
+    assert.equal(other.statusCode, 400, other.body);
+    assert.equal(other.json().code, 'validation_failed');
+    assert.equal((await as('alice', 'POST', '/v1/audit/verify', {})).statusCode, 200);
     const ok = await as('alice', 'POST', '/v1/audit/verify');
     assert.equal(ok.statusCode, 200);
     const body = ok.json();

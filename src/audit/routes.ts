@@ -3,6 +3,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { StewardContext } from '../context.ts';
 import { callerOf } from '../http/auth.ts';
+import { noBody } from '../http/body.ts';
 import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { eventSchema, eventView, exportLines } from './export.ts';
@@ -110,6 +111,7 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       schema: {
         tags: ['audit'],
         summary: "Re-compute the org's hash chain and check each event's MAC",
+        body: noBody,
         response: {
           200: z.object({
             valid: z.boolean(),

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { z } from 'zod';
 import { httpErrors } from './errors.ts';
 
 /**
@@ -62,6 +63,13 @@ export function installJsonOnlyBodies(app: FastifyInstance): void {
     });
   });
 }
+
+/**
+ * The body of a route that takes none: absent (Fastify gives null) or `{}`. Anything else is refused like an unknown
+ * field elsewhere (`{"all": true}` on logout must not quietly end only this session; `{"org_id": …}` on audit
+ * verify must not read as verifying another org).
+ */
+export const noBody = z.strictObject({}).nullish();
 
 /** `application/json` without parameters: the length below which no charset can be declared. */
 const JSON_TYPE_LENGTH = 'application/json'.length;

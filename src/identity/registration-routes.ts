@@ -1,6 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { callerOf } from '../http/auth.ts';
+import { noBody } from '../http/body.ts';
 import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { type Invitation, invitationStatus } from './invitations.ts';
@@ -8,7 +9,6 @@ import {
   email,
   idCursor,
   idParams,
-  noBody,
   originOf,
   password,
   roleName,

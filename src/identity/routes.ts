@@ -2,6 +2,7 @@ import type { FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { callerOf } from '../http/auth.ts';
+import { noBody } from '../http/body.ts';
 import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Organization } from '../tenancy/service.ts';
@@ -101,12 +102,6 @@ const orgView = (o: Organization) => ({
   name: o.name,
   created_at: o.createdAt.toISOString(),
 });
-
-/**
- * The body of a route that takes none: absent (Fastify gives null) or `{}`. Anything else is refused like an unknown
- * field elsewhere (`{"all": true}` on logout must not quietly end only this session).
- */
-export const noBody = z.strictObject({}).nullish();
 
 export const idCursor = z.object({ id: z.string() });
 export const idParams = z.strictObject({ id: z.string().max(100) });
