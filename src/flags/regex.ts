@@ -39,10 +39,19 @@ export function re2Problem(pattern: string, caseInsensitive: boolean): string | 
     compiled = compile(pattern, caseInsensitive);
   } catch (error) {
     const reason = error instanceof Error ? error.message : String(error);
-    return `not an RE2 pattern (${reason}); RE2 has no lookaround or backreferences`;
+    return `not an RE2 pattern (${reason})${hintFor(reason)}`;
   }
   const size = compiled.programSize();
   if (size > MAX_REGEX_PROGRAM)
     return `compiles to ${size} instructions, more than ${MAX_REGEX_PROGRAM}: use a smaller pattern`;
   return undefined;
+}
+
+/** What to write instead, for the refusals people coming from JavaScript regexes meet most. */
+function hintFor(reason: string): string {
+  if (/`\\u/.test(reason)) return '; RE2 writes a code point as \\x{41} (or \\x{1F600}), not \\u0041';
+  if (/`\\[1-9]/.test(reason)) return '; RE2 has no backreferences';
+  if (/`\(\?[=!<]/.test(reason)) return '; RE2 has no lookahead or lookbehind';
+  if (/`\\[Zz]/.test(reason)) return '; RE2 writes the end of the text as \\z';
+  return '';
 }
