@@ -14,8 +14,8 @@ test('RE2 refusals name what to write instead for the usual JavaScript habits', 
     ['a++', null],
   ];
   for (const [pattern, hint] of cases) {
-    const problem = re2Problem(pattern, false);
-    assert.ok(problem?.startsWith('not an RE2 pattern ('), `${pattern}: ${problem}`);
+    const problem = re2Problem(pattern, false) ?? '';
+    assert.ok(problem.startsWith('not an RE2 pattern ('), `${pattern}: ${problem}`);
     if (hint) assert.match(problem, hint, pattern);
     // A hint is given only where it is true: a nested repetition is not a lookaround.
     else assert.doesNotMatch(problem, /lookahead|backreference|code point/, pattern);
