@@ -3,19 +3,14 @@ import { z } from 'zod';
 import { httpErrors } from '../http/errors.ts';
 import { ifMatchVersions } from '../http/etag.ts';
 
-/**
- * PostgreSQL text holds neither U+0000 nor a lone surrogate: sent as a query parameter, either is
- * a database error (a 500). Refused here as any other invalid parameter (400 `validation_failed`).
- */
-const storable = (s: string) => !s.includes('\u0000') && s.isWellFormed();
-const STORABLE = 'no NUL (U+0000) or lone surrogate';
-
-export const envParam = z.string().min(1).max(40).refine(storable, STORABLE);
+// NUL and lone surrogates, which PostgreSQL text cannot hold, are refused for every route's path,
+// query and cursor by src/http (`validation.ts`, `decodeCursor`): 400 before any query.
+export const envParam = z.string().min(1).max(40);
 /**
  * A flag name in a path. Not the write rule (`flagName` in routes.ts): a flag stored before that
  * rule must stay reachable; only what no stored name can hold is refused.
  */
-export const flagNameParam = z.string().min(1).max(100).refine(storable, STORABLE);
+export const flagNameParam = z.string().min(1).max(100);
 export const envParams = z.object({ env: envParam });
 export const flagParams = z.object({ env: envParam, name: flagNameParam });
 

@@ -80,11 +80,3 @@ export const INT4_MAX = 2_147_483_647;
 
 /** A version number in a body or a cursor: 1 … INT4_MAX (anything else is 400, never a query). */
 export const versionNumber = () => z.number().int().min(1).max(INT4_MAX);
-
-/**
- * A path, query or cursor string PostgreSQL can take as a parameter: a NUL (U+0000) fails in the
- * database (a 500 before session 8), so it is a 400 before any query. JSON bodies are refused
- * centrally (src/http, `unsupported_character`); these strings are not bodies.
- */
-export const pgText = (schema: z.ZodString = z.string()) =>
-  schema.refine((s) => !s.includes('\u0000'), { message: 'must not contain NUL (U+0000)' });

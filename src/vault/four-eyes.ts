@@ -18,7 +18,6 @@ import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pag
 import type { Principal } from '../http/principal.ts';
 import { environments } from '../tenancy/schema.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
-import { pgText } from './common.ts';
 import { type ChangeRequestContext, vaultChanges, vaultPolicies } from './schema.ts';
 import type { Access } from './secrets/service.ts';
 
@@ -586,7 +585,7 @@ const changeCursor = z.object({
       const date = new Date(at);
       return !Number.isNaN(date.getTime()) && date.toISOString() === at;
     }),
-  id: pgText(z.string().max(100)).optional(),
+  id: z.string().max(100).optional(),
 });
 
 /** `/v1/vault/policy` and `/v1/vault/changes`. */
@@ -658,7 +657,7 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
   );
 
   const decisionBody = z.strictObject({ reason: z.string().max(500).optional() }).nullish();
-  const idParams = z.object({ id: pgText(z.string().min(1).max(100)) });
+  const idParams = z.object({ id: z.string().min(1).max(100) });
 
   app.post(
     '/v1/vault/changes/:id/approve',

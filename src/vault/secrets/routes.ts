@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { callerOf } from '../../http/auth.ts';
 import { contextOf } from '../../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../../http/pagination.ts';
-import { pgText, toolIdOf, versionNumber } from '../common.ts';
+import { toolIdOf, versionNumber } from '../common.ts';
 import {
   type Access,
   type Pending,
@@ -35,7 +35,7 @@ const metadata = z
   .refine((m) => JSON.stringify(m).length <= 16_384, { message: 'at most 16 KiB of JSON' });
 const rotationDays = z.number().int().min(1).max(3650);
 const isoDate = z.iso.datetime({ offset: true });
-const idParams = z.object({ id: pgText(z.string().min(1).max(100)) });
+const idParams = z.object({ id: z.string().min(1).max(100) });
 const ownerId = z
   .string()
   .min(1)
@@ -205,9 +205,9 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
           'even none, and still have a `next_cursor`.',
         querystring: z.strictObject({
           ...pageQuery,
-          environment: pgText(z.string().min(1).max(40)).optional(),
+          environment: z.string().min(1).max(40).optional(),
           secret_type: z.enum(SECRET_TYPES).optional(),
-          tag: pgText(z.string().min(1).max(64)).optional(),
+          tag: z.string().min(1).max(64).optional(),
           due_for_rotation: z
             .enum(['true', 'false'])
             .optional()
@@ -218,7 +218,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
     },
     async (request) => {
       const q = request.query;
-      const cursor = decodeCursor(q.cursor, z.object({ id: pgText(z.string().max(100)) }));
+      const cursor = decodeCursor(q.cursor, z.object({ id: z.string().max(100) }));
       const page = await secrets.list(
         callerOf(request),
         {

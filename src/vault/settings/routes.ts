@@ -5,7 +5,7 @@ import { callerOf } from '../../http/auth.ts';
 import { contextOf } from '../../http/context.ts';
 import { httpErrors } from '../../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../../http/pagination.ts';
-import { pgText, toolIdOf, versionNumber } from '../common.ts';
+import { toolIdOf, versionNumber } from '../common.ts';
 import type { Access } from '../secrets/service.ts';
 import { rulesSchema, VALUE_TYPES } from './rules.ts';
 import { etagOf, type HistoryEntry, type Setting, type SettingService } from './service.ts';
@@ -16,7 +16,7 @@ const settingKey = z
     /^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$/,
     'letters, digits, _ . : -, starting with a letter or _ (≤ 200)',
   );
-const envParam = pgText(z.string().min(1).max(40));
+const envParam = z.string().min(1).max(40);
 const keyParams = z.object({ env: envParam, key: settingKey });
 const ifMatchHeader = z.looseObject({
   'if-match': z
@@ -126,14 +126,14 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
         params: z.object({ env: envParam }),
         querystring: z.strictObject({
           ...pageQuery,
-          category: pgText(z.string().min(1).max(100)).optional(),
+          category: z.string().min(1).max(100).optional(),
         }),
         response: { 200: listResponse(settingSchema) },
       },
     },
     async (request) => {
       const q = request.query;
-      const cursor = decodeCursor(q.cursor, z.object({ key: pgText(z.string().max(200)) }));
+      const cursor = decodeCursor(q.cursor, z.object({ key: z.string().max(200) }));
       const page = await settings.list(callerOf(request), request.params.env, {
         limit: q.limit,
         after: cursor?.key,
