@@ -1,6 +1,6 @@
 // The audit trail's own MAC key (audit_mac_keys): made once, shared by every instance, re-wrapped
-// with the master key; and what was signed before it existed (mac1., hex checkpoints) still
-// verifying under the master key that signed it.
+// with the master key; and the purge checkpoints earlier releases signed (hex, under a key derived
+// from the master key) re-signed at start, so a rotation leaves them verifying.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
@@ -11,12 +11,7 @@ import { hmacSha256 } from '../crypto/mac.ts';
 import { type DbHandle, openDatabase } from '../db/client.ts';
 import { newId } from '../db/ids.ts';
 import { rewrapAll } from '../vault/rewrap.ts';
-import {
-  AUDIT_CHECKPOINT_KEY_PURPOSE,
-  AUDIT_EVENT_KEY_PURPOSE,
-  type AuditKeys,
-  createAuditKeys,
-} from './mac.ts';
+import { AUDIT_CHECKPOINT_KEY_PURPOSE, type AuditKeys, createAuditKeys } from './mac.ts';
 import { loadAuditMacKeys } from './mac-key.ts';
 import { auditSealedColumns } from './sealed-columns.ts';
 import { type AuditEventInput, type AuditService, createAuditService, openAuditService } from './service.ts';
@@ -38,18 +33,12 @@ const event = (orgId: string, i: number, retentionDays = 365): AuditEventInput =
 });
 
 /**
- * Signs as Steward did between bd5e8e2 and this change: `mac1.<master key id>.…` events and hex
- * checkpoints, under keys derived from the current master key. The rest of the service is real.
+ * Signs purge checkpoints as every release before session 8 did: hex, under a key derived from the
+ * current master key. Events get their MAC as now; the rest of the service is real.
  */
-function writtenToday(keyring: Keyring, keys: AuditKeys): AuditKeys {
-  const eventKey = keyring.deriveKey(AUDIT_EVENT_KEY_PURPOSE, 32);
+function earlierCheckpoints(keyring: Keyring, keys: AuditKeys): AuditKeys {
   const checkpointKey = keyring.deriveKey(AUDIT_CHECKPOINT_KEY_PURPOSE, 32);
-  return {
-    ...keys,
-    eventMac: (content) =>
-      `mac1.${keyring.current.id}.${hmacSha256(eventKey, content).toString('base64url')}`,
-    signCheckpoint: (payload) => hmacSha256(checkpointKey, payload).toString('hex'),
-  };
+  return { ...keys, signCheckpoint: (payload) => hmacSha256(checkpointKey, payload).toString('hex') };
 }
 
 for (const { kind, skip } of STORES) {
@@ -123,52 +112,66 @@ for (const { kind, skip } of STORES) {
       );
     });
 
-    test('events and a checkpoint written today (mac1., hex) verify while their master key is held', async () => {
+    test('a purge checkpoint of an earlier release (hex) is re-signed at start, so the documented rotation leaves it verifying', async () => {
       const ringA = createKeyring(keyA);
       const keys = createAuditKeys(ringA, await loadAuditMacKeys({ db: store.db, keyring: ringA }));
-      const today = createAuditService({
+      const earlier = createAuditService({
         db: store.db,
-        keys: writtenToday(ringA, keys),
+        keys: earlierCheckpoints(ringA, keys),
         defaultRetentionDays: 30,
         clock: () => now,
       });
-      const purged = newId('org'); // mac1 events, purged today behind a hex checkpoint, then mac2 events
-      const mixed = newId('org'); // mac1 events, then mac2 events
-      const fresh = newId('org'); // mac2 events only
-      now = new Date('2026-11-22T12:00:00.000Z');
-      await append(today, purged, 0, 3, 1);
-      await append(today, mixed, 0, 2);
+      // A checkpoint signed under a master key nobody holds any more: it cannot be checked, so it
+      // must not be re-signed (re-signing is what would launder a forged one).
+      const keyC = randomBytes(32);
+      const ringC = createKeyring(keyC);
+      const stranded = createAuditService({
+        db: store.db,
+        keys: earlierCheckpoints(
+          ringC,
+          createAuditKeys(ringC, await loadAuditMacKeys({ db: store.db, keyring: ringA })),
+        ),
+        defaultRetentionDays: 30,
+        clock: () => now,
+      });
+      const purged = newId('org'); // purged behind a hex checkpoint under A
+      const lost = newId('org'); // purged behind a hex checkpoint under C
+      // A purge covers every org: each org's events expire in turn, so each purge touches one.
+      now = new Date('2026-11-18T12:00:00.000Z');
+      await append(stranded, lost, 0, 2, 1);
+      await append(stranded, lost, 2, 1);
+      now = new Date('2026-11-20T12:00:00.000Z');
+      assert.equal((await stranded.purge()).find((r) => r.orgId === lost)?.purged, 2);
+      await append(earlier, purged, 0, 3, 1);
       now = new Date('2026-11-24T12:00:00.000Z');
-      await append(today, purged, 3, 1);
-      assert.equal((await today.purge()).find((r) => r.orgId === purged)?.purged, 3);
-      await today.sequencer.flushAll();
-      const [checkpoint] = await store.db.query<{ signature: string }>(
-        'select signature from audit_checkpoints where org_id = $1',
-        [purged],
+      await append(earlier, purged, 3, 1);
+      assert.equal((await earlier.purge()).find((r) => r.orgId === purged)?.purged, 3);
+      await earlier.sequencer.flushAll();
+      const signaturesOf = async (org: string) =>
+        (
+          await store.db.query<{ signature: string }>(
+            'select signature from audit_checkpoints where org_id = $1 order by id',
+            [org],
+          )
+        ).map((r) => r.signature);
+      assert.match(
+        (await signaturesOf(purged))[0] ?? '',
+        /^[0-9a-f]{64}$/,
+        'signed as earlier releases: hex',
       );
-      assert.match(checkpoint?.signature ?? '', /^[0-9a-f]{64}$/, 'signed as today: hex');
-      const [first] = await store.db.query<{ id: string; mac: string }>(
-        'select id, mac from audit_events where org_id = $1 and seq = 1',
-        [mixed],
-      );
-      assert.ok(first?.mac.startsWith(`mac1.${masterKeyId(keyA)}.`));
 
-      // This change deployed, still on A: new events get mac2; everything verifies. At its start the
-      // hex checkpoint (which every earlier release wrote) got a copy signed under the audit MAC key.
+      // This version starts, still on A: the hex checkpoint A signed gets a copy signed under the
+      // audit MAC key; C's, which no held key verifies, does not.
       const onA = await open(ringA);
-      const signatures = await store.db.query<{ signature: string }>(
-        'select signature from audit_checkpoints where org_id = $1 order by id',
-        [purged],
-      );
+      const signatures = await signaturesOf(purged);
       assert.equal(signatures.length, 2);
-      assert.match(signatures[1]?.signature ?? '', /^mac2\./, 're-signed under the audit MAC key');
+      assert.match(signatures[1] ?? '', /^mac2\./, 're-signed under the audit MAC key');
+      assert.equal((await signaturesOf(lost)).length, 1, 'an unverifiable checkpoint is not re-signed');
       assert.equal(await onA.resignLegacyCheckpoints(), 0, 'once is enough');
-      for (const org of [purged, mixed, fresh]) await append(onA, org, 10, 2);
-      assert.deepEqual(await onA.verify(purged), valid(4));
-      assert.deepEqual(await onA.verify(mixed), valid(4));
-      assert.deepEqual(await onA.verify(fresh), valid(2));
+      assert.deepEqual(await onA.verify(purged), valid(2)); // the kept event and the purge's own
+      assert.equal((await onA.verify(lost)).reason, 'checkpoint_invalid');
 
-      // Rotation: B current, A previous; the audit key is re-wrapped under B.
+      // Rotation as documented: B current, A previous; the audit key is re-wrapped under B; A dropped.
       const both = createKeyring(keyB, [keyA]);
       const rotated = await open(both);
       const result = await rewrapAll({
@@ -186,31 +189,9 @@ for (const { kind, skip } of STORES) {
       const [row] = await keyRows();
       assert.ok(row?.key_sealed.startsWith(`v1.${masterKeyId(keyB)}.`));
       await rotated.sequencer.flushAll();
-      // While A is held, what it signed today verifies (each org also has the re-wrap's event now).
-      assert.deepEqual(await rotated.verify(purged), valid(5));
-      assert.deepEqual(await rotated.verify(mixed), valid(5));
-
-      // A dropped: only today's mac1 events are unverifiable; the checkpoint's re-signed copy holds.
       const onlyB = await open(createKeyring(keyB));
-      const [fourth] = await store.db.query<{ id: string }>(
-        'select id from audit_events where org_id = $1 and seq = 4',
-        [purged],
-      );
-      assert.deepEqual(await onlyB.verify(fresh), valid(3));
-      assert.deepEqual(await onlyB.verify(mixed), {
-        valid: false,
-        checked: 0,
-        first_bad_sequence: 1,
-        first_bad_event_id: first?.id,
-        reason: 'mac_key_unknown',
-      });
-      assert.deepEqual(await onlyB.verify(purged), {
-        valid: false,
-        checked: 0,
-        first_bad_sequence: 4,
-        first_bad_event_id: fourth?.id,
-        reason: 'mac_key_unknown',
-      });
+      // The purged org also has the re-wrap's event now.
+      assert.deepEqual(await onlyB.verify(purged), valid(3));
     });
 
     test('a MAC or checkpoint naming an audit key that does not exist is not accepted', async () => {
@@ -225,9 +206,9 @@ for (const { kind, skip } of STORES) {
       assert.ok(genuine);
       const keys = createAuditKeys(ring, await loadAuditMacKeys({ db: store.db, keyring: ring }));
       const tag = genuine.mac.split('.')[2] ?? '';
-      // Same tag, another key id: unknown. Same key id, mac1 instead of mac2: a master key of that id is not held.
+      // Same tag, another key id: unknown. Any other prefix is no MAC of ours.
       assert.equal(keys.checkEventMac('{}', `mac2.0123456789abcdef.${tag}`), 'mac_key_unknown');
-      assert.equal(keys.checkEventMac('{}', genuine.mac.replace(/^mac2\./, 'mac1.')), 'mac_key_unknown');
+      assert.equal(keys.checkEventMac('{}', genuine.mac.replace(/^mac2\./, 'mac1.')), 'mac_mismatch');
       assert.equal(keys.checkEventMac('{}', genuine.mac.replace(/^mac2\./, 'mac3.')), 'mac_mismatch');
       const signature = keys.signCheckpoint('payload');
       assert.equal(keys.checkCheckpoint('payload', signature), true);

@@ -4,37 +4,32 @@ import type { AuditMacKeys } from './mac-key.ts';
 
 /** HKDF purpose of the master-key-derived key that signed checkpoints before the audit MAC key (hex signatures). */
 export const AUDIT_CHECKPOINT_KEY_PURPOSE = 'steward/audit/checkpoint/v1';
-/** HKDF purpose of the master-key-derived key of `mac1.` event MACs (before the audit MAC key). */
-export const AUDIT_EVENT_KEY_PURPOSE = 'steward/audit/event/v1';
-
-/** What verifying `mac1.` MACs and hex checkpoints needs of the keyring: keys derived from any master key held. */
-export type AuditKeyring = Pick<Keyring, 'ids' | 'has' | 'deriveKey'>;
+/** What verifying hex checkpoints needs of the keyring: keys derived from any master key held. */
+export type AuditKeyring = Pick<Keyring, 'ids' | 'deriveKey'>;
 
 /** The outcome of checking one event's MAC. */
 export type MacCheck = 'ok' | 'mac_mismatch' | 'mac_key_unknown';
 
-// `mac<version>.<key id>.<base64url of the 32-byte tag>`: named like sealed values (`v1.<key id>.…`)
-// but not mistakable for one, so a search for values still under an old key finds no MAC.
-// mac2: the key id is an audit MAC key's (audit_mac_keys). mac1: a master key's, written before
-// the audit MAC key existed.
-const SIGNED = /^mac([12])\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
+// `mac2.<audit key id>.<base64url of the 32-byte tag>`: named like sealed values (`v1.<key id>.…`)
+// but not mistakable for one, so a search for values still under an old key finds no MAC. (`mac1`,
+// keyed by the master key itself, was an intermediate version that never landed.)
+const SIGNED = /^mac2\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})$/;
 // A checkpoint signed before the audit MAC key: hex, under a key derived from some master key.
 const LEGACY_CHECKPOINT = /^[0-9a-f]{64}$/;
 
 /**
  * The audit trail's keys. Events and checkpoints are signed under the audit MAC key
- * (`mac2.<audit key id>.…`), which a master-key rotation does not change. What was signed before
- * that key existed names a master key (`mac1.` events, hex checkpoints) and verifies while that
- * master key is held; the keys derived from it are derived once per key id.
+ * (`mac2.<audit key id>.…`), which a master-key rotation does not change. Checkpoints of releases
+ * before it (hex) verify under the master key that signed them while it is held (the key derived
+ * from it is derived once per key id); each start re-signs them (`resignLegacyCheckpoints`).
  */
 export function createAuditKeys(keyring: AuditKeyring, macKeys: AuditMacKeys) {
   const derived = new Map<string, Buffer>();
-  const legacyKey = (purpose: string, masterKeyId: string): Buffer => {
-    const name = `${purpose} ${masterKeyId}`;
-    let key = derived.get(name);
+  const legacyCheckpointKey = (masterKeyId: string): Buffer => {
+    let key = derived.get(masterKeyId);
     if (key === undefined) {
-      key = keyring.deriveKey(purpose, 32, masterKeyId);
-      derived.set(name, key);
+      key = keyring.deriveKey(AUDIT_CHECKPOINT_KEY_PURPOSE, 32, masterKeyId);
+      derived.set(masterKeyId, key);
     }
     return key;
   };
@@ -50,13 +45,8 @@ export function createAuditKeys(keyring: AuditKeyring, macKeys: AuditMacKeys) {
     checkEventMac(content: string, mac: string): MacCheck {
       const match = SIGNED.exec(mac);
       if (match === null) return 'mac_mismatch';
-      const [, version, keyId = '', tag = ''] = match;
-      const key =
-        version === '2'
-          ? macKeys.byId.get(keyId)?.eventKey
-          : keyring.has(keyId)
-            ? legacyKey(AUDIT_EVENT_KEY_PURPOSE, keyId)
-            : undefined;
+      const [, keyId = '', tag = ''] = match;
+      const key = macKeys.byId.get(keyId)?.eventKey;
       if (key === undefined) return 'mac_key_unknown';
       return verifyHmacSha256(key, content, Buffer.from(tag, 'base64url')) ? 'ok' : 'mac_mismatch';
     },
@@ -73,15 +63,13 @@ export function createAuditKeys(keyring: AuditKeyring, macKeys: AuditMacKeys) {
     checkCheckpoint(payload: string, signature: string): boolean {
       const match = SIGNED.exec(signature);
       if (match !== null) {
-        const [, version, keyId = '', tag = ''] = match;
-        const key = version === '2' ? macKeys.byId.get(keyId)?.checkpointKey : undefined;
+        const [, keyId = '', tag = ''] = match;
+        const key = macKeys.byId.get(keyId)?.checkpointKey;
         return key !== undefined && verifyHmacSha256(key, payload, Buffer.from(tag, 'base64url'));
       }
       if (!LEGACY_CHECKPOINT.test(signature)) return false;
       const tag = Buffer.from(signature, 'hex');
-      return keyring.ids.some((id) =>
-        verifyHmacSha256(legacyKey(AUDIT_CHECKPOINT_KEY_PURPOSE, id), payload, tag),
-      );
+      return keyring.ids.some((id) => verifyHmacSha256(legacyCheckpointKey(id), payload, tag));
     },
   };
 }

@@ -39,9 +39,8 @@ export const auditEvents = pgTable(
     /**
      * `mac2.<audit MAC key id>.<base64url HMAC-SHA256>` of the event's content (everything the hash
      * covers but seq), written with the event under a key only Steward holds (`auditMacKeys`): a row
-     * inserted or rewritten through SQL cannot carry a valid one. Events written before that key
-     * existed carry `mac1.<master key id>.…` (a key derived from the master key). Null only for
-     * events from before MACs existed (see `auditLegacyBoundaries`).
+     * inserted or rewritten through SQL cannot carry a valid one. Null only for events from before
+     * MACs existed (see `auditLegacyBoundaries`).
      */
     mac: text('mac'),
   },

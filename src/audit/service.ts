@@ -21,7 +21,7 @@ import { redact, storable, storableJson } from './redact.ts';
 import { auditChainHeads, auditCheckpoints, auditEvents, auditLegacyBoundaries } from './schema.ts';
 import { createSequencer, type Sequencer } from './sequencer.ts';
 
-export { AUDIT_CHECKPOINT_KEY_PURPOSE, AUDIT_EVENT_KEY_PURPOSE, type AuditKeys } from './mac.ts';
+export { AUDIT_CHECKPOINT_KEY_PURPOSE, type AuditKeys } from './mac.ts';
 
 /** Who did it. `system` is Steward itself (bootstrap, purge, schedulers). */
 export interface AuditActor {
@@ -69,8 +69,7 @@ export const VERIFY_REASONS = [
   /** An event's MAC does not match its content: inserted or rewritten through SQL. */
   'mac_mismatch',
   /**
-   * An event's MAC names a key this process does not hold: an audit MAC key not in audit_mac_keys, or,
-   * for a `mac1.` event (written before the audit MAC key), a master key not in STEWARD_MASTER_KEY_PREVIOUS.
+   * An event's MAC names an audit MAC key that is not in audit_mac_keys.
    */
   'mac_key_unknown',
   /** The chain head does not point at the last event: the newest events were removed, or the head moved. */

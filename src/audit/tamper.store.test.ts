@@ -301,9 +301,8 @@ for (const { kind, skip } of STORES) {
 
     test('2c with a MAC: made up, copied from a genuine event, or under a key nobody holds', async () => {
       const tag = randomBytes(32).toString('base64url');
-      await forgedInFreshOrg(`mac1.${keyring.current.id}.${tag}`, 'mac_mismatch');
+      await forgedInFreshOrg(`mac1.${keyring.current.id}.${tag}`, 'mac_mismatch'); // not a format
       await forgedInFreshOrg((genuine) => String(genuine.mac), 'mac_mismatch');
-      await forgedInFreshOrg(`mac1.0123456789abcdef.${tag}`, 'mac_key_unknown');
       await forgedInFreshOrg(`mac2.${await auditKeyId()}.${tag}`, 'mac_mismatch');
       await forgedInFreshOrg(`mac2.0123456789abcdef.${tag}`, 'mac_key_unknown');
       await forgedInFreshOrg('not a mac', 'mac_mismatch');
