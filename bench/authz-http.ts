@@ -39,6 +39,7 @@ const caller: Principal = {
 };
 app.steward.auth.addAuthenticator({
   name: 'bench',
+  errors: [],
   authenticate: (request) => (request.headers['x-bench-principal'] === 'caller' ? caller : null),
 });
 // The same plumbing with no authentication and no check: the ceiling any Steward route has here.

@@ -201,7 +201,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
     app.decorate('steward', ctx);
     const metrics = createRequestMetrics(app);
-    frameworkErrors = installProblemHandlers(app, unroutedResponse(metrics));
+    frameworkErrors = installProblemHandlers(app, unroutedResponse(metrics), () => auth.accessCodes());
     installJsonOnlyBodies(app);
     installAccessControl(app, auth);
     installResponseHook(app, metrics);
@@ -212,7 +212,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
         exposedHeaders: ['x-request-id', 'etag', 'retry-after'],
       });
     }
-    await installOpenApi(app, VERSION);
+    await installOpenApi(app, VERSION, () => auth.accessCodes());
     installOpsRoutes(app, db, bus);
 
     // The domains. Each registers its own routes and services.

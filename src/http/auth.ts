@@ -40,6 +40,8 @@ export interface Authenticator {
    * never waits for a promise: the API key hot path).
    */
   recognizes?(request: FastifyRequest): boolean;
+  /** Every error code `authenticate` may throw (documented on every route that needs a caller). */
+  readonly errors: readonly string[];
   authenticate(request: FastifyRequest): Promise<Principal | null> | Principal | null;
 }
 
@@ -53,6 +55,8 @@ export interface Authorizer {
    * sight). Returns undefined when nothing needs waiting for, so a warm request never awaits.
    */
   prepare?(principal: Principal): Promise<void> | undefined;
+  /** Every error code `can` and `prepare` may throw, beyond `permission_denied`. */
+  readonly errors?: readonly string[];
 }
 
 /** Until the authz domain plugs in, only superusers pass: denied by default. */
@@ -64,6 +68,13 @@ export class AuthRegistry {
   authorizer: Authorizer = superuserOnlyAuthorizer;
 
   private readonly recognizers: Authenticator[] = [];
+  /**
+   * The codes the access layer may answer on any route that needs a caller: its authenticators'
+   * and its authorizer's. The OpenAPI document lists them under those routes' 401, 403 and 429.
+   */
+  accessCodes(): ReadonlySet<string> {
+    return new Set([...this.authenticators.flatMap((a) => a.errors), ...(this.authorizer.errors ?? [])]);
+  }
 
   addAuthenticator(authenticator: Authenticator): void {
     this.authenticators.push(authenticator);

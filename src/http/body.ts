@@ -25,6 +25,11 @@ import { httpErrors } from './errors.ts';
  *   UTF-8 (RFC 8259 §8.1) and the bytes are decoded as such, so `charset=iso-8859-1` with 0xE9
  *   would have been stored as U+FFFD. A type without parameters pays one length comparison;
  *   `charset=utf-8` as most clients write it, one string comparison.
+ * - **A body nested deeper than 64 levels is refused** (400 `json_too_deep`): every recursive walk
+ *   of a stored value (JSON.stringify on its way to jsonb, the audit trail's redaction, a JSON
+ *   Schema's `enum` comparison) overflowed the stack on a value a few thousand levels deep and
+ *   answered 500. No document Steward keeps needs 64 levels. Counting the openers with `indexOf`
+ *   clears almost every body (fewer than 65 `{` or `[` in all); only the others are scanned.
  */
 export function installJsonOnlyBodies(app: FastifyInstance): void {
   app.removeContentTypeParser('text/plain');
@@ -46,6 +51,10 @@ export function installJsonOnlyBodies(app: FastifyInstance): void {
       if (acceptsNoBody(request)) done(null, undefined);
       else
         done(httpErrors.invalid_json('The request body is empty; this route expects a JSON body'), undefined);
+      return;
+    }
+    if (nestedTooDeep(text)) {
+      done(httpErrors.json_too_deep(`JSON bodies may nest at most ${MAX_JSON_DEPTH} levels`), undefined);
       return;
     }
     if (!mayHoldUnstorable(text)) {
@@ -88,6 +97,53 @@ function declaresUtf8OrNothing(type: string): boolean {
   if (match === null) return true;
   const charset = (match[1] ?? match[2] ?? '').toLowerCase();
   return charset === 'utf-8' || charset === 'utf8';
+}
+
+/** How deep a request body's arrays and objects may nest. */
+export const MAX_JSON_DEPTH = 64;
+
+/**
+ * Whether a JSON text nests arrays and objects deeper than `MAX_JSON_DEPTH`. A text with no more
+ * openers than the limit cannot (`indexOf` counts them at memchr speed); any other is scanned once,
+ * brackets inside strings skipped. Malformed JSON is the parser's to refuse.
+ */
+export function nestedTooDeep(text: string, limit = MAX_JSON_DEPTH): boolean {
+  if (!hasMoreOpeners(text, limit)) return false;
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === QUOTE) {
+      // Skip the string: to the next quote not escaped by a backslash.
+      for (i++; i < text.length; i++) {
+        const d = text.charCodeAt(i);
+        if (d === BACKSLASH) i++;
+        else if (d === QUOTE) break;
+      }
+    } else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+      if (++depth > limit) return true;
+    } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) {
+      depth--;
+    }
+  }
+  return false;
+}
+
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const OPEN_BRACE = 0x7b;
+const CLOSE_BRACE = 0x7d;
+const OPEN_BRACKET = 0x5b;
+const CLOSE_BRACKET = 0x5d;
+
+/** Whether the text holds more than `limit` of `{` and `[` together (strings included). */
+function hasMoreOpeners(text: string, limit: number): boolean {
+  let count = 0;
+  for (const opener of ['{', '[']) {
+    for (let i = text.indexOf(opener); i !== -1; i = text.indexOf(opener, i + 1)) {
+      if (++count > limit) return true;
+    }
+  }
+  return false;
 }
 
 /** A `\u0000` escape or the escape of a surrogate (`\uD800`–`\uDFFF`), in either case. */

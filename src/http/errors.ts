@@ -67,6 +67,7 @@ export function registeredErrorCodes(): ReadonlyMap<string, ErrorSpec> {
 export const httpErrors = defineErrors({
   bad_request: { status: 400, title: 'Malformed request' },
   invalid_json: { status: 400, title: 'Malformed JSON body' },
+  json_too_deep: { status: 400, title: 'JSON body nested too deeply' },
   unsupported_character: { status: 400, title: 'Unsupported character' },
   validation_failed: { status: 400, title: 'Request failed validation' },
   unauthenticated: { status: 401, title: 'Authentication required' },

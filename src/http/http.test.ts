@@ -140,6 +140,27 @@ describe('HTTP plumbing', () => {
     assert.equal(literal.json().name, '\\u0000 \\ud800');
   });
 
+  test('a body nested deeper than 64 levels → 400 json_too_deep before parsing; 64 levels and brackets in strings pass', async () => {
+    const nested = (levels: number, open: string, close: string) =>
+      `{"name":"a","count":1,"tags":${open.repeat(levels - 1)}${close.repeat(levels - 1)}}`;
+    // The body object is level 1: 65 in all is one too many, in arrays or in objects.
+    const deepArrays = nested(65, '[', ']');
+    const deepObjects = `{"name":"a","count":1,"tags":${'{"k":'.repeat(64)}1${'}'.repeat(64)}}`;
+    for (const payload of [deepArrays, deepObjects]) {
+      const body = assertProblem(await echo(payload), 400, 'json_too_deep');
+      assert.match(body.detail, /at most 64 levels/);
+    }
+    // 64 levels reach validation (the tags are not strings), as does malformed JSON within the limit.
+    assertProblem(await echo(nested(64, '[', ']')), 400, 'validation_failed');
+    // Brackets inside strings, escaped quotes included, are text, not nesting.
+    const inStrings = JSON.stringify({ name: `"\${'[{'.repeat(300)}`, count: 1 });
+    const res = await echo(inStrings);
+    assert.equal(res.statusCode, 200, res.body);
+    // Many openers side by side are no depth: 100 sibling arrays pass the check.
+    const siblings = `{"name":"a","count":1,"tags":[${Array(100).fill('[]').join(',')}]}`;
+    assertProblem(await echo(siblings), 400, 'validation_failed');
+  });
+
   test('an empty JSON body is no body where the route takes none; refused where it needs one', async () => {
     const send = (method: 'POST' | 'DELETE', url: string, payload?: string) =>
       t.app.inject({ method, url, payload, headers: { 'content-type': 'application/json' } });
@@ -741,6 +762,29 @@ describe('bodies over real routes', () => {
       'the session ended',
     );
   });
+  test('values nested thousands deep are 400 json_too_deep, not a stack overflow (500) in a domain', async () => {
+    const { access_token } = await t.tokensFor(ADMIN.email, ADMIN.password);
+    // Sent as text: JSON.stringify itself overflows on such a value.
+    const deep = (levels: number) => `${'{"k":'.repeat(levels)}1${'}'.repeat(levels)}`;
+    const cases: [string, string, string][] = [
+      [
+        'POST',
+        '/v1/secrets',
+        `{"name":"DEEP","environment":"development","value":"v","metadata":${deep(2000)}}`,
+      ],
+      ['PUT', '/v1/settings/development/deep', `{"value_type":"json","value":${deep(5000)}}`],
+    ];
+    for (const [method, url, body] of cases) {
+      const res = await t.call(method as 'POST', url, {
+        token: access_token,
+        body,
+        headers: { 'content-type': 'application/json' },
+      });
+      assert.equal(res.statusCode, 400, `${url}: ${res.body}`);
+      assert.equal(res.json().code, 'json_too_deep', url);
+    }
+  });
+
   test('a NUL in a path parameter or a query value is 400 unsupported_character in every domain, not a 500', async () => {
     const { access_token } = await t.tokensFor(ADMIN.email, ADMIN.password);
     const cases: [string, string, RegExp][] = [

@@ -4,6 +4,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify';
 import { jsonSchemaTransform } from 'fastify-type-provider-zod';
 import type { RouteAccess } from './auth.ts';
+import { codesByStatus, specOf } from './documented-errors.ts';
 
 /**
  * The document's security schemes. The access layer accepts an access token or an API key, as a
@@ -75,13 +76,20 @@ type ResponseDoc = {
   description: string;
   content: Record<string, { schema: object }>;
   headers?: Record<string, { type: string; description: string }>;
+  /** Every `code` a problem of this status may carry on this operation. */
+  'x-steward-codes': string[];
 };
 
-const problem = (description: string, headers?: ResponseDoc['headers']): ResponseDoc => ({
+const problem = (description: string, codes: string[], headers?: ResponseDoc['headers']): ResponseDoc => ({
   description,
   content: { [PROBLEM_TYPE]: { schema: { $ref: '#/components/schemas/Problem' } } },
   ...(headers && { headers }),
+  'x-steward-codes': codes,
 });
+
+/** `code` (its title), as the description lists a route's own codes. */
+const described = (codes: readonly string[], where: string): string =>
+  codes.map((code) => `\`${code}\` (${specOf(code, where).title})`).join(', ');
 
 /** The sentence appended to each operation's description. */
 function accessSentence(access: RouteAccess, ownSecurity: boolean): string {
@@ -106,56 +114,93 @@ interface RouteFacts {
    * are not the shared layer's to document there.
    */
   ownBodyParser: boolean;
+  /** The route's own error codes (`config.errors`). */
+  errors: readonly string[];
+  /** The access layer's codes, answered on any route that needs a caller. */
+  accessCodes: readonly string[];
 }
 
 /**
- * The error responses the shared layer can give a route, from what it declares: its schemas
- * (400), whether it reads a body (400, 413, 415), its access (401, 403, 429), path parameters
- * (404), and 500 for all. Domain-specific errors (409, 412, a login's 401…) are the route's to
- * declare; a status the route declares is never replaced.
+ * The error responses a route can give: the shared layer's, from what it declares (its schemas:
+ * 400; whether it reads a body: 400, 413, 415; its access: 401, 403, 429 with the access layer's
+ * codes; path parameters: 404; 500 for all), then the route's own codes (`config.errors`) under
+ * their statuses, each response listing its codes in `x-steward-codes`. A status the route
+ * declares a response schema for is never replaced.
  */
 function errorResponses(
   schema: FastifySchema,
   facts: RouteFacts,
   security: unknown[],
 ): Record<string, ResponseDoc> {
+  const where = `${facts.methods.join(',')} ${facts.url}`;
   const readsBody = schema.body !== undefined || facts.methods.some((m) => BODY_METHODS.has(m));
   const parsesJson = readsBody && !facts.ownBodyParser;
   const validated = [schema.body, schema.querystring, schema.params, schema.headers].some(
     (s) => s !== undefined,
   );
+  const needsCaller = facts.access !== 'public';
+  const access = codesByStatus(needsCaller ? facts.accessCodes : [], where);
+  const accessText = (status: number) => {
+    const codes = access.get(status) ?? [];
+    return codes.length > 0 ? `; the access layer's ${described(codes, where)}` : '';
+  };
   const out: Record<string, ResponseDoc> = {};
   const bad = [
     validated && '`validation_failed` (the fields in `errors`)',
-    parsesJson && '`invalid_json`, `unsupported_character`',
+    parsesJson && '`invalid_json`, `json_too_deep`, `unsupported_character`',
   ].filter((s) => typeof s === 'string');
-  if (bad.length > 0) out['400'] = problem(`Bad request: ${bad.join(', ')}`);
+  const badCodes = [
+    ...(validated ? ['validation_failed'] : []),
+    ...(parsesJson ? ['invalid_json', 'json_too_deep', 'unsupported_character'] : []),
+  ];
+  if (bad.length > 0) out['400'] = problem(`Bad request: ${bad.join(', ')}`, badCodes);
   if (security.length > 0) {
     out['401'] = problem(
-      'No credential, or a refused one (`unauthenticated`, an expired token, a revoked key…)',
-      {
-        'WWW-Authenticate': { type: 'string', description: 'Bearer realm="steward" (RFC 6750)' },
-      },
+      `No credential, or a refused one (\`unauthenticated\`${accessText(401)})`,
+      ['unauthenticated', ...(access.get(401) ?? [])],
+      { 'WWW-Authenticate': { type: 'string', description: 'Bearer realm="steward" (RFC 6750)' } },
     );
   }
   if (typeof facts.access === 'object') {
-    out['403'] = problem(`\`permission_denied\`: the caller does not hold \`${facts.access.permission}\``);
+    out['403'] = problem(
+      `\`permission_denied\`: the caller does not hold \`${facts.access.permission}\`${accessText(403)}`,
+      ['permission_denied', ...(access.get(403) ?? [])],
+    );
+  } else if (access.has(403)) {
+    out['403'] = problem(`Refused by the access layer${accessText(403)}`, access.get(403) ?? []);
   }
   if (facts.url.includes(':') || facts.url.includes('{')) {
-    out['404'] = problem(
-      "`not_found` (or the domain's own code): no such resource in the caller's organization",
-    );
+    out['404'] = problem("`not_found`: no such resource in the caller's organization", ['not_found']);
   }
   if (readsBody) {
-    out['413'] = problem('`payload_too_large`: the body exceeds BODY_LIMIT_BYTES');
-    if (parsesJson) out['415'] = problem('`unsupported_media_type`: bodies are `application/json` in UTF-8');
+    out['413'] = problem('`payload_too_large`: the body exceeds BODY_LIMIT_BYTES', ['payload_too_large']);
+    if (parsesJson)
+      out['415'] = problem('`unsupported_media_type`: bodies are `application/json` in UTF-8', [
+        'unsupported_media_type',
+      ]);
   }
-  if (facts.access !== 'public') {
-    out['429'] = problem("`rate_limited` or `quota_exceeded`: the API key's rate limit or quota is used up", {
-      'Retry-After': { type: 'string', description: 'Seconds to wait' },
-    });
+  if (needsCaller) {
+    out['429'] = problem(
+      `\`rate_limited\`: the API key's rate limit is used up${accessText(429)}`,
+      ['rate_limited', ...(access.get(429) ?? [])],
+      { 'Retry-After': { type: 'string', description: 'Seconds to wait' } },
+    );
   }
-  out['500'] = problem('`internal_error`: nothing specific; the log has the detail (by `request_id`)');
+  out['500'] = problem('`internal_error`: nothing specific; the log has the detail (by `request_id`)', [
+    'internal_error',
+  ]);
+  for (const [status, codes] of codesByStatus(facts.errors, where)) {
+    const key = String(status);
+    const shared = out[key];
+    out[key] =
+      shared === undefined
+        ? problem(`${STATUS_CODES[status] ?? 'Error'}: ${described(codes, where)}`, codes)
+        : {
+            ...shared,
+            description: `${shared.description}; or ${described(codes, where)}`,
+            'x-steward-codes': [...shared['x-steward-codes'], ...codes],
+          };
+  }
   return out;
 }
 
@@ -254,7 +299,11 @@ function finishDocument<T extends Document>(doc: T): T {
  * security and error responses come from the route's declaration (`documentRoute`). Nothing
  * here runs per request: the document is built once, on its first request.
  */
-export async function installOpenApi(app: FastifyInstance, version: string): Promise<void> {
+export async function installOpenApi(
+  app: FastifyInstance,
+  version: string,
+  accessCodes: () => ReadonlySet<string>,
+): Promise<void> {
   // Routes whose context dropped the JSON parser for its own (keys' /v1/ingest). Fastify cannot be
   // asked about a catch-all parser, only about a media type's.
   const ownBodyParser = new WeakSet<RouteOptions>();
@@ -285,6 +334,8 @@ export async function installOpenApi(app: FastifyInstance, version: string): Pro
         methods: typeof route.method === 'string' ? [route.method] : route.method,
         url: route.url,
         ownBodyParser: ownBodyParser.has(route),
+        errors: route.config?.errors ?? [],
+        accessCodes: [...accessCodes()],
       };
       return { ...generated, schema: documentRoute(schema, facts) };
     },

@@ -2,6 +2,7 @@ import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
+import { noteIfUndocumented } from './documented-errors.ts';
 import { httpErrors, StewardError } from './errors.ts';
 import { securityHeadersFor } from './security.ts';
 
@@ -85,7 +86,13 @@ function challengeFor(request: FastifyRequest): string {
   return checksTokens && BEARER_TOKEN.test(request.headers.authorization ?? '') ? INVALID_TOKEN : CHALLENGE;
 }
 
-function sendProblem(request: FastifyRequest, reply: FastifyReply, problem: StewardError) {
+function sendProblem(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  problem: StewardError,
+  accessCodes: () => ReadonlySet<string>,
+) {
+  noteIfUndocumented(request, problem, accessCodes);
   reply.code(problem.status).headers(problem.headers);
   if (problem.status === 401 && problem.headers['www-authenticate'] === undefined) {
     reply.header('www-authenticate', challengeFor(request));
@@ -117,6 +124,7 @@ export type FrameworkErrorHandler = (
 export function installProblemHandlers(
   app: FastifyInstance,
   unrouted: (request: FastifyRequest, reply: FastifyReply, statusCode: number) => void,
+  accessCodes: () => ReadonlySet<string>,
 ): FrameworkErrorHandler {
   const fail = (error: FastifyError, request: FastifyRequest): StewardError => {
     const problem = toStewardError(error);
@@ -129,7 +137,7 @@ export function installProblemHandlers(
     return problem;
   };
   app.setErrorHandler((error: FastifyError, request, reply) => {
-    sendProblem(request, reply, fail(error, request));
+    sendProblem(request, reply, fail(error, request), accessCodes);
   });
   const allowedAt = allowedMethods(app);
   app.setNotFoundHandler((request, reply) => {
@@ -139,12 +147,12 @@ export function installProblemHandlers(
         ? httpErrors.not_found(`No route for ${request.method} at this path`)
         : httpErrors.method_not_allowed(`This path answers ${allow}`, {}, { allow });
     unrouted(request, reply, problem.status);
-    sendProblem(request, reply, problem);
+    sendProblem(request, reply, problem, accessCodes);
   });
   return (error, request, reply) => {
     const problem = fail(error, request);
     unrouted(request, reply, problem.status);
-    sendProblem(request, reply, problem);
+    sendProblem(request, reply, problem, accessCodes);
   };
 }
 

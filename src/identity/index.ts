@@ -65,6 +65,7 @@ export const identityPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async
   });
   ctx.auth.addAuthenticator({
     name: 'access-token',
+    errors: ['token_expired', 'token_invalid', 'session_revoked'],
     // The socket keys the per-connection token memo; none (a detached request): no memo.
     authenticate: (request) =>
       identity.authenticate(request.headers.authorization, request.raw.socket ?? undefined),

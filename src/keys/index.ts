@@ -207,6 +207,16 @@ export const keysPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async (ap
   ctx.auth.addAuthenticator({
     name: 'api-key',
     recognizes: carriesApiKey,
+    // What `principalOf` throws (rate_limited is the HTTP layer's code, shared anyway).
+    errors: [
+      'key_malformed',
+      'key_not_found',
+      'key_revoked',
+      'key_expired',
+      'key_disabled',
+      'key_ip_not_allowed',
+      'quota_exceeded',
+    ],
     authenticate(request) {
       let key = request.headers['x-api-key'];
       if (key === undefined) {

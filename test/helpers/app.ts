@@ -14,6 +14,7 @@ import { openTestStore, type StoreKind, type TestStore } from './stores.ts';
 export function installTestPrincipals(app: FastifyInstance, principals: Record<string, Principal>): void {
   app.steward.auth.addAuthenticator({
     name: 'test',
+    errors: [],
     authenticate: (request) => {
       const name = request.headers['x-test-principal'];
       return typeof name === 'string' ? (principals[name] ?? null) : null;
