@@ -1,5 +1,6 @@
-import { BlockList, isIP } from 'node:net';
+import { type BlockList, isIP } from 'node:net';
 import { fieldGetter } from './context.ts';
+import { type Ip6, ip4InCidr, ip6InCidr, parseIp4, parseIp4Packed, parseIp6 } from './ip.ts';
 import { compileRe2 } from './regex.ts';
 import { compareSemver, parseSemver, type SemVer } from './semver.ts';
 import type { Constraint, FlagContext } from './types.ts';
@@ -143,7 +144,10 @@ function regexOp(c: Constraint): Predicate {
   };
 }
 
-/** Adds an address or CIDR to a block list; returns false for anything unparseable. */
+/**
+ * Adds an address or CIDR to a block list; returns false for anything unparseable. Only
+ * validation uses it now: evaluation follows unleash-client's parser (./ip.ts), not node:net.
+ */
 export function addRange(list: BlockList, range: string): boolean {
   const slash = range.indexOf('/');
   const address = slash < 0 ? range : range.slice(0, slash);
@@ -161,21 +165,38 @@ export function addRange(list: BlockList, range: string): boolean {
   return true;
 }
 
-/** Whether an address (any family) is in the list; false for non-addresses. */
-export function inList(list: BlockList, address: string): boolean {
-  const family = isIP(address);
-  return family !== 0 && list.check(address, family === 4 ? 'ipv4' : 'ipv6');
+const defined = <T>(v: T | undefined): v is T => v !== undefined;
+
+/** Whether any test passes; a plain loop, so the hot path allocates no closure. */
+export function anyOf<T>(tests: readonly ((v: T) => boolean)[], v: T): boolean {
+  for (let i = 0; i < tests.length; i++) if ((tests[i] as (v: T) => boolean)(v)) return true;
+  return false;
 }
 
+// unleash-client reads the context value as IPv4 if it can, else as IPv6, and then compares
+// it with the ranges of that family only (see ./ip.ts). The two families never overlap.
 function cidrOp(c: Constraint): Predicate {
-  const list = new BlockList();
-  let any = false;
-  for (const v of cleanValues(c)) any = addRange(list, v) || any;
-  if (!any) return NEVER;
+  const values = cleanValues(c);
+  const v4 = values.map(parseIp4).filter(defined).map(ip4InCidr);
+  const v6 = values.map(parseIp6).filter(defined).map(ip6InCidr);
+  if (v4.length === 0 && v6.length === 0) return NEVER;
   const get = fieldGetter(c.contextName);
+  // Callers tend to send the same address again and again: remember the last IPv6 parse.
+  let lastInput: string | undefined;
+  let lastParsed: Ip6 | undefined;
   return (ctx) => {
     const v = get(ctx);
-    return v !== undefined && inList(list, v);
+    if (v === undefined) return false;
+    if (v4.length > 0) {
+      const packed = parseIp4Packed(v);
+      if (packed >= 0) return anyOf(v4, packed);
+    }
+    if (v6.length === 0) return false;
+    if (v !== lastInput) {
+      lastInput = v;
+      lastParsed = parseIp6(v);
+    }
+    return lastParsed !== undefined && anyOf(v6, lastParsed);
   };
 }
 

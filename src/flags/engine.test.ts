@@ -85,10 +85,12 @@ describe('engine', () => {
     assert.equal(createFlagEngine({ features }, { hostname: 'web-2' }).isEnabled('f'), false);
   });
 
-  it('matches remoteAddress against IPv4 and IPv6 ranges', () => {
+  // unleash-client parses only IPv4 ranges here; any other entry matches as an equal string.
+  it('matches remoteAddress against IPv4 ranges, and other entries as written', () => {
     const e = one([{ name: 'remoteAddress', parameters: { IPs: '10.0.0.0/8, 2001:db8::/32, junk' } }]);
     assert.equal(e.isEnabled('f', { remoteAddress: '10.2.3.4' }), true);
-    assert.equal(e.isEnabled('f', { remoteAddress: '2001:db8::9' }), true);
+    assert.equal(e.isEnabled('f', { remoteAddress: '2001:db8::9' }), false);
+    assert.equal(e.isEnabled('f', { remoteAddress: '2001:db8::/32' }), true);
     assert.equal(e.isEnabled('f', { remoteAddress: '11.0.0.1' }), false);
     assert.equal(e.isEnabled('f', { remoteAddress: 'junk' }), true);
   });

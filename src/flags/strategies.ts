@@ -1,6 +1,6 @@
-import { BlockList } from 'node:net';
-import { ALWAYS, addRange, allOf, compileConstraint, inList, NEVER, type Predicate } from './constraints.ts';
+import { ALWAYS, allOf, anyOf, compileConstraint, NEVER, type Predicate } from './constraints.ts';
 import { fieldGetter } from './context.ts';
+import { ip4InSubnet, parseIp4, parseIp4Packed } from './ip.ts';
 import { createBucketer, STRATEGY_SEED } from './murmur.ts';
 import type { FlagContext, Segment, Strategy } from './types.ts';
 import { compileVariants, type VariantSelector } from './variants.ts';
@@ -55,15 +55,24 @@ function flexibleRollout(p: Params, env: EvalEnvironment): Predicate {
   return rollout(percentage, bucket, get);
 }
 
+// As unleash-client: an entry equal to the address as written, or an IPv4 range holding it
+// (Address4's isInSubnet). IPv6 entries match only as equal strings: the SDK never parses them.
 function remoteAddress(p: Params): Predicate {
   const ips = param(p, 'IPs');
   if (ips === undefined) return NEVER;
-  const exact = new Set(splitList(ips));
-  const list = new BlockList();
-  for (const range of exact) addRange(list, range);
+  const entries = splitList(ips);
+  const exact = new Set(entries);
+  const ranges = entries
+    .map(parseIp4)
+    .filter((r) => r !== undefined)
+    .map(ip4InSubnet);
   return (ctx) => {
     const a = ctx.remoteAddress;
-    return typeof a === 'string' && (exact.has(a) || inList(list, a));
+    if (typeof a !== 'string') return false;
+    if (exact.has(a)) return true;
+    if (ranges.length === 0) return false;
+    const packed = parseIp4Packed(a);
+    return packed >= 0 && anyOf(ranges, packed);
   };
 }
 

@@ -128,6 +128,7 @@ describe('Unleash client API with unleash-client', () => {
     assert.ok(body.events[0]?.features.some((f) => f.name === 'colours'));
     const etag = first.headers.get('etag') ?? '';
     assert.equal((await get(etag)).status, 304);
+    const prefixedEtag = (await get(undefined, '?namePrefix=col')).headers.get('etag') ?? '';
     const created = await v.req('POST', '/v1/flags/staging', {
       token: v.tokens.manager,
       body: { name: 'delta-new', enabled: true, strategies: [{ name: 'default' }] },
@@ -149,7 +150,7 @@ describe('Unleash client API with unleash-client', () => {
       prefixed.events[0]?.features.map((f) => f.name),
       ['colours'],
     );
-    const elsewhere = (await (await get(etag, '?namePrefix=col')).json()) as { events: unknown[] };
+    const elsewhere = (await (await get(prefixedEtag, '?namePrefix=col')).json()) as { events: unknown[] };
     assert.deepEqual(elsewhere.events, [], 'delta-new is not under col…');
     const unknown = await get('"not-a-state-we-know"');
     assert.equal(((await unknown.json()) as { events: { type: string }[] }).events[0]?.type, 'hydration');
@@ -197,6 +198,80 @@ describe('Unleash client API with unleash-client', () => {
     );
     assert.equal(
       (await v.req('DELETE', '/v1/flags/staging/weak-delta', { token: v.tokens.manager })).statusCode,
+      204,
+    );
+  });
+
+  test('namePrefix: each representation has its own strong ETag, 304 works with it, none validates another', async () => {
+    // A key of its own: this test sends more requests than the shared key's rate limit leaves.
+    const made = await v.req('POST', '/v1/keys', {
+      token: v.tokens.manager,
+      body: {
+        name: 'sdk-prefix',
+        scopes: ['flags:read'],
+        metadata: { flags_environment: 'staging' },
+        ratelimit: { limit: 1000, window_seconds: 60 },
+      },
+    });
+    assert.equal(made.statusCode, 201, made.body);
+    const own = made.json().key as string;
+    const get = (path: string, query: string, ifNoneMatch?: string) =>
+      fetch(`${address}/api/client/${path}${query}`, {
+        headers: { authorization: own, ...(ifNoneMatch ? { 'if-none-match': ifNoneMatch } : {}) },
+      });
+    const queries = ['', '?namePrefix=col', '?namePrefix=co', '?namePrefix=', '?namePrefix=%22%2C%20x'];
+    for (const path of ['features', 'delta']) {
+      const tags: string[] = [];
+      for (const query of queries) {
+        const res = await get(path, query);
+        assert.equal(res.status, 200, `${path}${query}`);
+        const etag = res.headers.get('etag') ?? '';
+        assert.match(etag, /^"[\x21\x23-\x7e]+"$/, `${path}${query}: a strong, well-formed tag`);
+        tags.push(etag);
+        // The same request gives the same tag: it names this representation of this state.
+        assert.equal((await get(path, query)).headers.get('etag'), etag);
+        for (const header of [etag, `W/${etag}`, `"x", ${etag}`]) {
+          const again = await get(path, query, header);
+          assert.equal(again.status, 304, `${path}${query} If-None-Match: ${header}`);
+          assert.equal(again.headers.get('etag'), etag);
+        }
+      }
+      assert.equal(new Set(tags).size, queries.length, `${path}: one tag per representation`);
+      // A tag issued for one representation validates no other: 200 with the full body.
+      for (const [i, query] of queries.entries()) {
+        for (const [j, tag] of tags.entries()) {
+          if (i === j) continue;
+          const res = await get(path, query, tag);
+          assert.equal(res.status, 200, `${path}${query} with the tag of ${queries[j]}`);
+          if (path === 'delta') {
+            const body = (await res.json()) as { events: { type: string }[] };
+            assert.equal(body.events[0]?.type, 'hydration', `${path}${query} with the tag of ${queries[j]}`);
+          }
+        }
+      }
+    }
+    // Filtered by prefix, the body is that prefix's and says so.
+    const filtered = (await (await get('features', '?namePrefix=col')).json()) as {
+      features: { name: string }[];
+      query: unknown;
+    };
+    assert.deepEqual(
+      filtered.features.map((f) => f.name),
+      ['colours'],
+    );
+    assert.deepEqual(filtered.query, { namePrefix: 'col' });
+    // After a change every filtered tag moves on, whether or not the change is under the prefix.
+    const before = (await get('features', '?namePrefix=col')).headers.get('etag') ?? '';
+    const created = await v.req('POST', '/v1/flags/staging', {
+      token: v.tokens.manager,
+      body: { name: 'prefix-etag-other', enabled: true, strategies: [{ name: 'default' }] },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const after = await get('features', '?namePrefix=col', before);
+    assert.equal(after.status, 200);
+    assert.notEqual(after.headers.get('etag'), before);
+    assert.equal(
+      (await v.req('DELETE', '/v1/flags/staging/prefix-etag-other', { token: v.tokens.manager })).statusCode,
       204,
     );
   });

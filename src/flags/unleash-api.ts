@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import type { InvalidationBus } from '../bus/index.ts';
@@ -38,6 +39,30 @@ function withPrefix(event: DeltaEvent, prefix: string): DeltaEvent[] {
     default:
       return [event];
   }
+}
+
+/**
+ * The ETag suffix of responses filtered by `namePrefix`: each prefix's representation of a state
+ * gets its own strong tag (`"<state>.<prefix hash>"`), so that a tag validates only the
+ * representation it was issued for, never the full one nor another prefix's. A hash, as the
+ * prefix may hold any character and a tag only some.
+ */
+function prefixMark(prefix: string | undefined): string {
+  if (prefix === undefined) return '';
+  return `.${createHash('sha256').update(prefix).digest('base64url').slice(0, 16)}`;
+}
+
+/** The tag a representation with this mark gets for a state's ETag (`"<state>"`). */
+const markedTag = (etag: string, mark: string) => (mark === '' ? etag : `${etag.slice(0, -1)}${mark}"`);
+
+/**
+ * The state a client's tag names, if it was issued for the representation with this mark. A
+ * state's own tag holds no `.` (base64url), so an unmarked request never takes a marked tag.
+ */
+function stateOfTag(opaque: string, mark: string): string | undefined {
+  if (mark === '') return opaque.includes('.') ? undefined : opaque;
+  const end = `${mark}"`;
+  return opaque.endsWith(end) ? `${opaque.slice(0, -end.length)}"` : undefined;
 }
 
 /**
@@ -118,11 +143,10 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
     async (request, reply) => {
       const principal = callerOf(request);
       const s = await flags.snapshot(principal.orgId, await environmentOf(principal));
-      reply.header('etag', s.etag).header('cache-control', 'no-cache');
       const prefix = request.query.namePrefix;
-      if (prefix === undefined && noneMatch(request.headers['if-none-match'], s.etag)) {
-        return reply.code(304).send();
-      }
+      const etag = markedTag(s.etag, prefixMark(prefix));
+      reply.header('etag', etag).header('cache-control', 'no-cache');
+      if (noneMatch(request.headers['if-none-match'], etag)) return reply.code(304).send();
       reply.type('application/json; charset=utf-8');
       if (prefix !== undefined) {
         const features = s.features.filter((f) => f.name.startsWith(prefix));
@@ -157,15 +181,19 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
     },
     async (request, reply) => {
       const principal = callerOf(request);
+      const prefix = request.query.namePrefix;
+      const mark = prefixMark(prefix);
       // Weak comparison (RFC 9110 §13.1.2): `W/"x"` names the state `"x"`; any tag of a list may.
+      // A tag issued with another namePrefix (or none) names no state here: that client's copy
+      // holds other flags, so it gets a hydration.
       const header = request.headers['if-none-match'];
       const tags = header === undefined ? undefined : parseEntityTags(header);
-      const known = tags === '*' ? '*' : tags?.map((t) => t.opaque);
+      const known =
+        tags === '*' ? '*' : tags?.map((t) => stateOfTag(t.opaque, mark)).filter((t) => t !== undefined);
       const d = await flags.delta(principal.orgId, await environmentOf(principal), known);
       // A 304 carries the ETag (and caching) a 200 would have (RFC 9110 §15.4.5).
-      reply.header('etag', d.etag).header('cache-control', 'no-cache');
+      reply.header('etag', markedTag(d.etag, mark)).header('cache-control', 'no-cache');
       if (d.events === null) return reply.code(304).send();
-      const prefix = request.query.namePrefix;
       const events = prefix === undefined ? d.events : d.events.flatMap((e) => withPrefix(e, prefix));
       return reply.type('application/json; charset=utf-8').send(JSON.stringify({ events }));
     },
