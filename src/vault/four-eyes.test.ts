@@ -150,11 +150,16 @@ for (const { kind, skip } of STORES) {
       );
       assert.equal(rows[0]?.status, 'applied');
       assert.ok(rows[0]?.result_id?.startsWith('stg_'));
-      const approvals = await v.t.store.db.query<{ n: number }>(
-        `select count(*)::int as n from audit_events where action = 'change.approved' and resource_id = $1`,
+      const approvals = await v.t.store.db.query<{ success: boolean; reason: string | null }>(
+        `select success, details->>'reason' as reason from audit_events
+          where action = 'change.approved' and resource_id = $1 order by success`,
         [id],
       );
-      assert.equal(approvals[0]?.n, 1);
+      // One approval; the loser's refusal is on record too (success false, change_decided).
+      assert.deepEqual(approvals, [
+        { success: false, reason: 'change_decided' },
+        { success: true, reason: null },
+      ]);
     });
 
     test('a change that no longer applies fails as a whole: nothing written, status failed', async () => {
@@ -628,7 +633,7 @@ for (const { kind, skip } of STORES) {
       const again = await v.req('POST', `/v1/vault/changes/${id}/reject`, { token: v.tokens.developer });
       assert.equal(again.statusCode, 409);
       const [event] = await v.t.store.db.query<{ actor_id: string; details: Record<string, unknown> }>(
-        `select actor_id, details from audit_events where action = 'change.rejected' and resource_id = $1`,
+        `select actor_id, details from audit_events where action = 'change.rejected' and resource_id = $1 and success`,
         [id],
       );
       assert.equal(event?.actor_id, v.ids.developer);
@@ -652,7 +657,7 @@ for (const { kind, skip } of STORES) {
       });
       assert.equal(byManager.statusCode, 200, byManager.body);
       const [rejected] = await v.t.store.db.query<{ details: Record<string, unknown> }>(
-        `select details from audit_events where action = 'change.rejected' and resource_id = $1`,
+        `select details from audit_events where action = 'change.rejected' and resource_id = $1 and success`,
         [theirs.json().change_id],
       );
       assert.equal(rejected?.details.withdrawn, undefined, 'a rejection by someone else is no withdrawal');

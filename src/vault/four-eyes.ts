@@ -10,7 +10,7 @@ import { open, seal, sealedKeyId } from '../crypto/envelope.ts';
 import { CryptoError } from '../crypto/errors.ts';
 import type { Keyring } from '../crypto/keyring.ts';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
-import { newId } from '../db/ids.ts';
+import { isId, newId } from '../db/ids.ts';
 import { callerOf } from '../http/auth.ts';
 import { contextOf, type RequestContext } from '../http/context.ts';
 import { defineErrors, httpErrors, StewardError } from '../http/errors.ts';
@@ -88,6 +88,12 @@ export const changeErrors = defineErrors({
   change_decided: { status: 409, title: 'Change already decided' },
   self_approval: { status: 403, title: 'You cannot approve your own change' },
   requester_not_permitted: { status: 403, title: 'The requester may no longer make this change' },
+  /**
+   * The held change's sealed payload did not open: tampered, copied from another change, or
+   * wrapped under a master key this server does not hold. Not a 500: the request was fine, the
+   * stored change is not (as `secret_undecryptable` for a secret's value).
+   */
+  change_undecryptable: { status: 409, title: 'Held change failed its integrity check' },
 });
 
 export type ChangeRow = typeof vaultChanges.$inferSelect;
@@ -152,6 +158,26 @@ export function createFourEyes({
   onError?: ((error: unknown, what: string) => void) | undefined;
 }) {
   const appliers = new Map<string, Applier>();
+
+  /** A held change's request as proposed; a CryptoError when its sealed payload does not open. */
+  const opened = (orgId: string, id: string, sealed: string): unknown =>
+    JSON.parse(open(keyring, sealed, changeAad(orgId, id)).toString('utf8'));
+
+  /** The payload of a change to apply: one that does not open is 409 `change_undecryptable`. */
+  function payloadOf(row: ChangeRow): unknown {
+    try {
+      return opened(row.orgId, row.id, row.payload);
+    } catch (error) {
+      if (!(error instanceof CryptoError)) throw error;
+      const reason = error.code === 'unknown_key' ? 'unknown_master_key' : 'integrity';
+      throw changeErrors.change_undecryptable(
+        reason === 'unknown_master_key'
+          ? 'The change is sealed under a master key this server does not hold'
+          : 'The stored change failed its integrity check (tampered or moved from another change)',
+        { reason },
+      );
+    }
+  }
 
   const notPermitted = (permission: string) =>
     changeErrors.requester_not_permitted(
@@ -292,10 +318,7 @@ export function createFourEyes({
       const out: PendingChange[] = [];
       for (const r of rows) {
         try {
-          const payload: unknown = JSON.parse(
-            open(keyring, r.payload, changeAad(orgId, r.id)).toString('utf8'),
-          );
-          out.push({ id: r.id, kind: r.kind, payload });
+          out.push({ id: r.id, kind: r.kind, payload: opened(orgId, r.id, r.payload) });
         } catch (error) {
           // A payload that does not open (its master key is gone) can never be approved either.
           if (!(error instanceof CryptoError)) throw error;
@@ -349,15 +372,84 @@ export function createFourEyes({
     });
   }
 
+  // Refusals whose change was marked failed: `markFailed` recorded them already.
+  const onRecord = new WeakSet<object>();
+
   /**
-   * Approves a change and applies it as its requester, in one transaction: the claim
-   * (`pending → applied`, a conditional UPDATE that holds the row lock until commit), the change,
-   * and `change.approved`. A concurrent approval waits on that lock, then finds the change decided
-   * (409); a crash leaves it pending. When the change no longer applies (a StewardError, e.g. the
-   * setting moved: 412), the transaction rolls back and the change is marked `failed` in a second
-   * one; any other error (the database went away) leaves it pending, to be approved again.
+   * Records a refused decision (403 `self_approval` or `permission_denied`, 404, 409 decided) as
+   * authz records its refusals: the decision's event (`change.approved` / `change.rejected`) with
+   * `success: false`, the error code as `details.reason` and the caller's own words as
+   * `details.decision_reason`. Its own transaction, once the refused one (if any) rolled back;
+   * best effort — a failed record goes to `onError` and never changes the answer. An id that is
+   * not a change id names nothing and is not recorded.
+   */
+  async function recordRefusal(
+    caller: Principal,
+    action: 'change.approved' | 'change.rejected',
+    id: string,
+    decisionReason: string | null,
+    error: unknown,
+    context: RequestContext,
+  ): Promise<void> {
+    if (!(error instanceof StewardError) || onRecord.has(error) || !isId('chg', id)) return;
+    const { permission } = error.extra;
+    try {
+      await db.db.transaction((tx) =>
+        audit.record(tx, {
+          orgId: caller.orgId,
+          actor: actorOf(caller),
+          action,
+          resource: { type: 'change', id },
+          context,
+          details: {
+            reason: error.code,
+            ...(permission === undefined ? {} : { permission }),
+            decision_reason: decisionReason,
+          },
+          success: false,
+          errorMessage: error.detail,
+        }),
+      );
+    } catch (failure) {
+      onError(failure, `audit of a refused ${action}`);
+    }
+  }
+
+  /** Whether the caller may decide others' changes. */
+  const mayDecide = async (caller: Principal) => (await authz.check(caller, 'approvals:approve')).allowed;
+
+  const needsApprove = (detail: string) =>
+    httpErrors.permission_denied(detail, { permission: 'approvals:approve' });
+
+  /**
+   * Approves a change (the route only authenticates: `approvals:approve` is checked here, so a
+   * refusal is recorded like every other refusal of the decision). See `approveAndApply`.
    */
   async function approve(approver: Principal, id: string, reason: string | null, context: RequestContext) {
+    try {
+      if (!(await mayDecide(approver))) throw needsApprove('This action needs approvals:approve');
+      return await approveAndApply(approver, id, reason, context);
+    } catch (error) {
+      await recordRefusal(approver, 'change.approved', id, reason, error, context);
+      throw error;
+    }
+  }
+
+  /**
+   * Applies a change as its requester, in one transaction: the claim (`pending → applied`, a
+   * conditional UPDATE that holds the row lock until commit), the change, and `change.approved`.
+   * A concurrent approval waits on that lock, then finds the change decided (409); a crash leaves
+   * it pending. When the change no longer applies (a StewardError, e.g. the setting moved: 412, or
+   * its payload does not open: 409 `change_undecryptable`), the transaction rolls back and the
+   * change is marked `failed` in a second one; any other error (the database went away) leaves it
+   * pending, to be approved again.
+   */
+  async function approveAndApply(
+    approver: Principal,
+    id: string,
+    reason: string | null,
+    context: RequestContext,
+  ) {
     const row = await load(approver.orgId, id);
     if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
     if (isRequester(approver, row)) {
@@ -365,15 +457,14 @@ export function createFourEyes({
     }
     const applier = appliers.get(row.kind);
     if (!applier) throw new Error(`no applier for change kind ${row.kind}`);
-    const payload: unknown = JSON.parse(
-      open(keyring, row.payload, changeAad(row.orgId, row.id)).toString('utf8'),
-    );
-    // Loaded now if cold: checks inside the transaction must not read through another connection
-    // (PGlite has one, held by the transaction).
-    await authz.rolesOf(row.orgId, row.requestedBy);
     const decidedAt = clock();
     let applied: Applied;
     try {
+      // Opened before anything is written: a payload that does not open can never apply.
+      const payload = payloadOf(row);
+      // Loaded now if cold: checks inside the transaction must not read through another connection
+      // (PGlite has one, held by the transaction).
+      await authz.rolesOf(row.orgId, row.requestedBy);
       applied = await db.db.transaction(async (tx) => {
         const claimed = await tx
           .update(vaultChanges)
@@ -413,14 +504,14 @@ export function createFourEyes({
         return out;
       });
     } catch (caught) {
-      // The approver's own rights were checked by the route: a refusal while applying is the
+      // The approver's own rights were checked before (`approve`): a refusal while applying is the
       // requester's (they lost a permission since they asked).
       const error =
         caught instanceof StewardError && caught.code === 'permission_denied'
           ? notPermitted(String(caught.extra.permission ?? 'a permission'))
           : caught;
       if (error instanceof StewardError && error.code !== 'change_decided') {
-        await markFailed(approver, row, reason, error.code, context);
+        if (await markFailed(approver, row, reason, error.code, context)) onRecord.add(error);
       }
       throw error;
     }
@@ -437,15 +528,18 @@ export function createFourEyes({
     };
   }
 
-  /** Approved, but it no longer applies: say so and keep the record (only if still pending). */
+  /**
+   * Approved, but it no longer applies: say so and keep the record (only if still pending).
+   * Whether it did (false: decided meanwhile, nothing recorded).
+   */
   async function markFailed(
     approver: Principal,
     row: ChangeRow,
     reason: string | null,
     code: string,
     context: RequestContext,
-  ) {
-    await db.db.transaction(async (tx) => {
+  ): Promise<boolean> {
+    return db.db.transaction(async (tx) => {
       const claimed = await tx
         .update(vaultChanges)
         .set({
@@ -456,7 +550,7 @@ export function createFourEyes({
         })
         .where(and(eq(vaultChanges.id, row.id), eq(vaultChanges.status, 'pending')))
         .returning({ id: vaultChanges.id });
-      if (claimed.length === 0) return;
+      if (claimed.length === 0) return false;
       await audit.record(tx, {
         orgId: row.orgId,
         actor: actorOf(approver),
@@ -472,26 +566,36 @@ export function createFourEyes({
           error_code: code,
         },
       });
+      return true;
     });
   }
 
-  /**
-   * Rejects a pending change. Needs `approvals:approve`, except for the requester (or a key acting
-   * for them) withdrawing their own change. Without the permission, a change that is not the
-   * caller's — or does not exist — is the same 403 the route used to answer.
-   */
+  /** Rejects a pending change (`rejectChange`); a refusal is recorded before it answers. */
   async function reject(caller: Principal, id: string, reason: string | null, context: RequestContext) {
+    try {
+      return await rejectChange(caller, id, reason, context);
+    } catch (error) {
+      await recordRefusal(caller, 'change.rejected', id, reason, error, context);
+      throw error;
+    }
+  }
+
+  /**
+   * Needs `approvals:approve`, except for the requester (or a key acting for them) withdrawing
+   * their own change. Without the permission, a change that is not the caller's — or does not
+   * exist — is the same 403 the route used to answer.
+   */
+  async function rejectChange(caller: Principal, id: string, reason: string | null, context: RequestContext) {
     let row: ChangeRow;
-    if ((await authz.check(caller, 'approvals:approve')).allowed) row = await load(caller.orgId, id);
+    if (await mayDecide(caller)) row = await load(caller.orgId, id);
     else {
       const own = await load(caller.orgId, id).catch((error: unknown) => {
         if (error instanceof StewardError && error.code === 'change_not_found') return null;
         throw error;
       });
       if (own === null || !isRequester(caller, own)) {
-        throw httpErrors.permission_denied(
+        throw needsApprove(
           'This action needs approvals:approve (a requester may withdraw only their own change)',
-          { permission: 'approvals:approve' },
         );
       }
       row = own;
@@ -608,7 +712,7 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
   app.put(
     '/v1/vault/policy',
     {
-      config: { access: { permission: 'org:update' } },
+      config: { access: { permission: 'org:update' }, errors: ['environment_not_found'] },
       schema: {
         tags: ['vault'],
         summary: 'Turn four-eyes on or off (default environments: production)',
@@ -628,7 +732,7 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
   app.get(
     '/v1/vault/changes',
     {
-      config: { access: { permission: 'approvals:read' } },
+      config: { access: { permission: 'approvals:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: ['vault'],
         summary: 'Changes held for approval, newest first',
@@ -662,10 +766,25 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
   app.post(
     '/v1/vault/changes/:id/approve',
     {
-      config: { access: { permission: 'approvals:approve' } },
+      config: {
+        // approvals:approve is checked by the service, so that a refusal is audited like the others.
+        access: 'authenticated',
+        // Four-eyes' own; an applier's refusals (a setting that moved: 412, …) are its domain's.
+        errors: [
+          'change_not_found',
+          'change_decided',
+          'self_approval',
+          'requester_not_permitted',
+          'change_undecryptable',
+        ],
+      },
       schema: {
         tags: ['vault'],
         summary: 'Approve and apply a change (never your own)',
+        description:
+          'Needs `approvals:approve`. Refusals (403 `permission_denied` or `self_approval`, 404, 409) ' +
+          'are audited `change.approved` with `success: false` and the code as `details.reason`. A ' +
+          'held change whose sealed payload does not open is 409 `change_undecryptable`, marked `failed`.',
         params: idParams,
         body: decisionBody,
         response: { 200: changeSchema },
@@ -686,13 +805,14 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
     '/v1/vault/changes/:id/reject',
     {
       // approvals:approve is checked by the service: a requester withdrawing their own needs none.
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['change_not_found', 'change_decided'] },
       schema: {
         tags: ['vault'],
         summary: 'Reject a change (a requester may withdraw their own)',
         description:
           'Needs `approvals:approve`, except for the requester withdrawing their own pending change ' +
-          '(audited `change.rejected` with `withdrawn: true`).',
+          '(audited `change.rejected` with `withdrawn: true`). Refusals are audited `change.rejected` ' +
+          'with `success: false` and the code as `details.reason`.',
         params: idParams,
         body: decisionBody,
         response: { 200: changeSchema },

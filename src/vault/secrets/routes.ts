@@ -7,6 +7,7 @@ import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../../http/
 import { toolIdOf, versionNumber } from '../common.ts';
 import {
   type Access,
+  isDueForRotation,
   type Pending,
   SECRET_TYPES,
   type Secret,
@@ -62,7 +63,9 @@ const secretSchema = z.object({
   rotation_days: z.number().int().nullable(),
   last_rotated_at: z.string().nullable(),
   next_rotation_at: z.string().nullable(),
-  due_for_rotation: z.boolean(),
+  due_for_rotation: z
+    .boolean()
+    .describe('Active, rotation enabled and past `next_rotation_at`: what `?due_for_rotation=` filters on.'),
   expires_at: z.string().nullable(),
   last_accessed_at: z.string().nullable(),
   created_by: z.string().nullable(),
@@ -106,7 +109,7 @@ function secretView(s: Secret, now: Date) {
     rotation_days: s.rotationDays,
     last_rotated_at: iso(s.lastRotatedAt),
     next_rotation_at: iso(s.nextRotationAt),
-    due_for_rotation: s.rotationEnabled && s.nextRotationAt !== null && s.nextRotationAt <= now,
+    due_for_rotation: isDueForRotation(s, now),
     expires_at: iso(s.expiresAt),
     last_accessed_at: iso(s.lastAccessedAt),
     created_by: s.createdBy,
@@ -211,7 +214,10 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
           due_for_rotation: z
             .enum(['true', 'false'])
             .optional()
-            .describe('`true`: only secrets past their next rotation date.'),
+            .describe(
+              '`true`: only secrets due for rotation (active, rotation enabled, past `next_rotation_at`); ' +
+                '`false`: only those not due.',
+            ),
         }),
         response: { 200: listResponse(secretSchema) },
       },
@@ -225,7 +231,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
           environment: q.environment,
           secret_type: q.secret_type,
           tag: q.tag,
-          due_for_rotation: q.due_for_rotation === 'true',
+          due_for_rotation: q.due_for_rotation === undefined ? undefined : q.due_for_rotation === 'true',
         },
         { limit: q.limit, after: cursor?.id },
       );

@@ -534,6 +534,75 @@ for (const store of STORES) {
       await v.relogin();
     });
 
+    test('due for rotation means one thing: the view, both filters and the scheduler agree', async () => {
+      const { secrets } = await import('../index.ts').then((m) => m.createVaultServices(v.t.app.steward));
+      await secrets.announceDueRotations(); // earlier tests' due secrets are announced already
+      const make = async (name: string, extra: Record<string, unknown>) => {
+        const res = await create({ name, environment: 'staging', value: 'd', ...extra });
+        assert.equal(res.statusCode, 201, res.body);
+        return res.json().id as string;
+      };
+      const due = await make('DUE_ACTIVE', { rotation_days: 1 });
+      const inactive = await make('DUE_BUT_INACTIVE', { rotation_days: 1 });
+      const later = await make('DUE_LATER', { rotation_days: 5 });
+      const never = await make('NEVER_ROTATED', {});
+      const off = await v.req('PATCH', `/v1/secrets/${inactive}`, {
+        token: v.tokens.developer,
+        body: { active: false },
+      });
+      assert.equal(off.statusCode, 200, off.body);
+      // Past their next rotation date, without moving the clock (tokens stay valid).
+      await v.t.store.db.query(`update secrets set next_rotation_at = $2 where id = any($1)`, [
+        [due, inactive],
+        new Date(v.t.now.ms - 60_000).toISOString(),
+      ]);
+      const view = async (id: string) =>
+        (await v.req('GET', `/v1/secrets/${id}`, { token: v.tokens.viewer })).json().due_for_rotation;
+      assert.equal(await view(due), true);
+      assert.equal(await view(inactive), false, 'a deactivated secret is not due (its view said so)');
+      assert.equal(await view(later), false);
+      assert.equal(await view(never), false);
+
+      const listed = async (filter: string) => {
+        const res = await v.req(
+          'GET',
+          `/v1/secrets?environment=staging&limit=500&due_for_rotation=${filter}`,
+          {
+            token: v.tokens.viewer,
+          },
+        );
+        assert.equal(res.statusCode, 200, res.body);
+        const rows: { id: string; due_for_rotation: boolean }[] = res.json().data;
+        assert.ok(
+          rows.every((r) => r.due_for_rotation === (filter === 'true')),
+          `every row of due_for_rotation=${filter} agrees with its view`,
+        );
+        return rows.map((r) => r.id);
+      };
+      const dueIds = await listed('true');
+      assert.ok(dueIds.includes(due));
+      assert.ok(!dueIds.includes(inactive) && !dueIds.includes(later) && !dueIds.includes(never));
+      const notDue = await listed('false');
+      assert.ok(!notDue.includes(due), 'false was ignored: it listed the due secret too');
+      assert.ok(notDue.includes(inactive) && notDue.includes(later) && notDue.includes(never));
+
+      assert.equal(await secrets.announceDueRotations(), 1, 'the scheduler announces the due one only');
+      const announced = await v.t.store.db.query<{ resource_id: string }>(
+        `select resource_id from audit_events where action = 'secret.rotation_due' and resource_id = any($1)`,
+        [[due, inactive, later, never]],
+      );
+      assert.deepEqual(
+        announced.map((r) => r.resource_id),
+        [due],
+      );
+
+      for (const bad of ['yes', '1', 'TRUE', '']) {
+        const res = await v.req('GET', `/v1/secrets?due_for_rotation=${bad}`, { token: v.tokens.viewer });
+        assert.equal(res.statusCode, 400, `due_for_rotation=${bad}: ${res.body}`);
+        assert.equal(res.json().code, 'validation_failed');
+      }
+    });
+
     test('re-wrap under a new master key, then reveal every version', async () => {
       const app = v.t.app;
       const db = v.t.store.db;

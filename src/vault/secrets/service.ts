@@ -1,4 +1,4 @@
-import { and, asc, desc, eq, gt, isNull, lt, lte, or, type SQL, sql } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, isNotNull, isNull, lt, lte, not, or, type SQL, sql } from 'drizzle-orm';
 import type { AuditActor, AuditEventInput, AuditRecorder } from '../../audit/service.ts';
 import { actorOf } from '../../audit/service.ts';
 import { isPermission } from '../../authz/catalogue.ts';
@@ -221,6 +221,29 @@ function checkRotation(enabled: boolean, days: number | null): void {
 
 const nextRotation = (enabled: boolean, days: number | null, from: Date) =>
   enabled && days !== null ? new Date(from.getTime() + days * DAY_MS) : null;
+
+/**
+ * Whether a secret is due for rotation: active, rotation enabled, past `next_rotation_at`. The one
+ * definition its view, the `due_for_rotation` filter and the scheduler share (the view once left
+ * out `active`: a deactivated secret read as due, yet the filter and the scheduler skipped it). A
+ * deactivated secret is not in use: nobody is told to rotate it.
+ */
+export const isDueForRotation = (
+  s: Pick<SecretRow, 'active' | 'rotationEnabled' | 'nextRotationAt'>,
+  now: Date,
+): boolean => s.active && s.rotationEnabled && s.nextRotationAt !== null && s.nextRotationAt <= now;
+
+/**
+ * `isDueForRotation` in SQL. Never NULL (an unset `next_rotation_at` makes it false, not unknown),
+ * so its negation selects exactly the secrets not due.
+ */
+const dueForRotation = (now: Date): SQL =>
+  and(
+    eq(secrets.active, true),
+    eq(secrets.rotationEnabled, true),
+    isNotNull(secrets.nextRotationAt),
+    lte(secrets.nextRotationAt, now),
+  ) as SQL;
 
 /**
  * An approval's transaction (four-eyes), for a change applied inside it: every statement of the
@@ -654,12 +677,9 @@ export function createSecretService({
     if (filters.secret_type !== undefined) where.push(eq(secrets.secretType, filters.secret_type));
     if (filters.tag !== undefined)
       where.push(sql`${secrets.tags} @> ${JSON.stringify([filters.tag])}::jsonb`);
-    if (filters.due_for_rotation === true) {
-      where.push(
-        eq(secrets.active, true),
-        eq(secrets.rotationEnabled, true),
-        lte(secrets.nextRotationAt, clock()),
-      );
+    if (filters.due_for_rotation !== undefined) {
+      const due = dueForRotation(clock());
+      where.push(filters.due_for_rotation ? due : not(due));
     }
     if (page.after !== undefined) where.push(gt(secrets.id, page.after));
     const rows = await db.db
@@ -1254,9 +1274,7 @@ export function createSecretService({
           .where(
             and(
               isNull(secrets.deletedAt),
-              eq(secrets.active, true),
-              eq(secrets.rotationEnabled, true),
-              lte(secrets.nextRotationAt, now),
+              dueForRotation(now),
               or(
                 isNull(secrets.rotationNotifiedFor),
                 lt(secrets.rotationNotifiedFor, secrets.nextRotationAt),
