@@ -1,6 +1,7 @@
 import { appendFileSync } from 'node:fs';
 import type { FastifyRequest } from 'fastify';
 import { type ErrorSpec, httpErrors, registeredErrorCodes, type StewardError } from './errors.ts';
+import { paginationErrors } from './pagination.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -14,8 +15,14 @@ declare module 'fastify' {
   }
 }
 
-/** The HTTP layer's own codes: any route may answer them (documented once per status). */
-const SHARED_CODES: ReadonlySet<string> = new Set(Object.keys(httpErrors));
+/**
+ * The HTTP layer's own codes: any route may answer them (documented once per status), and
+ * `invalid_cursor`, which the document lists for every route taking a `cursor`.
+ */
+const SHARED_CODES: ReadonlySet<string> = new Set([
+  ...Object.keys(httpErrors),
+  ...Object.keys(paginationErrors),
+]);
 
 /** A code's registered status and title; throws for a code no domain defines (a typo). */
 export function specOf(code: string, where: string): ErrorSpec {
@@ -34,10 +41,12 @@ export function codesByStatus(codes: readonly string[], where: string): Map<numb
   return out;
 }
 
-// Set by the test runner (scripts/test.ts): every problem a route answers whose code the route
-// neither declares nor shares is appended here, and the run fails listing them. Off (undefined)
-// in production: the check then costs one comparison on the error path only.
-const SINK = process.env.STEWARD_UNDOCUMENTED_ERRORS_FILE || undefined;
+/**
+ * Set by the test runner (scripts/test.ts): every problem a route answers whose code the route
+ * neither declares nor shares is appended to this file, and the run fails listing them. Unset in
+ * production: the check then costs one environment lookup, on the error path only.
+ */
+export const UNDOCUMENTED_ERRORS_FILE = 'STEWARD_UNDOCUMENTED_ERRORS_FILE';
 
 /**
  * Records a problem the route's OpenAPI operation does not document. `accessCodes` are the access
@@ -48,12 +57,13 @@ export function noteIfUndocumented(
   problem: StewardError,
   accessCodes: () => ReadonlySet<string>,
 ): void {
-  if (SINK === undefined) return;
+  const sink = process.env[UNDOCUMENTED_ERRORS_FILE];
+  if (!sink) return;
   const config = request.routeOptions.config;
   // No route matched (a 404 or 405 of the router): the shared layer's own answer.
   if (config?.access === undefined || request.routeOptions.url === undefined) return;
   if (SHARED_CODES.has(problem.code)) return;
   if (config.access !== 'public' && accessCodes().has(problem.code)) return;
   if (config.errors?.includes(problem.code)) return;
-  appendFileSync(SINK, `${request.method} ${request.routeOptions.url} ${problem.status} ${problem.code}\n`);
+  appendFileSync(sink, `${request.method} ${request.routeOptions.url} ${problem.status} ${problem.code}\n`);
 }

@@ -1,9 +1,15 @@
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { installTestPrincipals, type TestApp, testApp } from '../../test/helpers/app.ts';
+import { authzErrors } from '../authz/errors.ts';
+import { UNDOCUMENTED_ERRORS_FILE } from './documented-errors.ts';
+import { httpErrors } from './errors.ts';
 import type { Principal } from './principal.ts';
 
 /** A caller with no role and no grant: every permission route refuses it. */
@@ -40,6 +46,19 @@ function addProbeRoutes(app: FastifyInstance) {
     },
     async (request) => request.params,
   );
+  // Declares two authz codes (and a shared one, listed once); answers the code the body names.
+  app.post(
+    '/v1/probe/grant',
+    {
+      config: { access: 'authenticated', errors: ['grant_exists', 'grant_escalation', 'invalid_cursor'] },
+      schema: { body: z.strictObject({ answer: z.enum(['grant_exists', 'role_exists', 'conflict']) }) },
+    },
+    async (request) => {
+      const { answer } = request.body as { answer: 'grant_exists' | 'role_exists' | 'conflict' };
+      if (answer === 'conflict') throw httpErrors.conflict();
+      throw authzErrors[answer]();
+    },
+  );
   app.post(
     '/v1/probe/signed',
     { config: { access: 'public' }, schema: { security: [{ webhookKey: [], webhookSignature: [] }] } },
@@ -57,7 +76,7 @@ type Operation = {
   parameters?: { in: string; name: string }[];
   requestBody?: object;
   security?: Record<string, string[]>[];
-  responses: Record<string, Response>;
+  responses: Record<string, Response & { 'x-steward-codes'?: string[] }>;
   'x-steward-access'?: string;
   'x-steward-permission'?: string;
 };
@@ -227,6 +246,67 @@ describe('OpenAPI document', () => {
       Object.keys(logout?.responses ?? {}).filter((s) => s.startsWith('2')),
       ['204'],
     );
+  });
+
+  test("a route's own error codes are listed under their statuses, beside the shared layer's", () => {
+    const grant = doc.paths['/v1/probe/grant']?.post;
+    const codes = (status: string) => grant?.responses[status]?.['x-steward-codes'];
+    assert.deepEqual(codes('409'), ['grant_exists']);
+    assert.match(grant?.responses['409']?.description ?? '', /`grant_exists` \(An identical active grant/);
+    assert.equal(grant?.responses['409']?.content?.['application/problem+json']?.schema?.$ref, PROBLEM_REF);
+    // An authenticated route has no permission to refuse: its 403 is the access layer's and its own.
+    assert.deepEqual(codes('403'), ['key_ip_not_allowed', 'grant_escalation']);
+    // A code the route declares is listed once: invalid_cursor, which routes with a cursor share.
+    assert.deepEqual(codes('400'), [
+      'validation_failed',
+      'invalid_json',
+      'json_too_deep',
+      'unsupported_character',
+      'invalid_cursor',
+    ]);
+    // The access layer's codes, under every route that needs a caller.
+    for (const code of ['token_expired', 'session_revoked', 'key_revoked', 'key_expired'])
+      assert.ok(codes('401')?.includes(code), code);
+    assert.ok(codes('429')?.includes('quota_exceeded'));
+    // A route taking a cursor lists invalid_cursor; public routes list no access-layer code.
+    const events = doc.paths['/v1/audit/events']?.get;
+    assert.ok(events?.responses['400']?.['x-steward-codes']?.includes('invalid_cursor'));
+    const login = doc.paths['/v1/auth/login']?.post;
+    assert.equal(login?.responses['401']?.['x-steward-codes']?.includes('key_revoked') ?? false, false);
+  });
+
+  test("with the test runner's file set, an answered code the route does not declare is recorded", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'steward-undoc-'));
+    const file = join(dir, 'undocumented.txt');
+    process.env[UNDOCUMENTED_ERRORS_FILE] = file;
+    try {
+      for (const answer of ['grant_exists', 'conflict', 'role_exists']) {
+        const res = await t.app.inject({
+          method: 'POST',
+          url: '/v1/probe/grant',
+          headers: { 'x-test-principal': 'nobody' },
+          payload: { answer },
+        });
+        assert.equal(res.json().code, answer);
+      }
+      // Declared (grant_exists) and shared (conflict) codes pass; role_exists is not declared.
+      assert.equal(readFileSync(file, 'utf8'), 'POST /v1/probe/grant 409 role_exists\n');
+    } finally {
+      delete process.env[UNDOCUMENTED_ERRORS_FILE];
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('a route declaring a code no domain defines fails the document, naming it', async () => {
+    const broken = await testApp('pglite', {}, (app) => {
+      app.get('/v1/probe/typo', { config: { access: 'public', errors: ['grant_exsts'] } }, async () => ({}));
+    });
+    try {
+      const res = await broken.app.inject({ method: 'GET', url: '/openapi.json' });
+      assert.equal(res.statusCode, 500);
+    } finally {
+      await broken.close();
+    }
   });
 
   test('what the document says of access is what every route does', async () => {

@@ -149,8 +149,12 @@ function errorResponses(
     validated && '`validation_failed` (the fields in `errors`)',
     parsesJson && '`invalid_json`, `json_too_deep`, `unsupported_character`',
   ].filter((s) => typeof s === 'string');
+  const pages = (schema.querystring as { properties?: Record<string, unknown> } | undefined)?.properties
+    ?.cursor;
+  if (pages !== undefined) bad.push('`invalid_cursor`');
   const badCodes = [
     ...(validated ? ['validation_failed'] : []),
+    ...(pages !== undefined ? ['invalid_cursor'] : []),
     ...(parsesJson ? ['invalid_json', 'json_too_deep', 'unsupported_character'] : []),
   ];
   if (bad.length > 0) out['400'] = problem(`Bad request: ${bad.join(', ')}`, badCodes);
@@ -189,7 +193,9 @@ function errorResponses(
   out['500'] = problem('`internal_error`: nothing specific; the log has the detail (by `request_id`)', [
     'internal_error',
   ]);
-  for (const [status, codes] of codesByStatus(facts.errors, where)) {
+  const sharedCodes = new Set(Object.values(out).flatMap((doc) => doc['x-steward-codes']));
+  const own = facts.errors.filter((code) => !sharedCodes.has(code));
+  for (const [status, codes] of codesByStatus(own, where)) {
     const key = String(status);
     const shared = out[key];
     out[key] =
@@ -247,6 +253,16 @@ function documentRoute(schema: FastifySchema, facts: RouteFacts): FastifySchema 
   } as FastifySchema;
 }
 
+/**
+ * Each operation's problem codes by status, as `errorResponses` listed them: @fastify/swagger keeps
+ * a response's description, content and headers but drops extensions, so `finishDocument` puts
+ * `x-steward-codes` back from here. Keyed by `METHOD /path/{param}`.
+ */
+type CodesByOperation = Map<string, Record<string, string[]>>;
+
+/** Fastify's `/v1/things/:id` as OpenAPI writes it: `/v1/things/{id}`. */
+const openApiPath = (url: string) => url.replace(/:(\w+)/g, '{$1}');
+
 type Document = { paths?: object | undefined; components?: { schemas?: Record<string, unknown> } };
 type Operation = {
   requestBody?: {
@@ -271,7 +287,7 @@ function operationsOf(doc: Document): [string, string, Operation][] {
  * "Default Response" descriptions, optional body-less bodies (below), and a check that every
  * security requirement names a scheme (a typo would otherwise publish a broken document).
  */
-function finishDocument<T extends Document>(doc: T): T {
+function finishDocument<T extends Document>(doc: T, codes: CodesByOperation): T {
   doc.components = { ...doc.components, schemas: { ...doc.components?.schemas, Problem: problemSchema } };
   for (const [path, method, operation] of operationsOf(doc)) {
     // @fastify/swagger marks every declared body required. A body schema that admits null is a
@@ -282,6 +298,8 @@ function finishDocument<T extends Document>(doc: T): T {
     for (const [status, response] of Object.entries(operation.responses ?? {})) {
       if (response.description === 'Default Response')
         response.description = STATUS_CODES[status] ?? 'Response';
+      const listed = codes.get(`${method.toUpperCase()} ${path}`)?.[status];
+      if (listed !== undefined) (response as { 'x-steward-codes'?: string[] })['x-steward-codes'] = listed;
     }
     for (const requirement of operation.security ?? []) {
       for (const scheme of Object.keys(requirement)) {
@@ -307,6 +325,7 @@ export async function installOpenApi(
   // Routes whose context dropped the JSON parser for its own (keys' /v1/ingest). Fastify cannot be
   // asked about a catch-all parser, only about a media type's.
   const ownBodyParser = new WeakSet<RouteOptions>();
+  const codes: CodesByOperation = new Map();
   app.addHook('onRoute', function noteBodyParser(route) {
     if (!this.hasContentTypeParser('application/json')) ownBodyParser.add(route);
   });
@@ -337,10 +356,17 @@ export async function installOpenApi(
         errors: route.config?.errors ?? [],
         accessCodes: [...accessCodes()],
       };
-      return { ...generated, schema: documentRoute(schema, facts) };
+      const documented = documentRoute(schema, facts) as { response: Record<string, Partial<ResponseDoc>> };
+      const byStatus = Object.fromEntries(
+        Object.entries(documented.response).flatMap(([status, doc]) =>
+          doc['x-steward-codes'] === undefined ? [] : [[status, doc['x-steward-codes']]],
+        ),
+      );
+      for (const method of facts.methods) codes.set(`${method} ${openApiPath(route.url)}`, byStatus);
+      return { ...generated, schema: documented as FastifySchema };
     },
     transformObject: (document) =>
-      'openapiObject' in document ? finishDocument(document.openapiObject) : document.swaggerObject,
+      'openapiObject' in document ? finishDocument(document.openapiObject, codes) : document.swaggerObject,
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
