@@ -43,7 +43,7 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/audit/events',
     {
-      config: { access: { permission: 'audit:read' } },
+      config: { access: { permission: 'audit:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: ['audit'],
         summary: 'Query audit events, newest first',
@@ -72,7 +72,7 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     {
       // Fastify would add a HEAD route running this handler: the whole export, and an audit.exported event.
       exposeHeadRoute: false,
-      config: { access: { permission: 'audit:export' } },
+      config: { access: { permission: 'audit:export' }, errors: [] },
       schema: {
         tags: ['audit'],
         summary: 'Export audit events as NDJSON or CSV (streamed, newest first)',
@@ -107,7 +107,7 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.post(
     '/v1/audit/verify',
     {
-      config: { access: { permission: 'audit:read' } },
+      config: { access: { permission: 'audit:read' }, errors: [] },
       schema: {
         tags: ['audit'],
         summary: "Re-compute the org's hash chain and check each event's MAC",

@@ -214,7 +214,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/authz/permissions',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['invalid_cursor'] },
       schema: {
         tags: TAGS,
         summary: 'The permission catalogue, in catalogue order',
@@ -244,7 +244,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/roles',
     {
-      config: { access: { permission: 'roles:read' } },
+      config: { access: { permission: 'roles:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: TAGS,
         summary: 'System roles (first), then custom roles',
@@ -263,7 +263,16 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.post(
     '/v1/roles',
     {
-      config: { access: { permission: 'roles:create' } },
+      config: {
+        access: { permission: 'roles:create' },
+        errors: [
+          'unknown_permission',
+          'role_escalation',
+          'role_outlives_delegator',
+          'role_exists',
+          'role_name_reserved',
+        ],
+      },
       onError: auditRefusal('role.created', 'role'),
       schema: {
         tags: TAGS,
@@ -286,7 +295,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/roles/:id',
     {
-      config: { access: { permission: 'roles:read' } },
+      config: { access: { permission: 'roles:read' }, errors: ['role_not_found'] },
       schema: { tags: TAGS, summary: 'One role', params: idParams, response: { 200: roleSchema } },
     },
     async (request) => roleView(await authz.getRole(callerOf(request).orgId, request.params.id)),
@@ -295,7 +304,18 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.patch(
     '/v1/roles/:id',
     {
-      config: { access: { permission: 'roles:update' } },
+      config: {
+        access: { permission: 'roles:update' },
+        errors: [
+          'unknown_permission',
+          'role_escalation',
+          'role_outlives_delegator',
+          'role_not_found',
+          'role_exists',
+          'role_name_reserved',
+          'system_role_immutable',
+        ],
+      },
       onError: auditRefusal('role.updated', 'role'),
       schema: {
         tags: TAGS,
@@ -321,7 +341,10 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.delete(
     '/v1/roles/:id',
     {
-      config: { access: { permission: 'roles:delete' } },
+      config: {
+        access: { permission: 'roles:delete' },
+        errors: ['role_escalation', 'role_not_found', 'system_role_immutable'],
+      },
       onError: auditRefusal('role.deleted', 'role'),
       schema: {
         tags: TAGS,
@@ -341,7 +364,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/role-assignments',
     {
-      config: { access: { permission: 'roles:read' } },
+      config: { access: { permission: 'roles:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: TAGS,
         summary: 'Role assignments, oldest first',
@@ -368,7 +391,18 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.post(
     '/v1/role-assignments',
     {
-      config: { access: { permission: 'roles:update' } },
+      config: {
+        access: { permission: 'roles:update' },
+        errors: [
+          'invalid_principal',
+          'role_escalation',
+          'role_outlives_delegator',
+          'self_modification',
+          'principal_not_found',
+          'role_not_found',
+          'assignment_exists',
+        ],
+      },
       onError: auditRefusal('role.assigned', 'role_assignment'),
       schema: {
         tags: TAGS,
@@ -389,7 +423,10 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.delete(
     '/v1/role-assignments/:id',
     {
-      config: { access: { permission: 'roles:delete' } },
+      config: {
+        access: { permission: 'roles:delete' },
+        errors: ['role_escalation', 'self_modification', 'assignment_not_found'],
+      },
       onError: auditRefusal('role.unassigned', 'role_assignment'),
       schema: {
         tags: TAGS,
@@ -409,7 +446,20 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.post(
     '/v1/authz/grants',
     {
-      config: { access: { permission: 'roles:admin' } },
+      config: {
+        access: { permission: 'roles:admin' },
+        errors: [
+          'unknown_permission',
+          'unknown_resource_type',
+          'invalid_principal',
+          'expiry_in_past',
+          'grant_escalation',
+          'grant_outlives_delegator',
+          'self_modification',
+          'principal_not_found',
+          'grant_exists',
+        ],
+      },
       onError: auditRefusal('grant.created', 'grant'),
       schema: {
         tags: TAGS,
@@ -446,7 +496,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/authz/grants',
     {
-      config: { access: { permission: 'roles:read' } },
+      config: { access: { permission: 'roles:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: TAGS,
         summary: 'Grants, oldest first (expired ones included unless active=true)',
@@ -483,7 +533,10 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.delete(
     '/v1/authz/grants/:id',
     {
-      config: { access: { permission: 'roles:admin' } },
+      config: {
+        access: { permission: 'roles:admin' },
+        errors: ['grant_escalation', 'grant_outlives_delegator', 'self_modification', 'grant_not_found'],
+      },
       onError: auditRefusal('grant.revoked', 'grant'),
       schema: { tags: TAGS, summary: 'Revoke a grant', params: idParams, response: { 204: z.null() } },
     },
@@ -499,7 +552,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/authz/check',
     {
       // Any caller may check itself; checking someone else needs roles:read (in the service).
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['principal_not_found'] },
       // The hot route: answers are built here from the engine's frozen results, so they are
       // stringified directly instead of being re-validated by zod (the schema still documents them).
       serializerCompiler: () => (data) => JSON.stringify(data),
@@ -539,7 +592,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/authz/me',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: [] },
       schema: {
         tags: TAGS,
         summary: "The caller's effective permissions",
@@ -552,7 +605,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/authz/principals/:id/permissions',
     {
-      config: { access: { permission: 'roles:read' } },
+      config: { access: { permission: 'roles:read' }, errors: ['principal_not_found'] },
       schema: {
         tags: TAGS,
         summary: "A principal's effective permissions",
@@ -567,7 +620,10 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/authz/principals/:id/resources',
     {
-      config: { access: { permission: 'roles:read' } },
+      config: {
+        access: { permission: 'roles:read' },
+        errors: ['unknown_permission', 'unknown_resource_type', 'principal_not_found'],
+      },
       schema: {
         tags: TAGS,
         summary: 'What a principal can access with one permission, in one call',

@@ -10,7 +10,9 @@ import {
   idCursor,
   idParams,
   originOf,
+  PASSWORD_POLICY_ERRORS,
   password,
+  ROLE_ASSIGNMENT_ERRORS,
   roleName,
   username,
   userSchema,
@@ -65,7 +67,10 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/invitations',
     {
-      config: { access: { permission: 'users:create' } },
+      config: {
+        access: { permission: 'users:create' },
+        errors: [...ROLE_ASSIGNMENT_ERRORS, 'already_member'],
+      },
       schema: {
         tags,
         summary: "Invite someone into the caller's org (the token is in this response only)",
@@ -103,7 +108,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/invitations',
     {
-      config: { access: { permission: 'users:read' } },
+      config: { access: { permission: 'users:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags,
         summary: "Invitations of the caller's org, newest first",
@@ -130,7 +135,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.delete(
     '/v1/invitations/:id',
     {
-      config: { access: { permission: 'users:create' } },
+      config: { access: { permission: 'users:create' }, errors: ['invitation_not_found', 'invitation_used'] },
       schema: {
         tags,
         summary: 'Revoke a pending invitation (an accepted one answers 409 invitation_used)',
@@ -148,7 +153,22 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/auth/invitations/accept',
     {
-      config: { access: 'public' },
+      config: {
+        access: 'public',
+        errors: [
+          ...PASSWORD_POLICY_ERRORS,
+          'invalid_credentials',
+          'role_not_found',
+          'invitation_invalid',
+          'invitation_used',
+          'already_member',
+          'email_taken',
+          'username_taken',
+          'invitation_expired',
+          'invitation_revoked',
+          'account_locked',
+        ],
+      },
       schema: {
         tags,
         summary: 'Accept an invitation: creates your user in the inviting org (or joins it), then log in',
@@ -171,7 +191,10 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/auth/signup',
     {
-      config: { access: 'public' },
+      config: {
+        access: 'public',
+        errors: [...PASSWORD_POLICY_ERRORS, 'signup_disabled', 'email_taken', 'username_taken'],
+      },
       schema: {
         tags,
         summary: 'Open sign-up into an org that allows it (off by default); the user starts with no role',
@@ -209,7 +232,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/auth/settings',
     {
-      config: { access: { permission: 'org:read' } },
+      config: { access: { permission: 'org:read' }, errors: [] },
       schema: { tags, summary: "The org's registration settings", response: { 200: settingsSchema } },
     },
     async (request) => {
@@ -220,7 +243,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.put(
     '/v1/auth/settings',
     {
-      config: { access: { permission: 'org:admin' } },
+      config: { access: { permission: 'org:admin' }, errors: [...ROLE_ASSIGNMENT_ERRORS] },
       schema: {
         tags,
         summary: "Set the org's registration settings",

@@ -103,6 +103,21 @@ const orgView = (o: Organization) => ({
   created_at: o.createdAt.toISOString(),
 });
 
+/** The password policy's refusals of a new password (400), on every route that sets one. */
+export const PASSWORD_POLICY_ERRORS = [
+  'password_too_short',
+  'password_too_long',
+  'password_too_common',
+  'password_contains_identity',
+] as const;
+
+/** Authz's refusals of a role a caller gives (its delegation rules; a role that does not exist). */
+export const ROLE_ASSIGNMENT_ERRORS = [
+  'role_escalation',
+  'role_outlives_delegator',
+  'role_not_found',
+] as const;
+
 export const idCursor = z.object({ id: z.string() });
 export const idParams = z.strictObject({ id: z.string().max(100) });
 
@@ -118,7 +133,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/.well-known/jwks.json',
     {
-      config: { access: 'public' },
+      config: { access: 'public', errors: [] },
       schema: {
         tags,
         summary: 'Public keys that verify access tokens (active and recently retired)',
@@ -136,7 +151,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/login',
     {
-      config: { access: 'public' },
+      config: { access: 'public', errors: ['invalid_credentials', 'account_locked'] },
       schema: {
         tags,
         summary: 'Log in with email and password',
@@ -167,7 +182,17 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/login/mfa',
     {
-      config: { access: 'public' },
+      config: {
+        access: 'public',
+        errors: [
+          'invalid_credentials',
+          'mfa_token_invalid',
+          'mfa_token_expired',
+          'mfa_code_invalid',
+          'mfa_code_replayed',
+          'account_locked',
+        ],
+      },
       schema: {
         tags,
         summary: 'Second login step: a TOTP code or a recovery code',
@@ -188,7 +213,10 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/refresh',
     {
-      config: { access: 'public' },
+      config: {
+        access: 'public',
+        errors: ['refresh_token_invalid', 'refresh_token_reused', 'session_expired', 'session_revoked'],
+      },
       schema: {
         tags,
         summary: 'Exchange a refresh token for new tokens (the old one stops working)',
@@ -207,7 +235,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/logout',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['not_a_user'] },
       schema: { tags, summary: 'End the current session', body: noBody, response: { 204: z.null() } },
     },
     async (request, reply) => {
@@ -219,7 +247,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/auth/sessions',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['invalid_cursor', 'not_a_user'] },
       schema: {
         tags,
         summary: "The caller's live sessions, newest first",
@@ -246,7 +274,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.delete(
     '/v1/auth/sessions/:id',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['session_not_found'] },
       schema: {
         tags,
         summary: 'Revoke a session (your own; or, with users:update, any in your org)',
@@ -264,7 +292,16 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/password',
     {
-      config: { access: 'authenticated' },
+      config: {
+        access: 'authenticated',
+        errors: [
+          ...PASSWORD_POLICY_ERRORS,
+          'not_a_user',
+          'password_incorrect',
+          'user_not_found',
+          'account_locked',
+        ],
+      },
       schema: {
         tags,
         summary: 'Change your password (ends your other sessions)',
@@ -280,7 +317,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/totp/enroll',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['not_a_user', 'user_not_found', 'totp_already_enabled'] },
       schema: {
         tags,
         summary: 'Start TOTP enrolment: a new secret to scan',
@@ -297,7 +334,16 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/totp/confirm',
     {
-      config: { access: 'authenticated' },
+      config: {
+        access: 'authenticated',
+        errors: [
+          'totp_code_invalid',
+          'not_a_user',
+          'user_not_found',
+          'totp_already_enabled',
+          'totp_not_enrolled',
+        ],
+      },
       schema: {
         tags,
         summary: 'Turn 2FA on with a first code; returns 10 recovery codes, shown once',
@@ -314,7 +360,17 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/auth/totp/disable',
     {
-      config: { access: 'authenticated' },
+      config: {
+        access: 'authenticated',
+        errors: [
+          'totp_code_invalid',
+          'not_a_user',
+          'password_incorrect',
+          'user_not_found',
+          'totp_not_enabled',
+          'account_locked',
+        ],
+      },
       schema: {
         tags,
         summary: 'Turn 2FA off (password and a current code or a recovery code)',
@@ -333,7 +389,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/me',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['not_a_user', 'user_not_found'] },
       schema: {
         tags,
         summary: 'The caller: user, org, roles, 2FA state',
@@ -367,7 +423,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/auth/whoami',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: [] },
       schema: {
         tags,
         summary:
@@ -404,7 +460,10 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/users',
     {
-      config: { access: { permission: 'users:create' } },
+      config: {
+        access: { permission: 'users:create' },
+        errors: [...PASSWORD_POLICY_ERRORS, ...ROLE_ASSIGNMENT_ERRORS, 'email_taken', 'username_taken'],
+      },
       schema: {
         tags,
         summary: "Create a user in the caller's org",
@@ -427,7 +486,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/users',
     {
-      config: { access: { permission: 'users:read' } },
+      config: { access: { permission: 'users:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags,
         summary: "Users of the caller's org",
@@ -452,7 +511,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/users/:id',
     {
-      config: { access: { permission: 'users:read' } },
+      config: { access: { permission: 'users:read' }, errors: ['user_not_found'] },
       schema: { tags, summary: 'One user', params: idParams, response: { 200: userSchema } },
     },
     async (request) => userView(await identity.getUser(callerOf(request), request.params.id)),
@@ -461,7 +520,19 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.patch(
     '/v1/users/:id',
     {
-      config: { access: { permission: 'users:update' } },
+      config: {
+        access: { permission: 'users:update' },
+        errors: [
+          'superuser_protected',
+          'self_modification',
+          ...ROLE_ASSIGNMENT_ERRORS,
+          'user_not_found',
+          'principal_not_found',
+          'cannot_deactivate_self',
+          'last_superuser',
+          'username_taken',
+        ],
+      },
       schema: {
         tags,
         summary: 'Edit a user: name, username, active, roles (replaces the set)',
@@ -484,7 +555,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/users/:id/unlock',
     {
-      config: { access: { permission: 'users:update' } },
+      config: { access: { permission: 'users:update' }, errors: ['user_not_found'] },
       schema: {
         tags,
         summary: 'Clear a lockout',
@@ -502,7 +573,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
     '/v1/users/:id/sessions',
     {
       // Who may revoke a session may see it; IPs and user agents are more than users:read shows.
-      config: { access: { permission: 'users:update' } },
+      config: { access: { permission: 'users:update' }, errors: ['invalid_cursor', 'user_not_found'] },
       schema: {
         tags,
         summary: "A user's live sessions in the caller's org, newest first",
@@ -531,7 +602,16 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.delete(
     '/v1/users/:id',
     {
-      config: { access: { permission: 'users:delete' } },
+      config: {
+        access: { permission: 'users:delete' },
+        errors: [
+          'superuser_protected',
+          'role_escalation',
+          'user_not_found',
+          'cannot_deactivate_self',
+          'last_superuser',
+        ],
+      },
       schema: {
         tags,
         summary: 'Deactivate a user in this org (history is kept; sessions end)',
@@ -551,7 +631,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/orgs',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['invalid_cursor'] },
       schema: {
         tags,
         summary: 'Orgs the caller belongs to (every org, for a superuser), oldest first',
@@ -577,7 +657,10 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
     '/v1/orgs',
     {
       // Superusers pass every permission check; the service refuses anyone else too.
-      config: { access: { permission: 'org:admin' } },
+      config: {
+        access: { permission: 'org:admin' },
+        errors: ['user_not_found', 'principal_not_found', 'org_slug_taken'],
+      },
       schema: {
         tags,
         summary: 'Create an org (superuser); the creator and admin_user_id become its admins',

@@ -194,7 +194,7 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/keys/verify',
     {
-      config: { access: { permission: 'api_keys:verify' } },
+      config: { access: { permission: 'api_keys:verify' }, errors: [] },
       // The hottest route: the answer is built as a string from precomputed fragments, so the
       // response schema documents it but zod does not re-validate it.
       serializerCompiler: () => (data) => (typeof data === 'string' ? data : JSON.stringify(data)),
@@ -225,7 +225,7 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/keys/settings',
     {
-      config: { access: { permission: 'api_keys:read' } },
+      config: { access: { permission: 'api_keys:read' }, errors: [] },
       schema: {
         tags: TAGS,
         summary: 'Burst detection settings of the org',
@@ -238,7 +238,7 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.put(
     '/v1/keys/settings',
     {
-      config: { access: { permission: 'api_keys:admin' } },
+      config: { access: { permission: 'api_keys:admin' }, errors: [] },
       schema: {
         tags: TAGS,
         summary: 'Set burst detection settings',
@@ -265,7 +265,17 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/keys',
     {
-      config: { access: { permission: 'api_keys:create' } },
+      config: {
+        access: { permission: 'api_keys:create' },
+        errors: [
+          'invalid_scope',
+          'unknown_tier',
+          'invalid_cidr',
+          'scope_not_held',
+          'key_bounds_exceeded',
+          'owner_not_found',
+        ],
+      },
       schema: {
         tags: TAGS,
         summary: 'Create an API key (the key is in this response only)',
@@ -282,7 +292,7 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/keys',
     {
-      config: { access: { permission: 'api_keys:read' } },
+      config: { access: { permission: 'api_keys:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: TAGS,
         summary: "The org's API keys, newest first (never the keys themselves)",
@@ -310,7 +320,7 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/keys/:id',
     {
-      config: { access: { permission: 'api_keys:read' } },
+      config: { access: { permission: 'api_keys:read' }, errors: ['api_key_not_found'] },
       schema: { tags: TAGS, summary: 'One API key', params: idParams, response: { 200: keySchema } },
     },
     async (request) => keyView(await keys.get(callerOf(request), request.params.id)),
@@ -319,7 +329,22 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.patch(
     '/v1/keys/:id',
     {
-      config: { access: { permission: 'api_keys:update' } },
+      config: {
+        access: { permission: 'api_keys:update' },
+        errors: [
+          'invalid_scope',
+          'unknown_tier',
+          'invalid_cidr',
+          'scope_not_held',
+          'key_self_change',
+          'key_bounds_exceeded',
+          'api_key_suspended',
+          'api_key_not_found',
+          'api_key_revoked',
+          'api_key_already_rolled',
+          'api_key_conflict',
+        ],
+      },
       schema: {
         tags: TAGS,
         summary: 'Change a key: name, scopes, tier, limits, allowlist, expiry, metadata, active',
@@ -335,7 +360,16 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.delete(
     '/v1/keys/:id',
     {
-      config: { access: { permission: 'api_keys:delete' } },
+      config: {
+        access: { permission: 'api_keys:delete' },
+        errors: [
+          'scope_not_held',
+          'key_bounds_exceeded',
+          'api_key_not_found',
+          'api_key_revoked',
+          'api_key_conflict',
+        ],
+      },
       schema: {
         tags: TAGS,
         summary: 'Revoke a key (the row stays, for audit)',
@@ -353,7 +387,18 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/keys/:id/roll',
     {
-      config: { access: { permission: 'api_keys:create' } },
+      config: {
+        access: { permission: 'api_keys:create' },
+        errors: [
+          'scope_not_held',
+          'key_bounds_exceeded',
+          'api_key_not_found',
+          'api_key_revoked',
+          'api_key_already_rolled',
+          'api_key_expired',
+          'api_key_conflict',
+        ],
+      },
       schema: {
         tags: TAGS,
         summary: 'Issue a new key; the old one keeps working for grace_seconds',

@@ -64,6 +64,21 @@ function page<T extends { id: string }, V>(rows: T[], limit: number, view: (row:
   };
 }
 
+/**
+ * What ingestion answers itself: the route is public (the webhook key and the signature are the
+ * credential, checked in the handler), so its refusals are its own to declare.
+ */
+const INGEST_ERRORS = [
+  'invalid_signal_payload',
+  'webhook_key_invalid',
+  'webhook_key_inactive',
+  'webhook_headers_missing',
+  'webhook_timestamp_invalid',
+  'webhook_timestamp_out_of_tolerance',
+  'webhook_signature_invalid',
+  'webhook_replayed',
+] as const;
+
 /** Inbound webhook keys, `POST /v1/ingest` and `GET /v1/signals`. */
 export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = async (app, { keys }) => {
   const tags = ['webhook keys'];
@@ -71,7 +86,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.post(
     '/v1/webhook-keys',
     {
-      config: { access: { permission: 'webhook_keys:create' } },
+      config: { access: { permission: 'webhook_keys:create' }, errors: ['webhook_key_name_taken'] },
       schema: {
         tags,
         summary: 'Create an inbound webhook key (key and HMAC secret are in this response only)',
@@ -97,7 +112,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.get(
     '/v1/webhook-keys',
     {
-      config: { access: { permission: 'webhook_keys:read' } },
+      config: { access: { permission: 'webhook_keys:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags,
         summary: "The org's inbound webhook keys",
@@ -118,7 +133,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.get(
     '/v1/webhook-keys/:id',
     {
-      config: { access: { permission: 'webhook_keys:read' } },
+      config: { access: { permission: 'webhook_keys:read' }, errors: ['webhook_key_not_found'] },
       schema: {
         tags,
         summary: 'One inbound webhook key',
@@ -132,7 +147,10 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.patch(
     '/v1/webhook-keys/:id',
     {
-      config: { access: { permission: 'webhook_keys:update' } },
+      config: {
+        access: { permission: 'webhook_keys:update' },
+        errors: ['webhook_key_not_found', 'webhook_key_name_taken'],
+      },
       schema: {
         tags,
         summary: 'Rename, deactivate or activate an inbound webhook key',
@@ -150,7 +168,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.delete(
     '/v1/webhook-keys/:id',
     {
-      config: { access: { permission: 'webhook_keys:delete' } },
+      config: { access: { permission: 'webhook_keys:delete' }, errors: ['webhook_key_not_found'] },
       schema: {
         tags,
         summary: 'Delete an inbound webhook key',
@@ -167,7 +185,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.get(
     '/v1/signals',
     {
-      config: { access: { permission: 'signals:read' } },
+      config: { access: { permission: 'signals:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: ['signals'],
         summary: 'Signals received through /v1/ingest, newest first',
@@ -209,7 +227,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
     ingest.post(
       '/v1/ingest',
       {
-        config: { access: 'public' },
+        config: { access: 'public', errors: INGEST_ERRORS },
         schema: {
           tags: ['signals'],
           summary: 'Push an event (X-API-Key: a webhook key; Standard Webhooks signature headers)',
@@ -225,7 +243,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
     ingest.post(
       '/v1/ingest/:keyName',
       {
-        config: { access: 'public' },
+        config: { access: 'public', errors: INGEST_ERRORS },
         schema: {
           tags: ['signals'],
           summary: 'Push an event, naming the webhook key (must match the X-API-Key)',

@@ -44,7 +44,7 @@ export const tenancyRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = asy
   app.get(
     '/v1/org',
     {
-      config: { access: { permission: 'org:read' } },
+      config: { access: { permission: 'org:read' }, errors: ['org_not_found'] },
       schema: { tags: ['tenancy'], summary: "The caller's organization", response: { 200: orgSchema } },
     },
     async (request) => orgView(await ctx.tenancy.getOrg(callerOf(request).orgId)),
@@ -53,7 +53,7 @@ export const tenancyRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = asy
   app.get(
     '/v1/environments',
     {
-      config: { access: { permission: 'org:read' } },
+      config: { access: { permission: 'org:read' }, errors: ['invalid_cursor'] },
       schema: {
         tags: ['tenancy'],
         summary: "The org's environments, oldest first",
@@ -82,7 +82,7 @@ export const tenancyRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = asy
     {
       // The catalogue's org:admin ("environments, sign-up policy, deletion"); org:update is renaming
       // the org and its policies.
-      config: { access: { permission: 'org:admin' } },
+      config: { access: { permission: 'org:admin' }, errors: ['environment_exists'] },
       schema: {
         tags: ['tenancy'],
         summary: 'Add an environment',
