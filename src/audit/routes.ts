@@ -43,7 +43,7 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/audit/events',
     {
-      config: { access: { permission: 'audit:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'audit:read' }, errors: [] },
       schema: {
         tags: ['audit'],
         summary: 'Query audit events, newest first',

@@ -214,7 +214,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/authz/permissions',
     {
-      config: { access: 'authenticated', errors: ['invalid_cursor'] },
+      config: { access: 'authenticated', errors: [] },
       schema: {
         tags: TAGS,
         summary: 'The permission catalogue, in catalogue order',
@@ -244,7 +244,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/roles',
     {
-      config: { access: { permission: 'roles:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'roles:read' }, errors: [] },
       schema: {
         tags: TAGS,
         summary: 'System roles (first), then custom roles',
@@ -364,7 +364,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/role-assignments',
     {
-      config: { access: { permission: 'roles:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'roles:read' }, errors: [] },
       schema: {
         tags: TAGS,
         summary: 'Role assignments, oldest first',
@@ -496,7 +496,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
   app.get(
     '/v1/authz/grants',
     {
-      config: { access: { permission: 'roles:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'roles:read' }, errors: [] },
       schema: {
         tags: TAGS,
         summary: 'Grants, oldest first (expired ones included unless active=true)',

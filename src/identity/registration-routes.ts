@@ -108,7 +108,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/invitations',
     {
-      config: { access: { permission: 'users:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'users:read' }, errors: [] },
       schema: {
         tags,
         summary: "Invitations of the caller's org, newest first",

@@ -247,7 +247,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/auth/sessions',
     {
-      config: { access: 'authenticated', errors: ['invalid_cursor', 'not_a_user'] },
+      config: { access: 'authenticated', errors: ['not_a_user'] },
       schema: {
         tags,
         summary: "The caller's live sessions, newest first",
@@ -486,7 +486,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/users',
     {
-      config: { access: { permission: 'users:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'users:read' }, errors: [] },
       schema: {
         tags,
         summary: "Users of the caller's org",
@@ -573,7 +573,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
     '/v1/users/:id/sessions',
     {
       // Who may revoke a session may see it; IPs and user agents are more than users:read shows.
-      config: { access: { permission: 'users:update' }, errors: ['invalid_cursor', 'user_not_found'] },
+      config: { access: { permission: 'users:update' }, errors: ['user_not_found'] },
       schema: {
         tags,
         summary: "A user's live sessions in the caller's org, newest first",
@@ -631,7 +631,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.get(
     '/v1/orgs',
     {
-      config: { access: 'authenticated', errors: ['invalid_cursor'] },
+      config: { access: 'authenticated', errors: [] },
       schema: {
         tags,
         summary: 'Orgs the caller belongs to (every org, for a superuser), oldest first',

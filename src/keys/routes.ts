@@ -292,7 +292,7 @@ export const keysRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/keys',
     {
-      config: { access: { permission: 'api_keys:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'api_keys:read' }, errors: [] },
       schema: {
         tags: TAGS,
         summary: "The org's API keys, newest first (never the keys themselves)",

@@ -112,7 +112,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.get(
     '/v1/webhook-keys',
     {
-      config: { access: { permission: 'webhook_keys:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'webhook_keys:read' }, errors: [] },
       schema: {
         tags,
         summary: "The org's inbound webhook keys",
@@ -185,7 +185,7 @@ export const webhookKeyRoutes: FastifyPluginAsyncZod<{ keys: KeysService }> = as
   app.get(
     '/v1/signals',
     {
-      config: { access: { permission: 'signals:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'signals:read' }, errors: [] },
       schema: {
         tags: ['signals'],
         summary: 'Signals received through /v1/ingest, newest first',

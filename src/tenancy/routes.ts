@@ -53,7 +53,7 @@ export const tenancyRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = asy
   app.get(
     '/v1/environments',
     {
-      config: { access: { permission: 'org:read' }, errors: ['invalid_cursor'] },
+      config: { access: { permission: 'org:read' }, errors: [] },
       schema: {
         tags: ['tenancy'],
         summary: "The org's environments, oldest first",
