@@ -1,4 +1,3 @@
-import { type BlockList, isIP } from 'node:net';
 import { fieldGetter } from './context.ts';
 import { type Ip6, ip4InCidr, ip6InCidr, parseIp4, parseIp4Packed, parseIp6 } from './ip.ts';
 import { compileRe2 } from './regex.ts';
@@ -142,27 +141,6 @@ function regexOp(c: Constraint): Predicate {
     const v = get(ctx);
     return v !== undefined && re.test(v);
   };
-}
-
-/**
- * Adds an address or CIDR to a block list; returns false for anything unparseable. Only
- * validation uses it now: evaluation follows unleash-client's parser (./ip.ts), not node:net.
- */
-export function addRange(list: BlockList, range: string): boolean {
-  const slash = range.indexOf('/');
-  const address = slash < 0 ? range : range.slice(0, slash);
-  const family = isIP(address);
-  if (family === 0) return false;
-  const type = family === 4 ? 'ipv4' : 'ipv6';
-  if (slash < 0) {
-    list.addAddress(address, type);
-    return true;
-  }
-  const bits = range.slice(slash + 1);
-  const prefix = Number(bits);
-  if (!/^\d{1,3}$/.test(bits) || prefix > (family === 4 ? 32 : 128)) return false;
-  list.addSubnet(address, prefix, type);
-  return true;
 }
 
 const defined = <T>(v: T | undefined): v is T => v !== undefined;

@@ -2,8 +2,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { and, eq } from 'drizzle-orm';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
+import { compileConstraint, NEVER } from './constraints.ts';
 import { featureFlags } from './schema.ts';
 import type { Feature } from './types.ts';
+import { constraintsIssues } from './validate.ts';
 
 type Body = Record<string, unknown>;
 const flag = (name: string, extra: Body = {}): Body => ({
@@ -88,6 +90,11 @@ const REFUSED: [string, Body, string][] = [
     `${S0}.parameters.IPs`,
   ],
   [
+    'IPs with an IPv6 range (never matches a real address)',
+    withStrategy('p16', { name: 'remoteAddress', parameters: { IPs: '10.0.0.0/8, 2001:db8::/32' } }),
+    `${S0}.parameters.IPs`,
+  ],
+  [
     'hostNames a boolean',
     withStrategy('p13', { name: 'applicationHostname', parameters: { hostNames: true } }),
     `${S0}.parameters.hostNames`,
@@ -137,6 +144,11 @@ const REFUSED: [string, Body, string][] = [
     'IN_CIDR bad range',
     withConstraint('c20', { operator: 'IN_CIDR', values: ['10.0.0.0/8', 'lan'] }),
     `${C0}.values[1]`,
+  ],
+  [
+    'IN_CIDR prefix of three digits (node:net read /008, unleash-client does not)',
+    withConstraint('c21', { operator: 'IN_CIDR', values: ['10.0.0.0/008'] }),
+    `${C0}.values[0]`,
   ],
   ['weight above 1000', withVariants('v1', [variant('a', 1001)]), 'body.variants[0].weight'],
   [
@@ -345,6 +357,84 @@ describe('flag validation on write', () => {
     }
   });
 
+  describe('IP entries are checked as evaluation reads them (unleash-client)', () => {
+    const evaluate = async (name: string, remoteAddress: string) => {
+      const res = await v.req('POST', '/v1/flags/development/evaluate', {
+        token: v.tokens.viewer,
+        body: { context: { remoteAddress }, flags: [name] },
+      });
+      assert.equal(res.statusCode, 200, res.body);
+      return res.json().data[0].enabled as boolean;
+    };
+    const ips = (name: string, list: string) =>
+      withStrategy(name, { name: 'remoteAddress', parameters: { IPs: list } });
+    const inCidr = (name: string, values: string[]) =>
+      withStrategy(name, {
+        name: 'default',
+        constraints: [{ contextName: 'remoteAddress', operator: 'IN_CIDR', values }],
+      });
+
+    test('remoteAddress: an IPv6 range is refused, naming it and IN_CIDR', async () => {
+      const errors = errorsOf(await post(ips('ip6-range', '10.0.0.0/8, 2001:db8::/32, ::1/128')));
+      assert.deepEqual(
+        errors.map((e) => e.path),
+        [`${S0}.parameters.IPs`],
+      );
+      const message = errors[0]?.message ?? '';
+      assert.match(message, /IPv6 ranges never match here: "2001:db8::\/32", "::1\/128"/);
+      assert.match(message, /IN_CIDR/);
+      assert.doesNotMatch(message, /10\.0\.0\.0/);
+    });
+
+    test('remoteAddress: unreadable entries and IPv6 ranges are both reported', async () => {
+      const [error] = errorsOf(await post(ips('ip-mixed', 'office, 2001:db8::/32')));
+      assert.match(
+        error?.message ?? '',
+        /not IP addresses or CIDR ranges: "office"; IPv6 ranges never match/,
+      );
+    });
+
+    test('remoteAddress: IPv6 addresses, zones and /08 are accepted and match as the SDK matches', async () => {
+      const body = ips('ip-forms', '::1, fe80::1%eth0, ::ffff:10.0.0.5, 10.0.0.0/08');
+      const res = await post(body);
+      assert.equal(res.statusCode, 201, res.body);
+      assert.equal(await evaluate('ip-forms', '10.200.0.1'), true, '/08 reads as /8');
+      assert.equal(await evaluate('ip-forms', '::1'), true);
+      assert.equal(await evaluate('ip-forms', 'fe80::1%eth0'), true);
+      assert.equal(await evaluate('ip-forms', '::ffff:10.0.0.5'), true);
+      assert.equal(await evaluate('ip-forms', '11.0.0.1'), false);
+    });
+
+    test('IN_CIDR: an IPv6 range with a zone is accepted (node:net refused it) and matches', async () => {
+      const res = await post(inCidr('cidr-zone', ['fe80::/10%eth0', '2001:db8::/32']));
+      assert.equal(res.statusCode, 201, res.body);
+      assert.equal(await evaluate('cidr-zone', 'fe80::1'), true);
+      assert.equal(await evaluate('cidr-zone', '2001:db8::9'), true);
+      assert.equal(await evaluate('cidr-zone', '10.0.0.1'), false);
+    });
+
+    test('IN_CIDR: a range evaluation cannot read is refused on flags and segments alike', async () => {
+      const errors = errorsOf(
+        await post(inCidr('cidr-bad', ['10.0.0.0/8', '010.0.0.0/8', '2001:db8::/129'])),
+      );
+      assert.deepEqual(
+        errors.map((e) => e.path),
+        [`${S0}.constraints[0].values[1]`, `${S0}.constraints[0].values[2]`],
+      );
+      const segment = await v.req('POST', '/v1/segments', {
+        token: v.tokens.manager,
+        body: {
+          name: 'seg-cidr',
+          constraints: [{ contextName: 'remoteAddress', operator: 'IN_CIDR', values: ['10.0.0.0/008'] }],
+        },
+      });
+      assert.deepEqual(
+        errorsOf(segment).map((e) => e.path),
+        ['body.constraints[0].values[0]'],
+      );
+    });
+  });
+
   test('flags stored before these rules still load and evaluate; writing them again is checked', async () => {
     assert.equal((await post(flag('legacy'), 'staging')).statusCode, 201);
     const legacy: Feature = {
@@ -380,5 +470,47 @@ describe('flag validation on write', () => {
     assert.equal(evaluated.json().data[0].enabled, false);
     const { name: _, ...rest } = legacy;
     assert.equal(errorsOf(await put({ name: 'legacy', ...rest }, 'staging')).length, 6);
+  });
+});
+
+describe('IN_CIDR: accepted on write exactly when evaluation reads the range', () => {
+  // Each entry was read one way by node:net (the old check) and another by unleash-client, or is
+  // an edge of the SDK's parser.
+  const ENTRIES = [
+    '10.0.0.0/8',
+    '10.0.0.0/08',
+    '10.0.0.0/008',
+    '010.0.0.0/8',
+    '10.0.0.0/33',
+    '10.0.0.5/0',
+    '10.0.0.5%eth0',
+    ' 10.0.0.0/8 ',
+    '::/0',
+    '::/00',
+    '0::0/000',
+    '::ffff:10.0.0.0/104',
+    '::ffff:010.0.0.5',
+    '2001:db8::/32',
+    '2001:DB8::/32',
+    '2001:db8::9/129',
+    'fe80::1%eth1',
+    'fe80::/10%eth0',
+    'fe80::1%eth0/64',
+    'fe80::1%',
+    'fe80::1%a\nb',
+    '1:2:3:4:5:6:7::',
+    '1::2:3:4:5:6:7:8',
+    '12345::1',
+    'junk',
+  ];
+
+  test('validation and the compiled constraint agree on every entry', () => {
+    const disagreements = ENTRIES.filter((value) => {
+      const constraint = { contextName: 'remoteAddress', operator: 'IN_CIDR', values: [value] };
+      const accepted = constraintsIssues([constraint], 'c').length === 0;
+      const understood = compileConstraint(constraint) !== NEVER;
+      return accepted !== understood;
+    });
+    assert.deepEqual(disagreements, []);
   });
 });

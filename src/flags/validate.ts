@@ -1,6 +1,5 @@
-import { BlockList } from 'node:net';
 import type { FieldError } from '../http/problem.ts';
-import { addRange } from './constraints.ts';
+import { parseIp4, parseIp6 } from './ip.ts';
 import { re2Problem } from './regex.ts';
 import { parseSemver } from './semver.ts';
 import type { Constraint, Feature, Strategy, VariantDefinition } from './types.ts';
@@ -45,6 +44,12 @@ const isNumber = (value: string): boolean => value.trim() !== '' && Number.isFin
 const isSemver = (value: string): boolean =>
   !/^v/i.test(value) && value === value.trim() && parseSemver(value) !== undefined;
 
+// Addresses are checked with the parsers evaluation uses (./ip.ts, unleash-client's reading), so
+// that an entry accepted here is one evaluation understands, and one it cannot read is refused.
+const isIpEntry = (v: string): boolean => parseIp4(v) !== undefined || parseIp6(v) !== undefined;
+// A successful IPv6 parse with a `/` is a range: the written prefix is the only `/` it may hold.
+const isIp6Range = (v: string): boolean => parseIp4(v) === undefined && v.includes('/') && isIpEntry(v);
+
 function singleValueProblem(c: Constraint): string | undefined {
   const v = c.value;
   if (v === undefined) return `${c.operator} compares with one \`value\`, which is missing`;
@@ -69,13 +74,16 @@ function constraintIssues(c: Constraint, path: string): Issues {
       { path: `${path}.values`, message: `${c.operator} needs \`values\`: a non-empty list of strings` },
     ];
   if (c.operator !== 'IN_CIDR') return [];
+  // Evaluation trims each entry (as unleash-client does); an empty one it drops is refused here.
   return c.values.flatMap((v, i) =>
-    addRange(new BlockList(), v.trim())
+    isIpEntry(v.trim())
       ? []
       : [
           {
             path: `${path}.values[${i}]`,
-            message: `${JSON.stringify(v)} is not an IP address or CIDR range`,
+            message:
+              `${JSON.stringify(v)} is not an IP address or CIDR range as unleash-client reads it ` +
+              '(IPv4 octets without leading zeros, prefix /0 to /32; IPv6, prefix /0 to /128)',
           },
         ],
   );
@@ -95,12 +103,27 @@ const percentage: ParameterCheck = (v) =>
   /^(?:\d|[1-9]\d|100)$/.test(v) ? undefined : 'must be a whole percentage from "0" to "100"';
 const nonEmptyList: ParameterCheck = (v) =>
   v.split(',').some((e) => e.trim() !== '') ? undefined : 'must list at least one value, comma-separated';
-// Split as unleash-client splits: an entry it would not read as an address is refused.
+const quoted = (entries: readonly string[]) => entries.map((e) => JSON.stringify(e)).join(', ');
+// Split as unleash-client splits. Its remoteAddress strategy parses IPv4 entries only; any other
+// entry matches a context address written exactly so. An IPv6 address can (`::1`, as Node writes
+// a client's address); an IPv6 range never matches a real address, so it is refused rather than
+// stored to do nothing, pointing at IN_CIDR, which does read IPv6 ranges. Anything that is no
+// address at all is refused too.
 const addresses: ParameterCheck = (v) => {
-  const bad = v.split(/\s*,\s*/).filter((e) => !addRange(new BlockList(), e));
-  return bad.length === 0
-    ? undefined
-    : `not IP addresses or CIDR ranges: ${bad.map((b) => JSON.stringify(b)).join(', ')}`;
+  const entries = v.split(/\s*,\s*/);
+  const unreadable = entries.filter((e) => !isIpEntry(e));
+  const ranges6 = entries.filter(isIp6Range);
+  const problems = [
+    ...(unreadable.length === 0 ? [] : [`not IP addresses or CIDR ranges: ${quoted(unreadable)}`]),
+    ...(ranges6.length === 0
+      ? []
+      : [
+          `IPv6 ranges never match here: ${quoted(ranges6)} (like unleash-client, remoteAddress reads ` +
+            'only IPv4 ranges and takes an IPv6 entry as one address, written exactly so); ' +
+            'use an IN_CIDR constraint on remoteAddress for an IPv6 range',
+        ]),
+  ];
+  return problems.length === 0 ? undefined : problems.join('; ');
 };
 const nonEmpty: ParameterCheck = (v) => (v === '' ? 'cannot be empty' : undefined);
 const anything: ParameterCheck = () => undefined;
