@@ -1,15 +1,13 @@
-import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { AuditAction } from '../audit/actions.ts';
 import type { StewardContext } from '../context.ts';
 import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
-import { StewardError } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery, paginationErrors } from '../http/pagination.ts';
 import { PERMISSIONS, permissionInfo } from './catalogue.ts';
 import type { CheckResult } from './engine.ts';
 import type { AssignmentRow, GrantRow } from './queries.ts';
+import { refusalAuditor } from './refusals.ts';
 import { SYSTEM_ROLES } from './roles.ts';
 import type { PrincipalPermissions, RoleInfo } from './service.ts';
 
@@ -151,65 +149,12 @@ const page = <T extends { id: string }>(rows: readonly T[], limit: number) => {
 
 const TAGS = ['authz'];
 
-// What a refused change asked for, as its audit event keeps it. A refusal by the route's own
-// permission comes before body validation, so only known fields of the expected types are kept.
-const ASKED_FIELDS = [
-  'principal',
-  'role',
-  'name',
-  'permission',
-  'resource_type',
-  'resource_id',
-  'effect',
-  'expires_at',
-  'inherits',
-];
-
-function askedFor(body: unknown): Record<string, unknown> | undefined {
-  if (body === null || typeof body !== 'object' || Array.isArray(body)) return undefined;
-  const given = body as Record<string, unknown>;
-  const out: Record<string, unknown> = {};
-  for (const field of ASKED_FIELDS) {
-    const value = given[field];
-    if (typeof value === 'string') out[field] = value.slice(0, 200);
-  }
-  const perms = given.permissions;
-  if (Array.isArray(perms)) {
-    out.permissions = perms
-      .filter((p): p is string => typeof p === 'string')
-      .slice(0, 200)
-      .map((p) => p.slice(0, 100));
-  }
-  return Object.keys(out).length > 0 ? out : undefined;
-}
-
 /** Roles, assignments, grants and checks (SPEC section 3). */
 export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async (app, { ctx }) => {
   const { authz } = ctx;
   const nowMs = () => ctx.clock().getTime();
 
-  /**
-   * A route hook that puts a refused role or grant change (403: the route's permission, or a
-   * delegation rule) on the audit record, after the refused transaction has rolled back. Best
-   * effort (the service swallows a failed record); the answer stays the refusal.
-   */
-  const auditRefusal =
-    (action: AuditAction, resourceType: string) =>
-    async (request: FastifyRequest, _reply: FastifyReply, error: Error): Promise<void> => {
-      const caller = request.principal;
-      if (!caller || !(error instanceof StewardError) || error.status !== 403) return;
-      const id = (request.params as { id?: unknown } | undefined)?.id;
-      await authz.recordRefusal(
-        caller,
-        {
-          action,
-          resource: { type: resourceType, id: typeof id === 'string' ? id.slice(0, 200) : null },
-          error,
-          request: askedFor(request.body),
-        },
-        contextOf(request),
-      );
-    };
+  const auditRefusal = refusalAuditor(authz);
 
   app.get(
     '/v1/authz/permissions',

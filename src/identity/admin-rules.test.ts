@@ -12,6 +12,9 @@ const PASS = 'a sturdy passphrase here';
 
 interface Ev {
   action: string;
+  success: boolean;
+  details?: { reason?: string; request?: Record<string, unknown> };
+  actor: { id: string | null };
   resource: { id: string | null };
   changes?: { before?: Record<string, unknown>; after?: Record<string, unknown> };
 }
@@ -58,8 +61,13 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
     const after = (await t.call('GET', `/v1/users/${boss.id}`, { token: admin })).json();
     assert.equal(after.full_name, null);
     assert.deepEqual([...after.roles].sort(), ['admin', 'viewer']);
-    const actions = (await events(boss.id)).map((e) => e.action);
-    assert.ok(!actions.includes('user.updated'));
+    // The refusal is on the record (success: false), the change is not.
+    const recorded = await events(boss.id);
+    assert.ok(!recorded.some((e) => e.action === 'user.updated' && e.success));
+    const refused = recorded.find((e) => e.action === 'user.updated' && !e.success);
+    assert.equal(refused?.details?.reason, 'role_escalation');
+    assert.equal(refused?.actor.id, keeper.id);
+    assert.deepEqual(refused?.details?.request?.roles, ['viewer']);
     // Authz's own unassign route says the same.
     const ras = (
       await t.call('GET', `/v1/role-assignments?principal=${boss.id}&limit=50`, { token: admin })
@@ -103,6 +111,10 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
       assert.equal(off.statusCode, 403, off.body);
       assert.equal(off.json().code, 'role_escalation');
     }
+    // Both refusals are recorded: DELETE as the deactivation, PATCH as the update it would have been.
+    const refusals = (await events(boss.id)).filter((e) => !e.success && e.actor.id === deleter.id);
+    assert.deepEqual(refusals.map((e) => e.action).sort(), ['user.deactivated', 'user.updated']);
+    assert.ok(refusals.every((e) => e.details?.reason === 'role_escalation'));
     const still = (await t.call('GET', `/v1/users/${boss.id}`, { token: admin })).json();
     assert.equal(still.active, true);
     assert.deepEqual([...still.roles].sort(), ['admin', 'viewer']);
@@ -157,7 +169,7 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
     const peerAfter = (await t.call('GET', `/v1/users/${peer.id}`, { token: admin })).json();
     assert.deepEqual(peerAfter.roles, ['manager']);
     assert.equal(peerAfter.full_name, null, 'nothing half-written');
-    assert.ok(!(await events(peer.id)).some((e) => e.action === 'user.updated'));
+    assert.ok(!(await events(peer.id)).some((e) => e.action === 'user.updated' && e.success));
     // Adding is what roles:update allows: the manager may add a role below its own.
     const added = await t.call('PATCH', `/v1/users/${peer.id}`, {
       token: manager.token,
@@ -224,6 +236,43 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
       body: { full_name: 'Renamed', roles: ['flag-reader'] },
     });
     assert.equal(rename.statusCode, 200, 'the same roles: no role changes, no roles:* needed');
+  });
+
+  test('a refused user creation, invitation or sign-up setting is audited as authz refusals are', async () => {
+    const byAction = async (action: string): Promise<Ev[]> =>
+      (await t.call('GET', `/v1/audit/events?action=${action}&limit=500`, { token: admin })).json().data;
+    const cases = [
+      [
+        'POST',
+        '/v1/users',
+        { email: 'climber@example.com', password: PASS, roles: ['admin'] },
+        'user.created',
+      ],
+      ['POST', '/v1/invitations', { email: 'guest@example.com', roles: ['admin'] }, 'invitation.created'],
+    ] as const;
+    for (const [method, url, body, action] of cases) {
+      const res = await t.call(method, url, { token: manager.token, body });
+      assert.equal(res.statusCode, 403, res.body);
+      assert.equal(res.json().code, 'role_escalation');
+      const refused = (await byAction(action)).filter((e) => !e.success && e.actor.id === manager.id);
+      assert.equal(refused.length, 1, action);
+      assert.equal(refused[0]?.details?.reason, 'role_escalation');
+      assert.equal(refused[0]?.details?.request?.email, body.email);
+    }
+    const climber = (await byAction('user.created')).find(
+      (e) => e.details?.request?.email === 'climber@example.com',
+    );
+    assert.deepEqual(climber?.details?.request?.roles, ['admin']);
+    // The route's own permission: a manager may not change the org's sign-up settings (org:admin).
+    const settings = await t.call('PUT', '/v1/auth/settings', {
+      token: manager.token,
+      body: { open_signup: true, signup_role: 'admin' },
+    });
+    assert.equal(settings.statusCode, 403, settings.body);
+    const policy = await byAction('signup.policy_changed');
+    assert.equal(policy.length, 1);
+    assert.equal(policy[0]?.success, false);
+    assert.equal(policy[0]?.details?.reason, 'permission_denied');
   });
 
   test('PATCH {active:false} needs users:delete, as DELETE does; reactivation needs users:update', async () => {

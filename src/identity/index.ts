@@ -70,6 +70,6 @@ export const identityPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async
     authenticate: (request) =>
       identity.authenticate(request.headers.authorization, request.raw.socket ?? undefined),
   });
-  await app.register(identityRoutes, { identity });
-  await app.register(registrationRoutes, { identity, clock: ctx.clock });
+  await app.register(identityRoutes, { identity, authz: ctx.authz });
+  await app.register(registrationRoutes, { identity, authz: ctx.authz, clock: ctx.clock });
 };

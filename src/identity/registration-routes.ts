@@ -1,5 +1,7 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { refusalAuditor } from '../authz/refusals.ts';
+import type { AuthzService } from '../authz/service.ts';
 import { callerOf } from '../http/auth.ts';
 import { noBody } from '../http/body.ts';
 import { contextOf } from '../http/context.ts';
@@ -60,13 +62,17 @@ const profile = {
 /** Invitations, their acceptance, open sign-up and its per-org setting. */
 export const registrationRoutes: FastifyPluginAsyncZod<{
   identity: IdentityService;
+  authz: AuthzService;
   clock: () => Date;
-}> = async (app, { identity, clock }) => {
+}> = async (app, { identity, authz, clock }) => {
   const tags = ['identity'];
+  // Refused invitations and sign-up settings (a role the caller may not hand out) are audited.
+  const auditRefusal = refusalAuditor(authz);
 
   app.post(
     '/v1/invitations',
     {
+      onError: auditRefusal('invitation.created', 'invitation'),
       config: {
         access: { permission: 'users:create' },
         errors: [...ROLE_ASSIGNMENT_ERRORS, 'already_member'],
@@ -243,6 +249,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.put(
     '/v1/auth/settings',
     {
+      onError: auditRefusal('signup.policy_changed', 'org'),
       config: { access: { permission: 'org:admin' }, errors: [...ROLE_ASSIGNMENT_ERRORS] },
       schema: {
         tags,

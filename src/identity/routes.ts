@@ -1,6 +1,8 @@
 import type { FastifyRequest } from 'fastify';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { refusalAuditor } from '../authz/refusals.ts';
+import type { AuthzService } from '../authz/service.ts';
 import { callerOf } from '../http/auth.ts';
 import { noBody } from '../http/body.ts';
 import { contextOf } from '../http/context.ts';
@@ -124,11 +126,13 @@ export const idParams = z.strictObject({ id: z.string().max(100) });
 export const originOf = (request: FastifyRequest): Origin => contextOf(request);
 
 /** Users, orgs, login, 2FA, sessions, /v1/me and the JWKS. */
-export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }> = async (
-  app,
-  { identity },
-) => {
+export const identityRoutes: FastifyPluginAsyncZod<{
+  identity: IdentityService;
+  authz: AuthzService;
+}> = async (app, { identity, authz }) => {
   const tags = ['identity'];
+  // Refused changes of users (their roles above all) are audited as authz's refusals are.
+  const auditRefusal = refusalAuditor(authz);
 
   app.get(
     '/.well-known/jwks.json',
@@ -460,6 +464,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.post(
     '/v1/users',
     {
+      onError: auditRefusal('user.created', 'user'),
       config: {
         access: { permission: 'users:create' },
         errors: [...PASSWORD_POLICY_ERRORS, ...ROLE_ASSIGNMENT_ERRORS, 'email_taken', 'username_taken'],
@@ -520,6 +525,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.patch(
     '/v1/users/:id',
     {
+      onError: auditRefusal('user.updated', 'user'),
       config: {
         access: { permission: 'users:update' },
         errors: [
@@ -602,6 +608,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{ identity: IdentityService }
   app.delete(
     '/v1/users/:id',
     {
+      onError: auditRefusal('user.deactivated', 'user'),
       config: {
         access: { permission: 'users:delete' },
         errors: [
