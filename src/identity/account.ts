@@ -1,6 +1,7 @@
 // The signed-in user's own account: who they are (/v1/me, from memory when warm), their password.
-import { eq } from 'drizzle-orm';
+import { and, eq } from 'drizzle-orm';
 import { actorOf } from '../audit/service.ts';
+import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import {
   assertPasswordPolicy,
@@ -56,8 +57,10 @@ export function createAccount(core: IdentityCore) {
     const hash = await hashPassword(input.new_password);
     const now = clock();
     const ids = await db.db.transaction(async (tx) => {
-      // The right password also resets the failure count, as a login does.
-      await tx
+      // The right password also resets the failure count, as a login does. Only over the hash the
+      // current password was checked against: of two changes racing with the same old password,
+      // the second must not win with a password that is no longer current.
+      const changed = await tx
         .update(users)
         .set({
           passwordHash: hash,
@@ -65,7 +68,11 @@ export function createAccount(core: IdentityCore) {
           updatedAt: now,
           ...FAILURES_RESET,
         })
-        .where(eq(users.id, user.id));
+        .where(and(eq(users.id, user.id), eq(users.passwordHash, user.passwordHash)))
+        .returning({ id: users.id });
+      if (changed.length === 0) {
+        throw httpErrors.conflict('The password was changed by another request meanwhile; sign in again');
+      }
       // An mfa_token from a login with the old password must not finish after the change.
       await endMfaChallenges(tx, { userId: user.id }, now);
       const revoked = await revokeSessions(

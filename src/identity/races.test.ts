@@ -207,6 +207,34 @@ describe('a login racing a change to the account (postgres)', { skip: postgresSk
       assert.equal(member.json().roles.length, 1, 'the winning invitation’s roles only');
     }
   });
+
+  test('two password changes with the same old password: the first wins, the second is 409, not a silent overwrite', async () => {
+    const id = await newUser('petra@example.com');
+    const a = (await t.tokensFor('petra@example.com', PASS)).access_token;
+    const b = (await t.tokensFor('petra@example.com', PASS)).access_token;
+    // Both have checked the old password when they reach the row: held here until both wait on it.
+    await locker.query('begin');
+    await locker.query('select 1 from users where id = $1 for update', [id]);
+    const change = (token: string, next: string) =>
+      t.call('POST', '/v1/auth/password', { token, body: { current_password: PASS, new_password: next } });
+    const both = Promise.all([change(a, NEW_PASS), change(b, 'second granite orchard 99')]);
+    try {
+      await lockWaiters(locker, 2);
+    } finally {
+      await locker.query('commit');
+    }
+    const answers = (await both).map((r) => r.statusCode).sort();
+    assert.deepEqual(answers, [200, 409]);
+    const winner = (await both).findIndex((r) => r.statusCode === 200);
+    const [won, lost] =
+      winner === 0 ? [NEW_PASS, 'second granite orchard 99'] : ['second granite orchard 99', NEW_PASS];
+    assert.equal((await t.login('petra@example.com', won)).statusCode, 200);
+    assert.equal((await t.login('petra@example.com', lost)).statusCode, 401);
+    const changes = (
+      await t.call('GET', `/v1/audit/events?action=user.password_changed&resource_id=${id}`, { token: admin })
+    ).json().data;
+    assert.equal(changes.length, 1, 'one change on the record');
+  });
 });
 
 describe('a login racing a password change, many times over (pglite)', () => {
@@ -247,5 +275,28 @@ describe('a login racing a password change, many times over (pglite)', () => {
     await Promise.all(loops);
     assert.ok(opened > 0, 'the loops logged in before the change');
     assert.equal(await liveSessions(t, id), 1, "only the changer's own session is live");
+  });
+
+  test('two password changes at once with the same old password: exactly one succeeds', async () => {
+    const admin = (await t.tokensFor(ADMIN.email, ADMIN.password)).access_token;
+    const created = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: 'paula@example.com', password: PASS },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const a = (await t.tokensFor('paula@example.com', PASS)).access_token;
+    const b = (await t.tokensFor('paula@example.com', PASS)).access_token;
+    const answers = await Promise.all(
+      [
+        [a, NEW_PASS],
+        [b, 'second granite orchard 99'],
+      ].map(([token, next]) =>
+        t.call('POST', '/v1/auth/password', { token, body: { current_password: PASS, new_password: next } }),
+      ),
+    );
+    // The loser either checked the old password before the winner committed (409) or after (403).
+    const codes = answers.map((r) => r.statusCode).sort();
+    assert.equal(codes[0], 200, JSON.stringify(codes));
+    assert.ok(codes[1] === 409 || codes[1] === 403, JSON.stringify(codes));
   });
 });
