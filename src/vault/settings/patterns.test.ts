@@ -3,10 +3,10 @@
 // doubles the work of `^(a+)+$` against a string that ends in `!`: 30 of them took ~4 s), so
 // these tests finish only because matching is linear — no timing is measured.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
+import { describe, test } from 'node:test';
 import { validate } from './json-schema.ts';
 import { createPatternMatcher, MATCH_BUDGET } from './pattern.ts';
+import { settingsOverHttp } from './test-support.ts';
 
 const EVIL = '^(a+)+$';
 const LONG_MISS = `${'a'.repeat(100_000)}!`;
@@ -36,14 +36,7 @@ describe('setting patterns are RE2', () => {
 });
 
 describe('settings: patterns over HTTP (pglite)', () => {
-  let v: VaultTestApp;
-  before(async () => {
-    v = await vaultTestApp('pglite');
-  });
-  after(() => v?.close());
-
-  const put = (key: string, body: unknown) =>
-    v.req('PUT', `/v1/settings/development/${key}`, { token: v.tokens.developer, body });
+  const { app, put } = settingsOverHttp();
   const errorsOf = (res: { json(): { errors?: { path: string; message: string }[] } }) =>
     res.json().errors ?? [];
 
@@ -83,7 +76,7 @@ describe('settings: patterns over HTTP (pglite)', () => {
     const hit = await put('redos', { value: LONG_HIT, value_type: 'string', rules: { pattern: EVIL } });
     assert.equal(hit.statusCode, 201, hit.body.slice(0, 300));
     // The server was never held: another request answers.
-    assert.equal((await v.req('GET', '/healthz')).statusCode, 200);
+    assert.equal((await app().req('GET', '/healthz')).statusCode, 200);
   });
 
   test('json_schema.pattern ^(a+)+$: the same, at the value path', async () => {

@@ -32,8 +32,20 @@ const settingSchema = z.object({
   key: z.string(),
   category: z.string().nullable(),
   value_type: z.enum(VALUE_TYPES),
-  value: z.unknown().describe('Null and `masked: true` for secret settings.'),
+  value: z
+    .unknown()
+    .describe(
+      "Null and `masked: true` for secret settings, in a write's answer to a caller who may not " +
+        'read the setting, and in a list for a value that does not open (see `undecryptable`).',
+    ),
   masked: z.boolean(),
+  undecryptable: z
+    .enum(['unknown_master_key', 'integrity'])
+    .optional()
+    .describe(
+      'Lists only: the stored value did not open (its master key is not held here, or it failed its ' +
+        'integrity check); the row is still listed, masked. GET of the setting answers 409.',
+    ),
   rules: z.record(z.string(), z.unknown()),
   description: z.string().nullable(),
   is_secret: z.boolean(),
@@ -73,6 +85,7 @@ function settingView(s: Setting) {
     value_type: r.valueType as (typeof VALUE_TYPES)[number],
     value: s.value,
     masked: s.masked,
+    ...(s.undecryptable ? { undecryptable: s.undecryptable } : {}),
     rules: r.rules as Record<string, unknown>,
     description: r.description,
     is_secret: r.isSecret,
@@ -173,8 +186,10 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
         summary: 'Create (201) or update (200, needs If-Match) a setting',
         description:
           'Creating needs `settings:create` and `value_type`; updating needs `settings:update` and ' +
-          '`If-Match: "<version>"` (missing → 428 `precondition_required`, stale → 412 `version_conflict`). ' +
-          'Omitted fields keep their value on update.',
+          '`If-Match: "<version>"` (missing → 428 `precondition_required`, stale → 412 `version_conflict`; ' +
+          '`*` applies on the latest version, whatever it is when the write runs). ' +
+          'Omitted fields keep their value on update. The answer holds the value only if the caller may ' +
+          'read the setting (`settings:read` on it), else `value: null, masked: true`.',
         params: keyParams,
         headers: ifMatchHeader,
         body: z.strictObject({
@@ -278,6 +293,10 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
       schema: {
         tags: ['settings'],
         summary: "Restore a version's value, type and rules as a new version (audited)",
+        description:
+          'Needs `settings:update` on the setting. Without `If-Match` (or with `*`) the version is ' +
+          'restored onto whatever version is latest when the rollback runs; with versions, a stale ' +
+          'one is 412. The answer holds the value only if the caller may read the setting.',
         params: keyParams,
         headers: ifMatchHeader,
         body: z.strictObject({ version: versionNumber() }),

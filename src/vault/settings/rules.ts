@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { httpErrors } from '../../http/errors.ts';
-import { checkSchema, jsonEqual, type SchemaError, validate } from './json-schema.ts';
-import { createPatternMatcher, patternProblem } from './pattern.ts';
+import { checkSchema, equalsOneOf, validate } from './json-schema.ts';
+import { createPatternChecker, createPatternMatcher } from './pattern.ts';
 import type { SettingRules } from './schema.ts';
 
 /** The types a setting's value may have. */
@@ -83,8 +83,11 @@ export function checkRules(type: ValueType, rules: SettingRules): void {
   ) {
     at('min_length', 'min_length is above max_length');
   }
+  // One checker for every pattern of the rules: their number and size are limited together, and
+  // checking stops at the first refused (pattern.ts).
+  const patterns = createPatternChecker();
   if (rules.pattern !== undefined) {
-    const problem = patternProblem(rules.pattern);
+    const problem = patterns.problem(rules.pattern);
     if (problem !== undefined) at('pattern', problem);
   }
   if (rules.enum !== undefined) {
@@ -94,14 +97,31 @@ export function checkRules(type: ValueType, rules: SettingRules): void {
     });
   }
   if (rules.json_schema !== undefined) {
-    for (const e of checkSchema(rules.json_schema))
+    for (const e of checkSchema(rules.json_schema, patterns))
       at(`json_schema${e.path.replaceAll('/', '.')}`, e.message);
   }
   if (errors.length > 0) throw fail(errors);
 }
 
-/** Checks a value against its type and rules; throws 400 validation_failed listing every failure. */
-export function checkValue(type: ValueType, rules: SettingRules, value: unknown): void {
+/**
+ * Where a value's error is reported. For a secret or encrypted setting nothing derived from the
+ * value may appear in a response, and a JSON Schema error's path below `body.value` names the
+ * value's keys (`additionalProperties: false` on `{"db_password_prod": …}`): every error is then
+ * at `body.value`, each message once.
+ */
+function valueErrors(errors: FieldError[], hidden: boolean): FieldError[] {
+  if (!hidden) return errors;
+  const messages = new Set(errors.map((e) => (e.path.startsWith('body.value') ? e.message : '')));
+  const masked = [...messages].filter((m) => m !== '').map((message) => ({ path: 'body.value', message }));
+  return [...masked, ...errors.filter((e) => !e.path.startsWith('body.value'))];
+}
+
+/**
+ * Checks a value against its type and rules; throws 400 validation_failed listing every failure
+ * (at most MAX_SCHEMA_ERRORS of the JSON Schema's). `hidden`: the setting is secret or encrypted
+ * (see `valueErrors`).
+ */
+export function checkValue(type: ValueType, rules: SettingRules, value: unknown, hidden = false): void {
   const why = typeError(type, value);
   if (why !== null) throw fail([{ path: 'body.value', message: `${why} (value_type ${type})` }]);
   const errors: FieldError[] = [];
@@ -127,16 +147,18 @@ export function checkValue(type: ValueType, rules: SettingRules, value: unknown)
       }
     }
   }
-  if (rules.enum !== undefined && !rules.enum.some((option) => jsonEqual(option, value))) {
-    at('must be one of the allowed values', 'enum');
+  if (rules.enum !== undefined) {
+    const found = equalsOneOf(rules.enum, value);
+    if (found === 'over_budget') at('is too large to compare with the allowed values', 'enum');
+    else if (!found) at('must be one of the allowed values', 'enum');
   }
   if (rules.json_schema !== undefined) {
-    for (const e of validate(rules.json_schema, value, '', matcher) as SchemaError[]) {
+    for (const e of validate(rules.json_schema, value, matcher)) {
       errors.push({
         path: `body.value${e.path.replaceAll('/', '.')}`,
         message: `${e.message} (rule json_schema)`,
       });
     }
   }
-  if (errors.length > 0) throw fail(errors);
+  if (errors.length > 0) throw fail(valueErrors(errors, hidden));
 }

@@ -22,12 +22,20 @@ import { type SettingRules, settingHistory, settings } from './schema.ts';
 export type SettingRow = typeof settings.$inferSelect;
 export type HistoryRow = typeof settingHistory.$inferSelect;
 
-/** A setting as reads return it: the value decoded, or null and `masked` for secret settings. */
+/** Why a stored value did not open: its master key is not held, or it failed its integrity check. */
+export type UndecryptableReason = 'unknown_master_key' | 'integrity';
+
+/**
+ * A setting as reads return it: the value decoded, or null and `masked` — a secret setting, a
+ * write's answer to a caller who may not read the setting, or (in a list) a value that does not
+ * open, with `undecryptable` saying why.
+ */
 export interface Setting {
   row: SettingRow;
   environment: string;
   value: unknown;
   masked: boolean;
+  undecryptable?: UndecryptableReason;
 }
 
 /** One history entry: old and new value (masked for secret settings), who, from where. */
@@ -64,6 +72,16 @@ export const settingAad = (orgId: string, settingId: string, version: number) =>
 
 /** What `If-Match` asks for, as `ifMatchVersions` (src/http/etag.ts) reads it. */
 export type IfMatch = ReturnType<typeof ifMatchVersions>;
+
+/**
+ * What a write expects of the row it locks. `ifMatch`: the caller's `*` or versions, evaluated
+ * against the locked row — so a write with `*` (or a rollback without If-Match) applies on whatever
+ * version is latest when its turn comes, and never fails because another write came first; `seen`
+ * is the version a PUT was validated against before the lock (another one is validated again).
+ * `version`: exactly that version — a creation (null: no row, or the deleted row's version) and
+ * a four-eyes change (the state its approver saw).
+ */
+type Expected = { ifMatch: '*' | readonly number[]; seen?: number } | { version: number | null };
 
 export const etagOf = (version: number) => `"${version}"`;
 
@@ -129,31 +147,63 @@ export function createSettingService({
   clock,
   fourEyes,
 }: SettingServiceDeps) {
-  function decode(
+  type Stored = { value: unknown; valueSealed: string | null; encrypted: boolean };
+
+  /** The stored value, or why it does not open. */
+  function tryDecode(
     orgId: string,
     settingId: string,
     version: number,
-    stored: { value: unknown; valueSealed: string | null; encrypted: boolean },
-  ): unknown {
-    if (!stored.encrypted || stored.valueSealed === null) return stored.value;
+    stored: Stored,
+  ): { value: unknown } | { undecryptable: UndecryptableReason } {
+    if (!stored.encrypted || stored.valueSealed === null) return { value: stored.value };
     try {
-      return JSON.parse(
-        open(keyring, stored.valueSealed, settingAad(orgId, settingId, version)).toString('utf8'),
-      );
+      const clear = open(keyring, stored.valueSealed, settingAad(orgId, settingId, version));
+      return { value: JSON.parse(clear.toString('utf8')) };
     } catch (error) {
       if (!(error instanceof CryptoError)) throw error;
-      throw settingErrors.setting_undecryptable(
-        error.code === 'unknown_key'
-          ? 'The value is wrapped under a master key this server does not hold'
-          : 'The stored value failed its integrity check (tampered or moved from another row)',
-        { reason: error.code === 'unknown_key' ? 'unknown_master_key' : 'integrity' },
-      );
+      return { undecryptable: error.code === 'unknown_key' ? 'unknown_master_key' : 'integrity' };
     }
+  }
+
+  /** The stored value; 409 setting_undecryptable when it does not open. */
+  function decode(orgId: string, settingId: string, version: number, stored: Stored): unknown {
+    const opened = tryDecode(orgId, settingId, version, stored);
+    if ('value' in opened) return opened.value;
+    throw settingErrors.setting_undecryptable(
+      opened.undecryptable === 'unknown_master_key'
+        ? 'The value is wrapped under a master key this server does not hold'
+        : 'The stored value failed its integrity check (tampered or moved from another row)',
+      { reason: opened.undecryptable },
+    );
   }
 
   function view(row: SettingRow, environment: string): Setting {
     if (row.isSecret) return { row, environment, value: null, masked: true };
     return { row, environment, value: decode(row.orgId, row.id, row.version, row), masked: false };
+  }
+
+  /**
+   * A list's row: a value that does not open is masked and flagged on its own row, so one moved
+   * or tampered value (or one under a master key this server lacks) does not fail the whole list.
+   */
+  function listView(row: SettingRow, environment: string): Setting {
+    if (row.isSecret) return { row, environment, value: null, masked: true };
+    const opened = tryDecode(row.orgId, row.id, row.version, row);
+    return 'value' in opened
+      ? { row, environment, value: opened.value, masked: false }
+      : { row, environment, value: null, masked: true, undecryptable: opened.undecryptable };
+  }
+
+  /**
+   * What a write answers its caller: the value held back (`masked`) unless they may read the
+   * setting. Writing needs `settings:update`, reading `settings:read`: a deny grant on reading one
+   * setting must not be read around through the PUT or the rollback (which restores an old value).
+   */
+  async function forCaller(principal: Principal, setting: Setting): Promise<Setting> {
+    if (setting.masked) return setting;
+    const read = await authz.check(principal, 'settings:read', { type: 'settings', id: setting.row.id });
+    return read.allowed ? setting : { ...setting, value: null, masked: true };
   }
 
   /** Runs `work` in the caller's transaction (a four-eyes approval) or a new one. */
@@ -170,17 +220,29 @@ export function createSettingService({
     return row ?? null;
   }
 
-  /** The live setting, locked for this transaction, if it is still at `expectedVersion`. */
-  async function lockAt(tx: DbOrTx, orgId: string, env: Environment, key: string, expectedVersion: number) {
+  /** Throws 412 unless the locked row (none, deleted or live) is what the write expects. */
+  function meets(expected: Expected, locked: SettingRow | null): void {
+    const current = locked?.deletedAt === null ? locked.version : null;
+    if ('ifMatch' in expected) {
+      expectVersion(expected.ifMatch, current);
+      return;
+    }
+    if ((locked?.version ?? null) === expected.version) return;
+    throw settingErrors.version_conflict(
+      current !== null
+        ? `The setting is at version ${current}`
+        : 'The setting was created or deleted meanwhile',
+      { current_version: current },
+    );
+  }
+
+  /** The live setting, locked for this transaction, if it is what the write expects. */
+  async function lockAt(tx: DbOrTx, orgId: string, env: Environment, key: string, expected: Expected) {
     const row = await find(orgId, env, key, tx, true);
     if (!row || row.deletedAt !== null) {
       throw settingErrors.setting_not_found(`No setting ${key} in ${env.name}`);
     }
-    if (row.version !== expectedVersion) {
-      throw settingErrors.version_conflict(`The setting is at version ${row.version}`, {
-        current_version: row.version,
-      });
-    }
+    meets(expected, row);
     return row;
   }
 
@@ -219,7 +281,7 @@ export function createSettingService({
     const last = rows.at(-1);
     const readable = await readableRows(authz, principal, 'settings:read', 'settings', rows, (r) => r.id);
     return {
-      rows: readable.map((row) => view(row, env.name)),
+      rows: readable.map((row) => listView(row, env.name)),
       next: rows.length === page.limit && last ? last.key : null,
     };
   }
@@ -231,7 +293,13 @@ export function createSettingService({
     return view(row, env.name);
   }
 
-  function expectVersion(ifMatch: IfMatch, current: number | null): void {
+  /**
+   * Checks If-Match against the setting's live version (null: none). Returns what it asked for:
+   * on a live setting always `*` or versions (missing is 428), on none always undefined.
+   */
+  function expectVersion(ifMatch: IfMatch, current: number): '*' | readonly number[];
+  function expectVersion(ifMatch: IfMatch, current: number | null): '*' | readonly number[] | undefined;
+  function expectVersion(ifMatch: IfMatch, current: number | null): '*' | readonly number[] | undefined {
     if (ifMatch === null) {
       throw httpErrors.validation_failed('If-Match must be "*" or a list of ETags ("3")', {
         errors: [{ path: 'headers.if-match', message: 'not "*" or a list of entity-tags' }],
@@ -244,7 +312,7 @@ export function createSettingService({
           current_version: null,
         });
       }
-      return;
+      return undefined;
     }
     if (ifMatch === undefined) {
       throw settingErrors.precondition_required(
@@ -258,6 +326,32 @@ export function createSettingService({
         { current_version: current },
       );
     }
+    return ifMatch;
+  }
+
+  /** A write's value type: the one sent, else the live setting's; a creation must send one. */
+  function valueTypeOf(input: PutSettingInput, live: SettingRow | null): ValueType {
+    const valueType = input.value_type ?? (live?.valueType as ValueType | undefined);
+    if (valueType === undefined) {
+      throw httpErrors.validation_failed('body.value_type: required when creating a setting', {
+        errors: [{ path: 'body.value_type', message: 'Required when creating a setting' }],
+      });
+    }
+    return valueType;
+  }
+
+  /**
+   * Checks a write's rules and value against what it makes of `live` (omitted type and rules are
+   * kept); 400 validation_failed. Errors say nothing of a secret or encrypted value (rules.ts).
+   */
+  function checkWrite(input: PutSettingInput, live: SettingRow | null): ValueType {
+    const valueType = valueTypeOf(input, live);
+    const rules = input.rules ?? live?.rules ?? {};
+    checkRules(valueType, rules);
+    const isSecret = input.is_secret ?? live?.isSecret ?? false;
+    const masked = hidden({ isSecret, encrypted: encryptedOf(input, live, isSecret) }, live);
+    checkValue(valueType, rules, input.value, masked);
+    return valueType;
   }
 
   /** Creates or updates a setting; updates need `If-Match`. */
@@ -277,16 +371,8 @@ export function createSettingService({
     const ifMatch = ifMatchVersions(ifMatchHeader);
     if (existing) await requireOn(authz, principal, 'settings:update', { type: 'settings', id: existing.id });
     else await requireOn(authz, principal, 'settings:create', { type: 'settings', id: '*' });
-    expectVersion(ifMatch, existing?.version ?? null);
-    const valueType = input.value_type ?? (existing?.valueType as ValueType | undefined);
-    if (valueType === undefined) {
-      throw httpErrors.validation_failed('body.value_type: required when creating a setting', {
-        errors: [{ path: 'body.value_type', message: 'Required when creating a setting' }],
-      });
-    }
-    const rules = input.rules ?? existing?.rules ?? {};
-    checkRules(valueType, rules);
-    checkValue(valueType, rules, input.value);
+    const asked = expectVersion(ifMatch, existing?.version ?? null);
+    const valueType = checkWrite(input, existing);
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
       const isSecret = input.is_secret ?? existing?.isSecret ?? false;
       const encrypted = encryptedOf(input, existing, isSecret);
@@ -311,15 +397,22 @@ export function createSettingService({
       });
       return { pending: true, changeId };
     }
-    return applyPut(access, env, key, { ...input, value_type: valueType }, row?.version ?? null);
+    // An update's If-Match is evaluated again on the locked row; a creation expects the key
+    // still not live, at the version seen (a deleted row's), so a concurrent re-creation conflicts.
+    const expected: Expected =
+      existing && asked !== undefined
+        ? { ifMatch: asked, seen: existing.version }
+        : { version: row?.version ?? null };
+    const out = await applyPut(access, env, key, input, expected);
+    return { ...out, setting: await forCaller(principal, out.setting) };
   }
 
   async function applyPut(
     access: Access,
     env: Environment,
     key: string,
-    input: PutSettingInput & { value_type: ValueType },
-    expectedVersion: number | null,
+    input: PutSettingInput,
+    expected: Expected,
     approvedBy?: Principal,
     outerTx?: DbOrTx,
   ): Promise<{ setting: Setting; created: boolean }> {
@@ -327,17 +420,15 @@ export function createSettingService({
     try {
       return await inTx(outerTx, async (tx) => {
         const row0 = await find(principal.orgId, env, key, tx, true);
-        if ((row0?.version ?? null) !== expectedVersion) {
-          const live = row0?.deletedAt === null ? row0 : null;
-          throw settingErrors.version_conflict(
-            live
-              ? `The setting is at version ${live.version}`
-              : 'The setting was created or deleted meanwhile',
-            { current_version: live?.version ?? null },
-          );
-        }
         // `before`: the live setting this write changes; null for a creation (also of a deleted key).
         const before = row0?.deletedAt === null ? row0 : null;
+        meets(expected, row0);
+        // `*` (or a list naming several versions) let another write come first: what this one
+        // keeps of the setting (type, rules, secrecy) may have changed, so it is checked again.
+        const valueType =
+          'ifMatch' in expected && expected.seen !== before?.version
+            ? checkWrite(input, before)
+            : valueTypeOf(input, before);
         const now = clock();
         const id = row0?.id ?? newId('stg');
         const version = (row0?.version ?? 0) + 1;
@@ -347,7 +438,7 @@ export function createSettingService({
           ? seal(keyring, JSON.stringify(input.value), settingAad(principal.orgId, id, version))
           : null;
         const state = {
-          valueType: input.value_type,
+          valueType,
           value: encrypted ? null : (input.value as object),
           valueSealed: sealed,
           keyId: sealed === null ? null : sealedKeyId(sealed),
@@ -493,7 +584,8 @@ export function createSettingService({
     const { env, row } = await load(principal.orgId, envName, key);
     await requireOn(authz, principal, 'settings:update', { type: 'settings', id: row.id });
     const ifMatch = ifMatchVersions(ifMatchHeader);
-    if (ifMatch !== undefined) expectVersion(ifMatch, row.version);
+    // Without If-Match a rollback restores onto whatever version is latest when it holds the lock.
+    const asked = ifMatch === undefined ? '*' : expectVersion(ifMatch, row.version);
     // Refused now rather than held: history is never removed, so this one would never apply.
     await restorable(db.db, row.id, input.version);
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
@@ -506,7 +598,8 @@ export function createSettingService({
       });
       return { pending: true, changeId };
     }
-    return applyRollback(access, env, key, input.version, row.version);
+    const expected: Expected = { ifMatch: asked };
+    return forCaller(principal, await applyRollback(access, env, key, input.version, expected));
   }
 
   async function applyRollback(
@@ -514,13 +607,13 @@ export function createSettingService({
     env: Environment,
     key: string,
     toVersion: number,
-    expectedVersion: number,
+    expected: Expected,
     approvedBy?: Principal,
     outerTx?: DbOrTx,
   ): Promise<Setting> {
     const { principal } = access;
     return inTx(outerTx, async (tx) => {
-      const before = await lockAt(tx, principal.orgId, env, key, expectedVersion);
+      const before = await lockAt(tx, principal.orgId, env, key, expected);
       const target = await restorable(tx, before.id, toVersion);
       const value = decode(principal.orgId, before.id, toVersion, target);
       const now = clock();
@@ -591,7 +684,7 @@ export function createSettingService({
     const { principal } = access;
     const { env, row } = await load(principal.orgId, envName, key);
     await requireOn(authz, principal, 'settings:delete', { type: 'settings', id: row.id });
-    expectVersion(ifMatchVersions(ifMatchHeader), row.version);
+    const ifMatch = expectVersion(ifMatchVersions(ifMatchHeader), row.version);
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
       const changeId = await fourEyes.propose(access, {
         kind: 'setting.delete',
@@ -602,7 +695,7 @@ export function createSettingService({
       });
       return { pending: true, changeId };
     }
-    await applyRemove(access, env, key, row.version);
+    await applyRemove(access, env, key, { ifMatch });
     return { deleted: true };
   }
 
@@ -610,13 +703,13 @@ export function createSettingService({
     access: Access,
     env: Environment,
     key: string,
-    expectedVersion: number,
+    expected: Expected,
     approvedBy?: Principal,
     outerTx?: DbOrTx,
   ): Promise<string> {
     const { principal } = access;
     return inTx(outerTx, async (tx) => {
-      const before = await lockAt(tx, principal.orgId, env, key, expectedVersion);
+      const before = await lockAt(tx, principal.orgId, env, key, expected);
       const now = clock();
       const version = before.version + 1;
       const state = {
@@ -688,7 +781,7 @@ export function createSettingService({
         if (row && row.deletedAt === null) {
           await requireOn(authz, access.principal, 'settings:update', { type: 'settings', id: row.id });
         } else await requireOn(authz, access.principal, 'settings:create', { type: 'settings', id: '*' });
-        return applyPut(access, env, key, input, expectedVersion, approvedBy, tx);
+        return applyPut(access, env, key, input, { version: expectedVersion }, approvedBy, tx);
       },
       async rollback(
         access: Access,
@@ -699,9 +792,10 @@ export function createSettingService({
         approvedBy: Principal,
         tx: DbOrTx,
       ) {
-        const row = await lockAt(tx, access.principal.orgId, env, key, expectedVersion);
+        const expected = { version: expectedVersion };
+        const row = await lockAt(tx, access.principal.orgId, env, key, expected);
         await requireOn(authz, access.principal, 'settings:update', { type: 'settings', id: row.id });
-        return applyRollback(access, env, key, toVersion, expectedVersion, approvedBy, tx);
+        return applyRollback(access, env, key, toVersion, expected, approvedBy, tx);
       },
       async remove(
         access: Access,
@@ -711,11 +805,12 @@ export function createSettingService({
         approvedBy: Principal,
         tx: DbOrTx,
       ) {
-        const row = await lockAt(tx, access.principal.orgId, env, key, expectedVersion);
+        const expected = { version: expectedVersion };
+        const row = await lockAt(tx, access.principal.orgId, env, key, expected);
         // The route checks the type-wide permission, the service the setting's.
         await requireOn(authz, access.principal, 'settings:delete');
         await requireOn(authz, access.principal, 'settings:delete', { type: 'settings', id: row.id });
-        return applyRemove(access, env, key, expectedVersion, approvedBy, tx);
+        return applyRemove(access, env, key, expected, approvedBy, tx);
       },
     },
   };
