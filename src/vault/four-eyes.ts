@@ -158,6 +158,9 @@ export function createFourEyes({
   onError?: ((error: unknown, what: string) => void) | undefined;
 }) {
   const appliers = new Map<string, Applier>();
+  /** The codes registered appliers may refuse with; fixed once the approval route has read them. */
+  const applierCodes = new Set<string>();
+  let applierCodesRead = false;
 
   /** A held change's request as proposed; a CryptoError when its sealed payload does not open. */
   const opened = (orgId: string, id: string, sealed: string): unknown =>
@@ -640,7 +643,24 @@ export function createFourEyes({
     approve,
     reject,
     list,
-    register: (kind: string, applier: Applier) => appliers.set(kind, applier),
+    /**
+     * Registers the applier of a kind of change, with the error codes it may refuse an approval
+     * with beyond four-eyes' own (its domain's: `secret_name_taken`, `version_conflict`, …), which
+     * the approval route declares. Before the routes are registered: a later applier's codes
+     * would go undocumented, so it is refused.
+     */
+    register(kind: string, applier: Applier, errors: readonly string[] = []): void {
+      if (applierCodesRead) {
+        throw new Error(`four-eyes: the applier of ${kind} is registered after the approval route`);
+      }
+      appliers.set(kind, applier);
+      for (const code of errors) applierCodes.add(code);
+    },
+    /** The codes every registered applier may refuse with (the approval route's to declare). */
+    applierErrors(): string[] {
+      applierCodesRead = true;
+      return [...applierCodes];
+    },
   };
 }
 
@@ -769,13 +789,17 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
       config: {
         // approvals:approve is checked by the service, so that a refusal is audited like the others.
         access: 'authenticated',
-        // Four-eyes' own; an applier's refusals (a setting that moved: 412, …) are its domain's.
+        // Four-eyes' own, then its appliers' refusals (a setting that moved: 412, …), which they
+        // declared when they registered: registered before this route (`register` refuses later).
         errors: [
-          'change_not_found',
-          'change_decided',
-          'self_approval',
-          'requester_not_permitted',
-          'change_undecryptable',
+          ...new Set([
+            'change_not_found',
+            'change_decided',
+            'self_approval',
+            'requester_not_permitted',
+            'change_undecryptable',
+            ...service.applierErrors(),
+          ]),
         ],
       },
       schema: {
@@ -784,7 +808,9 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
         description:
           'Needs `approvals:approve`. Refusals (403 `permission_denied` or `self_approval`, 404, 409) ' +
           'are audited `change.approved` with `success: false` and the code as `details.reason`. A ' +
-          'held change whose sealed payload does not open is 409 `change_undecryptable`, marked `failed`.',
+          'held change whose sealed payload does not open is 409 `change_undecryptable`, marked `failed`; ' +
+          'so is a change that no longer applies, refused with the code its direct route would answer ' +
+          '(`secret_name_taken`, `version_conflict`, …).',
         params: idParams,
         body: decisionBody,
         response: { 200: changeSchema },

@@ -71,6 +71,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
       async ({ requester, payload, approvedBy }, within) =>
         (await service.apply.create(requester, payload as CreateSecretInput, approvedBy, within)).id,
     ),
+    ['environment_not_found', 'invalid_required_permission', 'owner_not_found', 'secret_name_taken'],
   );
   changes.register(
     'secret.value',
@@ -86,6 +87,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
           )
         ).id,
     ),
+    ['secret_not_found'],
   );
   changes.register(
     'secret.rollback',
@@ -101,6 +103,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
           )
         ).id,
     ),
+    ['secret_not_found', 'secret_version_not_found', 'secret_undecryptable'],
   );
   changes.register(
     'secret.delete',
@@ -108,6 +111,7 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
       await service.apply.remove(requester, targetId ?? '', approvedBy, within);
       return targetId;
     }),
+    ['secret_not_found'],
   );
   // Every applier checks the requester's permissions again, as the direct route would: they
   // must still hold them (src/vault/README.md, four-eyes).
@@ -125,49 +129,64 @@ export function createVaultServices(ctx: StewardContext, onError?: (error: unkno
           )
         ).id,
     ),
+    ['secret_not_found', 'invalid_required_permission', 'owner_not_found'],
   );
-  changes.register('setting.put', async ({ tx, requester, payload, environment, approvedBy }) => {
-    const p = payload as {
-      key: string;
-      input: PutSettingInput & { value_type: ValueType };
-      expectedVersion: number | null;
-    };
-    const out = await settings.apply.put(
-      requester,
-      envOf(environment),
-      p.key,
-      p.input,
-      p.expectedVersion,
-      approvedBy,
-      tx,
-    );
-    return { resultId: out.setting.row.id };
-  });
-  changes.register('setting.rollback', async ({ tx, requester, payload, environment, approvedBy }) => {
-    const p = payload as { key: string; version: number; expectedVersion: number };
-    const out = await settings.apply.rollback(
-      requester,
-      envOf(environment),
-      p.key,
-      p.version,
-      p.expectedVersion,
-      approvedBy,
-      tx,
-    );
-    return { resultId: out.row.id };
-  });
-  changes.register('setting.delete', async ({ tx, requester, payload, environment, approvedBy }) => {
-    const p = payload as { key: string; expectedVersion: number };
-    const id = await settings.apply.remove(
-      requester,
-      envOf(environment),
-      p.key,
-      p.expectedVersion,
-      approvedBy,
-      tx,
-    );
-    return { resultId: id };
-  });
+  // A setting change's refusals: the setting moved since it was held (412), was deleted (404), or
+  // a stored value it reads does not open (409).
+  changes.register(
+    'setting.put',
+    async ({ tx, requester, payload, environment, approvedBy }) => {
+      const p = payload as {
+        key: string;
+        input: PutSettingInput & { value_type: ValueType };
+        expectedVersion: number | null;
+      };
+      const out = await settings.apply.put(
+        requester,
+        envOf(environment),
+        p.key,
+        p.input,
+        p.expectedVersion,
+        approvedBy,
+        tx,
+      );
+      return { resultId: out.setting.row.id };
+    },
+    ['version_conflict', 'setting_undecryptable'],
+  );
+  changes.register(
+    'setting.rollback',
+    async ({ tx, requester, payload, environment, approvedBy }) => {
+      const p = payload as { key: string; version: number; expectedVersion: number };
+      const out = await settings.apply.rollback(
+        requester,
+        envOf(environment),
+        p.key,
+        p.version,
+        p.expectedVersion,
+        approvedBy,
+        tx,
+      );
+      return { resultId: out.row.id };
+    },
+    ['setting_not_found', 'version_conflict', 'setting_version_not_found', 'setting_undecryptable'],
+  );
+  changes.register(
+    'setting.delete',
+    async ({ tx, requester, payload, environment, approvedBy }) => {
+      const p = payload as { key: string; expectedVersion: number };
+      const id = await settings.apply.remove(
+        requester,
+        envOf(environment),
+        p.key,
+        p.expectedVersion,
+        approvedBy,
+        tx,
+      );
+      return { resultId: id };
+    },
+    ['setting_not_found', 'version_conflict', 'setting_undecryptable'],
+  );
   return { secrets: service, settings, changes };
 }
 
@@ -183,7 +202,8 @@ export const vaultPlugin: FastifyPluginAsync<{ ctx: StewardContext }> = async (a
 
   await app.register(secretRoutes, { secrets, clock: ctx.clock });
   await app.register(settingRoutes, { settings });
-  await app.register(fourEyesRoutes, { service: changes });
-  // Feature flags (src/flags): their routes, with production changes held by `changes`.
+  // Feature flags (src/flags): their routes, with production changes held by `changes`. Before
+  // the approval route, which declares the codes of every applier (flags register theirs here).
   await registerFlags(app, { ctx, changes });
+  await app.register(fourEyesRoutes, { service: changes });
 };

@@ -158,7 +158,15 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.post(
     '/v1/secrets',
     {
-      config: { access: { permission: 'secrets:create' } },
+      config: {
+        access: { permission: 'secrets:create' },
+        errors: [
+          'environment_not_found',
+          'invalid_required_permission',
+          'owner_not_found',
+          'secret_name_taken',
+        ],
+      },
       schema: {
         tags: ['secrets'],
         summary: 'Create a secret (version 1)',
@@ -198,7 +206,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.get(
     '/v1/secrets',
     {
-      config: { access: { permission: 'secrets:read' } },
+      config: { access: { permission: 'secrets:read' }, errors: ['environment_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: 'List secrets (metadata only, never values)',
@@ -246,7 +254,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.get(
     '/v1/secrets/:id',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: "A secret's metadata (needs secrets:read on it)",
@@ -261,7 +269,10 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.patch(
     '/v1/secrets/:id',
     {
-      config: { access: 'authenticated' },
+      config: {
+        access: 'authenticated',
+        errors: ['secret_not_found', 'invalid_required_permission', 'owner_not_found'],
+      },
       schema: {
         tags: ['secrets'],
         summary: "Change a secret's metadata and rotation policy (needs secrets:update on it)",
@@ -292,7 +303,16 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.post(
     '/v1/secrets/:id/reveal',
     {
-      config: { access: 'authenticated' },
+      config: {
+        access: 'authenticated',
+        errors: [
+          'secret_not_found',
+          'secret_version_not_found',
+          'secret_inactive',
+          'secret_expired',
+          'secret_undecryptable',
+        ],
+      },
       schema: {
         tags: ['secrets'],
         summary: 'Reveal the value (needs secrets:reveal on this secret; audited)',
@@ -330,7 +350,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.put(
     '/v1/secrets/:id/value',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: 'Write a new version (a rotation; needs secrets:update on it)',
@@ -350,7 +370,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.get(
     '/v1/secrets/:id/versions',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: 'Versions, newest first (no values)',
@@ -377,7 +397,10 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.post(
     '/v1/secrets/:id/rollback',
     {
-      config: { access: 'authenticated' },
+      config: {
+        access: 'authenticated',
+        errors: ['secret_not_found', 'secret_version_not_found', 'secret_undecryptable'],
+      },
       schema: {
         tags: ['secrets'],
         summary: "Restore a version's value as a new version (audited)",
@@ -397,7 +420,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.delete(
     '/v1/secrets/:id',
     {
-      config: { access: 'authenticated' },
+      config: { access: 'authenticated', errors: ['secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: 'Delete a secret (needs secrets:delete on it; versions are kept for the record)',

@@ -603,6 +603,47 @@ for (const store of STORES) {
       }
     });
 
+    test('a next_rotation_at with microseconds (set in SQL) is announced once, by any instance', async () => {
+      const first = await import('../index.ts').then((m) => m.createVaultServices(v.t.app.steward));
+      const second = await import('../index.ts').then((m) => m.createVaultServices(v.t.app.steward));
+      await first.secrets.announceDueRotations(); // earlier tests' due secrets are announced already
+      const res = await create({
+        name: 'ROTATE_MICROS',
+        environment: 'staging',
+        value: 'm',
+        rotation_days: 30,
+      });
+      assert.equal(res.statusCode, 201, res.body);
+      const id: string = res.json().id;
+      // As an operator would: `now() - interval '2 hours'`, here from the app's clock (the test's).
+      await v.t.store.db.query(
+        `update secrets set next_rotation_at = $2::timestamptz - interval '2 hours' + interval '123 microseconds'
+          where id = $1`,
+        [id, new Date(v.t.now.ms).toISOString()],
+      );
+      const [stored] = await v.t.store.db.query<{ micros: number }>(
+        `select extract(microseconds from next_rotation_at)::int % 1000 as micros from secrets where id = $1`,
+        [id],
+      );
+      assert.equal(stored?.micros, 123, 'the column holds microseconds a JS Date cannot');
+      const passes = [
+        await first.secrets.announceDueRotations(),
+        await second.secrets.announceDueRotations(),
+        await first.secrets.announceDueRotations(),
+      ];
+      assert.deepEqual(passes, [1, 0, 0], 'announced once, then never again in this period');
+      const [row] = await v.t.store.db.query<{ same: boolean }>(
+        `select rotation_notified_for = next_rotation_at as same from secrets where id = $1`,
+        [id],
+      );
+      assert.equal(row?.same, true, 'the announced date is the column, to the microsecond');
+      const events = await v.t.store.db.query<{ n: number }>(
+        `select count(*)::int as n from audit_events where action = 'secret.rotation_due' and resource_id = $1`,
+        [id],
+      );
+      assert.equal(events[0]?.n, 1);
+    });
+
     test('re-wrap under a new master key, then reveal every version', async () => {
       const app = v.t.app;
       const db = v.t.store.db;
