@@ -536,6 +536,7 @@ for (const { kind, skip } of STORES) {
       assert.equal(live, 1, 'the healthy watch hears the change');
       assert.equal(heard, 0, 'the failed watch hears nothing');
       stop();
+      await flags.stop();
     });
 
     test("a grant on one flag's id: deny on flags:update/delete/read refuses that flag only; lists leave out unreadable flags", async () => {

@@ -34,6 +34,7 @@ export async function registerFlags(
     authz: ctx.authz,
     onError: (error, what) => app.log.error({ err: error }, what),
   });
+  ctx.onShutdown(() => flags.stop());
   const envOf = (env: Environment | null): Environment => {
     if (env === null) throw new Error('a flag change without its environment');
     return env;

@@ -27,6 +27,12 @@ export type SegmentRow = typeof flagSegments.$inferSelect;
 /** Bus topic: `<orgId> <environmentId>` (one environment) or `<orgId> *` (segments: all of them). */
 export const FLAGS_TOPIC = 'flags';
 
+/**
+ * Default of `recheckMs`: how stale a lost bus message can leave another instance's flags. One
+ * query per interval per instance, over the flags of the environments it holds in memory.
+ */
+export const FLAG_RECHECK_MS = 2_000;
+
 /** Strategies whose rollout hashes with a `groupId`; the service stores one (the flag name). */
 const GROUPED = new Set(['flexibleRollout', 'gradualRolloutUserId', 'gradualRolloutSessionId']);
 
@@ -56,6 +62,12 @@ export interface FlagServiceDeps {
   /** Per-flag checks (grants on resource type `flags`, id `flg_…`); from memory when warm. */
   authz: Pick<Authz, 'check' | 'checkSync'>;
   onError?: (error: unknown, what: string) => void;
+  /**
+   * How often the environments held in memory are compared with the database, in case a bus
+   * message was lost (ms; 0: never). PostgreSQL only: on PGlite this process makes every change
+   * itself. Default `FLAG_RECHECK_MS`.
+   */
+  recheckMs?: number;
 }
 
 export interface SegmentInput {
@@ -86,9 +98,41 @@ const auditFlag = (f: Feature | undefined, version: number | undefined) =>
   f === undefined ? undefined : { ...f, version };
 
 /**
+ * What the data of a snapshot was read at: md5 of its flags' `id:version` (by id) and of its
+ * org's segments' (by id). Every change writes a new version or a new id, or removes one, so a
+ * changed environment has another stamp. The recheck's query computes the same in SQL.
+ */
+function stampOf(
+  flags: readonly { id: string; version: number }[],
+  segments: readonly { id: number; version: number }[],
+): string {
+  const md5 = (rows: readonly { id: string | number; version: number }[]) =>
+    createHash('md5')
+      .update(rows.map((r) => `${r.id}:${r.version}`).join(','))
+      .digest('hex');
+  // Code-unit order, as `collate "C"` orders these ASCII ids in the query.
+  const byId = [...flags].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  return `${md5(byId)} ${md5(segments)}`;
+}
+
+/** Each held environment's stamp now, in the order given (`$1` org ids, `$2` environment ids). */
+const RECHECK_SQL = `
+  select k.n::int as n,
+    (select md5(coalesce(string_agg(f.id || ':' || f.version::text, ',' order by f.id collate "C"), ''))
+       from feature_flags f
+      where f.org_id = k.org_id and f.environment_id = k.environment_id)
+    || ' ' ||
+    (select md5(coalesce(string_agg(s.id::text || ':' || s.version::text, ',' order by s.id), ''))
+       from flag_segments s
+      where s.org_id = k.org_id) as stamp
+  from unnest($1::text[], $2::text[]) with ordinality as k(org_id, environment_id, n)`;
+
+/**
  * Feature flags per org and environment, stored in Unleash's feature-toggle shape; segments per
  * org. Keeps one compiled engine per (org, environment) in memory, dropped on every change here
  * and on other instances (bus topic `flags`), so a warm evaluation never touches the database.
+ * On PostgreSQL a timer also compares what is held with the database every `recheckMs`, so a lost
+ * bus message leaves another instance stale for that long at most; `stop` ends it.
  */
 export function createFlagService({
   db,
@@ -99,8 +143,11 @@ export function createFlagService({
   fourEyes,
   authz,
   onError,
+  recheckMs = FLAG_RECHECK_MS,
 }: FlagServiceDeps) {
   const snapshots = new Map<string, Promise<FlagSnapshot>>();
+  // The stamp of the rows each snapshot was built from (see stampOf).
+  const stamps = new WeakMap<FlagSnapshot, string>();
   const envCache = new Map<string, Environment>();
   const listeners = new Map<string, Set<Listener>>();
   // Recent states per (org, environment) by ETag, for `/api/client/delta`: a client holding one
@@ -133,7 +180,7 @@ export function createFlagService({
   async function build(orgId: string, env: Environment): Promise<FlagSnapshot> {
     const [rows, segRows] = await Promise.all([
       db.db
-        .select({ definition: featureFlags.definition })
+        .select({ id: featureFlags.id, version: featureFlags.version, definition: featureFlags.definition })
         .from(featureFlags)
         .where(and(eq(featureFlags.orgId, orgId), eq(featureFlags.environmentId, env.id)))
         .orderBy(asc(featureFlags.name)),
@@ -155,7 +202,7 @@ export function createFlagService({
       states.delete(old);
     }
     recent.set(k, states);
-    return {
+    const built: FlagSnapshot = {
       orgId,
       environment: env,
       features,
@@ -164,6 +211,8 @@ export function createFlagService({
       etag,
       revision,
     };
+    stamps.set(built, stampOf(rows, segRows));
+    return built;
   }
 
   /** The compiled flags of an environment; no database query when warm. */
@@ -238,6 +287,52 @@ export function createFlagService({
     }
     Promise.all(work).catch((error: unknown) => onError?.(error, 'flag snapshot refresh'));
   });
+
+  /**
+   * Compares every settled snapshot's stamp with the database's, in one query, and sends each one
+   * that differs down the bus message's path (`refresh`): its streams get the changes, the next
+   * evaluation or client request the new state. What no lost message touched is left alone.
+   * Returns how many were refreshed.
+   */
+  async function recheck(): Promise<number> {
+    const held = await Promise.all(
+      [...snapshots].map(async ([k, p]) => ({ k, p, s: await p.catch(() => undefined) })),
+    );
+    // A load that failed is no longer held: nothing to compare.
+    const settled = held.flatMap(({ k, p, s }) => (s === undefined ? [] : [{ k, p, s }]));
+    if (settled.length === 0) return 0;
+    const now = await db.query<{ n: number; stamp: string }>(RECHECK_SQL, [
+      settled.map(({ s }) => s.orgId),
+      settled.map(({ s }) => s.environment.id),
+    ]);
+    const changed = now.flatMap(({ n, stamp }) => {
+      const h = settled[n - 1];
+      // Skipped when a bus message replaced or dropped the snapshot meanwhile.
+      return h !== undefined && stamps.get(h.s) !== stamp && snapshots.get(h.k) === h.p ? [h] : [];
+    });
+    await Promise.all(changed.map(({ k, s }) => refresh(k, s.orgId, s.environment)));
+    return changed.length;
+  }
+
+  let rechecking: Promise<unknown> | undefined;
+  const recheckTimer =
+    db.kind === 'postgres' && recheckMs > 0
+      ? setInterval(() => {
+          if (rechecking !== undefined) return;
+          rechecking = recheck()
+            .catch((error: unknown) => onError?.(error, 'flag snapshot recheck'))
+            .finally(() => {
+              rechecking = undefined;
+            });
+        }, recheckMs)
+      : undefined;
+  recheckTimer?.unref();
+
+  /** Ends the recheck timer and waits for a recheck under way (shutdown). */
+  async function stop(): Promise<void> {
+    clearInterval(recheckTimer);
+    await rechecking;
+  }
 
   async function announce(orgId: string, envId: string): Promise<void> {
     try {
@@ -1088,6 +1183,8 @@ export function createFlagService({
     removeSegment,
     evaluate,
     delta,
+    recheck,
+    stop,
     /** Number of cached snapshots (tests). */
     cached: () => snapshots.size,
   };
