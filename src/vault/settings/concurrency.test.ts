@@ -3,9 +3,11 @@
 // answered one 200 and three 412, because each expected the version it had read before taking the
 // row lock. Each now applies on whatever version is latest when it holds the lock. (PGlite runs one
 // transaction at a time, so the race never showed there; both stores run these tests.)
+// Creations without If-Match racing each other: the losers answered 412 or 428 depending on when
+// they read; each is now 428 (the key exists and they sent no If-Match), wherever it finds the key.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { sql } from 'drizzle-orm';
+import { type SQL, sql } from 'drizzle-orm';
 import { STORES } from '../../../test/helpers/stores.ts';
 import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
 
@@ -30,6 +32,11 @@ for (const store of STORES) {
         token: v.tokens.developer,
         body: { version },
         headers: ifMatch === undefined ? {} : { 'if-match': ifMatch },
+      });
+    const remove = (key: string, ifMatch: string) =>
+      v.req('DELETE', `/v1/settings/staging/${key}`, {
+        token: v.tokens.manager,
+        headers: { 'if-match': ifMatch },
       });
     const versionOf = async (key: string) =>
       (await v.req('GET', `/v1/settings/staging/${key}`, { token: v.tokens.viewer })).json().version;
@@ -81,23 +88,74 @@ for (const store of STORES) {
         listed.map((a) => a.statusCode),
         [200, 200, 200],
       );
-      // Creations without If-Match: one creates; the others find it created meanwhile (412), or
-      // already there when they read it (428: updating needs If-Match).
-      const creations = await Promise.all(range(4).map(() => put('born', { value: 1, value_type: 'int' })));
-      const codes = creations.map((a) => a.statusCode);
-      assert.equal(codes.filter((c) => c === 201).length, 1, String(codes));
-      assert.ok(
-        codes.every((c) => c === 201 || c === 412 || c === 428),
-        String(codes),
-      );
     });
+
+    test('creations without If-Match at once: one 201, every other one 428, however they interleave', async () => {
+      const createAtOnce = async (version: number) => {
+        const answers = await Promise.all(
+          range(WRITERS).map((i) => put('born', { value: i, value_type: 'int' })),
+        );
+        assert.deepEqual(
+          answers.map((a) => a.statusCode).sort(),
+          [201, ...Array(WRITERS - 1).fill(428)],
+          answers.map((a) => a.body).join('\n'),
+        );
+        for (const lost of answers.filter((a) => a.statusCode === 428)) {
+          assert.equal(lost.json().code, 'precondition_required');
+          assert.equal(lost.json().current_version, version);
+        }
+      };
+      await createAtOnce(1);
+      // A deleted key is absent: re-creations race the same way.
+      assert.equal((await remove('born', '"1"')).statusCode, 204);
+      await createAtOnce(3);
+    });
+
+    const onPostgres = {
+      skip: store.kind === 'pglite' && 'PGlite runs one transaction at a time: no write can wait',
+    };
+
+    test(
+      'a creation whose insert waited on another creation of the key is 428, not 412',
+      onPostgres,
+      async () => {
+        assert.equal((await put('template', { value: 1, value_type: 'int' })).statusCode, 201);
+        const res = await writeWhileHeld(
+          // Another creation of `raced`, not yet committed: invisible to the PUT's reads, so it
+          // inserts too, and waits on the unique index until this commits.
+          sql`insert into settings (id, org_id, environment_id, key, value_type, value, version)
+            select 'stg_raced', org_id, environment_id, 'raced', value_type, value, 1
+              from settings where key = 'template'`,
+          () => put('raced', { value: 2, value_type: 'int' }),
+        );
+        assert.equal(res.statusCode, 428, res.body);
+        assert.equal(res.json().code, 'precondition_required');
+        assert.equal(res.json().current_version, 1);
+      },
+    );
+
+    test(
+      'a re-creation that waited for the lock while the key was re-created is 428, not 412',
+      onPostgres,
+      async () => {
+        assert.equal((await put('revived', { value: 1, value_type: 'int' })).statusCode, 201);
+        assert.equal((await remove('revived', '"1"')).statusCode, 204);
+        const res = await writeWhileHeld(
+          sql`select 1 from settings where key = 'revived' for update`,
+          // Read deleted (a creation), then waits for the row lock …
+          () => put('revived', { value: 2, value_type: 'int' }),
+          // … while another request re-creates the key (version 3).
+          sql`update settings set deleted_at = null, version = 3 where key = 'revived'`,
+        );
+        assert.equal(res.statusCode, 428, res.body);
+        assert.equal(res.json().current_version, 3);
+        assert.equal(await versionOf('revived'), 3, 'nothing written');
+      },
+    );
 
     test('`*` on a setting deleted meanwhile is 412, not a re-creation', async () => {
       assert.equal((await put('gone', { value: 1, value_type: 'int' })).statusCode, 201);
-      const del = await v.req('DELETE', '/v1/settings/staging/gone', {
-        token: v.tokens.manager,
-        headers: { 'if-match': '*' },
-      });
+      const del = await remove('gone', '*');
       assert.equal(del.statusCode, 204, del.body);
       const res = await put('gone', { value: 2 }, '*');
       assert.equal(res.statusCode, 412);
@@ -106,27 +164,39 @@ for (const store of STORES) {
       assert.equal(rb.statusCode, 404);
     });
 
-    test('a `*` write that waited for the lock is checked against the type and rules it now keeps', {
-      skip: store.kind === 'pglite' && 'PGlite runs one transaction at a time: no write can wait',
-    }, async () => {
-      assert.equal((await put('typed', { value: 1, value_type: 'int' })).statusCode, 201);
-      let pending: ReturnType<typeof put> | undefined;
-      await v.t.store.db.db.transaction(async (tx) => {
-        await tx.execute(sql`select 1 from settings where key = 'typed' for update`);
-        // Read and validated against version 1 (an int), then waits for the row lock …
-        pending = put('typed', { value: 2 }, '*');
-        await untilAWriterWaits();
-        // … while the setting becomes a string (version 2).
-        await tx.execute(
+    test(
+      'a `*` write that waited for the lock is checked against the type and rules it now keeps',
+      onPostgres,
+      async () => {
+        assert.equal((await put('typed', { value: 1, value_type: 'int' })).statusCode, 201);
+        const res = await writeWhileHeld(
+          sql`select 1 from settings where key = 'typed' for update`,
+          // Read and validated against version 1 (an int), then waits for the row lock …
+          () => put('typed', { value: 2 }, '*'),
+          // … while the setting becomes a string (version 2).
           sql`update settings set value_type = 'string', value = '"s"'::jsonb, version = 2 where key = 'typed'`,
         );
+        assert.equal(res.statusCode, 400, res.body);
+        assert.equal(res.json().code, 'validation_failed');
+        assert.match(res.json().detail, /must be a string \(value_type string\)/);
+        assert.equal(await versionOf('typed'), 2, 'nothing written');
+      },
+    );
+
+    /**
+     * `write`'s answer when it ran while another transaction held what `hold` takes: started once
+     * `hold` ran, it waits on its locks; `meanwhile` runs in that transaction before it commits.
+     */
+    async function writeWhileHeld(hold: SQL, write: () => ReturnType<typeof put>, meanwhile?: SQL) {
+      let pending: ReturnType<typeof put> | undefined;
+      await v.t.store.db.db.transaction(async (tx) => {
+        await tx.execute(hold);
+        pending = write();
+        await untilAWriterWaits();
+        if (meanwhile) await tx.execute(meanwhile);
       });
-      const res = await (pending as ReturnType<typeof put>);
-      assert.equal(res.statusCode, 400, res.body);
-      assert.equal(res.json().code, 'validation_failed');
-      assert.match(res.json().detail, /must be a string \(value_type string\)/);
-      assert.equal(await versionOf('typed'), 2, 'nothing written');
-    });
+      return pending as ReturnType<typeof put>;
+    }
 
     async function untilAWriterWaits(): Promise<void> {
       for (let i = 0; i < 500; i++) {

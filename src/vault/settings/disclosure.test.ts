@@ -1,11 +1,11 @@
 // What settings' answers hold back: the value from a caller denied reading the setting (write
 // answers too), a secret or encrypted value's key names from validation errors, and one value
-// that does not open from the rest of a list.
+// that does not open from the rest of a list or a history.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { eq } from 'drizzle-orm';
+import { and, eq } from 'drizzle-orm';
 import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
-import { settings } from './schema.ts';
+import { settingHistory, settings } from './schema.ts';
 
 const MARKER = 'MARKER_7f3a9c';
 
@@ -183,5 +183,67 @@ describe('settings: what answers hold back (pglite)', () => {
       assert.equal(one.json().code, 'setting_undecryptable');
       assert.equal(one.json().reason, reason);
     }
+  });
+
+  test('a history value that does not open masks its entries, not the whole history', async () => {
+    assert.equal((await put('hist', { value: 'v1', value_type: 'string', encrypted: true })).statusCode, 201);
+    for (const n of [2, 3, 4, 5]) {
+      assert.equal((await put('hist', { value: `v${n}` }, `"${n - 1}"`)).statusCode, 200);
+    }
+    const db = v.t.store.db.db;
+    const [row] = await db.select().from(settings).where(eq(settings.key, 'hist'));
+    const id = row?.id ?? '';
+    const sealedAt = async (n: number) =>
+      (
+        await db
+          .select()
+          .from(settingHistory)
+          .where(and(eq(settingHistory.settingId, id), eq(settingHistory.version, n)))
+      )[0]?.valueSealed ?? '';
+    const setSealed = (n: number, sealed: string) =>
+      db
+        .update(settingHistory)
+        .set({ valueSealed: sealed })
+        .where(and(eq(settingHistory.settingId, id), eq(settingHistory.version, n)));
+    // Version 1 under a master key this server does not hold; version 4 holds version 3's value.
+    const [format, , ...rest] = (await sealedAt(1)).split('.');
+    await setSealed(1, [format, '0123456789abcdef', ...rest].join('.'));
+    await setSealed(4, await sealedAt(3));
+
+    const res = await v.req('GET', '/v1/settings/development/hist/history', { token: v.tokens.viewer });
+    assert.equal(res.statusCode, 200, res.body);
+    type Entry = {
+      version: number;
+      old_value: unknown;
+      new_value: unknown;
+      masked: boolean;
+      undecryptable?: string;
+    };
+    assert.deepEqual(
+      res.json().data.map((h: Entry) => [h.version, h.old_value, h.new_value, h.masked, h.undecryptable]),
+      [
+        [5, null, null, true, 'integrity'], // its old value is version 4's
+        [4, null, null, true, 'integrity'],
+        [3, 'v2', 'v3', false, undefined],
+        [2, null, null, true, 'unknown_master_key'], // its old value is version 1's
+        [1, null, null, true, 'unknown_master_key'],
+      ],
+    );
+    // Paged, an entry's old value is still read from the row past the page.
+    const page = await v.req('GET', '/v1/settings/development/hist/history?limit=1', {
+      token: v.tokens.viewer,
+    });
+    assert.equal(page.json().data[0].undecryptable, 'integrity');
+    // The latest value opens; restoring a version whose value does not is refused.
+    assert.equal(
+      (await v.req('GET', '/v1/settings/development/hist', { token: v.tokens.viewer })).json().value,
+      'v5',
+    );
+    const rollback = await v.req('POST', '/v1/settings/development/hist/rollback', {
+      token: v.tokens.developer,
+      body: { version: 4 },
+    });
+    assert.equal(rollback.statusCode, 409, rollback.body);
+    assert.equal(rollback.json().code, 'setting_undecryptable');
   });
 });

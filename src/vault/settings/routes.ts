@@ -18,6 +18,7 @@ const settingKey = z
   );
 const envParam = z.string().min(1).max(40);
 const keyParams = z.object({ env: envParam, key: settingKey });
+const undecryptableSchema = z.enum(['unknown_master_key', 'integrity']);
 const ifMatchHeader = z.looseObject({
   'if-match': z
     .string()
@@ -39,8 +40,7 @@ const settingSchema = z.object({
         'read the setting, and in a list for a value that does not open (see `undecryptable`).',
     ),
   masked: z.boolean(),
-  undecryptable: z
-    .enum(['unknown_master_key', 'integrity'])
+  undecryptable: undecryptableSchema
     .optional()
     .describe(
       'Lists only: the stored value did not open (its master key is not held here, or it failed its ' +
@@ -63,7 +63,16 @@ const historySchema = z.object({
   value_type: z.enum(VALUE_TYPES),
   old_value: z.unknown(),
   new_value: z.unknown(),
-  masked: z.boolean().describe('True when the values are hidden (a secret setting).'),
+  masked: z
+    .boolean()
+    .describe('True when the values are hidden: a secret setting, or a value that does not open.'),
+  undecryptable: undecryptableSchema
+    .optional()
+    .describe(
+      "This version's value, or the one before it (`old_value`), did not open (its master key is not " +
+        'held here, or it failed its integrity check): the entry is listed with both values null and ' +
+        "`masked: true`. The new value's reason first.",
+    ),
   restored_from: z.number().int().nullable(),
   changed_by: z.string().nullable(),
   changed_by_type: z.string().nullable(),
@@ -105,6 +114,7 @@ const historyView = (h: HistoryEntry) => ({
   old_value: h.oldValue,
   new_value: h.newValue,
   masked: h.masked,
+  ...(h.undecryptable ? { undecryptable: h.undecryptable } : {}),
   restored_from: h.row.restoredFrom,
   changed_by: h.row.changedBy,
   changed_by_type: h.row.changedByType,
@@ -128,7 +138,8 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
   app.get(
     '/v1/settings/:env',
     {
-      config: { access: { permission: 'settings:read' } },
+      // A value that does not open is flagged on its row, not refused.
+      config: { access: { permission: 'settings:read' }, errors: ['environment_not_found'] },
       schema: {
         tags: ['settings'],
         summary: 'All settings of an environment, by key (secret values masked)',
@@ -162,7 +173,10 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
   app.get(
     '/v1/settings/:env/:key',
     {
-      config: { access: { permission: 'settings:read' } },
+      config: {
+        access: { permission: 'settings:read' },
+        errors: ['environment_not_found', 'setting_not_found', 'setting_undecryptable'],
+      },
       schema: {
         tags: ['settings'],
         summary: 'One setting, with its version as ETag',
@@ -180,14 +194,21 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
   app.put(
     '/v1/settings/:env/:key',
     {
-      config: { access: 'authenticated' },
+      // No 409: a PUT opens only the value it has just sealed (an old encrypted value is masked in
+      // the audit event, never opened). A held change answers 202.
+      config: {
+        access: 'authenticated',
+        errors: ['environment_not_found', 'precondition_required', 'version_conflict'],
+      },
       schema: {
         tags: ['settings'],
         summary: 'Create (201) or update (200, needs If-Match) a setting',
         description:
           'Creating needs `settings:create` and `value_type`; updating needs `settings:update` and ' +
           '`If-Match: "<version>"` (missing → 428 `precondition_required`, stale → 412 `version_conflict`; ' +
-          '`*` applies on the latest version, whatever it is when the write runs). ' +
+          '`*` applies on the latest version, whatever it is when the write runs). Without If-Match the ' +
+          'key is created if absent (or deleted); if it exists — also when another request created it ' +
+          'first, while this one ran — 428. If-Match on a key that does not exist is 412. ' +
           'Omitted fields keep their value on update. The answer holds the value only if the caller may ' +
           'read the setting (`settings:read` on it), else `value: null, masked: true`.',
         params: keyParams,
@@ -231,7 +252,10 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
   app.delete(
     '/v1/settings/:env/:key',
     {
-      config: { access: { permission: 'settings:delete' } },
+      config: {
+        access: { permission: 'settings:delete' },
+        errors: ['environment_not_found', 'setting_not_found', 'precondition_required', 'version_conflict'],
+      },
       schema: {
         tags: ['settings'],
         summary: 'Delete a setting (needs If-Match); its history stays readable',
@@ -260,10 +284,17 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
   app.get(
     '/v1/settings/:env/:key/history',
     {
-      config: { access: { permission: 'settings:read' } },
+      // A value that does not open is flagged on its entry, not refused.
+      config: {
+        access: { permission: 'settings:read' },
+        errors: ['environment_not_found', 'setting_not_found'],
+      },
       schema: {
         tags: ['settings'],
         summary: 'Immutable history, newest first (values masked for secret settings)',
+        description:
+          'An entry whose value (or the previous one) does not open is listed masked, with ' +
+          '`undecryptable` saying why; it does not fail the page.',
         params: keyParams,
         querystring: z.strictObject(pageQuery),
         response: { 200: listResponse(historySchema) },
@@ -289,7 +320,17 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
   app.post(
     '/v1/settings/:env/:key/rollback',
     {
-      config: { access: 'authenticated' },
+      // No 428: a rollback without If-Match means `*`. The restored value must open (409).
+      config: {
+        access: 'authenticated',
+        errors: [
+          'environment_not_found',
+          'setting_not_found',
+          'setting_version_not_found',
+          'version_conflict',
+          'setting_undecryptable',
+        ],
+      },
       schema: {
         tags: ['settings'],
         summary: "Restore a version's value, type and rules as a new version (audited)",

@@ -38,12 +38,16 @@ export interface Setting {
   undecryptable?: UndecryptableReason;
 }
 
-/** One history entry: old and new value (masked for secret settings), who, from where. */
+/**
+ * One history entry: old and new value (masked for secret settings, and when either does not
+ * open, with `undecryptable` saying why), who, from where.
+ */
 export interface HistoryEntry {
   row: HistoryRow;
   oldValue: unknown;
   newValue: unknown;
   masked: boolean;
+  undecryptable?: UndecryptableReason;
 }
 
 export interface PutSettingInput {
@@ -74,14 +78,17 @@ export const settingAad = (orgId: string, settingId: string, version: number) =>
 export type IfMatch = ReturnType<typeof ifMatchVersions>;
 
 /**
- * What a write expects of the row it locks. `ifMatch`: the caller's `*` or versions, evaluated
- * against the locked row — so a write with `*` (or a rollback without If-Match) applies on whatever
- * version is latest when its turn comes, and never fails because another write came first; `seen`
- * is the version a PUT was validated against before the lock (another one is validated again).
- * `version`: exactly that version — a creation (null: no row, or the deleted row's version) and
- * a four-eyes change (the state its approver saw).
+ * What a write expects of the row it locks. `ifMatch`: the caller's `*` or versions, or none (a
+ * PUT creating the key), evaluated against the locked row — so a write with `*` (or a rollback
+ * without If-Match) applies on whatever version is latest when its turn comes, and never fails
+ * because another write came first; a creation finding the key live by then is 428, as if it had
+ * found it there when it read. `seen` is the live version a PUT was validated against before the
+ * lock (another one is validated again). `version`: exactly that version — a four-eyes change
+ * (the state its approver saw; null: no row).
  */
-type Expected = { ifMatch: '*' | readonly number[]; seen?: number } | { version: number | null };
+type Expected =
+  | { ifMatch: '*' | readonly number[] | undefined; seen?: number | undefined }
+  | { version: number | null };
 
 export const etagOf = (version: number) => `"${version}"`;
 
@@ -220,7 +227,10 @@ export function createSettingService({
     return row ?? null;
   }
 
-  /** Throws 412 unless the locked row (none, deleted or live) is what the write expects. */
+  /**
+   * Throws unless the locked row (none, deleted or live) is what the write expects: 412, or 428
+   * for a creation without If-Match that finds the key live.
+   */
   function meets(expected: Expected, locked: SettingRow | null): void {
     const current = locked?.deletedAt === null ? locked.version : null;
     if ('ifMatch' in expected) {
@@ -365,8 +375,7 @@ export function createSettingService({
     const { principal } = access;
     const env = await tenancy.environmentByName(principal.orgId, envName);
     const row = await find(principal.orgId, env, key);
-    // A deleted setting is created again: create's permission and no If-Match, but the write
-    // still expects the deleted row's version, so a concurrent re-creation conflicts.
+    // A deleted setting is created again: create's permission and no If-Match (create if absent).
     const existing = row?.deletedAt === null ? row : null;
     const ifMatch = ifMatchVersions(ifMatchHeader);
     if (existing) await requireOn(authz, principal, 'settings:update', { type: 'settings', id: existing.id });
@@ -397,12 +406,9 @@ export function createSettingService({
       });
       return { pending: true, changeId };
     }
-    // An update's If-Match is evaluated again on the locked row; a creation expects the key
-    // still not live, at the version seen (a deleted row's), so a concurrent re-creation conflicts.
-    const expected: Expected =
-      existing && asked !== undefined
-        ? { ifMatch: asked, seen: existing.version }
-        : { version: row?.version ?? null };
+    // If-Match (or its absence, a creation) is evaluated again on the locked row: a creation
+    // that another request beat to the key is 428 like one that found it created.
+    const expected: Expected = { ifMatch: asked, seen: existing?.version };
     const out = await applyPut(access, env, key, input, expected);
     return { ...out, setting: await forCaller(principal, out.setting) };
   }
@@ -510,11 +516,26 @@ export function createSettingService({
         return { setting: view(row, env.name), created: before === null };
       });
     } catch (error) {
-      if (isUniqueViolation(error)) {
-        throw settingErrors.version_conflict('The setting was created meanwhile', { current_version: null });
-      }
-      throw error;
+      if (!isUniqueViolation(error)) throw error;
+      // Another request inserted the key after this one looked for it (PostgreSQL: both saw no
+      // row). Only a creation inserts, and only when the key had no row at all.
+      if ('ifMatch' in expected) throw await createdMeanwhile(principal.orgId, env, key);
+      throw settingErrors.version_conflict('The setting was created meanwhile', { current_version: null });
     }
+  }
+
+  /**
+   * A creation without If-Match that lost the race for the key: it exists now, so this is an
+   * update without If-Match (428) — what the request would have answered a moment later, and
+   * what it answers when it finds the winner's row on its read or under its lock.
+   */
+  async function createdMeanwhile(orgId: string, env: Environment, key: string) {
+    const row = await find(orgId, env, key);
+    const current = row?.deletedAt === null ? row.version : null;
+    return settingErrors.precondition_required(
+      'The setting was created meanwhile; updating needs If-Match with the version you read',
+      { current_version: current },
+    );
   }
 
   // A secret or encrypted setting's old value is masked anyway: never decrypt what will not be shown.
@@ -545,18 +566,36 @@ export function createSettingService({
     for (let i = 0; i < Math.min(rows.length, page.limit); i++) {
       const row = rows[i] as HistoryRow;
       const previous = rows[i + 1];
-      const masked = setting.isSecret || row.isSecret || (previous?.isSecret ?? false);
-      out.push({
-        row,
-        masked,
-        newValue: masked ? null : decode(setting.orgId, setting.id, row.version, row),
-        oldValue:
-          masked || previous === undefined
-            ? null
-            : decode(setting.orgId, setting.id, previous.version, previous),
-      });
+      const secret = setting.isSecret || row.isSecret || (previous?.isSecret ?? false);
+      out.push(
+        secret ? { row, masked: true, newValue: null, oldValue: null } : historyEntry(setting, row, previous),
+      );
     }
     return out;
+  }
+
+  /**
+   * A history entry of a setting that is not secret. A value that does not open (tampered, moved,
+   * or under a master key this server lacks) masks its entry, flagged with why — the new value's
+   * reason first — as a list does: one such row must not make the whole history a 409.
+   */
+  function historyEntry(
+    setting: SettingRow,
+    row: HistoryRow,
+    previous: HistoryRow | undefined,
+  ): HistoryEntry {
+    const unreadable = (undecryptable: UndecryptableReason): HistoryEntry => ({
+      row,
+      masked: true,
+      newValue: null,
+      oldValue: null,
+      undecryptable,
+    });
+    const next = tryDecode(setting.orgId, setting.id, row.version, row);
+    if ('undecryptable' in next) return unreadable(next.undecryptable);
+    const old = previous ? tryDecode(setting.orgId, setting.id, previous.version, previous) : { value: null };
+    if ('undecryptable' in old) return unreadable(old.undecryptable);
+    return { row, masked: false, newValue: next.value, oldValue: old.value };
   }
 
   /** The history entry a rollback restores; 404 when there is none or it is a deletion (no value). */
