@@ -11,3 +11,17 @@ export const flagErrors = defineErrors({
   version_conflict: { status: 412, title: 'Version conflict' },
   flag_target_gone: { status: 409, title: 'The flag this change was made against is gone' },
 });
+
+/**
+ * What applying a held flag or segment change may answer (`service.ts` `apply`): the approval
+ * route, which runs the appliers, has them to declare in its OpenAPI operation.
+ */
+export const FLAG_CHANGE_ERRORS = [
+  'invalid_flag',
+  'flag_exists',
+  'flag_target_gone',
+  'version_conflict',
+  'segment_exists',
+  'segment_not_found',
+  'segment_in_use',
+] as const satisfies readonly (keyof typeof flagErrors)[];

@@ -219,7 +219,7 @@ export const flagMetricsRoutes: FastifyPluginAsyncZod<{ flags: FlagService; metr
   app.get(
     '/v1/flags/:env/:name/metrics',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found', 'flag_not_found'] },
       schema: {
         tags: ['flags'],
         summary: 'Evaluation counts reported by SDKs, per hour (yes, no, variants)',
@@ -271,7 +271,7 @@ export const flagMetricsRoutes: FastifyPluginAsyncZod<{ flags: FlagService; metr
   app.get(
     '/v1/flag-clients/:env',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found'] },
       schema: {
         tags: ['flags'],
         summary: 'SDK instances that registered or sent metrics, most recently seen first',

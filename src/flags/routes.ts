@@ -164,6 +164,19 @@ const segmentView = (s: SegmentRow) => ({
   updated_at: s.updatedAt.toISOString(),
 });
 
+/**
+ * What replacing or deleting one flag may answer: the rules (400; a delete while flags depend on
+ * it), the environment or the flag unknown (404), a stale If-Match (412), and the flag read
+ * deleted and another created under its name before the write (409 `flag_target_gone`).
+ */
+const ONE_FLAG_WRITE_ERRORS = [
+  'invalid_flag',
+  'environment_not_found',
+  'flag_not_found',
+  'flag_target_gone',
+  'version_conflict',
+];
+
 const accessOf = (request: FastifyRequest): Access => ({
   principal: callerOf(request),
   context: contextOf(request),
@@ -180,7 +193,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/flags/:env',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found', 'invalid_cursor'] },
       schema: {
         tags: ['flags'],
         summary: 'Flags of an environment, by name',
@@ -205,7 +218,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/flags/:env',
     {
-      config: { access: { permission: 'flags:create' } },
+      config: {
+        access: { permission: 'flags:create' },
+        errors: ['invalid_flag', 'environment_not_found', 'flag_exists'],
+      },
       schema: {
         tags: ['flags'],
         summary: 'Create a flag (Unleash feature-toggle shape); 202 when held for approval',
@@ -227,7 +243,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/flags/:env/stream',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: {
+        access: { permission: 'flags:read' },
+        errors: ['environment_not_found', 'api_key_not_found'],
+      },
       schema: {
         tags: ['flags'],
         summary: 'Server-sent events: `unleash-connected` (hydration), then `unleash-updated` (changes)',
@@ -283,7 +302,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/flags/:env/evaluate',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found'] },
       schema: {
         tags: ['flags'],
         summary: "Every flag's value and variant for a context (from memory when warm)",
@@ -313,7 +332,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/flags/:env/:name',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found', 'flag_not_found'] },
       schema: {
         tags: ['flags'],
         summary: 'One flag, with its version as ETag',
@@ -331,7 +350,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.put(
     '/v1/flags/:env/:name',
     {
-      config: { access: { permission: 'flags:update' } },
+      config: {
+        access: { permission: 'flags:update' },
+        errors: ONE_FLAG_WRITE_ERRORS,
+      },
       schema: {
         tags: ['flags'],
         summary: 'Replace a flag (optional If-Match); 202 when held for approval',
@@ -360,7 +382,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.delete(
     '/v1/flags/:env/:name',
     {
-      config: { access: { permission: 'flags:delete' } },
+      config: {
+        access: { permission: 'flags:delete' },
+        errors: ONE_FLAG_WRITE_ERRORS,
+      },
       schema: {
         tags: ['flags'],
         summary: 'Delete a flag (refused while flags depend on it); 202 when held for approval',
@@ -387,7 +412,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/segments',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: [] },
       schema: {
         tags: ['flags'],
         summary: 'Segments of the org (reusable constraint lists)',
@@ -400,7 +425,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/segments',
     {
-      config: { access: { permission: 'flags:create' } },
+      config: { access: { permission: 'flags:create' }, errors: ['invalid_flag', 'segment_exists'] },
       schema: {
         tags: ['flags'],
         summary: 'Create a segment; 202 when four-eyes holds it (segments serve every environment)',
@@ -421,7 +446,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/segments/:id',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: ['segment_not_found'] },
       schema: {
         tags: ['flags'],
         summary: 'One segment, with its version as ETag',
@@ -439,7 +464,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.put(
     '/v1/segments/:id',
     {
-      config: { access: { permission: 'flags:update' } },
+      config: {
+        access: { permission: 'flags:update' },
+        errors: ['invalid_flag', 'segment_not_found', 'segment_exists', 'version_conflict'],
+      },
       schema: {
         tags: ['flags'],
         summary: 'Replace a segment (every flag using it changes at once); optional If-Match; 202 when held',
@@ -467,7 +495,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.delete(
     '/v1/segments/:id',
     {
-      config: { access: { permission: 'flags:delete' } },
+      config: {
+        access: { permission: 'flags:delete' },
+        errors: ['segment_not_found', 'segment_in_use', 'version_conflict'],
+      },
       schema: {
         tags: ['flags'],
         summary: 'Delete a segment no flag uses; optional If-Match; 202 when held',

@@ -11,7 +11,7 @@ import { KEYS_TOPIC } from '../keys/verifier.ts';
 import { type ClientMetrics, clientMetricsBody, clientRegisterBody, type FlagMetrics } from './metrics.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
 import type { DeltaEvent } from './types.ts';
-import { type KeyAccess, unleashStreamingRoutes } from './unleash-streaming.ts';
+import { CLIENT_API_ERRORS, type KeyAccess, unleashStreamingRoutes } from './unleash-streaming.ts';
 
 /** Key metadata field naming the environment an Unleash SDK using the key sees. */
 export const FLAGS_ENVIRONMENT_METADATA = 'flags_environment';
@@ -129,7 +129,7 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/api/client/features',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: CLIENT_API_ERRORS },
       schema: {
         tags: ['unleash'],
         summary: "Unleash client API: every flag and segment of the key's environment",
@@ -166,7 +166,7 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/api/client/delta',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: CLIENT_API_ERRORS },
       schema: {
         tags: ['unleash'],
         summary: 'Unleash client API (delta): changes since the state the SDK holds',
@@ -203,7 +203,7 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/api/client/register',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: CLIENT_API_ERRORS },
       schema: {
         tags: ['unleash'],
         summary: 'Unleash client API: an SDK instance registers (stored; see /v1/flag-clients/{env})',
@@ -221,7 +221,7 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/api/client/metrics',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: CLIENT_API_ERRORS },
       schema: {
         tags: ['unleash'],
         summary: 'Unleash client API: evaluation counts, summed per flag per hour',

@@ -16,6 +16,13 @@ export interface KeyAccess {
   expiresAt: Date | null;
 }
 
+/**
+ * What every client API route may answer of its own (`config.errors`): the environment the key
+ * names may not exist (404 `environment_not_found`), and a key deleted between its verification
+ * and the lookup of its environment is 404 `api_key_not_found`. A user token is 403, shared.
+ */
+export const CLIENT_API_ERRORS = ['environment_not_found', 'api_key_not_found'] as const;
+
 /** Streams one key may hold open on one instance; beyond, 429 (unleash-client then polls). */
 export const MAX_STREAMS_PER_KEY = 500;
 /** A `: heartbeat` comment this often: unleash-client drops a stream silent for 60 s. */
@@ -67,7 +74,7 @@ export const unleashStreamingRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/api/client/streaming',
     {
-      config: { access: { permission: 'flags:read' } },
+      config: { access: { permission: 'flags:read' }, errors: CLIENT_API_ERRORS },
       schema: {
         tags: ['unleash'],
         produces: ['text/event-stream'],
