@@ -202,6 +202,15 @@ export const configSchema = z.object({
     .describe(
       'How often each instance re-reads changed API keys, in case a bus message was lost (keeps revocation under 1 s).',
     ),
+  FLAG_RECHECK_MS: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(600000)
+    .default(2000)
+    .describe(
+      'On PostgreSQL, how often each instance compares the flags it holds with the database, in case a bus message was lost (0: never).',
+    ),
   SHUTDOWN_TIMEOUT_MS: z.coerce
     .number()
     .int()

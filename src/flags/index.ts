@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { StewardContext } from '../context.ts';
 import type { Environment } from '../tenancy/service.ts';
 import type { FourEyesService } from '../vault/four-eyes.ts';
+import { FLAG_CHANGE_ERRORS } from './errors.ts';
 import { createFlagMetrics, flagMetricsRoutes } from './metrics.ts';
 import { flagRoutes } from './routes.ts';
 import { createFlagService, type SegmentInput } from './service.ts';
@@ -32,6 +33,7 @@ export async function registerFlags(
     clock: ctx.clock,
     fourEyes: changes.fourEyes,
     authz: ctx.authz,
+    recheckMs: ctx.config.FLAG_RECHECK_MS,
     onError: (error, what) => app.log.error({ err: error }, what),
   });
   ctx.onShutdown(() => flags.stop());
@@ -39,12 +41,15 @@ export async function registerFlags(
     if (env === null) throw new Error('a flag change without its environment');
     return env;
   };
-  changes.register('flag.create', ({ tx, requester, payload, environment, approvedBy }) =>
+  // What applying a held flag or segment change may refuse with: listed on the approval route.
+  const register = (kind: string, applier: Parameters<typeof changes.register>[1]) =>
+    changes.register(kind, applier, FLAG_CHANGE_ERRORS);
+  register('flag.create', ({ tx, requester, payload, environment, approvedBy }) =>
     flags.apply.create(tx, requester, envOf(environment), payload as { feature: Feature }, approvedBy),
   );
   // Replace and delete act on the flag they were made against (`targetId`), never on another
   // flag given its name since.
-  changes.register('flag.replace', ({ tx, requester, payload, targetId, environment, approvedBy }) =>
+  register('flag.replace', ({ tx, requester, payload, targetId, environment, approvedBy }) =>
     flags.apply.replace(
       tx,
       requester,
@@ -54,7 +59,7 @@ export async function registerFlags(
       approvedBy,
     ),
   );
-  changes.register('flag.delete', ({ tx, requester, payload, targetId, environment, approvedBy }) =>
+  register('flag.delete', ({ tx, requester, payload, targetId, environment, approvedBy }) =>
     flags.apply.remove(
       tx,
       requester,
@@ -65,7 +70,7 @@ export async function registerFlags(
     ),
   );
   for (const kind of ['segment.create', 'segment.update'] as const) {
-    changes.register(kind, ({ tx, requester, payload, approvedBy }) =>
+    register(kind, ({ tx, requester, payload, approvedBy }) =>
       flags.apply.putSegment(
         tx,
         requester,
@@ -74,7 +79,7 @@ export async function registerFlags(
       ),
     );
   }
-  changes.register('segment.delete', ({ tx, requester, payload, approvedBy }) =>
+  register('segment.delete', ({ tx, requester, payload, approvedBy }) =>
     flags.apply.removeSegment(tx, requester, payload as { id: number; expectedVersion: number }, approvedBy),
   );
 

@@ -9,7 +9,7 @@ import { z } from 'zod';
 import { installTestPrincipals, type TestApp, testApp } from '../../test/helpers/app.ts';
 import { authzErrors } from '../authz/errors.ts';
 import { UNDOCUMENTED_ERRORS_FILE } from './documented-errors.ts';
-import { httpErrors } from './errors.ts';
+import { httpErrors, registeredErrorCodes } from './errors.ts';
 import type { Principal } from './principal.ts';
 
 /** A caller with no role and no grant: every permission route refuses it. */
@@ -295,6 +295,22 @@ describe('OpenAPI document', () => {
       delete process.env[UNDOCUMENTED_ERRORS_FILE];
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test("every error code a domain defines is listed by some operation; the HTTP layer's in the description", () => {
+    // Answered only at start (the bootstrap of the first superuser), never by a route.
+    const notHttp = new Set(['superuser_exists']);
+    const listed = new Set(
+      operations.flatMap(([, , op]) =>
+        Object.values(op.responses).flatMap((r) => r['x-steward-codes'] ?? []),
+      ),
+    );
+    const missing = [...registeredErrorCodes().keys()].filter(
+      (code) => !listed.has(code) && !(code in httpErrors) && !notHttp.has(code),
+    );
+    assert.deepEqual(missing, [], 'defined by a domain, listed by no operation');
+    const info = (doc as unknown as { info: { description: string } }).info.description;
+    for (const code of Object.keys(httpErrors)) assert.ok(info.includes(`\`${code}\``), code);
   });
 
   test('a route declaring a code no domain defines fails the document, naming it', async () => {

@@ -5,6 +5,7 @@ import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify';
 import { jsonSchemaTransform } from 'fastify-type-provider-zod';
 import type { RouteAccess } from './auth.ts';
 import { codesByStatus, specOf } from './documented-errors.ts';
+import { httpErrors } from './errors.ts';
 
 /**
  * The document's security schemes. The access layer accepts an access token or an API key, as a
@@ -273,6 +274,13 @@ type Operation = {
   security?: Record<string, string[]>[];
 };
 
+/** `code` (status): every code of the HTTP layer, for the document's description. */
+function httpLayerCodes(): string {
+  return Object.keys(httpErrors)
+    .map((code) => `\`${code}\` (${specOf(code, 'httpErrors').status})`)
+    .join(', ');
+}
+
 /** Every operation of the document, with its path and method. */
 function operationsOf(doc: Document): [string, string, Operation][] {
   return Object.entries(doc.paths ?? {}).flatMap(([path, operations]) =>
@@ -338,7 +346,9 @@ export async function installOpenApi(
         description:
           'Identity, keys, permissions, secrets, flags, audit and approvals for applications and AI agents. ' +
           'Errors are RFC 9457 application/problem+json with a stable `code` and a `request_id`. ' +
-          'Each operation states the access it needs (`x-steward-access`, `x-steward-permission`).',
+          'Each operation states the access it needs (`x-steward-access`, `x-steward-permission`) and ' +
+          'lists, under each error status, the codes it may answer (`x-steward-codes`). ' +
+          `The HTTP layer's codes, which any request may get: ${httpLayerCodes()}.`,
       },
       components: { securitySchemes },
       security: ACCESS_LAYER_SECURITY,
