@@ -127,6 +127,9 @@ const RECHECK_SQL = `
       where s.org_id = k.org_id) as stamp
   from unnest($1::text[], $2::text[]) with ordinality as k(org_id, environment_id, n)`;
 
+/** How many problems a refused write lists. */
+const MAX_LISTED_ERRORS = 100;
+
 /**
  * Feature flags per org and environment, stored in Unleash's feature-toggle shape; segments per
  * org. Keeps one compiled engine per (org, environment) in memory, dropped on every change here
@@ -381,10 +384,13 @@ export function createFlagService({
   // --- validation -------------------------------------------------------------------------
 
   /** One 400 `invalid_flag` naming every problem; the detail is the first. */
+  /** Refuses a write with its problems: the first 100 (a body can hold thousands of bad entries). */
   function refuse(errors: readonly FieldError[]): void {
     const [first] = errors;
     if (first === undefined) return;
-    throw flagErrors.invalid_flag(`${first.path}: ${first.message}`, { errors });
+    throw flagErrors.invalid_flag(`${first.path}: ${first.message}`, {
+      errors: errors.slice(0, MAX_LISTED_ERRORS),
+    });
   }
 
   function invalid(path: string, message: string): never {

@@ -1,6 +1,6 @@
 import type { FieldError } from '../http/problem.ts';
 import { parseIp4, parseIp6 } from './ip.ts';
-import { re2Problem } from './regex.ts';
+import { type RegexBudget, re2Problem } from './regex.ts';
 import { parseSemver } from './semver.ts';
 import type { Constraint, Feature, Strategy, VariantDefinition } from './types.ts';
 
@@ -50,7 +50,7 @@ const isIpEntry = (v: string): boolean => parseIp4(v) !== undefined || parseIp6(
 // A successful IPv6 parse with a `/` is a range: the written prefix is the only `/` it may hold.
 const isIp6Range = (v: string): boolean => parseIp4(v) === undefined && v.includes('/') && isIpEntry(v);
 
-function singleValueProblem(c: Constraint): string | undefined {
+function singleValueProblem(c: Constraint, budget: RegexBudget): string | undefined {
   const v = c.value;
   if (v === undefined) return `${c.operator} compares with one \`value\`, which is missing`;
   if (NUMBER_OPERATORS.has(c.operator) && !isNumber(v)) return `${JSON.stringify(v)} is not a number`;
@@ -58,15 +58,15 @@ function singleValueProblem(c: Constraint): string | undefined {
     return `${JSON.stringify(v)} is not an RFC 3339 date-time with a zone, e.g. 2025-01-31T09:00:00Z`;
   if (SEMVER_OPERATORS.has(c.operator) && !isSemver(v))
     return `${JSON.stringify(v)} is not a semantic version such as 1.2.3 (no leading v)`;
-  if (c.operator === 'REGEX') return re2Problem(v, c.caseInsensitive === true);
+  if (c.operator === 'REGEX') return re2Problem(v, c.caseInsensitive === true, budget);
   return undefined;
 }
 
-function constraintIssues(c: Constraint, path: string): Issues {
+function constraintIssues(c: Constraint, path: string, budget: RegexBudget): Issues {
   if (!OPERATORS.includes(c.operator))
     return [{ path: `${path}.operator`, message: `unknown operator; one of ${OPERATORS.join(', ')}` }];
   if (!LIST_OPERATORS.has(c.operator)) {
-    const problem = singleValueProblem(c);
+    const problem = singleValueProblem(c, budget);
     return problem === undefined ? [] : [{ path: `${path}.value`, message: problem }];
   }
   if (c.values === undefined || c.values.length === 0)
@@ -89,9 +89,16 @@ function constraintIssues(c: Constraint, path: string): Issues {
   );
 }
 
-/** Problems of a list of constraints (a strategy's or a segment's), each with its path. */
-export function constraintsIssues(constraints: readonly Constraint[] | undefined, path: string): Issues {
-  return (constraints ?? []).flatMap((c, i) => constraintIssues(c, `${path}[${i}]`));
+/**
+ * Problems of a list of constraints (a strategy's or a segment's), each with its path. `budget`
+ * is shared by every list of one write (a segment's own; a flag's across its strategies).
+ */
+export function constraintsIssues(
+  constraints: readonly Constraint[] | undefined,
+  path: string,
+  budget: RegexBudget = { spent: 0 },
+): Issues {
+  return (constraints ?? []).flatMap((c, i) => constraintIssues(c, `${path}[${i}]`, budget));
 }
 
 // --- strategies -----------------------------------------------------------------------------
@@ -176,7 +183,7 @@ function parameterIssues(s: Strategy, rules: Record<string, ParameterRule>, path
   return issues;
 }
 
-function strategyIssues(s: Strategy, path: string): Issues {
+function strategyIssues(s: Strategy, path: string, budget: RegexBudget): Issues {
   const rules = STRATEGIES.get(s.name);
   const own =
     rules === undefined
@@ -184,7 +191,7 @@ function strategyIssues(s: Strategy, path: string): Issues {
       : parameterIssues(s, rules, path);
   return [
     ...own,
-    ...constraintsIssues(s.constraints, `${path}.constraints`),
+    ...constraintsIssues(s.constraints, `${path}.constraints`, budget),
     ...variantsIssues(s.variants, `${path}.variants`),
   ];
 }
@@ -245,8 +252,9 @@ function variantsIssues(variants: readonly VariantDefinition[] | null | undefine
 
 /** Every problem of a flag as written (not its references: the service checks those). */
 export function flagIssues(f: Feature, path = 'body'): Issues {
+  const budget: RegexBudget = { spent: 0 };
   return [
-    ...f.strategies.flatMap((s, i) => strategyIssues(s, `${path}.strategies[${i}]`)),
+    ...f.strategies.flatMap((s, i) => strategyIssues(s, `${path}.strategies[${i}]`, budget)),
     ...variantsIssues(f.variants, `${path}.variants`),
   ];
 }

@@ -18,7 +18,7 @@ import { settingsOverHttp } from './test-support.ts';
 
 /**
  * A pattern RE2 refuses for its size (1,200-2,100 instructions) once it has compiled it: its text
- * alone does not show it (pattern-size.ts counts the alternation as its largest branch). Different
+ * alone does not show it (src/flags/regex-size.ts counts the alternation as its largest branch). Different
  * for each `i`.
  */
 const tooLarge = (i: number) => String.raw`(\pL|\pN){${400 + (i % 300)}}x${i}`;

@@ -1,6 +1,6 @@
 import { RE2JS } from 're2js';
 import { MAX_REGEX_LENGTH, MAX_REGEX_PROGRAM, re2Problem } from '../../flags/regex.ts';
-import { fewestInstructions } from './pattern-size.ts';
+import { fewestInstructions } from '../../flags/regex-size.ts';
 
 // Setting patterns (`rules.pattern`, JSON Schema `pattern`) are RE2, compiled with re2js as flags'
 // REGEX constraints are (src/flags/regex.ts: same engine, same limits, same refusals). JavaScript's
@@ -20,7 +20,7 @@ import { fewestInstructions } from './pattern-size.ts';
 // turn. So the patterns of one setting's rules are checked by one PatternChecker: at most
 // MAX_RULE_PATTERNS different patterns, compiling to at most MAX_RULE_PROGRAM instructions
 // together, and checking stops at the first refusal. A pattern whose text already shows it
-// compiles to more than allowed (pattern-size.ts) is refused without being compiled.
+// compiles to more than allowed (src/flags/regex-size.ts) is refused without being compiled.
 
 /** Instructions × characters one write may spend matching its values against its patterns. */
 export const MATCH_BUDGET = 5_000_000;

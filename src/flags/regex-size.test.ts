@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { RE2JS } from 're2js';
-import { fewestInstructions } from './pattern-size.ts';
+import { fewestInstructions } from './regex-size.ts';
 
 const ATOMS = [
   ...['a', 'ab', '.', 'é', '😀', '{', '}', '{a}', '{,3}', ']', '^', '$', '(?i)'],
