@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eq } from 'drizzle-orm';
+import { type DocumentedApi, documentedApi } from '../../test/helpers/openapi.ts';
 import { apiKeys } from '../keys/schema.ts';
 import { tenancyErrors } from '../tenancy/errors.ts';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
@@ -31,7 +32,6 @@ const RACES: Record<string, string[]> = {
 };
 
 type Method = 'GET' | 'PUT' | 'DELETE' | 'POST';
-type Operation = { responses: Record<string, { 'x-steward-codes'?: string[] }> };
 /** Who asks: the manager's token, a key whose environment does not exist, or a key deleted since. */
 type Caller = 'manager' | 'lostEnvironmentKey' | 'deletedKey';
 /** One request answering one code: the route as the document names it, the URL, what it sends. */
@@ -164,13 +164,13 @@ function cases(used: number, free: number): Case[] {
 
 describe('flags: the OpenAPI document lists the codes each route answers (pglite)', () => {
   let v: VaultTestApp;
-  let paths: Record<string, Record<string, Operation>>;
+  let api: DocumentedApi;
   let all: Case[];
   const keys = {} as Record<Exclude<Caller, 'manager'>, string>;
 
   before(async () => {
     v = await vaultTestApp('pglite');
-    paths = JSON.parse((await v.t.app.inject({ method: 'GET', url: '/openapi.json' })).body).paths;
+    api = await documentedApi(v.t.app);
     const write = async (method: Method, url: string, body: unknown) => {
       const res = await v.req(method, url, { token: v.tokens.manager, body });
       assert.ok(res.statusCode < 300, `${method} ${url}: ${res.body}`);
@@ -203,13 +203,6 @@ describe('flags: the OpenAPI document lists the codes each route answers (pglite
   });
   after(() => v?.close());
 
-  const operation = (route: string): Operation => {
-    const [method = '', path = ''] = route.split(' ');
-    const op = paths[path]?.[method.toLowerCase()];
-    assert.ok(op, `${route} is in the document`);
-    return op;
-  };
-
   test('each case answers its code, and its operation lists that code under the status', async () => {
     for (const { route, code, url, as = 'manager', body, ifMatch } of all) {
       const [method] = route.split(' ') as [Method];
@@ -219,7 +212,7 @@ describe('flags: the OpenAPI document lists the codes each route answers (pglite
         headers: ifMatch === undefined ? {} : { 'if-match': ifMatch },
       });
       assert.equal(res.json().code, code, `${method} ${url}: ${res.body}`);
-      const listed = operation(route).responses[String(res.statusCode)]?.['x-steward-codes'] ?? [];
+      const listed = api.operation(route).responses[String(res.statusCode)]?.['x-steward-codes'] ?? [];
       assert.ok(listed.includes(code), `${route} lists ${code} under ${res.statusCode}: ${listed}`);
     }
   });
@@ -230,12 +223,10 @@ describe('flags: the OpenAPI document lists the codes each route answers (pglite
       path.startsWith('/v1/segments') ||
       path.startsWith('/v1/flag-clients') ||
       path.startsWith('/api/client');
-    const routes = Object.entries(paths)
-      .filter(([path]) => ours(path))
-      .flatMap(([path, ops]) => Object.keys(ops).map((method) => `${method.toUpperCase()} ${path}`));
+    const routes = api.routes(ours);
     assert.equal(routes.length, 19, String(routes));
     for (const route of routes) {
-      const listed = Object.values(operation(route).responses)
+      const listed = Object.values(api.operation(route).responses)
         .flatMap((r) => r['x-steward-codes'] ?? [])
         .filter((code) => DOMAIN_CODES.has(code));
       const answered = all.filter((c) => c.route === route).map((c) => c.code);

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eq } from 'drizzle-orm';
+import { type DocumentedApi, documentedApi } from '../../../test/helpers/openapi.ts';
 import { tenancyErrors } from '../../tenancy/errors.ts';
 import { changeErrors } from '../four-eyes.ts';
 import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
@@ -18,7 +19,6 @@ const DOMAIN_CODES = new Set([
 ]);
 
 type Method = 'GET' | 'PUT' | 'DELETE' | 'POST';
-type Operation = { responses: Record<string, { 'x-steward-codes'?: string[] }> };
 
 /** What a case sends beyond its URL (the developer's token unless it says the manager's). */
 type Ask = { token?: 'manager'; body?: unknown; ifMatch?: string };
@@ -50,10 +50,10 @@ const CASES: Case[] = [
 
 describe('settings: the OpenAPI document lists the codes each route answers (pglite)', () => {
   let v: VaultTestApp;
-  let paths: Record<string, Record<string, Operation>>;
+  let api: DocumentedApi;
   before(async () => {
     v = await vaultTestApp('pglite');
-    paths = JSON.parse((await v.t.app.inject({ method: 'GET', url: '/openapi.json' })).body).paths;
+    api = await documentedApi(v.t.app);
     const put = (key: string, body: unknown, ifMatch?: string) =>
       v.req('PUT', `/v1/settings/development/${key}`, {
         token: v.tokens.developer,
@@ -86,13 +86,6 @@ describe('settings: the OpenAPI document lists the codes each route answers (pgl
   });
   after(() => v?.close());
 
-  const operation = (route: string): Operation => {
-    const [method = '', path = ''] = route.split(' ');
-    const op = paths[path]?.[method.toLowerCase()];
-    assert.ok(op, `${route} is in the document`);
-    return op;
-  };
-
   test('each case answers its code, and its operation lists that code under the status', async () => {
     for (const [route, code, target, ask = {}] of CASES) {
       const [method, path = ''] = route.split(' ') as [Method, string];
@@ -103,18 +96,16 @@ describe('settings: the OpenAPI document lists the codes each route answers (pgl
         headers: ask.ifMatch === undefined ? {} : { 'if-match': ask.ifMatch },
       });
       assert.equal(res.json().code, code, `${method} ${url}: ${res.body}`);
-      const listed = operation(route).responses[String(res.statusCode)]?.['x-steward-codes'] ?? [];
+      const listed = api.operation(route).responses[String(res.statusCode)]?.['x-steward-codes'] ?? [];
       assert.ok(listed.includes(code), `${route} lists ${code} under ${res.statusCode}: ${listed}`);
     }
   });
 
   test('no settings operation lists a domain code that no case answers', () => {
-    const routes = Object.entries(paths)
-      .filter(([path]) => path.startsWith('/v1/settings'))
-      .flatMap(([path, ops]) => Object.keys(ops).map((method) => `${method.toUpperCase()} ${path}`));
+    const routes = api.routes((path) => path.startsWith('/v1/settings'));
     assert.equal(routes.length, 6, String(routes));
     for (const route of routes) {
-      const listed = Object.values(operation(route).responses)
+      const listed = Object.values(api.operation(route).responses)
         .flatMap((r) => r['x-steward-codes'] ?? [])
         .filter((code) => DOMAIN_CODES.has(code));
       const answered = CASES.filter(([r]) => r === route).map(([, code]) => code);
