@@ -72,7 +72,7 @@ describe('fewestInstructions', () => {
       ['a{600}b|a{600}c', 601], // RE2 factors the common prefix out: one copy
       ['a{1000}|b', 1000],
       ['x{0}y', 1],
-      [String.raw`\b{500}^{500}`, 0], // empty-width: RE2 may fold them
+      [String.raw`\b{500}^{500}`, 1000], // empty-width: one instruction each (RE2 compiles 1,000)
     ];
     for (const [pattern, fewest] of cases) assert.equal(fewestInstructions(pattern), fewest, pattern);
   });
@@ -81,4 +81,22 @@ describe('fewestInstructions', () => {
     for (const pattern of ['(a', 'a)', '[a', 'a\\', '(?=a)b', '(?P=n)', 'a{1001}'])
       assert.equal(fewestInstructions(pattern), 0, pattern);
   });
+});
+
+test('empty-width assertions count: a group of anchors repeated a thousand times is refused uncompiled', () => {
+  // Read as 0 before: compiled in full, 480,002 instructions and 1.2 s, then refused.
+  const anchors = `(?:${'^$'.repeat(240)}){1000}`;
+  assert.ok(fewestInstructions(anchors) >= 480_000, String(fewestInstructions(anchors)));
+  assert.ok(fewestInstructions(String.raw`(?:\b\B){600}`) >= 1200);
+  for (const small of [
+    '^',
+    '^^^^',
+    '(?:^$){5}',
+    String.raw`\b\b`,
+    '(?:^|$){5}',
+    '^{5}',
+    String.raw`\Aab\z`,
+  ]) {
+    assert.ok(fewestInstructions(small) <= RE2JS.compile(small).programSize(), small);
+  }
 });
