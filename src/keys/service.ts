@@ -14,7 +14,7 @@ import type { DbHandle, DbOrTx } from '../db/client.ts';
 // The vault's helper, as flags uses it: a unique violation however the driver wraps it.
 import { isUniqueViolation } from '../db/errors.ts';
 import { isId, newId } from '../db/ids.ts';
-import { mayHoldUnstorable, unstorableIn } from '../http/body.ts';
+import { MAX_JSON_DEPTH, mayHoldUnstorable, nestedTooDeep, unstorableIn } from '../http/body.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import { boundsOf, looserBound } from './bounds.ts';
@@ -945,6 +945,11 @@ export function createKeysService(deps: KeysServiceDeps) {
     const secret = open(keyring, row.secretSealed, secretAad(row.id)).toString('utf8');
     const payload = input.body.toString('utf8');
     const message = verifyStandardWebhook(secret, input.headers, payload, clock().getTime());
+    // The route reads raw bytes (the signature covers them), so the shared JSON parser's depth
+    // limit is applied here: a payload thousands deep overflowed the stack storing it (500).
+    if (nestedTooDeep(payload)) {
+      throw httpErrors.json_too_deep(`A signal may nest at most ${MAX_JSON_DEPTH} levels`);
+    }
     let parsed: unknown;
     try {
       parsed = JSON.parse(payload);

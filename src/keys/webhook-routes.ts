@@ -68,7 +68,12 @@ function page<T extends { id: string }, V>(rows: T[], limit: number, view: (row:
  * What ingestion answers itself: the route is public (the webhook key and the signature are the
  * credential, checked in the handler), so its refusals are its own to declare.
  */
+// The route parses its own body (the signature covers the raw bytes), so the JSON parser's
+// refusals are its own to list.
 const INGEST_ERRORS = [
+  'invalid_json',
+  'json_too_deep',
+  'unsupported_character',
   'invalid_signal_payload',
   'webhook_key_invalid',
   'webhook_key_inactive',

@@ -295,6 +295,21 @@ describe('/v1/ingest: text PostgreSQL cannot store (pglite)', () => {
     });
   };
 
+  test('a signed body nested deeper than 64 levels is 400 json_too_deep (was a 500 storing it), nothing stored', async () => {
+    const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Deep' } });
+    assert.equal(created.statusCode, 201, created.body);
+    const { key, secret } = created.json() as { key: string; secret: string };
+    const nested = (levels: number) => `{"type":"deep","data":${'['.repeat(levels)}${']'.repeat(levels)}}`;
+    for (const levels of [64, 5000]) {
+      const res = await send(key, secret, nested(levels));
+      assert.equal(res.statusCode, 400, `${levels}: ${res.body}`);
+      assert.equal(res.json().code, 'json_too_deep');
+    }
+    // 63 levels of arrays inside the object: 64 in all, the most any body may nest.
+    const fine = await send(key, secret, nested(63));
+    assert.equal(fine.statusCode, 202, fine.body);
+  });
+
   test('a signed body with \\u0000 or a lone surrogate is refused (400 unsupported_character), nothing stored', async () => {
     const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Nul' } });
     assert.equal(created.statusCode, 201, created.body);
