@@ -201,7 +201,7 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
 
     app.decorate('steward', ctx);
     const metrics = createRequestMetrics(app);
-    frameworkErrors = installProblemHandlers(app, unroutedResponse(metrics), () => auth.accessCodes());
+    frameworkErrors = installProblemHandlers(app, unroutedResponse(metrics));
     installJsonOnlyBodies(app);
     installAccessControl(app, auth);
     installResponseHook(app, metrics);

@@ -1,27 +1,33 @@
 import { appendFileSync } from 'node:fs';
-import type { FastifyRequest } from 'fastify';
-import { type ErrorSpec, httpErrors, registeredErrorCodes, type StewardError } from './errors.ts';
-import { paginationErrors } from './pagination.ts';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { type ErrorSpec, registeredErrorCodes, type StewardError } from './errors.ts';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
     /**
-     * The error codes this route may answer beyond the shared layer's (the HTTP layer's own codes,
-     * and the access layer's on a route that needs a caller): `['grant_exists', 'grant_escalation']`.
-     * The OpenAPI document lists them under their statuses; the test suite checks that every
-     * problem a route answers is one it declares (`noteIfUndocumented`).
+     * The error codes this route may answer beyond what the shared layer lists for it (the HTTP
+     * layer's from its schemas and body, the access layer's on a route that needs a caller):
+     * `['grant_exists', 'grant_escalation']`, or `permission_denied` for a route that checks a
+     * permission in its service. The OpenAPI document lists them under their statuses; the test
+     * suite checks that every problem a route answers is listed so (`noteIfUndocumented`).
      */
     errors?: readonly string[];
   }
 }
 
 /**
- * The HTTP layer's own codes: any route may answer them (documented once per status), and
- * `invalid_cursor`, which the document lists for every route taking a `cursor`.
+ * The HTTP layer's codes any request may get whatever its route, listed once in the document's
+ * description rather than under every operation: refusals of the request line or headers, the
+ * router's, and those of a server closing or overloaded. Every other code is listed by each
+ * operation that answers it.
  */
-const SHARED_CODES: ReadonlySet<string> = new Set([
-  ...Object.keys(httpErrors),
-  ...Object.keys(paginationErrors),
+export const ANY_REQUEST_CODES: ReadonlySet<string> = new Set([
+  'bad_request',
+  'method_not_allowed',
+  'request_timeout',
+  'uri_too_long',
+  'headers_too_large',
+  'service_unavailable',
 ]);
 
 /** A code's registered status and title; throws for a code no domain defines (a typo). */
@@ -48,22 +54,48 @@ export function codesByStatus(codes: readonly string[], where: string): Map<numb
  */
 export const UNDOCUMENTED_ERRORS_FILE = 'STEWARD_UNDOCUMENTED_ERRORS_FILE';
 
+/** Each operation's listed codes by `METHOD /path/{param} status`, read once from the document. */
+const listedBy = new WeakMap<object, Map<string, ReadonlySet<string>>>();
+
+type Paths = Record<string, Record<string, { responses?: Record<string, { 'x-steward-codes'?: string[] }> }>>;
+
+function listedCodes(server: FastifyInstance): Map<string, ReadonlySet<string>> | undefined {
+  const swagger = (server as FastifyInstance & { swagger?: () => { paths?: Paths } }).swagger;
+  if (swagger === undefined) return undefined;
+  let listed = listedBy.get(swagger);
+  if (listed === undefined) {
+    listed = new Map();
+    for (const [path, operations] of Object.entries(swagger.call(server).paths ?? {}))
+      for (const [method, operation] of Object.entries(operations))
+        for (const [status, response] of Object.entries(operation.responses ?? {}))
+          listed.set(`${method.toUpperCase()} ${path} ${status}`, new Set(response['x-steward-codes'] ?? []));
+    listedBy.set(swagger, listed);
+  }
+  return listed;
+}
+
 /**
- * Records a problem the route's OpenAPI operation does not document. `accessCodes` are the access
- * layer's (its authenticators' and authorizer's), shared by every route that needs a caller.
+ * Records a problem whose code the route's OpenAPI operation does not list under the status it
+ * answered: the document itself is the reference, so a code the shared layer lists for some
+ * routes and not others (`permission_denied` on a route that checks in its service) is caught
+ * too. Routes the document hides, and requests no route matched, are not checked.
  */
-export function noteIfUndocumented(
-  request: FastifyRequest,
-  problem: StewardError,
-  accessCodes: () => ReadonlySet<string>,
-): void {
+export function noteIfUndocumented(request: FastifyRequest, problem: StewardError): void {
   const sink = process.env[UNDOCUMENTED_ERRORS_FILE];
   if (!sink) return;
-  const config = request.routeOptions.config;
-  // No route matched (a 404 or 405 of the router): the shared layer's own answer.
-  if (config?.access === undefined || request.routeOptions.url === undefined) return;
-  if (SHARED_CODES.has(problem.code)) return;
-  if (config.access !== 'public' && accessCodes().has(problem.code)) return;
-  if (config.errors?.includes(problem.code)) return;
-  appendFileSync(sink, `${request.method} ${request.routeOptions.url} ${problem.status} ${problem.code}\n`);
+  const url = request.routeOptions.url;
+  if (request.routeOptions.config?.access === undefined || url === undefined) return;
+  if (ANY_REQUEST_CODES.has(problem.code)) return;
+  const listed = listedCodes(request.server);
+  if (listed === undefined) return;
+  const method = request.method === 'HEAD' ? 'GET' : request.method;
+  const path = openApiPath(url);
+  const codes = listed.get(`${method} ${path} ${problem.status}`);
+  // An operation the document does not hold at all (a hidden route) is not checked.
+  if (codes === undefined && ![...listed.keys()].some((key) => key.startsWith(`${method} ${path} `))) return;
+  if (codes?.has(problem.code)) return;
+  appendFileSync(sink, `${request.method} ${url} ${problem.status} ${problem.code}\n`);
 }
+
+/** Fastify's `/v1/things/:id` as OpenAPI writes it: `/v1/things/{id}`. */
+export const openApiPath = (url: string) => url.replace(/:(\w+)/g, '{$1}');

@@ -4,8 +4,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify';
 import { jsonSchemaTransform } from 'fastify-type-provider-zod';
 import type { RouteAccess } from './auth.ts';
-import { codesByStatus, specOf } from './documented-errors.ts';
-import { httpErrors } from './errors.ts';
+import { ANY_REQUEST_CODES, codesByStatus, openApiPath, specOf } from './documented-errors.ts';
 
 /**
  * The document's security schemes. The access layer accepts an access token or an API key, as a
@@ -153,9 +152,13 @@ function errorResponses(
   const pages = (schema.querystring as { properties?: Record<string, unknown> } | undefined)?.properties
     ?.cursor;
   if (pages !== undefined) bad.push('`invalid_cursor`');
+  // The path and query check (validation.ts `refusingUnstorable`) refuses NUL in either.
+  const pathOrQuery = schema.params !== undefined || schema.querystring !== undefined;
+  if (pathOrQuery && !parsesJson) bad.push('`unsupported_character` (in the path or query)');
   const badCodes = [
     ...(validated ? ['validation_failed'] : []),
     ...(pages !== undefined ? ['invalid_cursor'] : []),
+    ...(pathOrQuery && !parsesJson ? ['unsupported_character'] : []),
     ...(parsesJson ? ['invalid_json', 'json_too_deep', 'unsupported_character'] : []),
   ];
   if (bad.length > 0) out['400'] = problem(`Bad request: ${bad.join(', ')}`, badCodes);
@@ -261,9 +264,6 @@ function documentRoute(schema: FastifySchema, facts: RouteFacts): FastifySchema 
  */
 type CodesByOperation = Map<string, Record<string, string[]>>;
 
-/** Fastify's `/v1/things/:id` as OpenAPI writes it: `/v1/things/{id}`. */
-const openApiPath = (url: string) => url.replace(/:(\w+)/g, '{$1}');
-
 type Document = { paths?: object | undefined; components?: { schemas?: Record<string, unknown> } };
 type Operation = {
   requestBody?: {
@@ -274,10 +274,10 @@ type Operation = {
   security?: Record<string, string[]>[];
 };
 
-/** `code` (status): every code of the HTTP layer, for the document's description. */
-function httpLayerCodes(): string {
-  return Object.keys(httpErrors)
-    .map((code) => `\`${code}\` (${specOf(code, 'httpErrors').status})`)
+/** `code` (status): the HTTP layer's codes any request may get, for the document's description. */
+function anyRequestCodes(): string {
+  return [...ANY_REQUEST_CODES]
+    .map((code) => `\`${code}\` (${specOf(code, 'ANY_REQUEST_CODES').status})`)
     .join(', ');
 }
 
@@ -348,7 +348,7 @@ export async function installOpenApi(
           'Errors are RFC 9457 application/problem+json with a stable `code` and a `request_id`. ' +
           'Each operation states the access it needs (`x-steward-access`, `x-steward-permission`) and ' +
           'lists, under each error status, the codes it may answer (`x-steward-codes`). ' +
-          `The HTTP layer's codes, which any request may get: ${httpLayerCodes()}.`,
+          `Any request may also get: ${anyRequestCodes()}.`,
       },
       components: { securitySchemes },
       security: ACCESS_LAYER_SECURITY,

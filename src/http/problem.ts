@@ -86,13 +86,8 @@ function challengeFor(request: FastifyRequest): string {
   return checksTokens && BEARER_TOKEN.test(request.headers.authorization ?? '') ? INVALID_TOKEN : CHALLENGE;
 }
 
-function sendProblem(
-  request: FastifyRequest,
-  reply: FastifyReply,
-  problem: StewardError,
-  accessCodes: () => ReadonlySet<string>,
-) {
-  noteIfUndocumented(request, problem, accessCodes);
+function sendProblem(request: FastifyRequest, reply: FastifyReply, problem: StewardError) {
+  noteIfUndocumented(request, problem);
   reply.code(problem.status).headers(problem.headers);
   if (problem.status === 401 && problem.headers['www-authenticate'] === undefined) {
     reply.header('www-authenticate', challengeFor(request));
@@ -124,7 +119,6 @@ export type FrameworkErrorHandler = (
 export function installProblemHandlers(
   app: FastifyInstance,
   unrouted: (request: FastifyRequest, reply: FastifyReply, statusCode: number) => void,
-  accessCodes: () => ReadonlySet<string>,
 ): FrameworkErrorHandler {
   const fail = (error: FastifyError, request: FastifyRequest): StewardError => {
     const problem = toStewardError(error);
@@ -137,7 +131,7 @@ export function installProblemHandlers(
     return problem;
   };
   app.setErrorHandler((error: FastifyError, request, reply) => {
-    sendProblem(request, reply, fail(error, request), accessCodes);
+    sendProblem(request, reply, fail(error, request));
   });
   const allowedAt = allowedMethods(app);
   app.setNotFoundHandler((request, reply) => {
@@ -147,12 +141,12 @@ export function installProblemHandlers(
         ? httpErrors.not_found(`No route for ${request.method} at this path`)
         : httpErrors.method_not_allowed(`This path answers ${allow}`, {}, { allow });
     unrouted(request, reply, problem.status);
-    sendProblem(request, reply, problem, accessCodes);
+    sendProblem(request, reply, problem);
   });
   return (error, request, reply) => {
     const problem = fail(error, request);
     unrouted(request, reply, problem.status);
-    sendProblem(request, reply, problem, accessCodes);
+    sendProblem(request, reply, problem);
   };
 }
 

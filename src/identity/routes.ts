@@ -304,6 +304,8 @@ export const identityRoutes: FastifyPluginAsyncZod<{
           'password_incorrect',
           'user_not_found',
           'account_locked',
+          // Another change with the same current password committed first.
+          'conflict',
         ],
       },
       schema: {
