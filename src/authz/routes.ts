@@ -497,7 +497,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
     '/v1/authz/check',
     {
       // Any caller may check itself; checking someone else needs roles:read (in the service).
-      config: { access: 'authenticated', errors: ['principal_not_found'] },
+      config: { access: 'authenticated', errors: ['permission_denied', 'principal_not_found'] },
       // The hot route: answers are built here from the engine's frozen results, so they are
       // stringified directly instead of being re-validated by zod (the schema still documents them).
       serializerCompiler: () => (data) => JSON.stringify(data),

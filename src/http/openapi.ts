@@ -355,7 +355,8 @@ export async function installOpenApi(
     },
     transform: (input) => {
       const generated = jsonSchemaTransform(input);
-      const schema = generated.schema as FastifySchema & { hide?: boolean };
+      // A route that declares no schema at all has none here either.
+      const schema = (generated.schema ?? {}) as FastifySchema & { hide?: boolean };
       if (schema.hide) return generated;
       const { route } = input;
       const facts: RouteFacts = {

@@ -162,6 +162,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
       config: {
         access: 'public',
         errors: [
+          'rate_limited',
           ...PASSWORD_POLICY_ERRORS,
           'invalid_credentials',
           'role_not_found',
@@ -199,7 +200,13 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
     {
       config: {
         access: 'public',
-        errors: [...PASSWORD_POLICY_ERRORS, 'signup_disabled', 'email_taken', 'username_taken'],
+        errors: [
+          'rate_limited',
+          ...PASSWORD_POLICY_ERRORS,
+          'signup_disabled',
+          'email_taken',
+          'username_taken',
+        ],
       },
       schema: {
         tags,

@@ -155,7 +155,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/auth/login',
     {
-      config: { access: 'public', errors: ['invalid_credentials', 'account_locked'] },
+      config: { access: 'public', errors: ['rate_limited', 'invalid_credentials', 'account_locked'] },
       schema: {
         tags,
         summary: 'Log in with email and password',
@@ -189,6 +189,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{
       config: {
         access: 'public',
         errors: [
+          'rate_limited',
           'invalid_credentials',
           'mfa_token_invalid',
           'mfa_token_expired',

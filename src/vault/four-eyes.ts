@@ -792,6 +792,7 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
         // Four-eyes' own, then its appliers' refusals (a setting that moved: 412, …), which they
         // declared when they registered: registered before this route (`register` refuses later).
         errors: [
+          'permission_denied',
           ...new Set([
             'change_not_found',
             'change_decided',
@@ -831,7 +832,10 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
     '/v1/vault/changes/:id/reject',
     {
       // approvals:approve is checked by the service: a requester withdrawing their own needs none.
-      config: { access: 'authenticated', errors: ['change_not_found', 'change_decided'] },
+      config: {
+        access: 'authenticated',
+        errors: ['permission_denied', 'change_not_found', 'change_decided'],
+      },
       schema: {
         tags: ['vault'],
         summary: 'Reject a change (a requester may withdraw their own)',

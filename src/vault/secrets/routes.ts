@@ -254,7 +254,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.get(
     '/v1/secrets/:id',
     {
-      config: { access: 'authenticated', errors: ['secret_not_found'] },
+      config: { access: 'authenticated', errors: ['permission_denied', 'secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: "A secret's metadata (needs secrets:read on it)",
@@ -271,7 +271,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
     {
       config: {
         access: 'authenticated',
-        errors: ['secret_not_found', 'invalid_required_permission', 'owner_not_found'],
+        errors: ['permission_denied', 'secret_not_found', 'invalid_required_permission', 'owner_not_found'],
       },
       schema: {
         tags: ['secrets'],
@@ -306,6 +306,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
       config: {
         access: 'authenticated',
         errors: [
+          'permission_denied',
           'secret_not_found',
           'secret_version_not_found',
           'secret_inactive',
@@ -350,7 +351,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.put(
     '/v1/secrets/:id/value',
     {
-      config: { access: 'authenticated', errors: ['secret_not_found'] },
+      config: { access: 'authenticated', errors: ['permission_denied', 'secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: 'Write a new version (a rotation; needs secrets:update on it)',
@@ -370,7 +371,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.get(
     '/v1/secrets/:id/versions',
     {
-      config: { access: 'authenticated', errors: ['secret_not_found'] },
+      config: { access: 'authenticated', errors: ['permission_denied', 'secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: 'Versions, newest first (no values)',
@@ -399,7 +400,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
     {
       config: {
         access: 'authenticated',
-        errors: ['secret_not_found', 'secret_version_not_found', 'secret_undecryptable'],
+        errors: ['permission_denied', 'secret_not_found', 'secret_version_not_found', 'secret_undecryptable'],
       },
       schema: {
         tags: ['secrets'],
@@ -420,7 +421,7 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.delete(
     '/v1/secrets/:id',
     {
-      config: { access: 'authenticated', errors: ['secret_not_found'] },
+      config: { access: 'authenticated', errors: ['permission_denied', 'secret_not_found'] },
       schema: {
         tags: ['secrets'],
         summary: 'Delete a secret (needs secrets:delete on it; versions are kept for the record)',

@@ -198,7 +198,7 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
       // the audit event, never opened). A held change answers 202.
       config: {
         access: 'authenticated',
-        errors: ['environment_not_found', 'precondition_required', 'version_conflict'],
+        errors: ['permission_denied', 'environment_not_found', 'precondition_required', 'version_conflict'],
       },
       schema: {
         tags: ['settings'],
@@ -324,6 +324,7 @@ export const settingRoutes: FastifyPluginAsyncZod<{ settings: SettingService }> 
       config: {
         access: 'authenticated',
         errors: [
+          'permission_denied',
           'environment_not_found',
           'setting_not_found',
           'setting_version_not_found',
