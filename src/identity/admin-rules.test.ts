@@ -238,7 +238,7 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
     assert.equal(rename.statusCode, 200, 'the same roles: no role changes, no roles:* needed');
   });
 
-  test('a refused user creation, invitation or sign-up setting is audited as authz refusals are', async () => {
+  test('a refused user creation, invitation, unlock, revocation or sign-up setting is audited as authz refusals are', async () => {
     const byAction = async (action: string): Promise<Ev[]> =>
       (await t.call('GET', `/v1/audit/events?action=${action}&limit=500`, { token: admin })).json().data;
     const cases = [
@@ -269,6 +269,18 @@ describe('users admin API: delegation, deactivation and superuser rules (pglite)
       body: { open_signup: true, signup_role: 'admin' },
     });
     assert.equal(settings.statusCode, 403, settings.body);
+    // An unlock or an invitation's revocation refused by the route's permission: a viewer's.
+    const viewer = await newUser('vera@example.com', ['viewer']);
+    for (const [method, url, action] of [
+      ['POST', `/v1/users/${manager.id}/unlock`, 'user.unlocked'],
+      ['DELETE', '/v1/invitations/inv_01JAAAAAAAAAAAAAAAAAAAAAAA', 'invitation.revoked'],
+    ] as const) {
+      const res = await t.call(method, url, { token: viewer.token });
+      assert.equal(res.statusCode, 403, res.body);
+      const refused = (await byAction(action)).filter((e) => !e.success && e.actor.id === viewer.id);
+      assert.equal(refused.length, 1, action);
+      assert.equal(refused[0]?.details?.reason, 'permission_denied');
+    }
     const policy = await byAction('signup.policy_changed');
     assert.equal(policy.length, 1);
     assert.equal(policy[0]?.success, false);

@@ -141,6 +141,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
   app.delete(
     '/v1/invitations/:id',
     {
+      onError: auditRefusal('invitation.revoked', 'invitation'),
       config: { access: { permission: 'users:create' }, errors: ['invitation_not_found', 'invitation_used'] },
       schema: {
         tags,

@@ -564,6 +564,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/users/:id/unlock',
     {
+      onError: auditRefusal('user.unlocked', 'user'),
       config: { access: { permission: 'users:update' }, errors: ['user_not_found'] },
       schema: {
         tags,
