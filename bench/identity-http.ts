@@ -99,13 +99,31 @@ try {
 
   // 2. Password logins.
   if (PARTS.has('login')) {
+    // One account per connection: more than LOGIN_MAX_FAILURES proofs of one account in flight
+    // are refused unchecked (429, src/identity/lockout.ts), which a real user never runs into.
+    const connections = 8;
+    const emails: string[] = [];
+    for (let i = 0; i < connections; i++) {
+      const email = `bench-login-${i}@example.com`;
+      const res = await fetch(`${steward.url}/v1/users`, {
+        method: 'POST',
+        headers: { ...auth, 'content-type': 'application/json' },
+        body: JSON.stringify({ email, password: PASSWORD }),
+      });
+      if (res.status !== 201) throw new Error(`creating ${email}: HTTP ${res.status} ${await res.text()}`);
+      emails.push(email);
+    }
+    let next = 0;
     const [logins, cpu] = await serverCpu(steward.process.pid, () =>
       autocannon({
         url: `${steward.url}/v1/auth/login`,
         method: 'POST',
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ email: EMAIL, password: PASSWORD }),
-        connections: 8,
+        setupClient: (client) => {
+          client.setBody(JSON.stringify({ email: emails[next++ % connections], password: PASSWORD }));
+        },
+        connections,
         duration: SECONDS,
       }),
     );

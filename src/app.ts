@@ -147,7 +147,12 @@ export async function buildApp(config: Config, deps: AppDeps = {}): Promise<Fast
     });
     shutdownTasks.unshift(stopMaintenance);
     const bus =
-      deps.bus ?? (await openBus(config.REDIS_URL, (error) => app.log.error({ err: error }, 'redis')));
+      deps.bus ??
+      (await openBus(
+        config.REDIS_URL,
+        (error) => app.log.error({ err: error }, 'redis'),
+        config.REDIS_PREFIX,
+      ));
     if (!deps.bus) shutdownTasks.push(() => bus.close());
     const auth = new AuthRegistry();
     const authz = createAuthzService({

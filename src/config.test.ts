@@ -34,6 +34,7 @@ describe('configuration', () => {
       REDIS_URL: 'not a url hunter2',
       LOG_LEVEL: 'loud',
       BODY_LIMIT_BYTES: '12',
+      REDIS_PREFIX: 'staging hunter2',
     };
     for (const [name, value] of Object.entries(cases)) {
       assert.throws(

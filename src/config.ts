@@ -46,6 +46,13 @@ export const configSchema = z.object({
     .describe(
       'Redis for cache invalidation (and, with API keys, rate limits) shared by several Steward instances. Unset: in-process only.',
     ),
+  REDIS_PREFIX: z
+    .string()
+    .regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, `_`, `.` or `-`, at most 64')
+    .default('steward')
+    .describe(
+      'Namespace of every Redis key and channel Steward uses. Deployments sharing one Redis must each set their own, or they share login-failure counts.',
+    ),
   STEWARD_MASTER_KEY: z
     .string()
     .optional()

@@ -217,6 +217,27 @@ for (const { kind, skip } of STORES) {
       });
     });
 
+    test('a row added past the head, even one that links, is detected against the head', async () => {
+      // verify walks to the head it reads first (events keep arriving while it walks); a row past
+      // that head must be covered by the head read after it, which a forger cannot move.
+      const org = newId('org');
+      await append(org, 3);
+      await asAttacker(
+        `insert into audit_events (id, org_id, actor_type, action, success, sensitive, retention_days,
+           created_at, seq, prev_hash, hash)
+         select $2, org_id, actor_type, action, success, sensitive, retention_days, created_at, 4, hash, hash
+         from audit_events where org_id = $1 and seq = 3`,
+        [org, newId('evt')],
+      );
+      assert.deepEqual(await audit.verify(org), {
+        valid: false,
+        checked: 3,
+        first_bad_sequence: 4,
+        first_bad_event_id: null,
+        reason: 'head_mismatch',
+      });
+    });
+
     test('an event exists if and only if its transaction commits', async () => {
       const org = newId('org');
       await append(org, 1);
@@ -254,6 +275,49 @@ for (const { kind, skip } of STORES) {
       assert.equal((stored.details as Record<string, unknown>).note, 'fine');
       assert.equal(stored?.userAgent, 'bad\uFFFDagent\uFFFD');
       assert.equal((await audit.verify(org)).valid, true);
+    });
+
+    test('text cut at its cap never splits a surrogate pair (the event still verifies)', async () => {
+      const org = newId('org');
+      await store.db.db.transaction((tx) =>
+        audit.record(tx, [
+          // Caps of 500 and 1000 UTF-16 units: the emoji's high half is the last unit that fits.
+          {
+            orgId: org,
+            actor: { type: 'user', id: 'u', name: `${'a'.repeat(499)}😀` },
+            action: 'user.login',
+          },
+          {
+            orgId: org,
+            actor: { type: 'user', id: 'u' },
+            action: 'user.login',
+            context: { userAgent: `${'a'.repeat(999)}😀` },
+          },
+          // A pair that fits whole is kept; a lone surrogate that fits is still made storable.
+          {
+            orgId: org,
+            actor: { type: 'user', id: 'u', name: `${'a'.repeat(498)}😀` },
+            action: 'user.login',
+          },
+          {
+            orgId: org,
+            actor: { type: 'user', id: 'u', name: `${'a'.repeat(499)}\ud800x` },
+            action: 'user.login',
+          },
+        ]),
+      );
+      await audit.sequencer.flushOrg(org);
+      const names = (await audit.list(org, {}, { limit: 10 })).reverse();
+      assert.deepEqual(
+        names.map((e) => [e.actorName, e.userAgent]),
+        [
+          ['a'.repeat(499), null],
+          [null, 'a'.repeat(999)],
+          [`${'a'.repeat(498)}😀`, null],
+          [`${'a'.repeat(499)}\uFFFD`, null],
+        ],
+      );
+      assert.deepEqual(await audit.verify(org), valid(4));
     });
 
     test('retention purge removes an expired prefix, leaves a signed checkpoint, and the rest verifies', async () => {
@@ -375,6 +439,61 @@ for (const { kind, skip } of STORES) {
       );
       assert.equal(Number(rows[0]?.n), 200);
       assert.equal(Number(rows[0]?.distinct_prev), 200, 'no two events share a predecessor');
+    });
+
+    test('verify under live writes: a chain that keeps growing while it is walked still verifies', async () => {
+      // Before session 10, verify walked the events and then read the head: events linked in
+      // between (a reveal batch, a sequencer pass) moved the head past what was walked, and a
+      // healthy chain answered head_mismatch (seen at the end of the reveal bench on PostgreSQL).
+      const org = newId('org');
+      const batch = (from: number) => Array.from({ length: 50 }, (_, i) => event(org, from + i));
+      for (let i = 0; i < 50; i++)
+        await store.db.db.transaction((tx) => audit.record(tx, batch(i * 50), { link: true }));
+      let writing = true;
+      let written = 2500;
+      const writer = (async () => {
+        while (writing) {
+          await store.db.db.transaction((tx) => audit.record(tx, batch(written), { link: true }));
+          written += 50;
+        }
+      })();
+      const results = [];
+      try {
+        for (let i = 0; i < 5; i++) results.push(await audit.verify(org));
+      } finally {
+        writing = false;
+        await writer;
+      }
+      for (const result of results) {
+        assert.equal(result.valid, true, JSON.stringify(result));
+        assert.ok(result.checked >= 2500);
+      }
+      assert.ok(written > 2500, 'events were written while verify walked');
+      assert.deepEqual(await audit.verify(org), valid(written));
+    });
+
+    test('verify while a purge removes the prefix it is walking still verifies', async () => {
+      // On PGlite the purge's transaction runs between verify's pages; a walk it overtook (the
+      // events it was about to read are gone, a newer checkpoint covers them) is walked again.
+      const saved = now;
+      try {
+        const results = [];
+        for (let round = 0; round < 4; round++) {
+          const org = newId('org');
+          now = new Date(Date.UTC(2030 + round, 0, 1));
+          const batch = (from: number) => Array.from({ length: 100 }, (_, i) => event(org, from + i));
+          for (let i = 0; i < 25; i++)
+            await store.db.db.transaction((tx) => audit.record(tx, batch(i * 100), { link: true }));
+          now = new Date(Date.UTC(2030 + round, 6, 1)); // past the 30 days of retention
+          const verifying = audit.verify(org);
+          const purged = audit.purge();
+          results.push(await verifying);
+          assert.ok((await purged).some((r) => r.orgId === org && r.purged === 2500));
+        }
+        for (const result of results) assert.equal(result.valid, true, JSON.stringify(result));
+      } finally {
+        now = saved;
+      }
     });
   });
 }

@@ -1,4 +1,4 @@
-import { and, desc, eq, gte, lt, lte, type SQL } from 'drizzle-orm';
+import { and, asc, desc, eq, gt, gte, lt, lte, type SQL } from 'drizzle-orm';
 import type { DbOrTx } from '../db/client.ts';
 import { auditEvents } from './schema.ts';
 
@@ -47,5 +47,28 @@ export async function listEvents(
     .from(auditEvents)
     .where(and(...where))
     .orderBy(desc(auditEvents.id))
+    .limit(page.limit);
+}
+
+/**
+ * Forward by sequence: the org's linked events with `seq > afterSeq`, oldest first. Gap-free for a
+ * reader that continues from the last sequence it saw: sequences are given under the org's chain
+ * head lock, consecutively, each batch committing before the next is given, so an event that shows
+ * later (committed late, linked late) always gets a sequence above every one already visible.
+ * Events not linked yet are not returned; they are, once linked, on a later read.
+ */
+export async function listEventsAfterSeq(
+  db: DbOrTx,
+  orgId: string,
+  filters: AuditFilters,
+  page: { limit: number; afterSeq: number },
+): Promise<StoredEvent[]> {
+  const where = conditions(orgId, filters);
+  where.push(gt(auditEvents.seq, page.afterSeq));
+  return db
+    .select()
+    .from(auditEvents)
+    .where(and(...where))
+    .orderBy(asc(auditEvents.seq))
     .limit(page.limit);
 }

@@ -38,6 +38,22 @@ function filtersOf(q: FilterQuery): AuditFilters {
 
 const cursorSchema = z.object({ id: z.string().startsWith('evt_').max(40) });
 
+/**
+ * `?after_seq=<n>`: read forward by sequence, for a forwarder (SIEM) that must see every event once.
+ * Digits only (no sign, exponent, hex or blank), at most 2^53 − 1: sequences are PostgreSQL bigints
+ * read as JavaScript numbers, and no chain comes near that.
+ */
+const afterSeqQuery = z
+  .string()
+  .regex(/^[0-9]+$/, 'must be a non-negative integer')
+  .transform(Number)
+  .pipe(z.number().max(Number.MAX_SAFE_INTEGER, 'must be at most 9007199254740991 (2^53 − 1)'))
+  .optional()
+  .describe(
+    'Read forward: only linked events with a sequence above this, in ascending sequence order ' +
+      '(continue with `next_after_seq`). Gap-free, unlike paging newest first: use it to forward the trail.',
+  );
+
 /** Query, export and verify the caller org's audit trail. No route changes or deletes an event. */
 export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async (app, { ctx }) => {
   app.get(
@@ -46,16 +62,45 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       config: { access: { permission: 'audit:read' }, errors: [] },
       schema: {
         tags: ['audit'],
-        summary: 'Query audit events, newest first',
+        summary: 'Query audit events, newest first (or forward by sequence, with after_seq)',
         // Strict: a misspelt filter (`?actor=`) is a 400, not silently the whole trail.
-        querystring: z.strictObject({ ...filterQuery, ...pageQuery }),
-        response: { 200: listResponse(eventSchema) },
+        querystring: z
+          .strictObject({ ...filterQuery, ...pageQuery, after_seq: afterSeqQuery })
+          .superRefine((q, issues) => {
+            if (q.after_seq !== undefined && q.cursor !== undefined)
+              issues.addIssue({
+                code: 'custom',
+                path: ['after_seq'],
+                message: 'cannot be combined with cursor: continue a forward read with next_after_seq',
+              });
+          }),
+        response: {
+          200: listResponse(eventSchema).extend({
+            next_after_seq: z
+              .number()
+              .int()
+              .nullable()
+              .describe(
+                'With `after_seq`: pass it as `after_seq` for the next read (the last sequence returned, ' +
+                  'or the one given when nothing is new yet); null otherwise.',
+              ),
+          }),
+        },
       },
     },
     async (request) => {
-      const { limit, cursor, ...filters } = request.query;
+      const { limit, cursor, after_seq: afterSeq, ...filters } = request.query;
+      const orgId = callerOf(request).orgId;
+      if (afterSeq !== undefined) {
+        const events = await ctx.audit.listAfterSeq(orgId, filtersOf(filters), { limit, afterSeq });
+        return {
+          data: events.map(eventView),
+          next_cursor: null,
+          next_after_seq: events.at(-1)?.seq ?? afterSeq,
+        };
+      }
       const before = decodeCursor(cursor, cursorSchema);
-      const events = await ctx.audit.list(callerOf(request).orgId, filtersOf(filters), {
+      const events = await ctx.audit.list(orgId, filtersOf(filters), {
         limit,
         beforeId: before?.id,
       });
@@ -63,6 +108,7 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       return {
         data: events.map(eventView),
         next_cursor: events.length === limit && last ? encodeCursor({ id: last.id }) : null,
+        next_after_seq: null,
       };
     },
   );
@@ -75,15 +121,20 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       config: { access: { permission: 'audit:export' }, errors: [] },
       schema: {
         tags: ['audit'],
-        summary: 'Export audit events as NDJSON or CSV (streamed, newest first)',
-        querystring: z.strictObject({ ...filterQuery, format: z.enum(['ndjson', 'csv']).default('ndjson') }),
+        summary: 'Export audit events as NDJSON or CSV (streamed, newest first; by sequence with after_seq)',
+        querystring: z.strictObject({
+          ...filterQuery,
+          format: z.enum(['ndjson', 'csv']).default('ndjson'),
+          after_seq: afterSeqQuery,
+        }),
         produces: ['application/x-ndjson', 'text/csv'],
       },
     },
     async (request, reply) => {
       const principal = callerOf(request);
-      const { format, ...query } = request.query;
-      const filters = filtersOf(query);
+      const { format, after_seq: afterSeq, ...filterValues } = request.query;
+      const filters = filtersOf(filterValues);
+      const query = afterSeq === undefined ? filterValues : { ...filterValues, after_seq: afterSeq };
       // The export itself is on the record, written before the first byte leaves.
       await ctx.db.db.transaction((tx) =>
         ctx.audit.record(tx, {
@@ -100,7 +151,9 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       reply
         .type(format === 'csv' ? 'text/csv; charset=utf-8' : 'application/x-ndjson; charset=utf-8')
         .header('content-disposition', `attachment; filename="audit-${stamp}.${format}"`);
-      return reply.send(Readable.from(exportLines(ctx.audit.stream(principal.orgId, filters), format)));
+      return reply.send(
+        Readable.from(exportLines(ctx.audit.stream(principal.orgId, filters, { afterSeq }), format)),
+      );
     },
   );
 

@@ -1,4 +1,4 @@
-import { and, asc, eq, gt, isNotNull, isNull, lt, or, sql } from 'drizzle-orm';
+import { and, asc, eq, gt, isNotNull, isNull, lt, lte, or, sql } from 'drizzle-orm';
 import { PgTransaction } from 'drizzle-orm/pg-core';
 import type { Keyring } from '../crypto/keyring.ts';
 import { type DbHandle, type DbOrTx, rawInsertMany } from '../db/client.ts';
@@ -16,7 +16,7 @@ import {
 } from './chain.ts';
 import { type AuditKeys, createAuditKeys } from './mac.ts';
 import { loadAuditMacKeys } from './mac-key.ts';
-import { type AuditFilters, listEvents, type StoredEvent } from './queries.ts';
+import { type AuditFilters, listEvents, listEventsAfterSeq, type StoredEvent } from './queries.ts';
 import { redact, storable, storableJson } from './redact.ts';
 import { auditChainHeads, auditCheckpoints, auditEvents, auditLegacyBoundaries } from './schema.ts';
 import { createSequencer, type Sequencer } from './sequencer.ts';
@@ -189,6 +189,15 @@ const eventValues = ({ content: row, mac }: Row): unknown[] => [
   mac,
 ];
 
+/** The first `max` UTF-16 units of `s`, one fewer when the cut would split a surrogate pair. */
+function cut(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const high = s.charCodeAt(max - 1);
+  const low = s.charCodeAt(max);
+  const splits = high >= 0xd800 && high <= 0xdbff && low >= 0xdc00 && low <= 0xdfff;
+  return s.slice(0, splits ? max - 1 : max);
+}
+
 /** Takes the org's chain head (created at genesis on first use) and holds it until commit. */
 const LOCK_HEAD = prepared(
   'audit_lock_head',
@@ -208,7 +217,12 @@ export function createAuditService({
   clock = () => new Date(),
   sequencer = createSequencer({ db }),
 }: AuditServiceDeps) {
-  const text = (s: string | null | undefined, max = 2000) => (s == null ? null : storable(s).slice(0, max));
+  /**
+   * Cut to `max` UTF-16 units on a code-point boundary, then made storable. Until session 10 it was
+   * made storable first and cut after, which could split a surrogate pair: the lone half was hashed
+   * and MACed, stored by the driver as U+FFFD, and verify called the untampered event `hash_mismatch`.
+   */
+  const text = (s: string | null | undefined, max = 2000) => (s == null ? null : storable(cut(s, max)));
 
   /** What a checkpoint's signature covers. */
   const checkpointPayload = (c: {
@@ -315,28 +329,64 @@ export function createAuditService({
    * Re-computes the org's chain from its latest checkpoint (or genesis) to its head: each event's
    * place, link, hash and MAC (events up to the org's legacy boundary may have none), then the head,
    * then rows that carry a hash but no place in that chain. Reports the first problem found.
+   *
+   * The trail keeps growing while it is walked (reveal batches, the sequencer, other instances).
+   * The walk goes from the checkpoint to the head as read before it (events and the head that
+   * covers them commit together), and rows past that head must be covered by the head read after
+   * them. On PostgreSQL it all reads one snapshot (a read-only REPEATABLE READ transaction). PGlite
+   * has one connection, which a transaction would hold, and every request with it, for the whole
+   * walk: there a walk that a purge overtook (a newer checkpoint) is run again. Before session 10
+   * verify read the head after the walk, and a chain verified under load answered `head_mismatch`.
    */
   async function verify(orgId: string): Promise<VerifyResult> {
     await sequencer.flushOrg(orgId);
+    if (db.kind === 'postgres') {
+      return db.db.transaction((tx) => verifyWalk(tx, orgId).then((walk) => walk.result), {
+        isolationLevel: 'repeatable read',
+        accessMode: 'read only',
+      });
+    }
+    for (let attempt = 1; ; attempt++) {
+      const walk = await verifyWalk(db.db, orgId);
+      if (walk.result.valid || attempt === 3) return walk.result;
+      const latest = await latestCheckpoint(db.db, orgId);
+      if ((latest?.id ?? null) === walk.checkpointId) return walk.result;
+    }
+  }
+
+  /** The newest checkpoint of the furthest purge (a re-signed copy comes after its original). */
+  async function latestCheckpoint(q: DbOrTx, orgId: string) {
+    const [checkpoint] = await q
+      .select()
+      .from(auditCheckpoints)
+      .where(eq(auditCheckpoints.orgId, orgId))
+      .orderBy(sql`${auditCheckpoints.lastPurgedSeq} desc`, sql`${auditCheckpoints.id} desc`)
+      .limit(1);
+    return checkpoint;
+  }
+
+  /** One walk of `verify`, and the checkpoint it started from. */
+  async function verifyWalk(
+    q: DbOrTx,
+    orgId: string,
+  ): Promise<{ result: VerifyResult; checkpointId: string | null }> {
+    const checkpoint = await latestCheckpoint(q, orgId);
+    const checkpointId = checkpoint?.id ?? null;
     const bad = (
       checked: number,
       sequence: number | null,
       reason: NonNullable<VerifyResult['reason']>,
       eventId: string | null = null,
-    ): VerifyResult => ({
-      valid: false,
-      checked,
-      first_bad_sequence: sequence,
-      first_bad_event_id: eventId,
-      reason,
+    ) => ({
+      checkpointId,
+      result: {
+        valid: false,
+        checked,
+        first_bad_sequence: sequence,
+        first_bad_event_id: eventId,
+        reason,
+      } satisfies VerifyResult,
     });
-    const [checkpoint] = await db.db
-      .select()
-      .from(auditCheckpoints)
-      .where(eq(auditCheckpoints.orgId, orgId))
-      // The newest of the furthest: a re-signed copy (`resignLegacyCheckpoints`) comes after its original.
-      .orderBy(sql`${auditCheckpoints.lastPurgedSeq} desc`, sql`${auditCheckpoints.id} desc`)
-      .limit(1);
     let expectedSeq = 1;
     let expectedPrev = GENESIS_HASH;
     if (checkpoint) {
@@ -348,18 +398,24 @@ export function createAuditService({
       expectedPrev = checkpoint.lastPurgedHash;
     }
     const firstSeq = expectedSeq;
-    const [boundary] = await db.db
+    const [boundary] = await q
       .select({ seq: auditLegacyBoundaries.legacyThroughSeq })
       .from(auditLegacyBoundaries)
       .where(eq(auditLegacyBoundaries.orgId, orgId));
     const legacyThrough = boundary?.seq ?? 0;
+    // The walk ends at the head as it is now: events linked after this read are the next
+    // verify's. Events and the head they move commit together, so all of these exist.
+    const [head] = await q.select().from(auditChainHeads).where(eq(auditChainHeads.orgId, orgId));
+    const within = (after: number) =>
+      head
+        ? and(eq(auditEvents.orgId, orgId), gt(auditEvents.seq, after), lte(auditEvents.seq, head.lastSeq))
+        : and(eq(auditEvents.orgId, orgId), gt(auditEvents.seq, after));
     let checked = 0;
-    let after = expectedSeq - 1;
     for (;;) {
-      const page = await db.db
+      const page = await q
         .select()
         .from(auditEvents)
-        .where(and(eq(auditEvents.orgId, orgId), gt(auditEvents.seq, after)))
+        .where(within(expectedSeq - 1))
         .orderBy(asc(auditEvents.seq))
         .limit(PAGE);
       for (const row of page) {
@@ -378,19 +434,32 @@ export function createAuditService({
         checked++;
         expectedSeq++;
         expectedPrev = row.hash;
-        after = expectedSeq - 1;
       }
       if (page.length < PAGE) break;
     }
-    // Deleting the newest events leaves a chain that verifies on its own; the head does not.
-    const [head] = await db.db.select().from(auditChainHeads).where(eq(auditChainHeads.orgId, orgId));
     const lastSeq = expectedSeq - 1;
-    if (head && (head.lastSeq !== lastSeq || head.lastHash !== expectedPrev)) {
-      return bad(checked, lastSeq + 1, 'head_mismatch');
+    if (head) {
+      // Deleting the newest events leaves a chain that verifies on its own; the head does not.
+      if (head.lastSeq !== lastSeq || head.lastHash !== expectedPrev) {
+        return bad(checked, lastSeq + 1, 'head_mismatch');
+      }
+      // Rows past the head: events linked since it was read, or rows written around it. Read the
+      // head again after them: a row it does not cover was never linked by Steward.
+      const [past] = await q
+        .select({ seq: sql<number>`max(${auditEvents.seq})`.mapWith(Number) })
+        .from(auditEvents)
+        .where(and(eq(auditEvents.orgId, orgId), gt(auditEvents.seq, lastSeq)));
+      if (past?.seq != null) {
+        const [now] = await q
+          .select({ lastSeq: auditChainHeads.lastSeq })
+          .from(auditChainHeads)
+          .where(eq(auditChainHeads.orgId, orgId));
+        if (!now || past.seq > now.lastSeq) return bad(checked, lastSeq + 1, 'head_mismatch');
+      }
     }
     // Listed, but outside what was just walked: a hash without a sequence (never linked, never
     // checked), or a sequence the latest checkpoint says was purged.
-    const [stray] = await db.db
+    const [stray] = await q
       .select({ id: auditEvents.id, seq: auditEvents.seq })
       .from(auditEvents)
       .where(
@@ -403,11 +472,31 @@ export function createAuditService({
       .orderBy(asc(auditEvents.id))
       .limit(1);
     if (stray) return bad(checked, stray.seq, 'unchained_event', stray.id);
-    return { valid: true, checked, first_bad_sequence: null, first_bad_event_id: null };
+    return {
+      checkpointId,
+      result: { valid: true, checked, first_bad_sequence: null, first_bad_event_id: null },
+    };
   }
 
-  /** Keyset-paginated pages of one org's events, for the API and exports. */
-  async function* stream(orgId: string, filters: AuditFilters): AsyncGenerator<StoredEvent> {
+  /**
+   * Keyset-paginated pages of one org's events, for the API and exports: newest first by id, or,
+   * given `afterSeq`, the linked events after it in sequence order (what a forwarder reads).
+   */
+  async function* stream(
+    orgId: string,
+    filters: AuditFilters,
+    options: { afterSeq?: number | undefined } = {},
+  ): AsyncGenerator<StoredEvent> {
+    if (options.afterSeq !== undefined) {
+      let afterSeq = options.afterSeq;
+      for (;;) {
+        const page = await listEventsAfterSeq(db.db, orgId, filters, { limit: PAGE, afterSeq });
+        yield* page;
+        const last = page.at(-1);
+        if (page.length < PAGE || last?.seq == null) return;
+        afterSeq = last.seq;
+      }
+    }
     let cursor: string | undefined;
     for (;;) {
       const page = await listEvents(db.db, orgId, filters, { limit: PAGE, beforeId: cursor });
@@ -486,7 +575,12 @@ export function createAuditService({
         });
         return { orgId, purged: deleted.length, lastPurgedSeq: last.seq };
       });
-      if (result) results.push(result);
+      if (result) {
+        results.push(result);
+        // Its audit.purged event, written unlinked on PostgreSQL: linked before purge returns, since
+        // `steward audit purge` has no running sequencer to do it (it was left unlinked until session 10).
+        await sequencer.flushOrg(orgId);
+      }
     }
     return results;
   }
@@ -541,6 +635,9 @@ export function createAuditService({
     sequencer,
     list: (orgId: string, filters: AuditFilters, page: { limit: number; beforeId?: string | undefined }) =>
       listEvents(db.db, orgId, filters, page),
+    /** Linked events after `afterSeq`, in sequence order (`listEventsAfterSeq`). */
+    listAfterSeq: (orgId: string, filters: AuditFilters, page: { limit: number; afterSeq: number }) =>
+      listEventsAfterSeq(db.db, orgId, filters, page),
   };
 }
 

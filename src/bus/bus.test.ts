@@ -41,4 +41,33 @@ describe('invalidation bus', () => {
     assert.equal(await atA, 'org_1', 'the publishing instance hears itself too');
     await Promise.all([a.close(), b.close()]);
   });
+
+  test('over Redis: deployments with different REDIS_PREFIX do not hear each other', {
+    skip: redisSkip,
+  }, async () => {
+    const url = process.env.REDIS_URL as string;
+    const prefix = `test-${randomUUID()}`;
+    const [a, sameDeployment, otherDeployment] = await Promise.all([
+      createRedisBus(url, undefined, prefix),
+      createRedisBus(url, undefined, prefix),
+      createRedisBus(url, undefined, `${prefix}-other`),
+    ]);
+    const heardByOther: string[] = [];
+    otherDeployment.subscribe('keys', (m) => heardByOther.push(m));
+    const atSame = nextMessage(sameDeployment, 'keys');
+    let delivered = false;
+    void atSame.then(() => {
+      delivered = true;
+    });
+    for (let i = 0; i < 50 && !delivered; i++) {
+      await a.publish('keys', 'key_1');
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.equal(await atSame, 'key_1');
+    // The other deployment subscribed first, so it had every chance to hear the messages.
+    await otherDeployment.publish('keys', 'probe'); // and its own channel works
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(heardByOther, ['probe']);
+    await Promise.all([a.close(), sameDeployment.close(), otherDeployment.close()]);
+  });
 });

@@ -10,13 +10,17 @@ import { Redis } from 'ioredis';
  */
 export interface InvalidationBus {
   readonly kind: 'memory' | 'redis';
+  /** Resolves once sent, or once it failed (reported to the bus's `onError`): it never rejects. */
   publish(topic: string, message: string): Promise<void>;
   /** Receives messages of one topic from every instance, this one included. */
   subscribe(topic: string, handler: (message: string) => void): void;
+  /**
+   * Hands a message to this instance's own subscribers of `topic`, and nobody else's: what an
+   * instance learned by other means (a poll that found a change whose message never came).
+   */
+  deliverLocally(topic: string, message: string): void;
   close(): Promise<void>;
 }
-
-const CHANNEL_PREFIX = 'steward:invalidate:';
 
 export function createMemoryBus(): InvalidationBus {
   const emitter = new EventEmitter();
@@ -29,30 +33,103 @@ export function createMemoryBus(): InvalidationBus {
     subscribe(topic, handler) {
       emitter.on(topic, handler);
     },
+    deliverLocally(topic, message) {
+      emitter.emit(topic, message);
+    },
     async close() {
       emitter.removeAllListeners();
     },
   };
 }
 
-/** Redis pub/sub needs a connection of its own for subscribing. */
+/**
+ * How long a Redis command may go unanswered before it fails (ioredis `commandTimeout`). Redis
+ * answers in well under a millisecond here; a command still unanswered after this long means a
+ * partition or a stalled server, not load. Callers then take their fallback (the in-memory
+ * insurance limiter, the invalidation poll) instead of hanging for as long as the outage lasts:
+ * a rate-limited verification waits at most this long, once per command. Kept well under the
+ * ~1 s users notice and the poll's 500 ms period, and far above any healthy round trip.
+ */
+export const REDIS_COMMAND_TIMEOUT_MS = 300;
+/** TCP keep-alive on every Redis socket (ioredis `keepAlive`, initial delay): a dead peer is found. */
+export const REDIS_KEEPALIVE_MS = 10_000;
+/** How often `watchRedis` pings an idle-or-not connection to find one that stopped answering. */
+export const REDIS_WATCH_MS = 1_000;
+
+/**
+ * ioredis options shared by Steward's command connections (rate limiters, the bus publisher):
+ * a command fails after REDIS_COMMAND_TIMEOUT_MS, and while the connection is down it fails at
+ * once (no offline queue) rather than wait for a reconnect.
+ */
+export const REDIS_COMMAND_OPTIONS = {
+  lazyConnect: true,
+  maxRetriesPerRequest: 2,
+  enableOfflineQueue: false,
+  commandTimeout: REDIS_COMMAND_TIMEOUT_MS,
+  keepAlive: REDIS_KEEPALIVE_MS,
+} as const;
+
+/**
+ * Pings the connection every REDIS_WATCH_MS; a ping that times out (the socket is open but nothing
+ * comes back: a partition, a paused server) drops the connection and reconnects. Until the
+ * reconnect is ready every command fails at once (no offline queue), so callers fall back without
+ * paying the command timeout each time, and commands stop piling up on a socket that may not
+ * answer for minutes. Returns the stop function.
+ */
+export function watchRedis(redis: Redis, intervalMs = REDIS_WATCH_MS): () => void {
+  let pinging = false;
+  const timer = setInterval(() => {
+    if (pinging || redis.status !== 'ready') return;
+    pinging = true;
+    redis
+      .ping()
+      .catch((error: unknown) => {
+        if (error instanceof Error && error.message === 'Command timed out' && redis.status === 'ready') {
+          redis.disconnect(true);
+        }
+      })
+      .finally(() => {
+        pinging = false;
+      });
+  }, intervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
+
+/**
+ * Redis pub/sub needs a connection of its own for subscribing. Channels are
+ * `<prefix>:invalidate:<topic>` (REDIS_PREFIX): deployments sharing one Redis stay apart.
+ */
 export async function createRedisBus(
   url: string,
   onError: (error: Error) => void = () => {},
+  prefix = 'steward',
 ): Promise<InvalidationBus> {
-  const publisher = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 2 });
-  const subscriber = publisher.duplicate();
+  const channelPrefix = `${prefix}:invalidate:`;
+  // Publishing is a hint (the pollers cover a lost message): a publish fails within the command
+  // timeout, or at once while the connection is down, instead of waiting in an offline queue for
+  // as long as Redis is away — writers no longer wait on it, but other callers still await it.
+  const publisher = new Redis(url, REDIS_COMMAND_OPTIONS);
+  // The subscriber keeps ioredis's offline queue and no command timeout: a SUBSCRIBE sent while it
+  // reconnects must not be lost (ioredis resubscribes only channels it has heard confirmed).
+  const subscriber = new Redis(url, { lazyConnect: true, keepAlive: REDIS_KEEPALIVE_MS });
   publisher.on('error', onError);
   subscriber.on('error', onError);
   await Promise.all([publisher.connect(), subscriber.connect()]);
+  const unwatch = watchRedis(publisher);
   const handlers = new Map<string, ((message: string) => void)[]>();
   subscriber.on('message', (channel: string, message: string) => {
-    for (const handler of handlers.get(channel.slice(CHANNEL_PREFIX.length)) ?? []) handler(message);
+    for (const handler of handlers.get(channel.slice(channelPrefix.length)) ?? []) handler(message);
   });
   return {
     kind: 'redis',
     async publish(topic, message) {
-      await publisher.publish(CHANNEL_PREFIX + topic, message);
+      // Never fails its caller: a lost hint is covered by the receivers' polls and refreshes, and a
+      // caller that let it through answered 500 for a change it had committed (a login or a
+      // password change while Redis was away; a regression probe's finding).
+      await publisher.publish(channelPrefix + topic, message).catch((error: unknown) => {
+        onError(error instanceof Error ? error : new Error(String(error)));
+      });
     },
     subscribe(topic, handler) {
       const list = handlers.get(topic);
@@ -61,11 +138,15 @@ export async function createRedisBus(
         return;
       }
       handlers.set(topic, [handler]);
-      void subscriber.subscribe(CHANNEL_PREFIX + topic).catch(onError);
+      void subscriber.subscribe(channelPrefix + topic).catch(onError);
+    },
+    deliverLocally(topic, message) {
+      for (const handler of handlers.get(topic) ?? []) handler(message);
     },
     async close() {
+      unwatch();
       subscriber.disconnect();
-      await publisher.quit();
+      await publisher.quit().catch(() => publisher.disconnect());
     },
   };
 }
@@ -74,6 +155,7 @@ export async function createRedisBus(
 export function openBus(
   redisUrl: string | undefined,
   onError?: (error: Error) => void,
+  prefix?: string,
 ): Promise<InvalidationBus> {
-  return redisUrl ? createRedisBus(redisUrl, onError) : Promise.resolve(createMemoryBus());
+  return redisUrl ? createRedisBus(redisUrl, onError, prefix) : Promise.resolve(createMemoryBus());
 }

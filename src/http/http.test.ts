@@ -742,12 +742,13 @@ describe('bodies over real routes', () => {
   });
   after(() => t.close());
 
-  test('logout and TOTP enrol accept an empty JSON body; a NUL in a name is refused, not a 500', async () => {
+  test('logout and unlock accept an empty JSON body; a NUL in a name is refused, not a 500', async () => {
     const { access_token } = await t.tokensFor(ADMIN.email, ADMIN.password);
     const empty = (url: string) =>
       t.call('POST', url, { token: access_token, headers: { 'content-type': 'application/json' }, body: '' });
-    const enrol = await empty('/v1/auth/totp/enroll');
-    assert.equal(enrol.statusCode, 200, enrol.body);
+    // (TOTP enrolment, used here before, now takes the current password.)
+    const unlock = await empty(`/v1/users/${t.adminId}/unlock`);
+    assert.equal(unlock.statusCode, 200, unlock.body);
     for (const name of ['a\u0000b', 'a\ud800b']) {
       const res = await t.call('POST', '/v1/webhook-keys', { token: access_token, body: { name } });
       assert.equal(res.statusCode, 400, res.body);
@@ -843,7 +844,9 @@ describe('every 401 carries WWW-Authenticate (RFC 9110 §15.5.2), public routes 
       201,
     );
     const own = await t.tokensFor(email, PASS);
-    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token })).json();
+    const { secret } = (
+      await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token, body: { password: PASS } })
+    ).json();
     await t.call('POST', '/v1/auth/totp/confirm', {
       token: own.access_token,
       body: { code: totpAt(secret, t.now.ms) },

@@ -47,12 +47,16 @@ export function createAccount(core: IdentityCore) {
   ): Promise<{ revoked_sessions: number }> {
     const user = await core.currentUser(principal);
     // The current password is a proof like a login's: throttled, counted and locked alike.
-    await lockout.withIpPoint(origin.ip, async (ip) => {
-      const attempt = { user, orgId: principal.orgId, origin, ip, during: 'password_change' as const };
-      await lockout.assertNotLocked(attempt);
-      const check = await verifyPassword(user.passwordHash, input.current_password);
-      if (!check.ok) throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
-    });
+    await lockout.withIpPoint(origin.ip, (ip) =>
+      lockout.withAccountProof(
+        { user, orgId: principal.orgId, origin, ip, during: 'password_change' },
+        async (attempt) => {
+          const check = await verifyPassword(user.passwordHash, input.current_password);
+          if (!check.ok)
+            throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
+        },
+      ),
+    );
     assertPasswordPolicy(input.new_password, user);
     const hash = await hashPassword(input.new_password);
     const now = clock();

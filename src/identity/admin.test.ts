@@ -477,7 +477,7 @@ describe('routes without a body refuse one; unlock without a lock (pglite)', () 
     const session = await t.tokensFor('nell@example.com', PASS);
     const refused: [string, string, string][] = [
       ['POST', '/v1/auth/logout', session.access_token],
-      ['POST', '/v1/auth/totp/enroll', session.access_token],
+      ['POST', `/v1/users/${id}/totp/reset`, admin],
       ['POST', `/v1/users/${id}/unlock`, admin],
       ['DELETE', `/v1/users/${id}`, admin],
       ['DELETE', '/v1/auth/sessions/ses_01JAAAAAAAAAAAAAAAAAAAAAAA', admin],

@@ -74,6 +74,11 @@ export interface UserView {
   user: User;
   active: boolean;
   roles: readonly string[];
+  /**
+   * Who added the user to the org shown (the membership's `created_by`: an admin, an API key, the
+   * inviter; null for sign-up and bootstrap). Absent: the account's own `created_by`.
+   */
+  createdBy?: string | null;
 }
 
 /** What a token's `sub` is for the Principal; dropped on change, on every instance. */
@@ -130,11 +135,15 @@ export const lockedError = (until: Date): StewardError =>
     locked_until: until.toISOString(),
   });
 
-export function rateLimitedError(waitMs: number, busy = false): StewardError {
+export function rateLimitedError(
+  waitMs: number,
+  busy = false,
+  of: 'address' | 'account' = 'address',
+): StewardError {
   const seconds = Math.ceil(waitMs / 1000);
   return httpErrors.rate_limited(
     busy
-      ? 'Too many logins in progress from this address: retry in a moment'
+      ? `Too many logins in progress ${of === 'account' ? 'for this account' : 'from this address'}: retry in a moment`
       : 'Too many failed logins from this address',
     { retry_after: seconds },
     { 'retry-after': String(seconds) },

@@ -32,6 +32,10 @@ export const identityErrors = defineErrors({
   not_a_user: { status: 403, title: 'Only a signed-in user can do this' },
   cannot_deactivate_self: { status: 409, title: 'You cannot deactivate yourself' },
   superuser_protected: { status: 403, title: 'Only a superuser can deactivate a superuser' },
+  shared_account: {
+    status: 403,
+    title: 'The account belongs to other organizations too; only a superuser can change it',
+  },
   last_superuser: { status: 409, title: 'The last active superuser cannot be deactivated' },
   invitation_not_found: { status: 404, title: 'Invitation not found' },
   invitation_invalid: { status: 404, title: 'Unknown invitation token' },

@@ -37,6 +37,7 @@ export async function openIdentityService(
     maxFailures: config.LOGIN_IP_MAX_FAILURES,
     windowSeconds: config.LOGIN_IP_WINDOW_SECONDS,
     redisUrl: config.REDIS_URL,
+    redisPrefix: config.REDIS_PREFIX,
     ...(onError ? { onError } : {}),
   });
   return createIdentityService({

@@ -275,7 +275,12 @@ export function createInvitations(core: IdentityCore) {
       .catch(uniqueViolation);
     for (const run of after) await run();
     return {
-      view: { user, active: true, roles: await authz.rolesOf(invitation.orgId, user.id) },
+      view: {
+        user,
+        active: true,
+        roles: await authz.rolesOf(invitation.orgId, user.id),
+        createdBy: invitation.createdBy, // the membership's, as GET /v1/users/{id} shows it
+      },
       orgId: invitation.orgId,
     };
   }
@@ -298,18 +303,20 @@ export function createInvitations(core: IdentityCore) {
   ): Promise<{ view: UserView; orgId: string }> {
     await lockout.withIpPoint(origin.ip, async (ip) => {
       const home = user.active ? (await activeMemberships(db.db, user.id))[0] : undefined;
-      const attempt = home && { user, orgId: home.orgId, origin, ip, during: 'invitation_accept' as const };
-      if (attempt) await lockout.assertNotLocked(attempt);
-      const check = await verifyPassword(user.passwordHash, password);
-      if (!check.ok || !attempt) {
-        const refused = identityErrors.invalid_credentials();
-        if (!attempt) {
-          // Inactive account: nothing to lock, as a login by an inactive user.
-          ip.fail();
-          throw refused;
-        }
-        throw await lockout.fail(attempt, 'wrong_password', refused);
+      const refused = identityErrors.invalid_credentials();
+      if (!home) {
+        // Inactive account: nothing to lock, as a login by an inactive user.
+        await verifyPassword(user.passwordHash, password);
+        ip.fail();
+        throw refused;
       }
+      await lockout.withAccountProof(
+        { user, orgId: home.orgId, origin, ip, during: 'invitation_accept' },
+        async (attempt) => {
+          const check = await verifyPassword(user.passwordHash, password);
+          if (!check.ok) throw await lockout.fail(attempt, 'wrong_password', refused);
+        },
+      );
     });
     const now = clock();
     const after = await db.db
@@ -350,7 +357,12 @@ export function createInvitations(core: IdentityCore) {
     for (const run of after) await run();
     await core.userChanged(user.id); // any lock cleared
     return {
-      view: { user, active: true, roles: await authz.rolesOf(invitation.orgId, user.id) },
+      view: {
+        user,
+        active: true,
+        roles: await authz.rolesOf(invitation.orgId, user.id),
+        createdBy: invitation.createdBy, // the membership's, as GET /v1/users/{id} shows it
+      },
       orgId: invitation.orgId,
     };
   }

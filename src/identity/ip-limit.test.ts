@@ -117,7 +117,12 @@ for (const { kind, skip } of STORES) {
       const ip = '10.0.0.3';
       await newUser('vera@example.com');
       const own = await t.tokensFor('vera@example.com', PASS);
-      const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token })).json();
+      const { secret } = (
+        await t.call('POST', '/v1/auth/totp/enroll', {
+          token: own.access_token,
+          body: { password: PASS },
+        })
+      ).json();
       const on = await t.call('POST', '/v1/auth/totp/confirm', {
         token: own.access_token,
         body: { code: totpAt(secret, t.now.ms) },

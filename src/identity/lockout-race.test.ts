@@ -45,7 +45,8 @@ for (const { kind, skip } of STORES) {
           Array.from({ length: 40 }, () => t.login('racer@example.com', WRONG)),
         );
         await t.app.steward.identity.settled();
-        for (const a of answers) assert.ok([401, 423].includes(a.statusCode), a.body);
+        for (const a of answers) assert.ok([401, 423, 429].includes(a.statusCode), a.body);
+        assert.ok(answers.filter((a) => a.statusCode === 401).length <= 5, 'at most five passwords checked');
         const r = await row(t, id);
         assert.equal(r.lockCount, 1, 'one lock');
         assert.equal(r.failedLoginCount, 0);
@@ -54,8 +55,8 @@ for (const { kind, skip } of STORES) {
         assert.equal(evs.filter((e) => e.action === 'user.locked').length, 1);
         const failed = evs.filter((e) => e.action === 'user.login_failed');
         assert.equal(failed.length, 40, 'every failure audited');
-        // Five counted; the others came after the lock, refused before the password (reason
-        // `locked`) or after it (their Argon2 ran on the row read before the lock): not counted.
+        // Five counted; the others were refused before their password was checked: while the five
+        // were in flight (reason `attempts_in_flight`) or once the lock was in force (`locked`).
         const counted = failed.filter(
           (e) => e.details.reason === 'wrong_password' && e.details.counted !== false,
         );
@@ -64,6 +65,75 @@ for (const { kind, skip } of STORES) {
         assert.equal((await t.login('racer@example.com', PASS)).statusCode, 423);
         t.now.ms += 15 * 60_000;
         assert.equal((await t.login('racer@example.com', PASS)).statusCode, 200);
+      } finally {
+        await t.close();
+      }
+    });
+
+    test('40 logins at once, the right password among them: five passwords checked, the right one not told apart', async () => {
+      // Before session 10 every login of a burst checked its password: 40 guesses for a limit of
+      // five, and on PGlite, once the lock landed, the 39 wrong ones still answered 401 while the
+      // right one answered 423 — the lock named the password.
+      const t = await identityTestApp(kind, { LOGIN_IP_MAX_FAILURES: '1000' });
+      try {
+        const id = await newUser(t, 'burst@example.com');
+        const answers = await Promise.all(
+          Array.from({ length: 40 }, (_, i) => t.login('burst@example.com', i === 30 ? PASS : WRONG)),
+        );
+        await t.app.steward.identity.settled();
+        const statuses = answers.map((a) => a.statusCode);
+        const wrong = statuses.filter((_, i) => i !== 30);
+        assert.ok(wrong.filter((s) => s === 401).length <= 5, JSON.stringify(statuses));
+        const right = answers[30];
+        assert.ok(right);
+        if (right.statusCode !== 200) {
+          // Refused unchecked, as wrong passwords of the burst were: the same status and code.
+          assert.ok(
+            answers.some(
+              (a, i) => i !== 30 && a.statusCode === right.statusCode && a.body.includes(right.json().code),
+            ),
+            `the right password's ${right.statusCode} is one a wrong password got too: ${JSON.stringify(statuses)}`,
+          );
+        }
+        const refusedInFlight = answers.filter((a) => a.statusCode === 429);
+        for (const a of refusedInFlight) {
+          assert.equal(a.json().code, 'rate_limited');
+          assert.equal(a.headers['retry-after'], '1');
+        }
+        const evs = await actions(t, id);
+        const counted = evs.filter(
+          (e) =>
+            e.action === 'user.login_failed' &&
+            e.details.reason === 'wrong_password' &&
+            e.details.counted !== false,
+        );
+        assert.ok(counted.length <= 5);
+        assert.ok(
+          evs.filter((e) => e.details?.reason === 'attempts_in_flight').length >= refusedInFlight.length,
+          'each refusal audited',
+        );
+      } finally {
+        await t.close();
+      }
+    });
+
+    test('20 password changes at once with wrong current passwords check at most five', async () => {
+      const t = await identityTestApp(kind, { LOGIN_IP_MAX_FAILURES: '1000' });
+      try {
+        await newUser(t, 'changer@example.com');
+        const token = (await t.tokensFor('changer@example.com', PASS)).access_token;
+        const answers = await Promise.all(
+          Array.from({ length: 20 }, (_, i) =>
+            t.call('POST', '/v1/auth/password', {
+              token,
+              body: { current_password: `${WRONG} ${i}`, new_password: 'an entirely new passphrase 2026' },
+            }),
+          ),
+        );
+        const codes = answers.map((a) => a.json().code as string);
+        assert.ok(codes.filter((c) => c === 'password_incorrect').length <= 5, JSON.stringify(codes));
+        for (const c of codes)
+          assert.ok(['password_incorrect', 'account_locked', 'rate_limited'].includes(c), c);
       } finally {
         await t.close();
       }

@@ -81,7 +81,9 @@ describe('failed proofs outside login count toward lockout (pglite)', () => {
 
   test('wrong password or code on totp/disable count and lock; audited without the code', async () => {
     const u = await newUser('quinn@example.com');
-    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: u.token })).json();
+    const { secret } = (
+      await t.call('POST', '/v1/auth/totp/enroll', { token: u.token, body: { password: PASS } })
+    ).json();
     const confirm = await t.call('POST', '/v1/auth/totp/confirm', {
       token: u.token,
       body: { code: totpAt(secret, t.now.ms) },

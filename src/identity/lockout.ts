@@ -3,6 +3,7 @@
 // the password that joins an existing account to an org by invitation. Each counts against the
 // account (lockout, kept in the database so it holds across instances) and against the client's
 // IP (the per-IP limiter): a stolen access token or an invitation is no unlimited password oracle.
+import { createHash } from 'node:crypto';
 import { and, eq, isNull, or, sql } from 'drizzle-orm';
 import type { AuditEventInput } from '../audit/service.ts';
 import type { StewardError } from '../http/errors.ts';
@@ -14,7 +15,7 @@ import {
   rateLimitedError,
   SYSTEM_ACTOR,
 } from './core.ts';
-import type { IpReservation } from './limiter.ts';
+import { type AccountSlot, BUSY_RETRY_MS, type IpReservation } from './limiter.ts';
 import type { User } from './queries.ts';
 import { users } from './schema.ts';
 
@@ -37,7 +38,7 @@ export interface LockState {
 }
 
 /** Where a failure happened, recorded as `details.during` (absent for logins). */
-export type ProofStep = 'password_change' | 'totp_disable' | 'invitation_accept';
+export type ProofStep = 'password_change' | 'totp_enroll' | 'totp_disable' | 'invitation_accept';
 
 /**
  * What `fail` and `assertNotLocked` record: the user and the org whose audit log gets the event;
@@ -49,12 +50,23 @@ export interface Attempt {
   origin: Origin;
   ip: IpReservation;
   during?: ProofStep | undefined;
+  /** The attempt's place among the account's proofs in flight (`withAccountSlot`). */
+  slot?: AccountSlot | undefined;
+}
+
+/** The key an account's proofs in flight are counted under: its email, hashed (it goes to Redis). */
+const accountKey = (email: string) =>
+  createHash('sha256').update(email.trim().toLowerCase()).digest('base64url').slice(0, 32);
+
+/** 429 for an account whose failure budget is taken by proofs still in flight. */
+function accountBusyError() {
+  return rateLimitedError(BUSY_RETRY_MS, true, 'account');
 }
 
 export function createLockout(core: IdentityCore) {
   const { db, audit, limiter, clock, settings } = core;
 
-  const failed = (a: Attempt, reason: string, extra: Record<string, unknown> = {}): AuditEventInput => ({
+  const failedEvent = (a: Attempt, reason: string, extra: Record<string, unknown> = {}): AuditEventInput => ({
     orgId: a.orgId,
     actor: { type: 'user', id: a.user.id, name: displayName(a.user) },
     action: 'user.login_failed',
@@ -81,11 +93,58 @@ export function createLockout(core: IdentityCore) {
     }
   }
 
+  /**
+   * Runs a proof of the account known by `email` holding a place among its proofs in flight (on
+   * every instance, with Redis), left when the proof ends — or, for a failure written after its
+   * answer, once written (`failAfterAnswer`). The proof calls `assertRoom` once it has read the
+   * account: it may check a secret only while the recorded failures plus the proofs in flight,
+   * itself included, stay within LOGIN_MAX_FAILURES. Before session 10 only the IP was held:
+   * 40 logins at once checked 40 passwords against a limit of 5, and on PGlite, once the lock
+   * landed, only the right password answered 423 while the wrong ones answered 401.
+   */
+  async function withAccountSlot<T>(email: string, proof: (slot: AccountSlot) => Promise<T>): Promise<T> {
+    const slot = await limiter.enterAccount(accountKey(email));
+    try {
+      return await proof(slot);
+    } finally {
+      await slot.leave();
+    }
+  }
+
+  /**
+   * Refuses (429, retry in a moment, audited when the account exists) a proof that would take
+   * the account past its failure budget, counting the proofs in flight as failures to come.
+   * `failed`: the account's recorded failures, read after the slot was taken.
+   */
+  async function assertRoom(slot: AccountSlot, failed: number, a?: Attempt): Promise<void> {
+    if (failed + slot.count <= settings.maxFailures) return;
+    if (a) await audit.record(db.db, failedEvent(a, 'attempts_in_flight', { counted: false }));
+    throw accountBusyError();
+  }
+
+  /**
+   * A proof of an account already read (a password change, turning 2FA off, joining by
+   * invitation, a login's second step): a place among its proofs in flight, then its lock and
+   * failures read again, then `proof`.
+   */
+  async function withAccountProof<T>(a: Attempt, proof: (a: Attempt) => Promise<T>): Promise<T> {
+    return withAccountSlot(a.user.email, async (slot) => {
+      const [now] = await db.db
+        .select({ failed: users.failedLoginCount, lockedUntil: users.lockedUntil })
+        .from(users)
+        .where(eq(users.id, a.user.id));
+      const attempt = { ...a, slot, user: { ...a.user, lockedUntil: now?.lockedUntil ?? null } };
+      await assertNotLocked(attempt);
+      await assertRoom(slot, now?.failed ?? 0, attempt);
+      return proof(attempt);
+    });
+  }
+
   /** Refuses (423 with locked_until) a locked account, auditing the attempt. */
   async function assertNotLocked(a: Attempt): Promise<void> {
     const until = a.user.lockedUntil;
     if (!until || until <= clock()) return;
-    await audit.record(db.db, failed(a, 'locked'));
+    await audit.record(db.db, failedEvent(a, 'locked'));
     throw lockedError(until);
   }
 
@@ -124,10 +183,10 @@ export function createLockout(core: IdentityCore) {
           .select({ failed: users.failedLoginCount, lockedUntil: users.lockedUntil })
           .from(users)
           .where(eq(users.id, a.user.id));
-        await audit.record(tx, failed(a, reason, { counted: false }));
+        await audit.record(tx, failedEvent(a, reason, { counted: false }));
         return { state: current ?? { failed: 0, lockedUntil: null }, locked: false };
       }
-      const events = [failed(a, reason)];
+      const events = [failedEvent(a, reason)];
       // The WHERE let through only a row with no lock in force: one in force now is this statement's.
       const locked = row.lockedUntil !== null && row.lockedUntil > now;
       if (locked && row.lockedUntil) {
@@ -180,6 +239,8 @@ export function createLockout(core: IdentityCore) {
     a.ip.fail();
     const userId = a.user.id;
     const work = core.later(record(a, reason), 'identity: recording a failed login');
+    // Its place among the account's proofs in flight is left once the failure is written.
+    a.slot?.holdUntil(work);
     pending.set(userId, work);
     void work.then(() => {
       if (pending.get(userId) === work) pending.delete(userId);
@@ -191,7 +252,16 @@ export function createLockout(core: IdentityCore) {
     return pending.get(userId);
   }
 
-  return { withIpPoint, assertNotLocked, fail, failAfterAnswer, pendingFor };
+  return {
+    withIpPoint,
+    withAccountSlot,
+    assertRoom,
+    withAccountProof,
+    assertNotLocked,
+    fail,
+    failAfterAnswer,
+    pendingFor,
+  };
 }
 
 export type Lockout = ReturnType<typeof createLockout>;

@@ -126,7 +126,9 @@ describe('login, lockout, 2FA codes, tokens (pglite)', () => {
   test('TOTP: replayed code, wrong code, expired mfa_token, recovery codes usable once', async () => {
     const email = 'frank@example.com';
     const session = await t.tokensFor(email, PASS);
-    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token })).json();
+    const { secret } = (
+      await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token, body: { password: PASS } })
+    ).json();
     const bad = await t.call('POST', '/v1/auth/totp/confirm', {
       token: session.access_token,
       body: { code: '000000' },
@@ -137,7 +139,10 @@ describe('login, lockout, 2FA codes, tokens (pglite)', () => {
       body: { code: totpAt(secret, t.now.ms) },
     });
     const codes: string[] = confirm.json().recovery_codes;
-    const again = await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token });
+    const again = await t.call('POST', '/v1/auth/totp/enroll', {
+      token: session.access_token,
+      body: { password: PASS },
+    });
     assert.equal(again.json().code, 'totp_already_enabled');
 
     const mfaToken = async () => (await t.login(email, PASS)).json().mfa_token as string;
@@ -328,7 +333,9 @@ describe('what a login leaves behind: pending 2FA, another org audit (pglite)', 
       201,
     );
     const session = await t.tokensFor(email, PASS);
-    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token })).json();
+    const { secret } = (
+      await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token, body: { password: PASS } })
+    ).json();
     await t.call('POST', '/v1/auth/totp/confirm', {
       token: session.access_token,
       body: { code: totpAt(secret, t.now.ms) },
@@ -440,7 +447,9 @@ describe('login/mfa checks the account again, as the password step does (pglite)
       assert.ok(joined.statusCode < 300, joined.body);
     }
     const session = await t.tokensFor(email, PASS);
-    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token })).json();
+    const { secret } = (
+      await t.call('POST', '/v1/auth/totp/enroll', { token: session.access_token, body: { password: PASS } })
+    ).json();
     const on = await t.call('POST', '/v1/auth/totp/confirm', {
       token: session.access_token,
       body: { code: totpAt(secret, t.now.ms) },

@@ -15,7 +15,7 @@ import {
   totpAad,
 } from './core.ts';
 import { identityErrors } from './errors.ts';
-import type { IpReservation } from './limiter.ts';
+import type { AccountSlot, IpReservation } from './limiter.ts';
 import { type Attempt, createLockout } from './lockout.ts';
 import { hashPassword, verifyDummy, verifyPassword } from './password.ts';
 import {
@@ -205,25 +205,33 @@ export function createLogin(core: IdentityCore) {
     input: { email: string; password: string; org?: string | undefined; device_name?: string | undefined },
     origin: Origin,
   ): Promise<LoginResult> {
-    return lockout.withIpPoint(origin.ip, (ip) => passwordStep(input, origin, ip));
+    return lockout.withIpPoint(origin.ip, (ip) =>
+      lockout.withAccountSlot(input.email, (slot) => passwordStep(input, origin, ip, slot)),
+    );
   }
 
   async function passwordStep(
     input: { email: string; password: string; org?: string | undefined; device_name?: string | undefined },
     origin: Origin,
     ip: IpReservation,
+    slot: AccountSlot,
   ): Promise<LoginResult> {
+    // Read after the slot was taken: failures written before it are in the row, later ones are
+    // proofs in flight, counted in `slot`.
     const { user, org, member, listed } = await resolveLogin(input.email, input.org);
     if (!user?.active || !member) {
+      // As for an account with no failures: the same refusals, whether the email exists or not.
+      await lockout.assertRoom(slot, 0);
       await verifyDummy();
       return refuseInactive(user, org?.id, listed === true, origin, ip);
     }
     const now = clock();
-    const attempt: Attempt = { user, orgId: member.orgId, origin, ip };
+    const attempt: Attempt = { user, orgId: member.orgId, origin, ip, slot };
     if (user.lockedUntil && user.lockedUntil > now) {
       await verifyDummy();
       await lockout.assertNotLocked(attempt);
     }
+    await lockout.assertRoom(slot, user.failedLoginCount, attempt);
     const check = await verifyPassword(user.passwordHash, input.password);
     // A previous attempt's failure still being written (it answered first): its outcome, not the
     // row read before it, judges this one. Awaited after the Argon2, which hides the wait.
@@ -315,8 +323,21 @@ export function createLogin(core: IdentityCore) {
     const m = user ? await membership(db.db, challenge.orgId, user.id) : undefined;
     if (!user?.active || !m?.active)
       return refuseInactive(user, challenge.orgId, m !== undefined, origin, ip);
-    const attempt: Attempt = { user, orgId: challenge.orgId, origin, ip };
-    await lockout.assertNotLocked(attempt);
+    // A place among the account's proofs in flight, and its lock and failures read again: a burst
+    // of codes at once is bounded as a burst of passwords is.
+    return lockout.withAccountProof({ user, orgId: challenge.orgId, origin, ip }, (attempt) =>
+      checkCode(input, origin, tokenHash, challenge, user, attempt),
+    );
+  }
+
+  async function checkCode(
+    input: { mfa_token: string; code: string; device_name?: string | undefined },
+    origin: Origin,
+    tokenHash: string,
+    challenge: typeof mfaChallenges.$inferSelect,
+    user: User,
+    attempt: Attempt,
+  ): Promise<TokenPair> {
     const now = clock();
     if (challenge.usedAt) throw identityErrors.mfa_token_invalid();
     if (challenge.expiresAt <= now) throw identityErrors.mfa_token_expired();

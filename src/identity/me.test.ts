@@ -89,7 +89,7 @@ describe('GET /v1/me answers from memory, never stale (pglite)', () => {
     t.now.ms += 1000;
     let secret = '';
     const enrolled = await across(async () => {
-      const res = await t.call('POST', '/v1/auth/totp/enroll', { token });
+      const res = await t.call('POST', '/v1/auth/totp/enroll', { token, body: { password: PASS } });
       ok(res);
       secret = res.json().secret;
     });

@@ -111,7 +111,9 @@ describe('a login racing a change to the account (postgres)', { skip: postgresSk
     const email = 'quentin@example.com';
     const id = await newUser(email);
     const own = await t.tokensFor(email, PASS);
-    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token })).json();
+    const { secret } = (
+      await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token, body: { password: PASS } })
+    ).json();
     const on = await t.call('POST', '/v1/auth/totp/confirm', {
       token: own.access_token,
       body: { code: totpAt(secret, t.now.ms) },
@@ -135,7 +137,9 @@ describe('a login racing a change to the account (postgres)', { skip: postgresSk
     const email = 'rhea@example.com';
     await newUser(email);
     const own = await t.tokensFor(email, PASS);
-    const { secret } = (await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token })).json();
+    const { secret } = (
+      await t.call('POST', '/v1/auth/totp/enroll', { token: own.access_token, body: { password: PASS } })
+    ).json();
     const on = await t.call('POST', '/v1/auth/totp/confirm', {
       token: own.access_token,
       body: { code: totpAt(secret, t.now.ms) },
@@ -186,7 +190,9 @@ describe('a login racing a change to the account (postgres)', { skip: postgresSk
       assert.equal(org.statusCode, 201, org.body);
       const orgAdmin = (await t.login(ADMIN.email, ADMIN.password, { org: slug })).json().access_token;
       const tokens: string[] = [];
-      for (let i = 0; i < 6; i++) {
+      // Five at once: a sixth proof of the account's password in flight would be refused (429)
+      // unchecked, whatever the password (lockout.ts, withAccountSlot).
+      for (let i = 0; i < 5; i++) {
         const inv = await t.call('POST', '/v1/invitations', {
           token: orgAdmin,
           body: { email, roles: [i % 2 ? 'viewer' : 'developer'] },
@@ -201,7 +207,7 @@ describe('a login racing a change to the account (postgres)', { skip: postgresSk
       );
       const codes = answers.map((r) => (r.statusCode === 201 ? 201 : `${r.statusCode} ${r.json().code}`));
       assert.equal(codes.filter((c) => c === 201).length, 1, JSON.stringify(codes));
-      assert.equal(codes.filter((c) => c === '409 already_member').length, 5, JSON.stringify(codes));
+      assert.equal(codes.filter((c) => c === '409 already_member').length, 4, JSON.stringify(codes));
       const member = await t.call('GET', `/v1/users/${id}`, { token: orgAdmin });
       assert.equal(member.statusCode, 200, member.body);
       assert.equal(member.json().roles.length, 1, 'the winning invitation’s roles only');

@@ -44,10 +44,12 @@ export const userView = ({
   user: u,
   active,
   roles,
+  createdBy,
 }: {
   user: Profile;
   active: boolean;
   roles: UserView['roles'];
+  createdBy?: string | null | undefined;
 }) => ({
   id: u.id,
   email: u.email,
@@ -60,7 +62,8 @@ export const userView = ({
   locked_until: iso(u.lockedUntil),
   last_login_at: iso(u.lastLoginAt),
   password_changed_at: iso(u.passwordChangedAt),
-  created_by: u.createdBy,
+  // Who added the user to this org (the users API), not who created the account in another one.
+  created_by: createdBy === undefined ? u.createdBy : createdBy,
   created_at: u.createdAt.toISOString(),
   updated_at: u.updatedAt.toISOString(),
   roles: [...roles],
@@ -324,17 +327,31 @@ export const identityRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/auth/totp/enroll',
     {
-      config: { access: 'authenticated', errors: ['not_a_user', 'user_not_found', 'totp_already_enabled'] },
+      config: {
+        access: 'authenticated',
+        errors: [
+          'not_a_user',
+          'password_incorrect',
+          'user_not_found',
+          'totp_already_enabled',
+          'account_locked',
+          // The password changed or 2FA was turned on by another request meanwhile.
+          'conflict',
+        ],
+      },
       schema: {
         tags,
-        summary: 'Start TOTP enrolment: a new secret to scan',
-        body: noBody,
+        summary: 'Start TOTP enrolment (current password): a new secret to scan',
+        description:
+          'The current password is checked as a login checks it: a wrong one is 403 `password_incorrect`, ' +
+          'counted toward the account lock (423 `account_locked`) and the per-IP limit (429).',
+        body: z.strictObject({ password }),
         response: { 200: z.object({ secret: z.string(), otpauth_uri: z.string() }) },
       },
     },
     async (request, reply) => {
       reply.header('cache-control', 'no-store');
-      return identity.enrollTotp(callerOf(request), contextOf(request));
+      return identity.enrollTotp(callerOf(request), request.body, contextOf(request));
     },
   );
 
@@ -540,11 +557,15 @@ export const identityRoutes: FastifyPluginAsyncZod<{
           'cannot_deactivate_self',
           'last_superuser',
           'username_taken',
+          'shared_account',
         ],
       },
       schema: {
         tags,
         summary: 'Edit a user: name, username, active, roles (replaces the set)',
+        description:
+          'Name and username belong to the account, which may belong to other orgs too: changing them ' +
+          "for such an account needs a superuser (403 `shared_account`); active and roles are this org's.",
         params: idParams,
         body: z.strictObject({
           full_name: z.string().min(1).max(200).nullable().optional(),
@@ -565,11 +586,14 @@ export const identityRoutes: FastifyPluginAsyncZod<{
     '/v1/users/:id/unlock',
     {
       onError: auditRefusal('user.unlocked', 'user'),
-      config: { access: { permission: 'users:update' }, errors: ['user_not_found'] },
+      config: { access: { permission: 'users:update' }, errors: ['user_not_found', 'shared_account'] },
       schema: {
         tags,
         summary: 'Clear a lockout',
-        description: 'A user who is not locked is answered as is, and nothing is audited.',
+        description:
+          'A user who is not locked is answered as is, and nothing is audited. The lock is the ' +
+          "account's, in every org it belongs to: for an account that also belongs to another org only " +
+          'a superuser may clear it (403 `shared_account`).',
         params: idParams,
         body: noBody,
         response: { 200: userSchema },
@@ -577,6 +601,31 @@ export const identityRoutes: FastifyPluginAsyncZod<{
     },
     async (request) =>
       userView(await identity.unlockUser(callerOf(request), request.params.id, contextOf(request))),
+  );
+
+  app.post(
+    '/v1/users/:id/totp/reset',
+    {
+      onError: auditRefusal('user.totp_disabled', 'user'),
+      config: {
+        access: { permission: 'users:admin' },
+        errors: ['user_not_found', 'shared_account', 'self_modification', 'superuser_protected'],
+      },
+      schema: {
+        tags,
+        summary: "Reset a user's 2FA (turns it off; they enrol again)",
+        description:
+          'For a user who lost their authenticator and recovery codes. Not for oneself (403 ' +
+          '`self_modification`: use `POST /v1/auth/totp/disable`), nor a superuser unless the caller ' +
+          'is one (403 `superuser_protected`), nor an account that also belongs to another org unless ' +
+          'the caller is a superuser (403 `shared_account`). A user with 2FA off is answered as is.',
+        params: idParams,
+        body: noBody,
+        response: { 200: userSchema },
+      },
+    },
+    async (request) =>
+      userView(await identity.resetTotp(callerOf(request), request.params.id, contextOf(request))),
   );
 
   app.get(
@@ -667,14 +716,18 @@ export const identityRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/orgs',
     {
-      // Superusers pass every permission check; the service refuses anyone else too.
+      // Superusers only: no permission stands for that (an org admin's org:admin is one org's), so
+      // the access layer admits any caller and the service refuses all but a superuser (403). The
+      // route declared org:admin, which told org admins they could.
       config: {
-        access: { permission: 'org:admin' },
-        errors: ['user_not_found', 'principal_not_found', 'org_slug_taken'],
+        access: 'authenticated',
+        errors: ['permission_denied', 'user_not_found', 'principal_not_found', 'org_slug_taken'],
       },
       schema: {
         tags,
         summary: 'Create an org (superuser); the creator and admin_user_id become its admins',
+        description:
+          'Superuser only: any other caller, an org admin included, is refused with 403 `permission_denied`.',
         body: z.strictObject({
           slug: z.string().regex(/^[a-z0-9][a-z0-9-]{1,62}$/, 'lower-case letters, digits and -'),
           name: z.string().min(1).max(200),

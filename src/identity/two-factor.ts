@@ -3,10 +3,11 @@ import { and, eq } from 'drizzle-orm';
 import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
 import { open, seal } from '../crypto/envelope.ts';
+import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import { type IdentityCore, type Origin, totpAad } from './core.ts';
 import { identityErrors } from './errors.ts';
-import { createLockout, FAILURES_RESET } from './lockout.ts';
+import { createLockout, FAILURES_RESET, type ProofStep } from './lockout.ts';
 import { verifyPassword } from './password.ts';
 import { generateRecoveryCodes, matchRecoveryCode } from './recovery-codes.ts';
 import { users } from './schema.ts';
@@ -14,19 +15,58 @@ import { generateTotpSecret, otpauthUri, verifyTotp } from './totp.ts';
 
 const TOTP_ISSUER = 'Steward';
 
+/** The columns of an account with 2FA off: turned off by its user, or reset by an admin (users.ts). */
+export const TOTP_CLEARED = {
+  totpEnabled: false,
+  totpSecret: null,
+  totpLastStep: null,
+  recoveryCodeHashes: [] as string[],
+} as const;
+// Recorded as `details.during` of an enrolment's wrong password.
+const TOTP_ENROLL: ProofStep = 'totp_enroll';
+
 export function createTwoFactor(core: IdentityCore) {
   const { db, keyring, audit, clock } = core;
   const lockout = createLockout(core);
 
-  async function enrollTotp(principal: Principal, origin: AuditContext) {
+  /**
+   * A new secret to scan, for a caller who proves the current password: a proof like a login's
+   * (throttled per IP, counted toward the account's lock, audited `during: totp_enroll`). Without
+   * it, whoever held an access token turned 2FA on, kept the recovery codes and locked the owner
+   * out of their next login.
+   */
+  async function enrollTotp(principal: Principal, input: { password: string }, origin: Origin) {
     const user = await core.currentUser(principal);
     if (user.totpEnabled) throw identityErrors.totp_already_enabled();
+    await lockout.withIpPoint(origin.ip, (ip) =>
+      lockout.withAccountProof(
+        { user, orgId: principal.orgId, origin, ip, during: TOTP_ENROLL },
+        async (attempt) => {
+          const check = await verifyPassword(user.passwordHash, input.password);
+          if (!check.ok)
+            throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
+        },
+      ),
+    );
     const secret = generateTotpSecret();
     await db.db.transaction(async (tx) => {
-      await tx
+      // The right password resets the failure count, as a login does; only over the hash it was
+      // checked against and while 2FA is still off (a change or a confirmation in between wins).
+      const done = await tx
         .update(users)
-        .set({ totpSecret: seal(keyring, secret, totpAad(user.id)), totpLastStep: null, updatedAt: clock() })
-        .where(and(eq(users.id, user.id), eq(users.totpEnabled, false)));
+        .set({
+          totpSecret: seal(keyring, secret, totpAad(user.id)),
+          totpLastStep: null,
+          updatedAt: clock(),
+          ...FAILURES_RESET,
+        })
+        .where(
+          and(eq(users.id, user.id), eq(users.totpEnabled, false), eq(users.passwordHash, user.passwordHash)),
+        )
+        .returning({ id: users.id });
+      if (done.length === 0) {
+        throw httpErrors.conflict('The account changed meanwhile (password or 2FA); try again');
+      }
       await audit.record(tx, {
         orgId: principal.orgId,
         actor: actorOf(principal),
@@ -35,7 +75,7 @@ export function createTwoFactor(core: IdentityCore) {
         context: origin,
       });
     });
-    await core.userChanged(user.id); // updated_at
+    await core.userChanged(user.id); // updated_at, and any failure count cleared
     return { secret, otpauth_uri: otpauthUri({ secret, account: user.email, issuer: TOTP_ISSUER }) };
   }
 
@@ -81,37 +121,34 @@ export function createTwoFactor(core: IdentityCore) {
     if (!user.totpEnabled || !user.totpSecret) throw identityErrors.totp_not_enabled();
     const { totpSecret } = user;
     // Password and code are proofs like a login's: throttled, counted and locked alike.
-    await lockout.withIpPoint(origin.ip, async (ip) => {
-      const attempt = { user, orgId: principal.orgId, origin, ip, during: 'totp_disable' as const };
-      await lockout.assertNotLocked(attempt);
-      const check = await verifyPassword(user.passwordHash, input.password);
-      if (!check.ok) throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
-      const secret = open(keyring, totpSecret, totpAad(user.id)).toString('utf8');
-      const result = verifyTotp(secret, input.code, {
-        nowMs: clock().getTime(),
-        lastUsedStep: user.totpLastStep,
-      });
-      const recoveryIndex = result.ok ? -1 : matchRecoveryCode(input.code, user.recoveryCodeHashes);
-      if (!result.ok && recoveryIndex < 0) {
-        throw await lockout.fail(
-          attempt,
-          result.reason === 'replayed' ? 'totp_replayed' : 'wrong_totp',
-          identityErrors.totp_code_invalid(undefined, { reason: result.reason }),
-        );
-      }
-    });
+    await lockout.withIpPoint(origin.ip, (ip) =>
+      lockout.withAccountProof(
+        { user, orgId: principal.orgId, origin, ip, during: 'totp_disable' },
+        async (attempt) => {
+          const check = await verifyPassword(user.passwordHash, input.password);
+          if (!check.ok)
+            throw await lockout.fail(attempt, 'wrong_password', identityErrors.password_incorrect());
+          const secret = open(keyring, totpSecret, totpAad(user.id)).toString('utf8');
+          const result = verifyTotp(secret, input.code, {
+            nowMs: clock().getTime(),
+            lastUsedStep: user.totpLastStep,
+          });
+          const recoveryIndex = result.ok ? -1 : matchRecoveryCode(input.code, user.recoveryCodeHashes);
+          if (!result.ok && recoveryIndex < 0) {
+            throw await lockout.fail(
+              attempt,
+              result.reason === 'replayed' ? 'totp_replayed' : 'wrong_totp',
+              identityErrors.totp_code_invalid(undefined, { reason: result.reason }),
+            );
+          }
+        },
+      ),
+    );
     await db.db.transaction(async (tx) => {
       // Both proofs held: the failure count starts again, as after a login.
       await tx
         .update(users)
-        .set({
-          totpEnabled: false,
-          totpSecret: null,
-          totpLastStep: null,
-          recoveryCodeHashes: [],
-          updatedAt: clock(),
-          ...FAILURES_RESET,
-        })
+        .set({ ...TOTP_CLEARED, updatedAt: clock(), ...FAILURES_RESET })
         .where(eq(users.id, user.id));
       await audit.record(tx, {
         orgId: principal.orgId,

@@ -3,6 +3,7 @@
 import { and, eq, ne, sql } from 'drizzle-orm';
 import type { AuditContext } from '../audit/service.ts';
 import { actorOf } from '../audit/service.ts';
+import { authzErrors } from '../authz/errors.ts';
 import type { DbOrTx } from '../db/client.ts';
 import { isId, newId } from '../db/ids.ts';
 import { httpErrors } from '../http/errors.ts';
@@ -30,6 +31,7 @@ import {
   userByEmail,
 } from './queries.ts';
 import { orgMemberships, users } from './schema.ts';
+import { TOTP_CLEARED } from './two-factor.ts';
 
 /** A new user and their membership of one org, as inserted by insertMember. */
 export interface NewMember {
@@ -157,8 +159,33 @@ async function assertUsernameFree(db: DbOrTx, username: string | undefined | nul
 export function createUsers(core: IdentityCore) {
   const { db, audit, authz, clock, revocation } = core;
 
+  // created_by: who added the user to this org. The account's own is another org's admin for an
+  // account that joined by invitation (GET showed org B's admin id to org A).
   async function view(orgId: string, user: User, m: Membership): Promise<UserView> {
-    return { user, active: user.active && m.active, roles: await authz.rolesOf(orgId, user.id) };
+    return {
+      user,
+      active: user.active && m.active,
+      roles: await authz.rolesOf(orgId, user.id),
+      createdBy: m.createdBy,
+    };
+  }
+
+  /**
+   * Refuses (403 `shared_account`) a change to what the account carries into every org it belongs
+   * to — name, username, its lock, its 2FA — when it also has an active membership in another org,
+   * unless the caller is a superuser: one org's admin must not act for the others (org A unlocked
+   * a lock org B's failures had set, and renamed B's member). Run before the transaction, for a
+   * prompt answer, and inside it after `lockUserRow`: an invitation accepted meanwhile with the
+   * account writes the user's row too, so it commits before this read or waits for this change.
+   */
+  async function assertSoleOrg(tx: DbOrTx, principal: Principal, userId: string): Promise<void> {
+    if (principal.superuser) return;
+    const elsewhere = (await activeMemberships(tx, userId)).some((m) => m.orgId !== principal.orgId);
+    if (elsewhere) {
+      throw identityErrors.shared_account(
+        'This account also belongs to another organization: its name, username, lock and 2FA are shared, and only a superuser can change them',
+      );
+    }
   }
 
   async function createUser(
@@ -214,7 +241,12 @@ export function createUsers(core: IdentityCore) {
       })
       .catch(uniqueViolation);
     for (const run of after) await run();
-    return { user, active: true, roles: await authz.rolesOf(principal.orgId, user.id) };
+    return {
+      user,
+      active: true,
+      roles: await authz.rolesOf(principal.orgId, user.id),
+      createdBy: principal.id, // the membership's, as GET shows it
+    };
   }
 
   async function listUsers(principal: Principal, page: { limit: number; afterId?: string | undefined }) {
@@ -302,12 +334,19 @@ export function createUsers(core: IdentityCore) {
     const added = next === undefined ? [] : next.filter((r) => !beforeRoles.includes(r));
     const rolesChange = dropped.length > 0 || added.length > 0;
     await assertMayChangeRoles(core, principal, { adding: added.length > 0, removing: dropped.length > 0 });
+    // Name and username are the account's, in every org; active and roles are this org's.
+    const global = renaming || reusername;
+    if (global) await assertSoleOrg(db.db, principal, userId);
     if (!renaming && !reusername && !reactivating && !deactivating && !rolesChange) {
       return view(principal.orgId, user, m);
     }
     const now = clock();
     const { runs, revoked } = await db.db
       .transaction(async (tx) => {
+        if (global) {
+          await lockUserRow(tx, userId);
+          await assertSoleOrg(tx, principal, userId);
+        }
         const before: Record<string, unknown> = {};
         const changed: Record<string, unknown> = {};
         const set: Partial<typeof users.$inferInsert> = { updatedAt: now };
@@ -453,10 +492,14 @@ export function createUsers(core: IdentityCore) {
    */
   async function unlockUser(principal: Principal, userId: string, origin: AuditContext): Promise<UserView> {
     const { user, membership: m } = await getMember(principal.orgId, userId);
+    // The lock is the account's (failures in any of its orgs set it), so is clearing it.
+    await assertSoleOrg(db.db, principal, userId);
     if (user.lockedUntil === null && user.lockCount === 0 && user.failedLoginCount === 0) {
       return view(principal.orgId, user, m);
     }
     await db.db.transaction(async (tx) => {
+      await lockUserRow(tx, userId);
+      await assertSoleOrg(tx, principal, userId);
       await tx
         .update(users)
         .set({ ...FAILURES_RESET, updatedAt: clock() })
@@ -481,5 +524,46 @@ export function createUsers(core: IdentityCore) {
     return getUser(principal, userId);
   }
 
-  return { createUser, listUsers, getMember, getUser, updateUser, deactivateUser, unlockUser };
+  /**
+   * An admin's reset of a user's 2FA (`users:admin`), for one who lost the authenticator and the
+   * recovery codes: secret, replay step and recovery codes cleared, pending 2FA logins ended (their
+   * code step would ask for a secret that is gone), audited `user.totp_disabled` with `by: admin`.
+   * Not of oneself (the own route asks password and code), nor of a superuser but by one, nor of
+   * an account shared with another org but by a superuser. 2FA already off: answered as is.
+   */
+  async function resetTotp(principal: Principal, userId: string, origin: AuditContext): Promise<UserView> {
+    const { user, membership: m } = await getMember(principal.orgId, userId);
+    if (isSelf(principal, userId)) {
+      throw authzErrors.self_modification(
+        'Turn your own 2FA off with POST /v1/auth/totp/disable (password and a code)',
+      );
+    }
+    if (user.superuser && !principal.superuser) {
+      throw identityErrors.superuser_protected("Only a superuser can reset a superuser's 2FA");
+    }
+    await assertSoleOrg(db.db, principal, userId);
+    if (!user.totpEnabled) return view(principal.orgId, user, m);
+    const now = clock();
+    await db.db.transaction(async (tx) => {
+      await lockUserRow(tx, userId);
+      await assertSoleOrg(tx, principal, userId);
+      await tx
+        .update(users)
+        .set({ ...TOTP_CLEARED, updatedAt: now })
+        .where(eq(users.id, userId));
+      await endMfaChallenges(tx, { userId }, now);
+      await audit.record(tx, {
+        orgId: principal.orgId,
+        actor: actorOf(principal),
+        action: 'user.totp_disabled',
+        resource: { type: 'user', id: userId },
+        context: origin,
+        details: { by: 'admin' }, // as the user's own `by: self`
+      });
+    });
+    await core.userChanged(userId);
+    return getUser(principal, userId);
+  }
+
+  return { createUser, listUsers, getMember, getUser, updateUser, deactivateUser, unlockUser, resetTotp };
 }

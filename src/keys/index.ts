@@ -115,6 +115,7 @@ export async function openKeys(deps: KeysDeps) {
   const tiers = resolveTiers(config.API_KEY_TIERS);
   const limiters = await createKeyRateLimiters({
     redisUrl: config.REDIS_URL,
+    redisPrefix: config.REDIS_PREFIX,
     onError: (error) => onError(error, 'api key rate limiter redis'),
   });
   let service: KeysService | undefined;
@@ -129,20 +130,24 @@ export async function openKeys(deps: KeysDeps) {
     return null;
   }
   // Authz asks the keys domain who a `key_…` id is ("what can this key do?"): a live key of
-  // the org, acting with its owner's rights narrowed to its scopes. Revoked or expired: nobody.
+  // the org, acting with its owner's rights narrowed to its scopes. Whatever verification refuses
+  // before its limits is nobody: revoked, expired, disabled (switched off or suspended for a
+  // burst: `active` false) or an inactive owner — the key's `disabled` answer.
   authz.usePrincipalKind('key', {
     async find(orgId, id, tx) {
       const row = await q.keyById(tx ?? db.db, orgId, id);
-      if (!row || row.revokedAt !== null || (row.expiresAt !== null && row.expiresAt <= clock())) return null;
+      if (!row || row.revokedAt !== null || !row.active) return null;
+      if (row.expiresAt !== null && row.expiresAt <= clock()) return null;
       const owner = await findOwner(orgId, row.ownerId);
+      if (owner === null) return null;
       return {
         orgId,
         kind: 'key',
         id: row.id,
         name: row.name,
-        roles: owner?.roles ?? [],
+        roles: owner.roles,
         scopes: row.scopes,
-        superuser: keyIsSuperuser(owner?.superuser ?? false, row.scopes),
+        superuser: keyIsSuperuser(owner.superuser, row.scopes),
         keyId: row.id,
         ownerId: row.ownerId,
       };

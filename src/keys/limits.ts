@@ -1,10 +1,12 @@
 import { Redis } from 'ioredis';
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis } from 'rate-limiter-flexible';
+import { REDIS_COMMAND_OPTIONS, watchRedis } from '../bus/index.ts';
 
 /**
  * One rate limiter per distinct (limit, window) pair, keyed by key id: in memory, or in Redis
- * (shared by every instance) when REDIS_URL is set. A Redis outage falls back to the in-memory
- * insurance limiter, so limits loosen to per-instance instead of failing every request.
+ * (shared by every instance) when REDIS_URL is set. A Redis outage — an error, or no answer within
+ * REDIS_COMMAND_TIMEOUT_MS — falls back to the in-memory insurance limiter, so limits loosen to
+ * per-instance instead of failing (or holding) every request.
  */
 export interface KeyRateLimiters {
   forLimit(limit: number, windowSeconds: number): RateLimiterAbstract;
@@ -13,17 +15,21 @@ export interface KeyRateLimiters {
 
 export async function createKeyRateLimiters(options: {
   redisUrl?: string | undefined;
+  /** REDIS_PREFIX: the counters are `<prefix>:key-rl:…` keys. */
+  redisPrefix?: string;
   onError?: (error: Error) => void;
 }): Promise<KeyRateLimiters> {
   let redis: Redis | undefined;
+  let unwatch = () => {};
   if (options.redisUrl) {
-    redis = new Redis(options.redisUrl, {
-      lazyConnect: true,
-      maxRetriesPerRequest: 2,
-      enableOfflineQueue: false,
-    });
+    // A command unanswered after REDIS_COMMAND_TIMEOUT_MS fails, and the limiter answers from its
+    // insurance; a connection that stops answering is dropped by the watch, after which commands
+    // fail at once until it is back (see src/bus). Without the timeout a partition that left the
+    // socket open held every rate-limited verification for as long as it lasted.
+    redis = new Redis(options.redisUrl, REDIS_COMMAND_OPTIONS);
     redis.on('error', (error: Error) => options.onError?.(error));
     await redis.connect();
+    unwatch = watchRedis(redis);
   }
   const limiters = new Map<string, RateLimiterAbstract>();
   return {
@@ -31,7 +37,11 @@ export async function createKeyRateLimiters(options: {
       const name = `${limit}/${windowSeconds}`;
       let limiter = limiters.get(name);
       if (limiter === undefined) {
-        const base = { points: limit, duration: windowSeconds, keyPrefix: `steward:key-rl:${name}` };
+        const base = {
+          points: limit,
+          duration: windowSeconds,
+          keyPrefix: `${options.redisPrefix ?? 'steward'}:key-rl:${name}`,
+        };
         const memory = new RateLimiterMemory(base);
         limiter = redis
           ? new RateLimiterRedis({ ...base, storeClient: redis, insuranceLimiter: memory })
@@ -41,7 +51,8 @@ export async function createKeyRateLimiters(options: {
       return limiter;
     },
     async close() {
-      if (redis) await redis.quit().catch(() => {});
+      unwatch();
+      if (redis) await redis.quit().catch(() => redis?.disconnect());
     },
   };
 }

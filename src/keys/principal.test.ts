@@ -8,6 +8,7 @@ describe('API keys as principals in authz', () => {
   let t: IdentityTestApp;
   let admin: string;
   let keyId: string;
+  let devId: string;
 
   before(async () => {
     t = await identityTestApp('pglite');
@@ -17,6 +18,7 @@ describe('API keys as principals in authz', () => {
       body: { email: 'dev@example.com', password: 'a much longer passphrase', roles: ['developer'] },
     });
     assert.equal(dev.statusCode, 201, dev.body);
+    devId = dev.json().id;
     const key = await t.call('POST', '/v1/keys', {
       token: admin,
       body: { name: 'ci', owner: dev.json().id, scopes: ['secrets:read', 'secrets:delete', 'flags:read'] },
@@ -53,6 +55,59 @@ describe('API keys as principals in authz', () => {
     assert.equal(del.allowed, false);
     assert.equal(roles.allowed, false);
     assert.equal(roles.decision.reason, 'out_of_scope');
+  });
+
+  // Session 9 (tester's finding): a switched-off or burst-suspended key answered as a live
+  // principal (allowed, its permissions listed) while verification called it `disabled`.
+  test('a disabled key (switched off, suspended for a burst, inactive owner) is not a principal', async () => {
+    const created = await t.call('POST', '/v1/keys', {
+      token: admin,
+      body: { name: 'off', owner: devId, scopes: ['secrets:read'] },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const id: string = created.json().id;
+    const permissions = () => t.call('GET', `/v1/authz/principals/${id}/permissions`, { token: admin });
+    const allowed = async () => {
+      const res = await t.call('POST', '/v1/authz/check', {
+        token: admin,
+        body: { principal: id, permission: 'secrets:read' },
+      });
+      return res.statusCode === 200 && res.json().allowed === true;
+    };
+    assert.equal((await permissions()).statusCode, 200);
+    assert.equal(await allowed(), true);
+
+    const off = await t.call('PATCH', `/v1/keys/${id}`, { token: admin, body: { active: false } });
+    assert.equal(off.statusCode, 200, off.body);
+    assert.equal((await permissions()).statusCode, 404);
+    assert.equal(await allowed(), false);
+
+    const on = await t.call('PATCH', `/v1/keys/${id}`, { token: admin, body: { active: true } });
+    assert.equal(on.statusCode, 200, on.body);
+    assert.equal((await permissions()).statusCode, 200);
+    assert.equal(await allowed(), true);
+
+    // As the verifier's burst report writes it.
+    await t.store.db.query(
+      "update api_keys set active = false, disabled_reason = 'burst_detected' where id = $1",
+      [id],
+    );
+    assert.equal((await permissions()).statusCode, 404);
+    assert.equal(await allowed(), false);
+    await t.store.db.query('update api_keys set active = true, disabled_reason = null where id = $1', [id]);
+    assert.equal((await permissions()).statusCode, 200);
+
+    // Its owner deactivated: verification answers `disabled`, authz nobody.
+    const deactivated = await t.call('PATCH', `/v1/users/${devId}`, {
+      token: admin,
+      body: { active: false },
+    });
+    assert.equal(deactivated.statusCode, 200, deactivated.body);
+    assert.equal((await permissions()).statusCode, 404);
+    assert.equal(await allowed(), false);
+    const back = await t.call('PATCH', `/v1/users/${devId}`, { token: admin, body: { active: true } });
+    assert.equal(back.statusCode, 200, back.body);
+    assert.equal((await permissions()).statusCode, 200);
   });
 
   test('a revoked key, or another org’s id, is not a principal (404)', async () => {

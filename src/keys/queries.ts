@@ -1,4 +1,4 @@
-import { and, desc, eq, gte, lt, type SQL } from 'drizzle-orm';
+import { and, desc, eq, gte, inArray, lt, type SQL, sql } from 'drizzle-orm';
 import type { DbHandle, DbOrTx } from '../db/client.ts';
 import { apiKeySettings, apiKeys, signals, webhookKeys } from './schema.ts';
 
@@ -77,6 +77,50 @@ export async function settingsVersionOf(
 
 export async function settingsOf(db: DbOrTx, orgId: string): Promise<KeySettings> {
   return (await settingsVersionOf(db, orgId)).settings;
+}
+
+/**
+ * Stamps `updated_at` — the change marker the invalidation poll reads — with the database's clock
+ * (`statement_timestamp()`: one value for every row of the statement), as the last statement of a
+ * write's transaction, so the stamp precedes the moment the change becomes visible by no more than
+ * the commit itself. It was the writer's clock read before the row lock: a
+ * write that waited longer than the poll's look-back on a lock (or a writer whose clock ran behind
+ * the others') committed a change older than any poll still looking, and no poll ever saw it.
+ * Returns the stamp.
+ */
+export async function stampKeysChanged(tx: DbOrTx, ids: readonly string[]): Promise<Date> {
+  const rows = await tx
+    .update(apiKeys)
+    // Never before the stamp it replaces (nor the creation's, made by the service's clock, which
+    // may run ahead of the database's): `updated_at` only moves forward for a client syncing by it.
+    .set({
+      updatedAt: sql`greatest(statement_timestamp(), ${apiKeys.updatedAt} + interval '1 millisecond', ${apiKeys.createdAt})`,
+    })
+    .where(inArray(apiKeys.id, [...ids]))
+    .returning({ updatedAt: apiKeys.updatedAt });
+  const stamp = rows[0]?.updatedAt;
+  if (stamp === undefined) throw new Error('api key change stamp updated nothing');
+  return stamp;
+}
+
+/** As `stampKeysChanged`, for an org's settings row. */
+export async function stampSettingsChanged(tx: DbOrTx, orgId: string): Promise<void> {
+  await tx
+    .update(apiKeySettings)
+    .set({
+      updatedAt: sql`greatest(statement_timestamp(), ${apiKeySettings.updatedAt} + interval '1 millisecond')`,
+    })
+    .where(eq(apiKeySettings.orgId, orgId));
+}
+
+/** The database's clock (unix ms): the invalidation poll keeps its position in it, as the stamps are. */
+export async function databaseNowMs(db: DbHandle): Promise<number> {
+  const [row] = await db.query<{ ms: number | string }>(
+    'select (extract(epoch from clock_timestamp()) * 1000)::float8 as ms',
+    [],
+  );
+  if (row === undefined) throw new Error('clock_timestamp() returned nothing');
+  return Number(row.ms);
 }
 
 /** Orgs whose settings changed since `since`: the invalidation poll, for a lost bus message. */

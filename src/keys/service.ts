@@ -568,9 +568,10 @@ export function createKeysService(deps: KeysServiceDeps) {
         context,
         changes: { before: auditView(before), after: auditView(row) },
       });
-      return row;
+      // Last: the poll's change marker, on the database's clock (see q.stampKeysChanged).
+      return { ...row, updatedAt: await q.stampKeysChanged(tx, [id]) };
     });
-    await verifier.invalidate('key', id);
+    verifier.invalidate('key', id);
     return currentPeriodOf(after, now.getTime());
   }
 
@@ -613,9 +614,9 @@ export function createKeysService(deps: KeysServiceDeps) {
         context,
         details: { reason: reason ?? null },
       });
-      return row;
+      return { ...row, updatedAt: await q.stampKeysChanged(tx, [id]) };
     });
-    await verifier.invalidate('key', id);
+    verifier.invalidate('key', id);
     return currentPeriodOf(after, now.getTime());
   }
 
@@ -693,10 +694,10 @@ export function createKeysService(deps: KeysServiceDeps) {
           old_key_expires_at: oldExpiry.toISOString(),
         },
       });
-      return row;
+      return { ...row, updatedAt: await q.stampKeysChanged(tx, [id, newKeyId]) };
     });
     verifier.transfer(id, newKeyId);
-    await verifier.invalidate('key', id);
+    verifier.invalidate('key', id);
     await verifier
       .carryRateLimit(old, newKeyId)
       .catch((error: unknown) => deps.onError(error, 'api key rate limit carry'));
@@ -747,8 +748,9 @@ export function createKeysService(deps: KeysServiceDeps) {
         });
       }
       await audit.record(tx, events);
+      if (suspended) await q.stampKeysChanged(tx, [key.id]);
     });
-    if (suspended) await verifier.invalidate('key', key.id);
+    if (suspended) verifier.invalidate('key', key.id);
   }
 
   // ---- settings ----
@@ -780,8 +782,9 @@ export function createKeysService(deps: KeysServiceDeps) {
         context,
         changes: { before: settingsAudit(before), after: settingsAudit(input) },
       });
+      await q.stampSettingsChanged(tx, caller.orgId);
     });
-    await verifier.invalidate('org', caller.orgId);
+    verifier.invalidate('org', caller.orgId);
     return input;
   }
 

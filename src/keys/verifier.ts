@@ -35,6 +35,12 @@ const DAY_MS = 86_400_000;
 const REFRESH_MS = 60_000;
 const NEGATIVE_TTL_MS = 10_000;
 const NEGATIVE_MAX = 10_000;
+/**
+ * How far before the last poll's start the next one reads (database clock). It only has to cover
+ * a commit's own duration (the stamp is a write's last statement); the margin also absorbs a
+ * small backward step of the database host's clock.
+ */
+const POLL_LOOKBACK_MS = 5_000;
 
 /** The owner of a key as verification needs it. Null: unknown or inactive (the key then answers `disabled`). */
 export interface KeyOwner {
@@ -275,16 +281,19 @@ export function createVerifier(deps: VerifierDeps) {
     for (const key of byHash.values()) if (key.orgId === orgId) evict(key.id);
   }
 
-  /** Drops the key here and tells every other instance to; run after the change commits. */
-  async function invalidate(kind: 'key' | 'org', id: string): Promise<void> {
+  /**
+   * Drops the key here (at once) and tells every other instance to; run after the change commits.
+   * The message goes out in the background: the write answers without waiting on the bus (a Redis
+   * that stopped answering held revokes and rolls for as long as it lasted — a roll's new key
+   * never reached its caller). A lost or late message costs at most the poll's period.
+   */
+  function invalidate(kind: 'key' | 'org', id: string): void {
     if (kind === 'key') evict(id);
     else dropSettings(id);
-    try {
-      await bus.publish(KEYS_TOPIC, `${instanceId} ${kind} ${id}`);
-    } catch (error) {
+    bus.publish(KEYS_TOPIC, `${instanceId} ${kind} ${id}`).catch((error: unknown) => {
       // Committed already: the poll picks the change up within pollMs.
       deps.onError(error, 'keys invalidation publish');
-    }
+    });
   }
 
   function buildAllowList(cidrs: readonly string[]): BlockList | null {
@@ -731,23 +740,54 @@ export function createVerifier(deps: VerifierDeps) {
     }
   }
 
-  let lastPoll = clock().getTime() - 5_000;
+  /**
+   * Where the last poll started, on the database's clock (the stamps' clock, `q.stampKeysChanged`);
+   * null before the first. A change the last poll did not see committed after that poll's reads
+   * began, so its stamp — the last statement before its commit — is later than that start, less
+   * the commit's own time: looking back POLL_LOOKBACK_MS from it cannot miss one. It was the
+   * instance's JS clock against stamps taken from the writer's JS clock before its row lock: a
+   * write that waited > 5 s on the lock, or a writer's clock > 5 s behind, was never seen.
+   */
+  let lastPollDbMs: number | null = null;
+  /** Versions (`key <id>`, `org <id>`) the poll has handed to this instance's subscribers. */
+  const polledVersions = new Map<string, { version: number; seenMs: number }>();
   async function poll(): Promise<void> {
-    const since = new Date(Math.min(lastPoll, clock().getTime()) - 5_000);
-    lastPoll = clock().getTime();
+    const startedMs = await q.databaseNowMs(db);
+    const since = new Date((lastPollDbMs ?? startedMs) - POLL_LOOKBACK_MS);
     const [changed, settings] = await Promise.all([
       q.keysChangedSince(db.db, since),
       q.settingsChangedSince(db.db, since),
     ]);
+    // Only once both reads are done: a failed poll is covered by the next one.
+    lastPollDbMs = startedMs;
     for (const row of changed) {
       const hash = hashById.get(row.id);
       const key = hash === undefined ? undefined : byHash.get(hash);
-      if (key !== undefined && row.updatedAt.getTime() > key.updatedAtMs) evict(row.id);
+      const version = row.updatedAt.getTime();
+      // Any other version than the cached one (stamps are the database's clock, creations the
+      // service's: compare versions, not times).
+      if (key !== undefined && version !== key.updatedAtMs) evict(row.id);
+      // This instance's other holders of the key (its open flag streams, the Unleash client API's
+      // access cache) hear of each version once, as the bus would have told them: a revoke whose
+      // message was lost ended nothing here but new requests, and a stream opened with the key
+      // went on receiving flag changes for up to an hour (a tester's finding).
+      const seenAs = `key ${row.id}`;
+      if (polledVersions.get(seenAs)?.version === version) continue;
+      polledVersions.set(seenAs, { version, seenMs: startedMs });
+      bus.deliverLocally(KEYS_TOPIC, `${instanceId} ${seenAs}`);
     }
+    // A version leaves the poll's window after POLL_LOOKBACK_MS: no need to remember it longer.
+    for (const [id, seen] of polledVersions)
+      if (seen.seenMs < startedMs - 2 * POLL_LOOKBACK_MS) polledVersions.delete(id);
     // Settings whose bus message was lost: as for keys, the copy read before the change goes.
     for (const row of settings) {
       const cached = settingsByOrg.get(row.orgId);
-      if (cached !== undefined && row.updatedAt.getTime() > cached.updatedAtMs) dropSettings(row.orgId);
+      const version = row.updatedAt.getTime();
+      if (cached !== undefined && version !== cached.updatedAtMs) dropSettings(row.orgId);
+      const seenAs = `org ${row.orgId}`;
+      if (polledVersions.get(seenAs)?.version === version) continue;
+      polledVersions.set(seenAs, { version, seenMs: startedMs });
+      bus.deliverLocally(KEYS_TOPIC, `${instanceId} ${seenAs}`);
     }
   }
 

@@ -873,6 +873,42 @@ for (const { kind, skip } of STORES) {
       assert.equal(after.current_version, 1, 'nothing applied');
     });
 
+    test("a key withdraws its owner's change only with a write scope on the change's resource", async () => {
+      // Before session 10 a key scoped `*:read` (or `org:read`) withdrew its owner's pending change:
+      // a write that no scope of the key covers.
+      const held = await v.req('PUT', '/v1/settings/production/key_withdrawn', {
+        token: v.tokens.manager,
+        body: { value: 1, value_type: 'int' },
+      });
+      assert.equal(held.statusCode, 202, held.body);
+      const id: string = held.json().change_id;
+      const keyWith = async (scopes: string[]) => {
+        const created = await v.req('POST', '/v1/keys', {
+          token: v.tokens.manager,
+          body: { name: `withdrawer-${scopes.join('-')}`, scopes },
+        });
+        assert.equal(created.statusCode, 201, created.body);
+        return { authorization: `Bearer ${created.json().key as string}` };
+      };
+      for (const scopes of [['*:read'], ['org:read'], ['secrets:update']]) {
+        const refused = await v.req('POST', `/v1/vault/changes/${id}/reject`, {
+          headers: await keyWith(scopes),
+        });
+        assert.equal(refused.statusCode, 403, `${scopes}: ${refused.body}`);
+        assert.equal(refused.json().code, 'permission_denied');
+      }
+      const [still] = await v.t.store.db.query<{ status: string }>(
+        'select status from vault_changes where id = $1',
+        [id],
+      );
+      assert.equal(still?.status, 'pending', 'nothing withdrawn by the refused keys');
+      const withdrawn = await v.req('POST', `/v1/vault/changes/${id}/reject`, {
+        headers: await keyWith(['settings:update']),
+      });
+      assert.equal(withdrawn.statusCode, 200, withdrawn.body);
+      assert.equal(withdrawn.json().status, 'rejected');
+    });
+
     test("a key's held change is approved against its owner's rights", async () => {
       const created = await v.req('POST', '/v1/keys', {
         token: v.tokens.manager,

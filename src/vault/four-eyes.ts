@@ -127,6 +127,12 @@ function requesterContext(stored: ChangeRequestContext | null): Pick<Access, 'co
   };
 }
 
+/** The resource type of a kind of change: `setting.put` → settings; segments are flags'. */
+const resourceOf = (kind: string) => {
+  const prefix = kind.split('.')[0] ?? kind;
+  return prefix === 'segment' ? 'flags' : `${prefix}s`;
+};
+
 /** Whether a principal is the change's requester (or a key acting for them). */
 const isRequester = (principal: Principal, row: ChangeRow) =>
   principal.id === row.requestedBy || principal.ownerId === row.requestedBy;
@@ -421,6 +427,14 @@ export function createFourEyes({
   /** Whether the caller may decide others' changes. */
   const mayDecide = async (caller: Principal) => (await authz.check(caller, 'approvals:approve')).allowed;
 
+  /** Whether the caller may write the resource type a kind of change is about (any of its writes). */
+  const mayWrite = async (caller: Principal, kind: string) => {
+    const type = resourceOf(kind);
+    for (const action of ['update', 'create', 'delete'])
+      if ((await authz.check(caller, `${type}:${action}`)).allowed) return true;
+    return false;
+  };
+
   const needsApprove = (detail: string) =>
     httpErrors.permission_denied(detail, { permission: 'approvals:approve' });
 
@@ -599,6 +613,13 @@ export function createFourEyes({
       if (own === null || !isRequester(caller, own)) {
         throw needsApprove(
           'This action needs approvals:approve (a requester may withdraw only their own change)',
+        );
+      }
+      if (caller.scopes !== null && !(await mayWrite(caller, own.kind))) {
+        // A key is narrowed by its scopes: withdrawing is a write, which a read-only key may not make.
+        throw httpErrors.permission_denied(
+          `Withdrawing needs approvals:approve or a write permission on ${resourceOf(own.kind)} in this key's scopes`,
+          { permission: `${resourceOf(own.kind)}:update` },
         );
       }
       row = own;
