@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { initialize, Unleash } from 'unleash-client';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
@@ -12,12 +13,21 @@ describe('Unleash client API with unleash-client', () => {
   let address: string;
   let key: string;
   let unleash: Unleash | undefined;
+  let traffic: SdkTraffic;
   before(async () => {
     v = await vaultTestApp('pglite');
     address = await v.t.app.listen({ port: 0, host: '127.0.0.1' });
+    traffic = new SdkTraffic(v.t.app.server);
     const created = await v.req('POST', '/v1/keys', {
       token: v.tokens.manager,
-      body: { name: 'sdk', scopes: ['flags:read'], metadata: { flags_environment: 'staging' } },
+      // Unlimited: clients polling every 200 ms outrun the free tier's 60 a minute on a slow run,
+      // and unleash-client retries a 429 a second later, when the server may be closed.
+      body: {
+        name: 'sdk',
+        scopes: ['flags:read'],
+        tier: 'enterprise',
+        metadata: { flags_environment: 'staging' },
+      },
     });
     assert.equal(created.statusCode, 201, created.body);
     key = created.json().key;
@@ -45,10 +55,11 @@ describe('Unleash client API with unleash-client', () => {
   });
   after(async () => {
     unleash?.destroy();
-    // A poll already under way when the client is destroyed still completes, and schedules
-    // nothing: let it land on a live server (a refused connection after close() surfaced as an
-    // unhandled rejection in a later test, failing the file).
-    await new Promise((resolve) => setTimeout(resolve, 500));
+    // A poll already under way when a client is destroyed still completes. Should it fail (a
+    // connection refused after close()), unleash-client 6.12 throws from an emitter whose
+    // listeners destroy() removed: an unhandled rejection that fails the file (CI, session 10,
+    // where a fixed 500 ms wait was not enough). So close only once every poll started is answered.
+    await traffic.settled();
     await v.close();
   });
   /** A key reading the development environment's flags (the tests above use staging). */
@@ -306,7 +317,7 @@ describe('Unleash client API with unleash-client', () => {
     const sdk = initialize({
       url: `${address}/api/`,
       appName: 'steward-delta',
-      customHeaders: { Authorization: key },
+      customHeadersFunction: traffic.headers(key),
       refreshInterval: 200,
       disableMetrics: true,
       experimentalMode: { type: 'polling', format: 'delta' },
@@ -346,7 +357,7 @@ describe('Unleash client API with unleash-client', () => {
       url: `${address}/api/`,
       appName: 'steward-metrics',
       instanceId: 'sdk-instance-1',
-      customHeaders: { Authorization: key },
+      customHeadersFunction: traffic.headers(key),
       refreshInterval: 60_000,
       // Sent by flushMetrics() below, not by a timer.
       metricsInterval: 3_600_000,
@@ -436,7 +447,7 @@ describe('Unleash client API with unleash-client', () => {
     unleash = initialize({
       url: `${address}/api/`,
       appName: 'steward-test',
-      customHeaders: { Authorization: key },
+      customHeadersFunction: traffic.headers(key),
       refreshInterval: 200,
       metricsInterval: 0,
       disableMetrics: true,
@@ -512,7 +523,7 @@ describe('Unleash client API with unleash-client', () => {
         .map((e: { name: string; enabled: boolean }) => `${e.name}:${e.enabled}`);
     assert.deepEqual(await evaluate('u1'), ['paused-all:false', 'paused-one:false']);
     assert.deepEqual(await evaluate('u2'), ['paused-all:false', 'paused-one:true']);
-    const sdk = await syncedClient(address, 'steward-paused', devKey);
+    const sdk = await syncedClient(address, 'steward-paused', devKey, traffic);
     try {
       assert.deepEqual(
         ['u1', 'u2'].map((userId) => [
@@ -543,7 +554,7 @@ describe('Unleash client API with unleash-client', () => {
       const res = await v.req('POST', '/v1/flags/development', { token: v.tokens.manager, body });
       assert.equal(res.statusCode, 201, `${body.name}: ${res.body}`);
     }
-    const sdk = await syncedClient(address, 'steward-edges', devKey);
+    const sdk = await syncedClient(address, 'steward-edges', devKey, traffic);
     try {
       const state = (await (
         await fetch(`${address}/api/client/features`, { headers: { authorization: devKey } })
@@ -566,14 +577,57 @@ describe('Unleash client API with unleash-client', () => {
 });
 
 /**
+ * Counts the requests unleash-client starts (it calls customHeadersFunction first in each poll and
+ * metrics post) and the ones the server has answered, so the server is closed only once none is
+ * in flight.
+ */
+class SdkTraffic {
+  private started = 0;
+  private answered = 0;
+  /** Answers unleash-client's GET retries (make-fetch-happen, twice, 1 s apart): none expected. */
+  private retried: string[] = [];
+  constructor(server: Server) {
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.headers[SDK_HEADER] !== undefined)
+        res.once('close', () => {
+          this.answered++;
+          if (RETRIED.has(res.statusCode) || res.statusCode >= 500)
+            this.retried.push(`${req.url} ${res.statusCode}`);
+        });
+    });
+  }
+  headers(key: string): () => Promise<Record<string, string>> {
+    return async () => {
+      this.started++;
+      return { Authorization: key, [SDK_HEADER]: '1' };
+    };
+  }
+  async settled(): Promise<void> {
+    const deadline = Date.now() + 30_000;
+    while (this.answered < this.started) {
+      if (Date.now() > deadline) throw new Error(`${this.started - this.answered} SDK requests unanswered`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.deepEqual(this.retried, [], 'answers unleash-client retries after the server is closed');
+  }
+}
+const SDK_HEADER = 'x-steward-test-sdk';
+const RETRIED = new Set([408, 420, 429]);
+
+/**
  * A second unleash-client (not initialize(): it keeps one instance per process, and the first
  * test's is still up), synchronised with Steward.
  */
-async function syncedClient(address: string, appName: string, key: string): Promise<Unleash> {
+async function syncedClient(
+  address: string,
+  appName: string,
+  key: string,
+  traffic: SdkTraffic,
+): Promise<Unleash> {
   const sdk = new Unleash({
     url: `${address}/api/`,
     appName,
-    customHeaders: { Authorization: key },
+    customHeadersFunction: traffic.headers(key),
     refreshInterval: 60_000,
     disableMetrics: true,
   });
