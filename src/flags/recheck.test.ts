@@ -2,18 +2,13 @@
 // compares the environments it holds with the database every few seconds (`recheck`), and sends
 // what changed down the bus message's path (evaluation, client API ETags, streams).
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
-import { createTestDatabase, postgresSkip } from '../../test/helpers/postgres.ts';
+import { type TwoInstances, twoInstances } from '../../test/helpers/instances.ts';
+import { postgresSkip } from '../../test/helpers/postgres.ts';
 import { STORES } from '../../test/helpers/stores.ts';
-import { buildApp } from '../app.ts';
 import { createMemoryBus } from '../bus/index.ts';
-import { loadConfig } from '../config.ts';
-import { createKeyring } from '../crypto/keyring.ts';
-import { type DbHandle, openDatabase } from '../db/client.ts';
-import { runMigrations } from '../db/migrate.ts';
-import { ADMIN } from '../identity/test-support.ts';
+import { openDatabase } from '../db/client.ts';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
 import { createFlagService, type FlagService } from './service.ts';
 import type { DeltaEvent } from './types.ts';
@@ -39,33 +34,16 @@ async function eventually<T>(read: () => Promise<T>, done: (value: T) => boolean
 
 // Two full instances on one database, each with a bus of its own: every message is lost.
 describe('two instances on one PostgreSQL database, no shared bus', { skip: postgresSkip }, () => {
-  let drop: () => Promise<void>;
   let url: string;
-  const dbs: DbHandle[] = [];
   let a: FastifyInstance;
   let b: FastifyInstance;
   let token: string;
   let key: string;
+  let instances: TwoInstances | undefined;
 
   before(async () => {
-    const database = await createTestDatabase();
-    drop = database.drop;
-    url = database.url;
-    const keyring = createKeyring(randomBytes(32));
-    const config = loadConfig({ LOG_LEVEL: 'silent' });
-    const open = async () => {
-      const db = await openDatabase({ dataDir: 'unused', databaseUrl: url, poolSize: 5 });
-      dbs.push(db);
-      return db;
-    };
-    const first = await open();
-    await runMigrations(first);
-    a = await buildApp(config, { db: first, keyring, bus: createMemoryBus() });
-    await a.ready();
-    await a.steward.identity.bootstrap(ADMIN);
-    b = await buildApp(config, { db: await open(), keyring, bus: createMemoryBus() });
-    await b.ready();
-    token = (await a.inject({ method: 'POST', url: '/v1/auth/login', payload: ADMIN })).json().access_token;
+    instances = await twoInstances({ separateBuses: true });
+    ({ a, b, token, url } = instances);
     const created = await send(a, 'POST', '/v1/keys', {
       name: 'sdk',
       scopes: ['flags:read'],
@@ -74,12 +52,7 @@ describe('two instances on one PostgreSQL database, no shared bus', { skip: post
     assert.equal(created.statusCode, 201, created.body);
     key = created.json().key;
   });
-  after(async () => {
-    await a?.close();
-    await b?.close();
-    for (const db of dbs) await db.close();
-    await drop?.();
-  });
+  after(() => instances?.close());
 
   const send = (app: FastifyInstance, method: 'POST' | 'PUT' | 'DELETE', url: string, body?: Body) =>
     app.inject({

@@ -1,16 +1,10 @@
 // Two Steward instances on one PostgreSQL database and one Redis: rate limits are shared, and a
 // revoke (or a settings change) on one instance is seen by verification on the other within a second.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
-import { createTestDatabase } from '../../test/helpers/postgres.ts';
-import { buildApp } from '../app.ts';
-import { loadConfig } from '../config.ts';
-import { createKeyring } from '../crypto/keyring.ts';
-import { type DbHandle, openDatabase } from '../db/client.ts';
-import { runMigrations } from '../db/migrate.ts';
-import { ADMIN } from '../identity/test-support.ts';
+import { type TwoInstances, twoInstances } from '../../test/helpers/instances.ts';
+import type { DbHandle } from '../db/client.ts';
 
 const skip =
   process.env.DATABASE_URL && process.env.REDIS_URL
@@ -18,41 +12,16 @@ const skip =
     : 'DATABASE_URL and REDIS_URL are needed: two instances share a database and a Redis';
 
 describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
-  let drop: () => Promise<void>;
-  const dbs: DbHandle[] = [];
   let a: FastifyInstance;
   let b: FastifyInstance;
   let token: string;
+  let dbA: DbHandle;
+  let instances: TwoInstances | undefined;
   before(async () => {
-    const database = await createTestDatabase();
-    drop = database.drop;
-    const keyring = createKeyring(randomBytes(32));
-    const config = loadConfig({
-      LOG_LEVEL: 'silent',
-      REDIS_URL: process.env.REDIS_URL,
-      API_KEY_POLL_MS: '200',
-    });
-    const open = async () => {
-      const db = await openDatabase({ dataDir: 'unused', databaseUrl: database.url, poolSize: 5 });
-      dbs.push(db);
-      return db;
-    };
-    const first = await open();
-    await runMigrations(first);
-    a = await buildApp(config, { db: first, keyring });
-    await a.ready();
-    await a.steward.identity.bootstrap(ADMIN);
-    b = await buildApp(config, { db: await open(), keyring });
-    await b.ready();
-    const login = await a.inject({ method: 'POST', url: '/v1/auth/login', payload: ADMIN });
-    token = login.json().access_token;
+    instances = await twoInstances({ env: { REDIS_URL: process.env.REDIS_URL, API_KEY_POLL_MS: '200' } });
+    ({ a, b, token, dbA } = instances);
   });
-  after(async () => {
-    await a?.close();
-    await b?.close();
-    for (const db of dbs) await db.close();
-    await drop?.();
-  });
+  after(() => instances?.close());
 
   const create = async (body: Record<string, unknown>) => {
     const res = await a.inject({
@@ -118,7 +87,7 @@ describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
     assert.equal((await verifyOn(b, k.key)).code, 'valid');
     // Revoke behind Steward's back (no bus message): only B's poll of updated_at can notice.
     const revokedAt = performance.now();
-    await dbs[0]?.query('update api_keys set revoked_at = now(), updated_at = now() where id = $1', [k.id]);
+    await dbA.query('update api_keys set revoked_at = now(), updated_at = now() where id = $1', [k.id]);
     const { code, elapsed } = await untilRefused(b, k.key, revokedAt);
     assert.equal(code, 'revoked');
     assert.ok(elapsed < 1000, `took ${elapsed.toFixed(0)} ms`);
@@ -131,7 +100,7 @@ describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
     assert.equal(warm.code, 'valid');
     // Switch suspension on behind Steward's back (no bus message): only B's poll can notice.
     const changedAt = performance.now();
-    await dbs[0]?.query(
+    await dbA.query(
       `insert into api_key_settings (org_id, burst_threshold, burst_window_seconds, suspend_on_burst, updated_at)
        values ($1, 3, 60, true, now())
        on conflict (org_id) do update set burst_threshold = 3, suspend_on_burst = true, updated_at = now()`,
@@ -183,7 +152,7 @@ describe('API keys across two instances (PostgreSQL + Redis)', { skip }, () => {
     for (let i = 0; i < 3; i++) await verifyOn(b, k.key);
     await a.steward.keys.verifier.flush();
     await b.steward.keys.verifier.flush();
-    const [row] = await dbs[0]!.query<{ request_count: number }>(
+    const [row] = await dbA.query<{ request_count: number }>(
       'select request_count from api_keys where id = $1',
       [k.id],
     );

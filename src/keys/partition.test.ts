@@ -10,10 +10,10 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import type { FastifyInstance } from 'fastify';
 import pg from 'pg';
+import { type TwoInstances, twoInstances } from '../../test/helpers/instances.ts';
 import { createTestDatabase } from '../../test/helpers/postgres.ts';
 import { pausableProxy } from '../../test/helpers/redis-proxy.ts';
 import { buildApp } from '../app.ts';
-import { createMemoryBus } from '../bus/index.ts';
 import { loadConfig } from '../config.ts';
 import { createKeyring } from '../crypto/keyring.ts';
 import { type DbHandle, openDatabase } from '../db/client.ts';
@@ -140,50 +140,30 @@ describe('a Redis that stops answering holds no verification and no key write', 
 describe('the invalidation poll cannot miss a committed change (PostgreSQL)', {
   skip: process.env.DATABASE_URL ? false : 'DATABASE_URL is not set',
 }, () => {
-  let drop: () => Promise<void>;
   let url: string;
-  const dbs: DbHandle[] = [];
   let a: FastifyInstance;
   let b: FastifyInstance;
   let holder: pg.Client;
   let token: string;
+  let dbA: DbHandle;
+  let instances: TwoInstances | undefined;
   /** Instance A's clock runs `skewMs` behind the real one (B's is real). */
   const skew = { ms: 0 };
   before(async () => {
-    const database = await createTestDatabase();
-    drop = database.drop;
-    url = database.url;
-    const keyring = createKeyring(randomBytes(32));
     // No Redis: each instance has a bus of its own, so B hears nothing from A and only its poll
     // can notice A's changes.
-    const config = loadConfig({ LOG_LEVEL: 'silent', API_KEY_POLL_MS: '200' });
-    const open = async () => {
-      const db = await openDatabase({ dataDir: 'unused', databaseUrl: url, poolSize: 5 });
-      dbs.push(db);
-      return db;
-    };
-    const first = await open();
-    await runMigrations(first);
-    a = await buildApp(config, {
-      db: first,
-      keyring,
-      bus: createMemoryBus(),
-      clock: () => new Date(Date.now() - skew.ms),
+    instances = await twoInstances({
+      env: { API_KEY_POLL_MS: '200' },
+      separateBuses: true,
+      clockA: () => new Date(Date.now() - skew.ms),
     });
-    await a.ready();
-    await a.steward.identity.bootstrap(ADMIN);
-    b = await buildApp(config, { db: await open(), keyring, bus: createMemoryBus() });
-    await b.ready();
-    token = (await a.inject({ method: 'POST', url: '/v1/auth/login', payload: ADMIN })).json().access_token;
+    ({ a, b, token, url, dbA } = instances);
     holder = new pg.Client({ connectionString: url });
     await holder.connect();
   });
   after(async () => {
     await holder?.end();
-    await a?.close();
-    await b?.close();
-    for (const db of dbs) await db.close();
-    await drop?.();
+    await instances?.close();
   });
 
   const create = async () => {
@@ -228,7 +208,7 @@ describe('the invalidation poll cannot miss a committed change (PostgreSQL)', {
       // The revoke is waiting on the lock (after its checks read the row), and stays so for 6 s.
       const until = performance.now() + 5000;
       for (;;) {
-        const [row] = await dbs[0]!.query<{ n: number }>(
+        const [row] = await dbA.query<{ n: number }>(
           "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
         );
         if ((row?.n ?? 0) >= 1) break;
