@@ -50,6 +50,27 @@ for (const { kind, skip } of STORES) {
         await audit().record(tx, input);
         await hold;
       });
+    /**
+     * Records `input` in a transaction held open until `release()`; resolves once it is recorded
+     * (its id drawn), so what is written next has a later id but commits first.
+     */
+    const writeHeld = async (input: AuditEventInput) => {
+      let release = () => {};
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let recorded = () => {};
+      const isRecorded = new Promise<void>((resolve) => {
+        recorded = resolve;
+      });
+      const done = t.app.steward.db.db.transaction(async (tx) => {
+        await audit().record(tx, input);
+        recorded();
+        await held;
+      });
+      await Promise.race([isRecorded, done]);
+      return { release, done };
+    };
     const allIds = async () =>
       (await t.store.db.query<{ id: string }>('select id from audit_events where org_id = $1', [orgId]))
         .map((r) => r.id)
@@ -115,16 +136,12 @@ for (const { kind, skip } of STORES) {
         // Transactions that record, wait, and commit after later ones (ids older than what the
         // reader has already seen), while the reader keeps polling.
         for (let i = 0; i < 6; i++) {
-          let release = () => {};
-          const held = new Promise<void>((resolve) => {
-            release = resolve;
-          });
-          const slow = write(event(1000 + i), held);
+          const slow = await writeHeld(event(1000 + i));
           await write(event(2000 + i));
           await audit().sequencer.flushAll();
           await reader.poll();
-          release();
-          writers.push(slow);
+          slow.release();
+          writers.push(slow.done);
         }
       }
       await Promise.all(writers);
@@ -144,17 +161,13 @@ for (const { kind, skip } of STORES) {
         await reader.poll();
         const newest = async () =>
           ((await get('/v1/audit/events?limit=1')).json().data as EventView[])[0]?.id;
-        let release = () => {};
-        const held = new Promise<void>((resolve) => {
-          release = resolve;
-        });
-        const late = write(event(1), held); // recorded first: the smaller id
+        const late = await writeHeld(event(1)); // recorded first: the smaller id
         await write(event(2));
         await audit().sequencer.flushAll();
         const seenNewest = await newest();
         assert.equal(await reader.poll(), 1);
-        release();
-        await late;
+        late.release();
+        await late.done;
         await audit().sequencer.flushAll();
         // Newest first down to the newest id already seen: the late event's id sorts below it.
         const fresh = ((await get('/v1/audit/events?limit=500')).json().data as EventView[]).findIndex(
