@@ -204,6 +204,46 @@ for (const { kind, skip } of STORES) {
       assert.deepEqual(exported.details.filters, { action: 'audit.exported', after_seq: 0 });
     });
 
+    test('a filtered read that matches nothing moves on to the head; what matches later is read next', async () => {
+      await audit().sequencer.flushAll();
+      const filtered = (afterSeq: number) =>
+        get(`/v1/audit/events?after_seq=${afterSeq}&action=secret.revealed&limit=10`);
+      const head = async () =>
+        (
+          await t.store.db.query<{ last_seq: string }>(
+            'select last_seq from audit_chain_heads where org_id = $1',
+            [orgId],
+          )
+        )[0]?.last_seq;
+      // Before, a poll that matched nothing answered the after_seq it was given: every later poll
+      // scanned the whole tail again.
+      const empty = (await filtered(0)).json();
+      assert.deepEqual(empty.data, []);
+      assert.ok(empty.next_after_seq > 0);
+      assert.equal(empty.next_after_seq, Number(await head()));
+      // Events that do not match, then one that does: the next poll reads just that one.
+      for (let i = 0; i < 3; i++) await write(event(i));
+      await write({ ...event(9), action: 'secret.revealed' });
+      await audit().sequencer.flushAll();
+      const next = (await filtered(empty.next_after_seq)).json();
+      assert.deepEqual(
+        next.data.map((e: { action: string; sequence: number }) => [e.action, e.sequence]),
+        [['secret.revealed', empty.next_after_seq + 4]],
+      );
+      assert.equal(next.next_after_seq, Number(await head()));
+      // A full page continues from its last event, not from the head.
+      for (let i = 0; i < 3; i++) await write({ ...event(i), action: 'secret.revealed' });
+      await audit().sequencer.flushAll();
+      const page = (
+        await get(`/v1/audit/events?after_seq=${next.next_after_seq}&action=secret.revealed&limit=2`)
+      ).json();
+      assert.equal(page.data.length, 2);
+      assert.equal(page.next_after_seq, page.data[1].sequence);
+      const rest = (await filtered(page.next_after_seq)).json();
+      assert.equal(rest.data.length, 1);
+      assert.equal(rest.data[0].sequence, page.next_after_seq + 1);
+    });
+
     test('after_seq: a non-negative integer, not combined with cursor; otherwise unchanged', async () => {
       for (const value of [
         '-1',

@@ -1,6 +1,6 @@
 import { and, asc, desc, eq, gt, gte, lt, lte, type SQL } from 'drizzle-orm';
 import type { DbOrTx } from '../db/client.ts';
-import { auditEvents } from './schema.ts';
+import { auditChainHeads, auditEvents } from './schema.ts';
 
 /** A stored event, as read back. */
 export type StoredEvent = typeof auditEvents.$inferSelect;
@@ -57,6 +57,18 @@ export async function listEvents(
  * later (committed late, linked late) always gets a sequence above every one already visible.
  * Events not linked yet are not returned; they are, once linked, on a later read.
  */
+/**
+ * The org's last linked sequence (0 if none). Every event up to it is committed (the head moves in
+ * the linking transaction), so a query that starts after this read sees all of them.
+ */
+export async function linkedThrough(db: DbOrTx, orgId: string): Promise<number> {
+  const [head] = await db
+    .select({ lastSeq: auditChainHeads.lastSeq })
+    .from(auditChainHeads)
+    .where(eq(auditChainHeads.orgId, orgId));
+  return head?.lastSeq ?? 0;
+}
+
 export async function listEventsAfterSeq(
   db: DbOrTx,
   orgId: string,

@@ -81,8 +81,10 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
               .int()
               .nullable()
               .describe(
-                'With `after_seq`: pass it as `after_seq` for the next read (the last sequence returned, ' +
-                  'or the one given when nothing is new yet); null otherwise.',
+                'With `after_seq`: pass it as `after_seq` for the next read. The last sequence returned ' +
+                  'when the page is full; otherwise the org’s last linked sequence as it was before the page ' +
+                  'was read (if further), so a filtered read that matches nothing still moves on, and no event ' +
+                  'is skipped. Null without `after_seq`.',
               ),
           }),
         },
@@ -92,12 +94,8 @@ export const auditRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
       const { limit, cursor, after_seq: afterSeq, ...filters } = request.query;
       const orgId = callerOf(request).orgId;
       if (afterSeq !== undefined) {
-        const events = await ctx.audit.listAfterSeq(orgId, filtersOf(filters), { limit, afterSeq });
-        return {
-          data: events.map(eventView),
-          next_cursor: null,
-          next_after_seq: events.at(-1)?.seq ?? afterSeq,
-        };
+        const page = await ctx.audit.listAfterSeq(orgId, filtersOf(filters), { limit, afterSeq });
+        return { data: page.events.map(eventView), next_cursor: null, next_after_seq: page.nextAfterSeq };
       }
       const before = decodeCursor(cursor, cursorSchema);
       const events = await ctx.audit.list(orgId, filtersOf(filters), {

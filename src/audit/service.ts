@@ -16,7 +16,13 @@ import {
 } from './chain.ts';
 import { type AuditKeys, createAuditKeys } from './mac.ts';
 import { loadAuditMacKeys } from './mac-key.ts';
-import { type AuditFilters, listEvents, listEventsAfterSeq, type StoredEvent } from './queries.ts';
+import {
+  type AuditFilters,
+  linkedThrough,
+  listEvents,
+  listEventsAfterSeq,
+  type StoredEvent,
+} from './queries.ts';
 import { redact, storable, storableJson } from './redact.ts';
 import { auditChainHeads, auditCheckpoints, auditEvents, auditLegacyBoundaries } from './schema.ts';
 import { createSequencer, type Sequencer } from './sequencer.ts';
@@ -479,6 +485,25 @@ export function createAuditService({
   }
 
   /**
+   * Linked events after `afterSeq`, in sequence order (`listEventsAfterSeq`), and where the next
+   * read starts: the last one returned, or, when the page is not full, the head as read before
+   * the page, if that is further. A filtered read that matches nothing thus still moves on, and
+   * its next poll scans only what was linked since, not the whole tail again; nothing is
+   * skipped, since every event up to that head was committed before the page was read.
+   */
+  async function listAfterSeq(
+    orgId: string,
+    filters: AuditFilters,
+    page: { limit: number; afterSeq: number },
+  ): Promise<{ events: StoredEvent[]; nextAfterSeq: number }> {
+    const through = await linkedThrough(db.db, orgId);
+    const events = await listEventsAfterSeq(db.db, orgId, filters, page);
+    const last = events.at(-1)?.seq ?? page.afterSeq;
+    const full = events.length === page.limit;
+    return { events, nextAfterSeq: full ? last : Math.max(last, through, page.afterSeq) };
+  }
+
+  /**
    * Keyset-paginated pages of one org's events, for the API and exports: newest first by id, or,
    * given `afterSeq`, the linked events after it in sequence order (what a forwarder reads).
    */
@@ -635,9 +660,7 @@ export function createAuditService({
     sequencer,
     list: (orgId: string, filters: AuditFilters, page: { limit: number; beforeId?: string | undefined }) =>
       listEvents(db.db, orgId, filters, page),
-    /** Linked events after `afterSeq`, in sequence order (`listEventsAfterSeq`). */
-    listAfterSeq: (orgId: string, filters: AuditFilters, page: { limit: number; afterSeq: number }) =>
-      listEventsAfterSeq(db.db, orgId, filters, page),
+    listAfterSeq,
   };
 }
 

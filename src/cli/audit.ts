@@ -78,13 +78,26 @@ export function registerAuditCommands(program: Command): void {
 
   audit
     .command('export')
-    .description("Stream one org's events as NDJSON (default) or CSV, newest first.")
+    .description(
+      "Stream one org's events as NDJSON (default) or CSV, newest first; with --after-seq, the linked events after that sequence, oldest first.",
+    )
     .requiredOption('--org <id-or-slug>', 'the org to export')
     .option('--format <format>', 'ndjson or csv', 'ndjson')
     .option('--out <file>', 'write to a file instead of stdout')
-    .action(async (options: { org: string; format: string; out?: string }) => {
+    .option(
+      '--after-seq <n>',
+      'read forward by sequence from after n (a forwarder continues from the last one it wrote)',
+    )
+    .action(async (options: { org: string; format: string; out?: string; afterSeq?: string }) => {
       if (options.format !== 'ndjson' && options.format !== 'csv') {
         throw new Error('--format must be ndjson or csv');
+      }
+      const afterSeq = options.afterSeq === undefined ? undefined : Number(options.afterSeq);
+      if (
+        afterSeq !== undefined &&
+        !(Number.isSafeInteger(afterSeq) && afterSeq >= 0 && /^\d+$/.test(options.afterSeq ?? ''))
+      ) {
+        throw new Error('--after-seq must be a whole number, 0 or more');
       }
       const format: 'ndjson' | 'csv' = options.format;
       const config = loadConfig();
@@ -95,7 +108,7 @@ export function registerAuditCommands(program: Command): void {
         const out = options.out ? createWriteStream(options.out) : process.stdout;
         const progress = process.stderr.isTTY;
         let count = 0;
-        for await (const line of exportLines(countEvents(service.stream(orgId, {})), format)) {
+        for await (const line of exportLines(countEvents(service.stream(orgId, {}, { afterSeq })), format)) {
           if (!out.write(line)) await once(out, 'drain');
         }
         async function* countEvents(events: AsyncIterable<StoredEvent>) {

@@ -81,6 +81,23 @@ describe('steward CLI', () => {
     );
     assert.equal(exported.status, 0, exported.stderr);
     assert.equal(readFileSync(out, 'utf8').trim().split('\r\n').length, 4);
+    // A forwarder continues after the last sequence it wrote: oldest first from there.
+    const org = ['audit', 'export', '--org', 'org_01JAAAAAAAAAAAAAAAAAAAAAAA'];
+    const forward = steward(dir, ...org, '--after-seq', '1');
+    assert.equal(forward.status, 0, forward.stderr);
+    assert.deepEqual(
+      forward.stdout
+        .trim()
+        .split('\n')
+        .map((line) => JSON.parse(line).sequence),
+      [2, 3],
+    );
+    assert.equal(steward(dir, ...org, '--after-seq', '3').stdout, '');
+    for (const bad of ['-1', '1.5', 'x', '1e3', '']) {
+      const refused = steward(dir, ...org, '--after-seq', bad);
+      assert.notEqual(refused.status, 0, bad);
+      assert.match(refused.stderr, /--after-seq must be a whole number/, bad);
+    }
   });
 
   test('a master key dropped too early: one line naming the key and what to do, exit 2, no stack', () => {
