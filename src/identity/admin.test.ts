@@ -232,6 +232,38 @@ describe('users and orgs admin API, bad inputs (pglite)', () => {
       });
       assert.equal(res.json().code, code);
     }
+    // A new account's or invitation's email within SMTP's limits (RFC 5321): a local part of 64
+    // octets, an address of 254. Logging in takes any address an account may already have.
+    const local65 = `${'a'.repeat(65)}@example.com`;
+    const long255 = `k@${'d'.repeat(63)}.${'d'.repeat(63)}.${'d'.repeat(63)}.${'d'.repeat(57)}.com`;
+    assert.equal(long255.length, 255);
+    for (const [url, body] of [
+      ['/v1/users', { email: local65, password: PASS }],
+      ['/v1/users', { email: long255, password: PASS }],
+      ['/v1/users', { email: `${'é'.repeat(33)}@example.com`, password: PASS }],
+      ['/v1/invitations', { email: local65 }],
+      ['/v1/auth/signup', { email: local65, org: 'default', password: PASS }],
+    ] as const) {
+      const res = await t.call('POST', url, { body, ...(url === '/v1/auth/signup' ? {} : { token: admin }) });
+      assert.equal(res.statusCode, 400, `${url} ${body.email}: ${res.body}`);
+      assert.equal(res.json().code, 'validation_failed');
+      assert.deepEqual(
+        new Set(res.json().errors.map((e: { path: string }) => e.path)),
+        new Set(['body.email']),
+      );
+    }
+    const local64 = `${'a'.repeat(64)}@example.com`;
+    const made = await t.call('POST', '/v1/users', {
+      token: admin,
+      body: { email: local64, password: PASS },
+    });
+    assert.equal(made.statusCode, 201, made.body);
+    const login = await t.call('POST', '/v1/auth/login', { body: { email: local65, password: PASS } });
+    assert.equal(
+      login.json().code,
+      'invalid_credentials',
+      'an unknown long address is not a validation error',
+    );
     const badRefresh = await t.call('POST', '/v1/auth/refresh', {
       body: { refresh_token: 'ses_01J00000000000000000000000.0.AAAA' },
     });

@@ -8,9 +8,9 @@ import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { type Invitation, invitationStatus } from './invitations.ts';
 import {
-  email,
   idCursor,
   idParams,
+  newEmail,
   originOf,
   PASSWORD_POLICY_ERRORS,
   password,
@@ -85,7 +85,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
           'you cannot invite with a role you could not assign. Someone with an account (in another org) may be ' +
           'invited; a member of this org may not (`already_member` 409).',
         body: z.strictObject({
-          email,
+          email: newEmail,
           roles: z.array(roleName).max(20).optional(),
           expires_in_hours: z
             .number()
@@ -214,7 +214,7 @@ export const registrationRoutes: FastifyPluginAsyncZod<{
         summary: 'Open sign-up into an org that allows it (off by default); the user starts with no role',
         description: 'A closed or unknown org answers 403 `signup_disabled`.',
         body: z.strictObject({
-          email,
+          email: newEmail,
           org: z.string().min(1).max(100).describe('Org slug or id.'),
           ...profile,
         }),

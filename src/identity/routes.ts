@@ -12,7 +12,19 @@ import type { Profile } from './profile-cache.ts';
 import type { Session } from './queries.ts';
 import type { IdentityService, Origin, UserView } from './service.ts';
 
+/** An email to log in with: any one an account may have (limits older than `newEmail`'s included). */
 export const email = z.email().max(320);
+/**
+ * An email for a new account or invitation: within SMTP's limits (RFC 5321 §4.5.3.1: a local part
+ * of 64 octets, a path of 256, so an address of 254), which mail servers enforce; a longer one
+ * could be stored but never receive mail.
+ */
+export const newEmail = z
+  .email()
+  .max(254)
+  .refine((value) => Buffer.byteLength(value.slice(0, value.lastIndexOf('@')), 'utf8') <= 64, {
+    message: 'The part before @ is at most 64 characters (RFC 5321)',
+  });
 // Length limits here only stop abuse; the password policy (12+, not common) runs in the service.
 export const password = z.string().min(1).max(1024);
 export const roleName = z.string().min(1).max(100);
@@ -493,7 +505,7 @@ export const identityRoutes: FastifyPluginAsyncZod<{
         tags,
         summary: "Create a user in the caller's org",
         body: z.strictObject({
-          email,
+          email: newEmail,
           password,
           username: username.optional(),
           full_name: z.string().min(1).max(200).optional(),
