@@ -5,6 +5,7 @@ import type { StewardContext } from '../context.ts';
 import { callerOf } from '../http/auth.ts';
 import { noBody } from '../http/body.ts';
 import { contextOf } from '../http/context.ts';
+import { isoDateTime } from '../http/datetime.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { eventSchema, eventView, exportLines } from './export.ts';
 import type { AuditFilters } from './queries.ts';
@@ -17,8 +18,8 @@ const filterQuery = {
   resource_type: z.string().max(100).optional(),
   resource_id: z.string().max(200).optional(),
   success: z.enum(['true', 'false']).optional(),
-  since: z.iso.datetime({ offset: true }).optional().describe('Events at or after this time (ISO 8601).'),
-  until: z.iso.datetime({ offset: true }).optional().describe('Events at or before this time (ISO 8601).'),
+  since: isoDateTime.optional().describe('Events at or after this time (ISO 8601).'),
+  until: isoDateTime.optional().describe('Events at or before this time (ISO 8601).'),
 };
 
 type FilterQuery = { [K in keyof typeof filterQuery]?: z.infer<(typeof filterQuery)[K]> };

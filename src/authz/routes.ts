@@ -3,6 +3,7 @@ import { z } from 'zod';
 import type { StewardContext } from '../context.ts';
 import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
+import { isoDateTime } from '../http/datetime.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery, paginationErrors } from '../http/pagination.ts';
 import { PERMISSIONS, permissionInfo } from './catalogue.ts';
 import type { CheckResult } from './engine.ts';
@@ -415,7 +416,7 @@ export const authzRoutes: FastifyPluginAsyncZod<{ ctx: StewardContext }> = async
           resource_type: z.string().min(1).max(100),
           resource_id: z.string().min(1).max(200).nullable().optional().describe('Omit for the whole type.'),
           effect: z.enum(['allow', 'deny']),
-          expires_at: z.iso.datetime({ offset: true }).nullable().optional(),
+          expires_at: isoDateTime.nullable().optional(),
         }),
         response: { 201: grantSchema },
       },

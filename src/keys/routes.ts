@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { callerOf } from '../http/auth.ts';
 import { contextOf } from '../http/context.ts';
+import { isoDateTime } from '../http/datetime.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { ApiKeyRow, KeySettings } from './queries.ts';
 import type { KeysService } from './service.ts';
@@ -18,7 +19,7 @@ const metadataInput = z
   .refine((m) => JSON.stringify(m).length <= 8192, 'at most 8 KiB of JSON');
 const scopesInput = z.array(z.string().min(1).max(100)).max(100);
 const ipsInput = z.array(z.string().min(1).max(64)).max(100);
-const dateInput = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
+const dateInput = isoDateTime.transform((s) => new Date(s));
 
 const createBody = z.strictObject({
   name: z.string().trim().min(1).max(200),

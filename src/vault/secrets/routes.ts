@@ -3,6 +3,7 @@ import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { callerOf } from '../../http/auth.ts';
 import { contextOf } from '../../http/context.ts';
+import { isoDateTime } from '../../http/datetime.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../../http/pagination.ts';
 import { toolIdOf, versionNumber } from '../common.ts';
 import {
@@ -35,7 +36,7 @@ const metadata = z
   .record(z.string().max(100), z.unknown())
   .refine((m) => JSON.stringify(m).length <= 16_384, { message: 'at most 16 KiB of JSON' });
 const rotationDays = z.number().int().min(1).max(3650);
-const isoDate = z.iso.datetime({ offset: true });
+const isoDate = isoDateTime;
 const idParams = z.object({ id: z.string().min(1).max(100) });
 const ownerId = z
   .string()
