@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, test } from 'node:test';
+import { pausableProxy } from '../../test/helpers/redis-proxy.ts';
 import { createMemoryBus, createRedisBus, type InvalidationBus } from './index.ts';
 
 const redisSkip = process.env.REDIS_URL
@@ -69,5 +70,39 @@ describe('invalidation bus', () => {
     await new Promise((r) => setTimeout(r, 100));
     assert.deepEqual(heardByOther, ['probe']);
     await Promise.all([a.close(), sameDeployment.close(), otherDeployment.close()]);
+  });
+
+  test('over Redis: a subscriber whose connection went silent for good reconnects and hears again', {
+    skip: redisSkip,
+    timeout: 30_000,
+  }, async () => {
+    const url = process.env.REDIS_URL as string;
+    const proxy = await pausableProxy(new URL(url));
+    const prefix = `test-${randomUUID()}`;
+    const listener = await createRedisBus(proxy.url, () => {}, prefix);
+    const speaker = await createRedisBus(url, () => {}, prefix);
+    try {
+      const heard: string[] = [];
+      listener.subscribe('keys', (m) => heard.push(m));
+      /** Publishes until the listener hears `message` or `ms` pass; whether it heard. */
+      const reaches = async (message: string, ms: number) => {
+        const until = Date.now() + ms;
+        while (Date.now() < until) {
+          await speaker.publish('keys', message);
+          if (heard.includes(message)) return true;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        return heard.includes(message);
+      };
+      assert.ok(await reaches('before', 5000), 'subscribed');
+      // Its socket stays open but nothing comes through it again. Before, nothing noticed: the
+      // subscriber had no watch, and stayed deaf until TCP keep-alive gave up (minutes).
+      proxy.blackhole();
+      assert.ok(await reaches('after', 10_000), 'heard again after its watch dropped the silent connection');
+    } finally {
+      await listener.close();
+      await speaker.close();
+      await proxy.close();
+    }
   });
 });

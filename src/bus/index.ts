@@ -70,25 +70,41 @@ export const REDIS_COMMAND_OPTIONS = {
 } as const;
 
 /**
- * Pings the connection every REDIS_WATCH_MS; a ping that times out (the socket is open but nothing
- * comes back: a partition, a paused server) drops the connection and reconnects. Until the
- * reconnect is ready every command fails at once (no offline queue), so callers fall back without
- * paying the command timeout each time, and commands stop piling up on a socket that may not
- * answer for minutes. Returns the stop function.
+ * Pings the connection every REDIS_WATCH_MS; a ping not answered within REDIS_COMMAND_TIMEOUT_MS
+ * (the socket is open but nothing comes back: a partition, a paused server) drops the connection
+ * and reconnects. Until the reconnect is ready every command fails at once (no offline queue), so
+ * callers fall back without paying the command timeout each time, and commands stop piling up on
+ * a socket that may not answer for minutes. The timeout is the watch's own, so it also guards the
+ * subscriber, which has no command timeout: a silent subscriber socket otherwise stayed deaf until
+ * TCP keep-alive gave up on it (minutes with Linux's defaults), every message lost meanwhile.
+ * Returns the stop function.
  */
-export function watchRedis(redis: Redis, intervalMs = REDIS_WATCH_MS): () => void {
+export function watchRedis(
+  redis: Redis,
+  intervalMs = REDIS_WATCH_MS,
+  timeoutMs = REDIS_COMMAND_TIMEOUT_MS,
+): () => void {
   let pinging = false;
   const timer = setInterval(() => {
     if (pinging || redis.status !== 'ready') return;
     pinging = true;
-    redis
-      .ping()
-      .catch((error: unknown) => {
-        if (error instanceof Error && error.message === 'Command timed out' && redis.status === 'ready') {
-          redis.disconnect(true);
-        }
+    let deadline: NodeJS.Timeout | undefined;
+    const silent = new Promise<'silent'>((resolve) => {
+      deadline = setTimeout(() => resolve('silent'), timeoutMs);
+    });
+    const ping = redis.ping().then(
+      () => 'answered' as const,
+      (error: unknown) =>
+        error instanceof Error && error.message === 'Command timed out'
+          ? ('silent' as const)
+          : ('failed' as const),
+    );
+    void Promise.race([ping, silent])
+      .then((outcome) => {
+        if (outcome === 'silent' && redis.status === 'ready') redis.disconnect(true);
       })
       .finally(() => {
+        clearTimeout(deadline);
         pinging = false;
       });
   }, intervalMs);
@@ -116,7 +132,9 @@ export async function createRedisBus(
   publisher.on('error', onError);
   subscriber.on('error', onError);
   await Promise.all([publisher.connect(), subscriber.connect()]);
-  const unwatch = watchRedis(publisher);
+  const unwatchPublisher = watchRedis(publisher);
+  // PING is allowed in subscriber mode; after the reconnect ioredis subscribes its channels again.
+  const unwatchSubscriber = watchRedis(subscriber);
   const handlers = new Map<string, ((message: string) => void)[]>();
   subscriber.on('message', (channel: string, message: string) => {
     for (const handler of handlers.get(channel.slice(channelPrefix.length)) ?? []) handler(message);
@@ -144,7 +162,8 @@ export async function createRedisBus(
       for (const handler of handlers.get(topic) ?? []) handler(message);
     },
     async close() {
-      unwatch();
+      unwatchPublisher();
+      unwatchSubscriber();
       subscriber.disconnect();
       await publisher.quit().catch(() => publisher.disconnect());
     },

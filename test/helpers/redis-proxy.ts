@@ -9,6 +9,8 @@ export async function pausableProxy(target: URL) {
   let paused = false;
   const held: (() => void)[] = [];
   const sockets = new Set<net.Socket>();
+  /** Connections whose bytes are dropped for good (`blackhole`). */
+  const dead = new WeakSet<net.Socket>();
   const server = net.createServer((client) => {
     const upstream = net.connect(Number(target.port || 6379), target.hostname);
     for (const socket of [client, upstream]) {
@@ -21,6 +23,7 @@ export async function pausableProxy(target: URL) {
       });
     }
     const forward = (to: net.Socket) => (data: Buffer) => {
+      if (dead.has(client)) return;
       if (paused) held.push(() => to.write(data));
       else to.write(data);
     };
@@ -33,6 +36,14 @@ export async function pausableProxy(target: URL) {
     url: `redis://127.0.0.1:${port}`,
     pause() {
       paused = true;
+    },
+    /**
+     * The connections open now go silent for good, their sockets still open (state lost in a
+     * middlebox, a peer that vanished); new connections work. Only a client that notices the
+     * silence and reconnects hears Redis again.
+     */
+    blackhole() {
+      for (const socket of sockets) dead.add(socket);
     },
     resume() {
       paused = false;
