@@ -66,7 +66,10 @@ const secretSchema = z.object({
   next_rotation_at: z.string().nullable(),
   due_for_rotation: z
     .boolean()
-    .describe('Active, rotation enabled and past `next_rotation_at`: what `?due_for_rotation=` filters on.'),
+    .describe(
+      'Active, not expired, rotation enabled and past `next_rotation_at`: what `?due_for_rotation=` ' +
+        'filters on.',
+    ),
   expires_at: z.string().nullable(),
   last_accessed_at: z.string().nullable(),
   created_by: z.string().nullable(),
@@ -224,7 +227,8 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
             .enum(['true', 'false'])
             .optional()
             .describe(
-              '`true`: only secrets due for rotation (active, rotation enabled, past `next_rotation_at`); ' +
+              '`true`: only secrets due for rotation (active, not expired, rotation enabled, past ' +
+                '`next_rotation_at`); ' +
                 '`false`: only those not due.',
             ),
         }),

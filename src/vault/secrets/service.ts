@@ -270,23 +270,30 @@ const nextRotation = (enabled: boolean, days: number | null, from: Date) =>
   enabled && days !== null ? new Date(from.getTime() + days * DAY_MS) : null;
 
 /**
- * Whether a secret is due for rotation: active, rotation enabled, past `next_rotation_at`. The one
- * definition its view, the `due_for_rotation` filter and the scheduler share (the view once left
- * out `active`: a deactivated secret read as due, yet the filter and the scheduler skipped it). A
- * deactivated secret is not in use: nobody is told to rotate it.
+ * Whether a secret is due for rotation: active, not expired, rotation enabled, past
+ * `next_rotation_at`. The one definition its view, the `due_for_rotation` filter and the scheduler
+ * share (the view once left out `active`: a deactivated secret read as due, yet the filter and the
+ * scheduler skipped it). A deactivated or expired secret is not in use (reveal refuses it): nobody
+ * is told to rotate it. Expired means as reveal decides it: `expires_at <= now`.
  */
 export const isDueForRotation = (
-  s: Pick<SecretRow, 'active' | 'rotationEnabled' | 'nextRotationAt'>,
+  s: Pick<SecretRow, 'active' | 'rotationEnabled' | 'nextRotationAt' | 'expiresAt'>,
   now: Date,
-): boolean => s.active && s.rotationEnabled && s.nextRotationAt !== null && s.nextRotationAt <= now;
+): boolean =>
+  s.active &&
+  (s.expiresAt === null || s.expiresAt > now) &&
+  s.rotationEnabled &&
+  s.nextRotationAt !== null &&
+  s.nextRotationAt <= now;
 
 /**
- * `isDueForRotation` in SQL. Never NULL (an unset `next_rotation_at` makes it false, not unknown),
- * so its negation selects exactly the secrets not due.
+ * `isDueForRotation` in SQL. Never NULL (an unset `next_rotation_at` makes it false, an unset
+ * `expires_at` takes the `is null` branch), so its negation selects exactly the secrets not due.
  */
 const dueForRotation = (now: Date): SQL =>
   and(
     eq(secrets.active, true),
+    or(isNull(secrets.expiresAt), gt(secrets.expiresAt, now)),
     eq(secrets.rotationEnabled, true),
     isNotNull(secrets.nextRotationAt),
     lte(secrets.nextRotationAt, now),
