@@ -51,6 +51,11 @@ export const vaultChanges = pgTable(
     requestedBy: text('requested_by').notNull(),
     requestedByType: text('requested_by_type').notNull(),
     /**
+     * The API key the change was asked with (`key_…`), when a key asked: `requested_by` is then its
+     * owner. Null for a user's or agent's own request, and for key requests before migration 0013.
+     */
+    requestedByKeyId: text('requested_by_key_id'),
+    /**
      * Where the requester asked from: the applied change is recorded with it, never with the
      * approver's. Null only for changes requested before migration 0010 and not backfilled.
      */
