@@ -43,6 +43,60 @@ for (const store of STORES) {
       assert.equal(res.statusCode, 201, res.body);
     };
 
+    test('a rollback to a version that does not open is a refused rollback, not a refused reveal', async () => {
+      const id = await create({ name: 'ROLLBACK_MOVED', environment: 'development', value: 'one' });
+      const put = await v.req('PUT', `/v1/secrets/${id}/value`, {
+        token: v.tokens.developer,
+        body: { value: 'two' },
+      });
+      assert.equal(put.statusCode, 200, put.body);
+      const db = v.t.store.db.db;
+      const [v2] = await db
+        .select()
+        .from(secretVersions)
+        .where(sql`${secretVersions.secretId} = ${id} and ${secretVersions.version} = 2`);
+      assert.ok(v2);
+      await db
+        .update(secretVersions)
+        .set({ value: v2.value })
+        .where(sql`${secretVersions.secretId} = ${id} and ${secretVersions.version} = 1`);
+      const rb = await v.req('POST', `/v1/secrets/${id}/rollback`, {
+        token: v.tokens.developer,
+        body: { version: 1 },
+      });
+      assert.equal(rb.statusCode, 409, rb.body);
+      assert.equal(rb.json().code, 'secret_undecryptable');
+      const events = await eventsOf(rb);
+      assert.deepEqual(
+        events.map((e) => [
+          e.action,
+          e.success,
+          e.details?.reason,
+          e.details?.undecryptable,
+          e.details?.restored_from,
+        ]),
+        [['secret.rolled_back', false, 'secret_undecryptable', 'integrity', 1]],
+      );
+      const logs = await db
+        .select()
+        .from(secretAccessLogs)
+        .where(eq(secretAccessLogs.requestId, String(rb.headers['x-request-id'])));
+      assert.deepEqual(
+        logs.map((l) => [l.accessType, l.success, l.errorCode, l.version]),
+        [['write', false, 'secret_undecryptable', 1]],
+      );
+      // A reveal of that version is still a refused reveal.
+      const reveal = await v.req('POST', `/v1/secrets/${id}/reveal`, {
+        token: v.tokens.manager,
+        body: { version: 1 },
+      });
+      assert.equal(reveal.statusCode, 409, reveal.body);
+      assert.deepEqual(
+        (await eventsOf(reveal)).map((e) => [e.action, e.success]),
+        [['secret.revealed', false]],
+      );
+    });
+
     test('an expired secret is not due for rotation: not listed as due, not announced', async () => {
       const { secrets } = await import('../index.ts').then((m) => m.createVaultServices(v.t.app.steward));
       await secrets.announceDueRotations(); // earlier tests' due secrets are announced already

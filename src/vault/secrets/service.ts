@@ -888,7 +888,7 @@ export function createSecretService({
         value = open(keyring, row.sealed, secretAad(principal.orgId, id, v)).toString('utf8');
       } catch (error) {
         if (!(error instanceof CryptoError)) throw error;
-        throw await undecryptable(access, secret, v, error);
+        throw await undecryptable(access, secret, v, error, 'reveal');
       }
       const touch =
         secret.lastAccessedAt === null ||
@@ -968,34 +968,59 @@ export function createSecretService({
   }
 
   /**
-   * Records a value that would not open (audit + access log), and the error to answer with. Inside
-   * an approval the record goes in its transaction (which the error then rolls back; the change is
-   * marked failed with this code): a transaction of its own would wait on PGlite for the approval's
-   * forever.
+   * Records a value that would not open (audit + access log), and the error to answer with: as a
+   * refused reveal (`secret.revealed`, access type `reveal`) or, for a rollback to that version, as
+   * a refused rollback (`secret.rolled_back` with `restored_from`, access type `write`; until
+   * session 11 it read as a refused reveal). Inside an approval the record goes in its transaction
+   * (which the error then rolls back; the change is marked failed with this code): a transaction of
+   * its own would wait on PGlite for the approval's forever.
    */
   async function undecryptable(
     access: Access,
-    secret: Pick<Secret, 'id' | 'name'>,
+    secret: Pick<Secret, 'id' | 'name' | 'environment'>,
     version: number,
     cause: CryptoError,
+    kind: 'reveal' | 'rollback',
     within?: Within,
   ) {
     const reason = cause.code === 'unknown_key' ? 'unknown_master_key' : 'integrity';
+    const errorMessage = `stored value did not open (${cause.code})`;
     await inTx(within, async (tx) => {
-      await audit.record(tx, {
-        orgId: access.principal.orgId,
-        actor: actor(access),
-        action: 'secret.revealed',
-        resource: { type: 'secret', id: secret.id },
-        context: access.context,
-        details: { name: secret.name, version, reason },
-        success: false,
-        errorMessage: `stored value did not open (${cause.code})`,
-        sensitive: true,
-      });
+      await audit.record(
+        tx,
+        kind === 'reveal'
+          ? {
+              orgId: access.principal.orgId,
+              actor: actor(access),
+              action: 'secret.revealed',
+              resource: { type: 'secret', id: secret.id },
+              context: access.context,
+              details: { name: secret.name, version, reason },
+              success: false,
+              errorMessage,
+              sensitive: true,
+            }
+          : {
+              orgId: access.principal.orgId,
+              actor: actor(access),
+              action: 'secret.rolled_back',
+              resource: { type: 'secret', id: secret.id },
+              context: access.context,
+              // As every refused write: the error code as the reason (src/vault/README.md).
+              details: {
+                name: secret.name,
+                environment: secret.environment,
+                restored_from: version,
+                reason: 'secret_undecryptable',
+                undecryptable: reason,
+              },
+              success: false,
+              errorMessage,
+            },
+      );
       await writeLog(tx, access, {
         secretId: secret.id,
-        type: 'reveal',
+        type: kind === 'reveal' ? 'reveal' : 'write',
         success: false,
         version,
         errorCode: 'secret_undecryptable',
@@ -1023,7 +1048,7 @@ export function createSecretService({
       open(keyring, target.value, secretAad(secret.orgId, secret.id, version)).fill(0);
     } catch (error) {
       if (!(error instanceof CryptoError)) throw error;
-      throw await undecryptable(access, secret, version, error);
+      throw await undecryptable(access, secret, version, error, 'rollback');
     }
   }
 
@@ -1202,7 +1227,14 @@ export function createSecretService({
       return { secret: { ...row, environment: secret.environment } };
     });
     if ('undecryptable' in result && result.undecryptable) {
-      throw await undecryptable(access, result.secret, input.version, result.undecryptable, within);
+      throw await undecryptable(
+        access,
+        result.secret,
+        input.version,
+        result.undecryptable,
+        'rollback',
+        within,
+      );
     }
     await changedNowOrAfter(within, id);
     return result.secret;
