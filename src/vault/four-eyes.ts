@@ -16,6 +16,7 @@ import { contextOf, type RequestContext } from '../http/context.ts';
 import { defineErrors, httpErrors, StewardError } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Principal } from '../http/principal.ts';
+import { apiKeys } from '../keys/schema.ts';
 import { environments } from '../tenancy/schema.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
 import { type ChangeRequestContext, vaultChanges, vaultPolicies } from './schema.ts';
@@ -86,7 +87,13 @@ export type Applier = (input: ApplyInput) => Promise<Applied>;
 export const changeErrors = defineErrors({
   change_not_found: { status: 404, title: 'Change not found' },
   change_decided: { status: 409, title: 'Change already decided' },
+  /**
+   * The approver is the requester, or acts with a key the requester minted or asked with: the
+   * people behind the two (users, keys' owners and minters) meet.
+   */
   self_approval: { status: 403, title: 'You cannot approve your own change' },
+  /** The approver is an agent, or a key behind which an agent stands: a second person is a person. */
+  approver_not_human: { status: 403, title: 'A person must approve this change' },
   requester_not_permitted: { status: 403, title: 'The requester may no longer make this change' },
   /**
    * The held change's sealed payload did not open: tampered, copied from another change, or
@@ -133,9 +140,12 @@ const resourceOf = (kind: string) => {
   return prefix === 'segment' ? 'flags' : `${prefix}s`;
 };
 
-/** Whether a principal is the change's requester (or a key acting for them). */
+/** Whether a principal is the change's requester (or a key acting for them): who may withdraw it. */
 const isRequester = (principal: Principal, row: ChangeRow) =>
   principal.id === row.requestedBy || principal.ownerId === row.requestedBy;
+
+/** How many keys a chain of keys minting keys is followed through before it counts as nobody's. */
+const MAX_KEY_CHAIN = 32;
 
 /**
  * Four-eyes changes: an org switch (`vault_policies`), pending changes (`vault_changes`, payload
@@ -213,6 +223,72 @@ export function createFourEyes({
         ? { ...found, kind: 'key', id: row.requestedBy, ownerId: row.requestedBy, scopes: null }
         : found;
     return { principal, ...requesterContext(row.requestContext) };
+  }
+
+  /**
+   * The users and agents behind a principal id: a user or an agent is itself; a key is its owner
+   * and whoever minted it (`api_keys.created_by`: the caller that created or rolled it, who was
+   * handed its secret), a minting key followed in turn to its own owner and minter. `unresolved`
+   * when a key is not found or the chain is longer than `MAX_KEY_CHAIN`: nobody can be named, so
+   * the key counts as no person.
+   */
+  async function partiesBehind(
+    orgId: string,
+    ids: readonly string[],
+  ): Promise<{ parties: Set<string>; unresolved: boolean }> {
+    const parties = new Set<string>();
+    const seen = new Set<string>();
+    const next = [...ids];
+    let unresolved = false;
+    for (let id = next.pop(); id !== undefined; id = next.pop()) {
+      if (seen.has(id)) continue;
+      seen.add(id);
+      if (!isId('key', id)) {
+        parties.add(id);
+        continue;
+      }
+      if (seen.size > MAX_KEY_CHAIN) {
+        unresolved = true;
+        break;
+      }
+      const [key] = await db.db
+        .select({ ownerId: apiKeys.ownerId, createdBy: apiKeys.createdBy })
+        .from(apiKeys)
+        .where(and(eq(apiKeys.orgId, orgId), eq(apiKeys.id, id)));
+      if (key === undefined) unresolved = true;
+      else next.push(key.ownerId, key.createdBy);
+    }
+    return { parties, unresolved };
+  }
+
+  /**
+   * Four-eyes needs a second, distinct person. Refused: an approver that is an agent or a key
+   * with an agent (or nobody known) behind it — 403 `approver_not_human`; an approver with someone
+   * behind it who is behind the request too — its requester, the key it was asked with, that
+   * key's minters — 403 `self_approval`. So a key the requester minted for an agent, for another
+   * user or for themselves through a key, approves nothing of theirs.
+   */
+  async function assertSecondPerson(approver: Principal, row: ChangeRow): Promise<void> {
+    const behindApprover = await partiesBehind(row.orgId, [approver.id]);
+    const agent = [...behindApprover.parties].some((id) => !isId('usr', id));
+    if (approver.kind === 'agent' || agent || behindApprover.unresolved) {
+      throw changeErrors.approver_not_human(
+        approver.kind === 'user'
+          ? 'A person must approve this change'
+          : 'A person must approve this change: an agent, or a key an agent owns or minted, cannot',
+      );
+    }
+    const behindRequest = await partiesBehind(
+      row.orgId,
+      row.requestedByKeyId === null ? [row.requestedBy] : [row.requestedBy, row.requestedByKeyId],
+    );
+    if ([...behindApprover.parties].some((id) => behindRequest.parties.has(id))) {
+      throw changeErrors.self_approval(
+        approver.kind === 'key'
+          ? 'Another person must approve this change: this key is in the hands of someone behind the request'
+          : 'Another person must approve this change',
+      );
+    }
   }
 
   async function policy(
@@ -294,6 +370,7 @@ export function createFourEyes({
           keyId: sealedKeyId(sealed),
           requestedBy: principal.ownerId ?? principal.id,
           requestedByType: principal.kind,
+          requestedByKeyId: principal.kind === 'key' ? principal.id : null,
           requestContext: storedContext(access),
           createdAt: clock(),
         });
@@ -469,9 +546,7 @@ export function createFourEyes({
   ) {
     const row = await load(approver.orgId, id);
     if (row.status !== 'pending') throw changeErrors.change_decided(`This change is ${row.status}`);
-    if (isRequester(approver, row)) {
-      throw changeErrors.self_approval('Another person must approve this change');
-    }
+    await assertSecondPerson(approver, row);
     const applier = appliers.get(row.kind);
     if (!applier) throw new Error(`no applier for change kind ${row.kind}`);
     const decidedAt = clock();
@@ -818,6 +893,7 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
             'change_not_found',
             'change_decided',
             'self_approval',
+            'approver_not_human',
             'requester_not_permitted',
             'change_undecryptable',
             ...service.applierErrors(),
@@ -828,8 +904,10 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
         tags: ['vault'],
         summary: 'Approve and apply a change (never your own)',
         description:
-          'Needs `approvals:approve`. Refusals (403 `permission_denied` or `self_approval`, 404, 409) ' +
-          'are audited `change.approved` with `success: false` and the code as `details.reason`. A ' +
+          'Needs `approvals:approve` and a second, distinct person: 403 `self_approval` when the ' +
+          'approver is the requester or acts with a key the requester (or the key the change was asked ' +
+          'with) minted, through any chain of keys; 403 `approver_not_human` when the approver is an ' +
+          'agent or a key an agent owns or minted. Refusals (403, 404, 409) are audited `change.approved` with `success: false` and the code as `details.reason`. A ' +
           'held change whose sealed payload does not open is 409 `change_undecryptable`, marked `failed`; ' +
           'so is a change that no longer applies, refused with the code its direct route would answer ' +
           '(`secret_name_taken`, `version_conflict`, …).',
