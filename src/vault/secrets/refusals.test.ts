@@ -97,6 +97,94 @@ for (const store of STORES) {
       );
     });
 
+    test('required_permission is decided as authz/check decides it on its own type; a deny counts', async () => {
+      const id = await create(
+        {
+          name: 'NEEDS_USERS_UPDATE',
+          environment: 'development',
+          value: VALUE,
+          required_permission: 'users:update',
+        },
+        v.tokens.admin,
+      );
+      const reveal = (token: string) => v.req('POST', `/v1/secrets/${id}/reveal`, { token });
+      const check = async (token: string, permission: string) => {
+        const res = await v.req('POST', '/v1/authz/check', { token, body: { permission } });
+        assert.equal(res.statusCode, 200, res.body);
+        return res.json().allowed as boolean;
+      };
+      // The viewer may reveal this secret, and holds users:update through a grant on its type.
+      await grant({
+        principal: v.ids.viewer,
+        permission: 'secrets:reveal',
+        resource_type: 'secrets',
+        resource_id: id,
+        effect: 'allow',
+      });
+      assert.equal((await reveal(v.tokens.viewer)).statusCode, 403, 'no users:update yet');
+      await grant({
+        principal: v.ids.viewer,
+        permission: 'users:update',
+        resource_type: 'users',
+        effect: 'allow',
+      });
+      assert.equal(await check(v.tokens.viewer, 'users:update'), true);
+      const granted = await reveal(v.tokens.viewer);
+      assert.equal(granted.statusCode, 200, granted.body);
+      assert.equal(granted.json().value, VALUE);
+
+      // The manager holds users:update by role: revealed; a deny of it on users wins.
+      assert.equal((await reveal(v.tokens.manager)).statusCode, 200);
+      await grant({
+        principal: v.ids.manager,
+        permission: 'users:update',
+        resource_type: 'users',
+        effect: 'deny',
+      });
+      assert.equal(await check(v.tokens.manager, 'users:update'), false);
+      const denied = await reveal(v.tokens.manager);
+      assert.equal(denied.statusCode, 403, denied.body);
+      assert.equal(denied.json().permission, 'users:update');
+      assert.ok(!denied.body.includes(VALUE));
+      // ...even with a grant of it on this secret (deny wins).
+      await grant({
+        principal: v.ids.manager,
+        permission: 'users:update',
+        resource_type: 'secrets',
+        resource_id: id,
+        effect: 'allow',
+      });
+      assert.equal((await reveal(v.tokens.manager)).statusCode, 403);
+
+      // A grant of the permission on this secret's id still counts (documented).
+      assert.equal((await reveal(v.tokens.manager2)).statusCode, 200, 'manager2 holds it by role');
+      await grant({
+        principal: v.ids.developer,
+        permission: 'secrets:reveal',
+        resource_type: 'secrets',
+        resource_id: id,
+        effect: 'allow',
+      });
+      assert.equal((await reveal(v.tokens.developer)).statusCode, 403, 'a developer lacks users:update');
+      await grant({
+        principal: v.ids.developer,
+        permission: 'users:update',
+        resource_type: 'secrets',
+        resource_id: id,
+        effect: 'allow',
+      });
+      assert.equal((await reveal(v.tokens.developer)).statusCode, 200, 'granted on this secret');
+      // And a deny of it on this secret refuses whoever holds it elsewhere.
+      await grant({
+        principal: v.ids.manager2,
+        permission: 'users:update',
+        resource_type: 'secrets',
+        resource_id: id,
+        effect: 'deny',
+      });
+      assert.equal((await reveal(v.tokens.manager2)).statusCode, 403);
+    });
+
     test('an expired secret is not due for rotation: not listed as due, not announced', async () => {
       const { secrets } = await import('../index.ts').then((m) => m.createVaultServices(v.t.app.steward));
       await secrets.announceDueRotations(); // earlier tests' due secrets are announced already

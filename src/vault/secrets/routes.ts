@@ -189,7 +189,11 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
             .string()
             .max(100)
             .optional()
-            .describe('A permission also needed (on this secret) to reveal it. Needs secrets:admin.'),
+            .describe(
+              'A permission also needed to reveal it: held as `POST /v1/authz/check` decides it on its ' +
+                'own type, or granted on this secret; a deny grant of it in either place refuses. ' +
+                'Needs secrets:admin.',
+            ),
           rotation_enabled: z
             .boolean()
             .optional()
@@ -324,7 +328,9 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
         summary: 'Reveal the value (needs secrets:reveal on this secret; audited)',
         description:
           'Needs `secrets:reveal` on the secret (role, type grant or a grant on this id) and, when the ' +
-          'secret names one, its `required_permission`. Every attempt is in the access log.',
+          'secret names one, its `required_permission` (held as `POST /v1/authz/check` decides it on ' +
+          'its own type, or granted on this secret; a deny grant of it refuses). Every attempt is in ' +
+          'the access log and the audit trail.',
         params: idParams,
         headers: toolHeader,
         body: z

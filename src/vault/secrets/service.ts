@@ -16,7 +16,7 @@ import {
 } from 'drizzle-orm';
 import type { AuditActor, AuditEventInput, AuditRecorder } from '../../audit/service.ts';
 import { actorOf } from '../../audit/service.ts';
-import { isPermission } from '../../authz/catalogue.ts';
+import { isPermission, permissionInfo } from '../../authz/catalogue.ts';
 import type { Authz } from '../../authz/contract.ts';
 import type { InvalidationBus } from '../../bus/index.ts';
 import { open, seal, sealedKeyId } from '../../crypto/envelope.ts';
@@ -832,6 +832,34 @@ export function createSecretService({
   // ---- reveal -----------------------------------------------------------------------------
 
   /**
+   * A secret's `required_permission`: whether the caller holds it, decided as `POST
+   * /v1/authz/check` decides it on the permission's own type (`users:update` on `users`: its type
+   * grants, then roles; a deny there wins over a role), or by a grant of it on this secret (its id,
+   * or every secret). A deny grant in either place refuses, whatever allows it in the other
+   * (superusers pass, as they pass every deny). For a `secrets:…` permission the two are one check
+   * on this secret, as for `secrets:reveal`. Until session 11 only the check on this secret was
+   * made: the permission's own grants were ignored (a type-wide deny of it did not refuse, a grant
+   * of it on its type did not allow).
+   */
+  async function requireHeld(principal: Principal, permission: string, id: string): Promise<void> {
+    const onSecret = await authz.check(principal, permission, { type: 'secrets', id });
+    const ownType = permissionInfo(permission)?.resource;
+    let allowed = onSecret.allowed;
+    if (ownType !== undefined && ownType !== 'secrets' && onSecret.decision.by !== 'superuser') {
+      const own = await authz.check(principal, permission);
+      const byGrant = (by: string) => by === 'resource_grant' || by === 'type_grant';
+      const deniedByGrant = (r: typeof own) => !r.allowed && byGrant(r.decision.by);
+      allowed =
+        !deniedByGrant(own) &&
+        !deniedByGrant(onSecret) &&
+        (own.allowed || (onSecret.allowed && byGrant(onSecret.decision.by)));
+    }
+    if (!allowed) {
+      throw httpErrors.permission_denied(`Revealing this secret needs ${permission}`, { permission });
+    }
+  }
+
+  /**
    * The value of the current (or a given) version. Needs `secrets:reveal` on this secret (a role,
    * a type grant or a grant on this id), plus the secret's `required_permission` when it has one.
    * The audit event and the access-log row are written in one transaction before the value is
@@ -873,9 +901,7 @@ export function createSecretService({
       if (read.fromCache && checkCachedRows) cached = { id, state: row.state };
       const secret = revealRowToSecret(row);
       await requireOn(authz, principal, 'secrets:reveal', { type: 'secrets', id });
-      if (secret.requiredPermission !== null) {
-        await requireOn(authz, principal, secret.requiredPermission, { type: 'secrets', id });
-      }
+      if (secret.requiredPermission !== null) await requireHeld(principal, secret.requiredPermission, id);
       if (!secret.active) throw secretErrors.secret_inactive('This secret is deactivated');
       const now = clock();
       if (secret.expiresAt !== null && secret.expiresAt <= now) {
