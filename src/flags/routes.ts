@@ -20,12 +20,18 @@ import {
   variantDefinitionSchema,
 } from './types.ts';
 import type { KeyAccessOf } from './unleash-api.ts';
+import { RESERVED_NAME_MESSAGE, RESERVED_NAMES } from './validate.ts';
+
+/** Refuses the members of Object.prototype, which break unleash-client (validate.ts). */
+const notReserved = <T extends z.ZodString>(name: T) =>
+  name.refine((n) => !RESERVED_NAMES.has(n), RESERVED_NAME_MESSAGE);
 
 /** URL-safe, as Unleash requires; `stream` is taken by the event stream's path. */
 const flagName = z
   .string()
   .regex(/^[A-Za-z0-9_][A-Za-z0-9_.~:-]{0,99}$/, 'letters, digits, _ . ~ : - (≤ 100), URL-safe')
-  .refine((n) => n !== 'stream', '`stream` is reserved');
+  .refine((n) => n !== 'stream', '`stream` is reserved')
+  .refine((n) => !RESERVED_NAMES.has(n), RESERVED_NAME_MESSAGE);
 const segmentParams = z.object({ id: z.coerce.number().int().min(1).max(2_147_483_647) });
 const ifMatchHeader = z.looseObject({
   'if-match': z
@@ -38,14 +44,19 @@ const ifMatchHeader = z.looseObject({
     ),
 });
 
+// The engine's schemas, with the names a write may not use (the engine still reads stored ones).
+const variantBody = variantDefinitionSchema.extend({ name: notReserved(variantDefinitionSchema.shape.name) });
+const strategyBody = strategySchema.extend({ variants: z.array(variantBody).optional() });
+const dependencyBody = dependencySchema.extend({ feature: notReserved(dependencySchema.shape.feature) });
+
 /** A flag as sent: Unleash's feature-toggle shape, checked with the engine's schemas. */
 const flagBody = z.strictObject({
   name: flagName,
   description: z.string().max(10_000).nullish(),
   enabled: z.boolean(),
-  strategies: z.array(strategySchema).max(1_000).default([]),
-  variants: z.array(variantDefinitionSchema).max(1_000).nullish(),
-  dependencies: z.array(dependencySchema).max(100).optional(),
+  strategies: z.array(strategyBody).max(1_000).default([]),
+  variants: z.array(variantBody).max(1_000).nullish(),
+  dependencies: z.array(dependencyBody).max(100).optional(),
   impressionData: z.boolean().optional(),
 });
 
@@ -90,7 +101,7 @@ const flagSchema = z.object({
 });
 
 const segmentBody = z.strictObject({
-  name: z.string().min(1).max(200),
+  name: notReserved(z.string().min(1).max(200)),
   description: z.string().max(2000).nullish(),
   constraints: z.array(constraintSchema).max(100),
 });

@@ -19,7 +19,7 @@ import { createFlagEngine, type FlagEngine } from './engine.ts';
 import { flagErrors } from './errors.ts';
 import { featureFlags, flagSegments } from './schema.ts';
 import type { Constraint, DeltaEvent, Feature, FlagContext, Segment } from './types.ts';
-import { constraintsIssues, flagIssues } from './validate.ts';
+import { flagIssues, segmentIssues } from './validate.ts';
 
 export type FlagRow = typeof featureFlags.$inferSelect;
 export type SegmentRow = typeof flagSegments.$inferSelect;
@@ -881,7 +881,7 @@ export function createFlagService({
       by: Principal,
     ) {
       await authorized(who, payload.id === null ? 'flags:create' : 'flags:update');
-      refuse(constraintsIssues(payload.input.constraints, 'body.constraints'));
+      refuse(segmentIssues(payload.input));
       const row = await writeSegment(who, payload.id, payload.input, payload.expectedVersion, by, tx);
       return { resultId: String(row.id), afterCommit: () => announce(who.principal.orgId, '*') };
     },
@@ -981,7 +981,7 @@ export function createFlagService({
     expectedVersion?: readonly number[],
   ): Promise<SegmentRow | Pending> {
     const { principal } = access;
-    refuse(constraintsIssues(input.constraints, 'body.constraints'));
+    refuse(segmentIssues(input));
     const before = id === null ? null : await getSegment(principal, id);
     if (before) expectSegment(before, expectedVersion);
     if (fourEyes && (await segmentHeld(access))) {

@@ -11,6 +11,28 @@ import type { Constraint, Feature, Strategy, VariantDefinition } from './types.t
 
 type Issues = FieldError[];
 
+// --- names ----------------------------------------------------------------------------------
+
+/**
+ * Names a flag, a variant or a segment cannot have: the members of `Object.prototype`
+ * (`constructor`, `toString`, `hasOwnProperty`, `__proto__`…). unleash-client keeps flags and its
+ * metric counts in plain `{}` objects, where such a name is already "there": `getVariant` on a flag
+ * `constructor` throws, a flag `__proto__` rewrites `Object.prototype` in the application (and its
+ * deletion is never seen), and a variant `constructor` turns the SDK's metrics report into one
+ * Steward must refuse. Computed from the running engine, so the list is what JavaScript has.
+ */
+export const RESERVED_NAMES: ReadonlySet<string> = new Set([
+  ...Object.getOwnPropertyNames(Object.prototype),
+  '__proto__',
+]);
+
+export const RESERVED_NAME_MESSAGE =
+  'a member of Object.prototype (constructor, toString, __proto__…) cannot name a flag, variant or ' +
+  'segment: unleash-client keeps them in plain objects, where such a name breaks it';
+
+const nameIssue = (name: string, path: string): Issues =>
+  RESERVED_NAMES.has(name) ? [{ path, message: RESERVED_NAME_MESSAGE }] : [];
+
 // Operators taking `values` (a non-empty list) and those taking one `value`, as Unleash has them.
 const LIST_OPERATORS = new Set([
   'IN',
@@ -214,7 +236,7 @@ function payloadProblem(v: VariantDefinition): string | undefined {
 }
 
 function variantIssues(v: VariantDefinition, i: number, seen: Set<string>, path: string): Issues {
-  const issues: Issues = [];
+  const issues: Issues = nameIssue(v.name, `${path}[${i}].name`);
   if (v.weight > MAX_WEIGHT)
     issues.push({ path: `${path}[${i}].weight`, message: `weights are per mille: 0 to ${MAX_WEIGHT}` });
   if (seen.has(v.name)) issues.push({ path: `${path}[${i}].name`, message: 'variant names must be unique' });
@@ -254,7 +276,17 @@ function variantsIssues(variants: readonly VariantDefinition[] | null | undefine
 export function flagIssues(f: Feature, path = 'body'): Issues {
   const budget: RegexBudget = { spent: 0 };
   return [
+    ...nameIssue(f.name, `${path}.name`),
     ...f.strategies.flatMap((s, i) => strategyIssues(s, `${path}.strategies[${i}]`, budget)),
     ...variantsIssues(f.variants, `${path}.variants`),
+    ...(f.dependencies ?? []).flatMap((d, i) => nameIssue(d.feature, `${path}.dependencies[${i}].feature`)),
   ];
+}
+
+/** Every problem of a segment as written: its name and its constraints. */
+export function segmentIssues(
+  s: { name: string; constraints: readonly Constraint[] },
+  path = 'body',
+): Issues {
+  return [...nameIssue(s.name, `${path}.name`), ...constraintsIssues(s.constraints, `${path}.constraints`)];
 }
