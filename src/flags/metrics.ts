@@ -56,6 +56,42 @@ export type ClientRegistration = z.infer<typeof clientRegisterBody>;
 
 const hourOf = (t: number) => new Date(Math.floor(t / HOUR_MS) * HOUR_MS);
 
+/** What SDKs count when a flag gives no variant (off, or no variants): Unleash counts it too. */
+const NO_VARIANT = 'disabled';
+
+/**
+ * Per flag of a snapshot, the variant names a report may count: the flag's own and its
+ * strategies', and `disabled`. Built once per snapshot (snapshots are immutable).
+ */
+const variantNames = new WeakMap<FlagSnapshot, Map<string, ReadonlySet<string>>>();
+function variantsOf(snapshot: FlagSnapshot): Map<string, ReadonlySet<string>> {
+  let names = variantNames.get(snapshot);
+  if (names === undefined) {
+    names = new Map();
+    for (const f of snapshot.features) {
+      const own = new Set([NO_VARIANT]);
+      for (const v of f.variants ?? []) own.add(v.name);
+      for (const s of f.strategies) for (const v of s.variants ?? []) own.add(v.name);
+      names.set(f.name, own);
+    }
+    variantNames.set(snapshot, names);
+  }
+  return names;
+}
+
+/** A report's variant counts, keeping only names the flag has (made-up names are dropped). */
+function knownVariants(
+  counts: Readonly<Record<string, number>> | undefined,
+  known: ReadonlySet<string> | undefined,
+): Record<string, number> {
+  const kept: Record<string, number> = {};
+  if (counts === undefined || known === undefined) return kept;
+  for (const [name, n] of Object.entries(counts)) {
+    if (known.has(name)) Object.defineProperty(kept, name, { value: n, enumerable: true, writable: true });
+  }
+  return kept;
+}
+
 /**
  * SDK metrics: evaluation counts summed per flag per hour per org + environment, and the SDK
  * instances that reported. One upsert per report (counts add up in the database, so instances
@@ -102,10 +138,14 @@ export function createFlagMetrics({ db, clock }: { db: DbHandle; clock: () => Da
       });
   }
 
-  /** Adds a report's counts; flags the environment does not have are skipped. Returns how many were stored. */
+  /**
+   * Adds a report's counts; flags the environment does not have are skipped, and so are variant
+   * names the flag does not have (but `disabled`). Returns how many flags were stored.
+   */
   async function record(snapshot: FlagSnapshot, body: ClientMetrics): Promise<number> {
     const hour = bucketHour(body.bucket.start);
     const now = clock();
+    const known = variantsOf(snapshot);
     const rows = Object.entries(body.bucket.toggles)
       .filter(([name]) => snapshot.engine.has(name))
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) // one lock order for concurrent reports
@@ -116,7 +156,7 @@ export function createFlagMetrics({ db, clock }: { db: DbHandle; clock: () => Da
         hour,
         yes: c.yes,
         no: c.no,
-        variants: c.variants ?? {},
+        variants: knownVariants(c.variants, known.get(flagName)),
         updatedAt: now,
       }));
     await touchClient(snapshot, body.appName, body.instanceId ?? 'unknown');

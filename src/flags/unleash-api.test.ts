@@ -115,6 +115,45 @@ describe('Unleash client API with unleash-client', () => {
     assert.equal((await v.req('GET', '/v1/flags/staging/colours/metrics')).statusCode, 401);
   });
 
+  test("metrics keep only the flag's own variant names and `disabled`; made-up names are dropped", async () => {
+    const created = await v.req('POST', '/v1/flags/staging', {
+      token: v.tokens.manager,
+      body: {
+        name: 'metric-variants',
+        enabled: true,
+        strategies: [{ name: 'default', variants: [{ name: 'strat', weight: 1000 }] }],
+        variants: [{ name: 'only', weight: 1000 }],
+      },
+    });
+    assert.equal(created.statusCode, 201, created.body);
+    const start = new Date().toISOString();
+    for (let r = 0; r < 20; r++) {
+      const variants: Record<string, number> = { only: 1, strat: 2, disabled: 3 };
+      for (let i = 0; i < 97; i++) variants[`made-up-${r}-${i}`] = 1;
+      const res = await fetch(`${address}/api/client/metrics`, {
+        method: 'POST',
+        headers: { authorization: key, 'content-type': 'application/json' },
+        body: JSON.stringify({
+          appName: 'made-up',
+          instanceId: 'i1',
+          bucket: { start, stop: start, toggles: { 'metric-variants': { yes: 1, no: 0, variants } } },
+        }),
+      });
+      assert.equal(res.status, 202, 'dropped silently: the report is accepted');
+    }
+    const m = (await metricsOf('metric-variants')).json();
+    assert.equal(m.totals.yes, 20);
+    const stored: Record<string, number> = {};
+    for (const b of m.data as { variants: Record<string, number> }[])
+      for (const [name, n] of Object.entries(b.variants)) stored[name] = (stored[name] ?? 0) + n;
+    assert.deepEqual(stored, { only: 20, strat: 40, disabled: 60 });
+    const rows = await v.t.store.db.query<{ n: number }>(
+      `select max(jsonb_array_length(jsonb_path_query_array(variants, '$.keyvalue()')))::int as n
+         from flag_metrics where flag_name = 'metric-variants'`,
+    );
+    assert.equal(rows[0]?.n, 3, 'three keys stored, not 1,943');
+  });
+
   test('metrics and SDK instances past their retention are purged, nothing younger', async () => {
     const count = async (table: 'flag_metrics' | 'flag_clients') =>
       (await v.t.store.db.query<{ n: number }>(`select count(*)::int as n from ${table}`))[0]?.n ?? 0;

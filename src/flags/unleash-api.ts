@@ -227,7 +227,8 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
         summary: 'Unleash client API: evaluation counts, summed per flag per hour',
         description:
           "Counts go to the key's environment, in the hour of `bucket.start` (the current hour when that " +
-          'is more than 48 h old or in the future). Flags the environment does not have are skipped. ' +
+          'is more than 48 h old or in the future). Flags the environment does not have are skipped, and ' +
+          'variant names the flag does not have (but `disabled`). ' +
           'Read them at `GET /v1/flags/{env}/{name}/metrics`.',
         body: clientMetricsBody,
       },
