@@ -17,6 +17,7 @@ import { defineErrors, httpErrors, StewardError } from '../http/errors.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import type { Principal } from '../http/principal.ts';
 import { apiKeys } from '../keys/schema.ts';
+import { keyIsSuperuser } from '../keys/verifier.ts';
 import { environments } from '../tenancy/schema.ts';
 import type { Environment, TenancyService } from '../tenancy/service.ts';
 import { type ChangeRequestContext, vaultChanges, vaultPolicies } from './schema.ts';
@@ -206,9 +207,13 @@ export function createFourEyes({
 
   /**
    * The requester as they are now, read in the approval's transaction: an active member (else
-   * 403), with the rights the org's index gives them, and the context they asked from. A key's change was requested for its owner
-   * (`requested_by`), whose rights decide: the key's own id is not stored, and its scopes were
-   * checked when it asked.
+   * 403), with the rights the org's index gives them, and the context they asked from. A change a
+   * key asked for is applied as that key (`requested_by_key_id`): its owner (`requested_by`) must
+   * still be a member, and the key must still be usable — not revoked, expired or switched off
+   * (suspended for a burst included) — else 403 `requester_not_permitted` with `reason`
+   * `key_revoked`, `key_expired` or `key_disabled`, and the change fails. Its current scopes narrow
+   * its owner's rights, as for any request of the key. A key change from before migration 0013 that
+   * was not backfilled has no key id: checked against its owner alone, as before.
    */
   async function requesterNow(row: ChangeRow, tx: DbOrTx): Promise<Access> {
     const found = await principals.find(row.orgId, row.requestedBy, tx);
@@ -218,11 +223,45 @@ export function createFourEyes({
         { reason: 'not_a_member' },
       );
     }
-    const principal: Principal =
-      row.requestedByType === 'key'
-        ? { ...found, kind: 'key', id: row.requestedBy, ownerId: row.requestedBy, scopes: null }
-        : found;
+    let principal: Principal = found;
+    if (row.requestedByType === 'key' && row.requestedByKeyId !== null) {
+      principal = await requestingKey(row, row.requestedByKeyId, found, tx);
+    } else if (row.requestedByType === 'key') {
+      principal = { ...found, kind: 'key', id: row.requestedBy, ownerId: row.requestedBy, scopes: null };
+    }
     return { principal, ...requesterContext(row.requestContext) };
+  }
+
+  /** The key a change was asked with, as a principal, if it is still usable (`requesterNow`). */
+  async function requestingKey(
+    row: ChangeRow,
+    keyId: string,
+    owner: Principal,
+    tx: DbOrTx,
+  ): Promise<Principal> {
+    const [key] = await tx
+      .select()
+      .from(apiKeys)
+      .where(and(eq(apiKeys.orgId, row.orgId), eq(apiKeys.id, keyId)));
+    const unusable = (reason: string, why: string) =>
+      changeErrors.requester_not_permitted(`The key that asked for this change ${why}`, {
+        reason,
+        key_id: keyId,
+      });
+    if (key === undefined || key.revokedAt !== null) throw unusable('key_revoked', 'has been revoked');
+    if (key.expiresAt !== null && key.expiresAt <= clock()) throw unusable('key_expired', 'has expired');
+    if (!key.active) throw unusable('key_disabled', 'is disabled');
+    return {
+      orgId: row.orgId,
+      kind: 'key',
+      id: key.id,
+      name: key.name,
+      roles: owner.roles,
+      scopes: key.scopes,
+      superuser: keyIsSuperuser(owner.superuser, key.scopes),
+      keyId: key.id,
+      ownerId: key.ownerId,
+    };
   }
 
   /**
@@ -589,6 +628,7 @@ export function createFourEyes({
             kind: row.kind,
             target_id: row.targetId,
             requested_by: row.requestedBy,
+            ...(row.requestedByKeyId === null ? {} : { requested_by_key_id: row.requestedByKeyId }),
             reason,
             result_id: out.resultId,
           },
@@ -768,7 +808,12 @@ const changeSchema = z.object({
   target_id: z.string().nullable(),
   summary: z.record(z.string(), z.unknown()).describe('What the change does; secret values masked.'),
   status: z.enum(['pending', 'approved', 'applied', 'rejected', 'failed']),
-  requested_by: z.string(),
+  requested_by: z.string().describe('The requester: a user or agent, or the owner of the key that asked.'),
+  requested_by_type: z.enum(['user', 'agent', 'key']),
+  requested_by_key_id: z
+    .string()
+    .nullable()
+    .describe('The API key that asked for the change, when a key did.'),
   decided_by: z.string().nullable(),
   decision_reason: z.string().nullable(),
   result_id: z.string().nullable(),
@@ -783,6 +828,8 @@ const changeView = (c: ChangeRow) => ({
   summary: c.summary,
   status: c.status as 'pending' | 'approved' | 'applied' | 'rejected' | 'failed',
   requested_by: c.requestedBy,
+  requested_by_type: c.requestedByType as 'user' | 'agent' | 'key',
+  requested_by_key_id: c.requestedByKeyId,
   decided_by: c.decidedBy,
   decision_reason: c.decisionReason,
   result_id: c.resultId,
