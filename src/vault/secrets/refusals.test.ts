@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { eq, sql } from 'drizzle-orm';
 import { STORES } from '../../../test/helpers/stores.ts';
+import { newId } from '../../db/ids.ts';
 import { type VaultTestApp, vaultTestApp } from '../test-support.ts';
 import { secretAccessLogs, secretVersions } from './schema.ts';
 
@@ -42,6 +43,144 @@ for (const store of STORES) {
       const res = await v.req('POST', '/v1/authz/grants', { token: v.tokens.admin, body });
       assert.equal(res.statusCode, 201, res.body);
     };
+
+    test('refused writes, rollbacks and deletes are audited as the change they would have been', async () => {
+      const id = await create({ name: 'REFUSED_WRITES', environment: 'development', value: VALUE });
+      const missingId = newId('sec');
+      const cases: [string, 'PATCH' | 'PUT' | 'POST' | 'DELETE', string, unknown, string, number, string][] =
+        [
+          [
+            'viewer',
+            'PATCH',
+            `/v1/secrets/${id}`,
+            { description: 'd' },
+            'secret.updated',
+            403,
+            'permission_denied',
+          ],
+          [
+            'viewer',
+            'PUT',
+            `/v1/secrets/${id}/value`,
+            { value: VALUE },
+            'secret.updated',
+            403,
+            'permission_denied',
+          ],
+          [
+            'viewer',
+            'POST',
+            `/v1/secrets/${id}/rollback`,
+            { version: 1 },
+            'secret.rolled_back',
+            403,
+            'permission_denied',
+          ],
+          ['viewer', 'DELETE', `/v1/secrets/${id}`, undefined, 'secret.deleted', 403, 'permission_denied'],
+          [
+            'developer',
+            'POST',
+            `/v1/secrets/${id}/rollback`,
+            { version: 77 },
+            'secret.rolled_back',
+            404,
+            'secret_version_not_found',
+          ],
+          ['developer', 'DELETE', `/v1/secrets/${id}`, undefined, 'secret.deleted', 403, 'permission_denied'],
+          [
+            'developer',
+            'PATCH',
+            `/v1/secrets/${missingId}`,
+            { description: 'd' },
+            'secret.updated',
+            404,
+            'secret_not_found',
+          ],
+          [
+            'developer',
+            'PATCH',
+            `/v1/secrets/${id}`,
+            { owner_id: v.ids.viewer },
+            'secret.updated',
+            403,
+            'permission_denied',
+          ],
+        ];
+      for (const [who, method, url, body, action, status, code] of cases) {
+        const token = v.tokens[who as 'viewer' | 'developer'];
+        const res = await v.req(method, url, { token, ...(body === undefined ? {} : { body }) });
+        assert.equal(res.statusCode, status, `${who} ${method} ${url}: ${res.body}`);
+        assert.equal(res.json().code, code);
+        const events = await eventsOf(res);
+        assert.equal(events.length, 1, `${who} ${method} ${url}: one event, got ${JSON.stringify(events)}`);
+        const [e] = events;
+        assert.equal(e?.action, action);
+        assert.equal(e?.success, false);
+        assert.equal(e?.details?.reason, code);
+        assert.equal(e?.resource_id, url.split('/')[3]);
+        if (code === 'permission_denied') assert.ok(e?.details?.permission, e?.j);
+        if (!url.includes(missingId)) assert.equal(e?.details?.name, 'REFUSED_WRITES', e?.j);
+        assert.ok(!e?.j.includes(VALUE), e?.j);
+      }
+      // Still in the access log, as before.
+      const logs = await v.t.store.db.db
+        .select()
+        .from(secretAccessLogs)
+        .where(eq(secretAccessLogs.secretId, id));
+      assert.equal(logs.filter((l) => !l.success).length, 7);
+      // Visible through the API.
+      const listed = await v.req('GET', `/v1/audit/events?resource_id=${id}&limit=100`, {
+        token: v.tokens.admin,
+      });
+      assert.equal(listed.json().data.filter((e: { success: boolean }) => !e.success).length, 7, listed.body);
+
+      // A 400 is bad input, not a refusal: no event. Nor for a malformed id.
+      const bad = await v.req('PATCH', `/v1/secrets/${id}`, {
+        token: v.tokens.developer,
+        body: { rotation_enabled: true },
+      });
+      assert.equal(bad.statusCode, 400, bad.body);
+      assert.equal((await eventsOf(bad)).length, 0);
+      const junk = await v.req('DELETE', '/v1/secrets/not-an-id', { token: v.tokens.viewer });
+      assert.equal(junk.statusCode, 404);
+      assert.equal((await eventsOf(junk)).length, 0);
+    });
+
+    test('a refused creation is audited as secret.created, success false', async () => {
+      const asViewer = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.viewer,
+        body: { name: 'NOT_MINE', environment: 'development', value: VALUE },
+      });
+      assert.equal(asViewer.statusCode, 403, asViewer.body);
+      await create({ name: 'TAKEN_NAME', environment: 'development', value: 'x' });
+      const taken = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.developer,
+        body: { name: 'TAKEN_NAME', environment: 'development', value: VALUE },
+      });
+      assert.equal(taken.statusCode, 409, taken.body);
+      for (const [res, reason] of [
+        [asViewer, 'permission_denied'],
+        [taken, 'secret_name_taken'],
+      ] as const) {
+        const events = await eventsOf(res);
+        assert.equal(events.length, 1, JSON.stringify(events));
+        assert.equal(events[0]?.action, 'secret.created');
+        assert.equal(events[0]?.success, false);
+        assert.equal(events[0]?.details?.reason, reason);
+        // The route's own permission is checked before the body is read: nothing asked is known.
+        if (reason === 'secret_name_taken') {
+          assert.equal(events[0]?.details?.environment, 'development');
+          assert.equal(events[0]?.details?.name, 'TAKEN_NAME');
+        } else assert.equal(events[0]?.details?.permission, 'secrets:create');
+        assert.ok(!events[0]?.j.includes(VALUE), events[0]?.j);
+      }
+      const bad = await v.req('POST', '/v1/secrets', {
+        token: v.tokens.developer,
+        body: { name: 'BAD', environment: 'development', value: 'x', rotation_enabled: true },
+      });
+      assert.equal(bad.statusCode, 400, bad.body);
+      assert.equal((await eventsOf(bad)).length, 0);
+    });
 
     test('a rollback to a version that does not open is a refused rollback, not a refused reveal', async () => {
       const id = await create({ name: 'ROLLBACK_MOVED', environment: 'development', value: 'one' });

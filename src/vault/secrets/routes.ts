@@ -162,6 +162,11 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app.post(
     '/v1/secrets',
     {
+      // A refused creation is audited (secret.created, success false), the route's own
+      // secrets:create refusal included; a 400 is not.
+      onError: async (request, _reply, error) => {
+        if (request.principal) await secrets.refusedCreate(accessOf(request), request.body, error);
+      },
       config: {
         access: { permission: 'secrets:create' },
         errors: [

@@ -299,6 +299,18 @@ const dueForRotation = (now: Date): SQL =>
     lte(secrets.nextRotationAt, now),
   ) as SQL;
 
+/** A refused change's record: the event it would have recorded, and what was asked (no value). */
+interface WriteRefusal {
+  action: 'secret.updated' | 'secret.rolled_back' | 'secret.deleted';
+  details?: Record<string, unknown>;
+}
+
+/**
+ * Which refusals are audited: the caller was refused (403, 404, 409, …), not a request that is
+ * malformed (400: validation, an unknown permission name) nor a failure of Steward (5xx).
+ */
+const isAuditedRefusal = (error: StewardError) => error.status > 400 && error.status < 500;
+
 /**
  * An approval's transaction (four-eyes), for a change applied inside it: every statement of the
  * change runs on `tx`, and the ids whose caches must be dropped wait in `changed` for the commit
@@ -412,26 +424,75 @@ export function createSecretService({
   const logAccess = (access: Access, entry: LogEntry, within?: Within): Promise<void> =>
     within ? writeLog(within.tx, access, entry) : standaloneLogs.submit(logRow(access, entry));
 
-  /** Runs an access; a refusal or failure is logged (best effort) before it propagates. */
+  /**
+   * Runs an access; a refusal or failure is logged (best effort) before it propagates. A refused
+   * change (`refusal`: the event it would have recorded) is audited too, with its access-log row.
+   */
   async function logged<T>(
     access: Access,
     type: AccessType,
     secretId: string,
     run: () => Promise<T>,
     within?: Within,
+    refusal?: WriteRefusal,
   ): Promise<T> {
     try {
       return await run();
     } catch (error) {
       if (error instanceof StewardError && !alreadyLogged.has(error)) {
-        await logAccess(
-          access,
-          { secretId: secretId.slice(0, 200), type, success: false, errorCode: error.code },
-          within,
-        ).catch(() => {});
+        const log = { secretId: secretId.slice(0, 200), type, success: false, errorCode: error.code };
+        const record =
+          refusal && !within && isAuditedRefusal(error) && isId('sec', secretId)
+            ? refusedWrite(access, secretId, refusal, error, logRow(access, log))
+            : logAccess(access, log, within);
+        await record.catch(() => {});
       }
       throw error;
     }
+  }
+
+  /**
+   * Records a refused change of a secret (PATCH, a new value, a rollback, a delete) as reveal
+   * records its refusals: the event the change would have recorded with `success: false`, the
+   * error code as `details.reason`, the missing permission, the secret's name and environment
+   * when it is one of the caller's org, what was asked (never a value) — and its access-log row,
+   * in one transaction of the record batcher, committed before the refusal answers. Best effort:
+   * a failed record never changes the answer.
+   */
+  async function refusedWrite(
+    access: Access,
+    id: string,
+    refusal: WriteRefusal,
+    error: StewardError,
+    log: AccessLogRow,
+  ): Promise<void> {
+    const [found] = await db.db
+      .select({ name: secrets.name, environment: environments.name })
+      .from(secrets)
+      .innerJoin(environments, eq(environments.id, secrets.environmentId))
+      .where(and(eq(secrets.orgId, access.principal.orgId), eq(secrets.id, id), isNull(secrets.deletedAt)));
+    const { permission } = error.extra;
+    await recordReveal({
+      event: {
+        orgId: access.principal.orgId,
+        actor: actor(access),
+        action: refusal.action,
+        resource: { type: 'secret', id },
+        context: access.context,
+        details: {
+          ...(found ? { name: found.name, environment: found.environment } : {}),
+          ...refusal.details,
+          reason: error.code,
+          ...(typeof permission === 'string' ? { permission } : {}),
+          tool_id: access.toolId,
+        },
+        success: false,
+        errorMessage: error.detail,
+      },
+      log,
+      touch: null,
+      cached: null,
+    });
   }
 
   type AccessLogRow = typeof secretAccessLogs.$inferInsert;
@@ -444,7 +505,8 @@ export function createSecretService({
   }
 
   /**
-   * Records a reveal (audit event + access-log row); `submit` resolves once they are committed:
+   * Records a reveal (audit event + access-log row), or a refused change (`refusedWrite`);
+   * `submit` resolves once they are committed:
    * the caller answers only then, so no value leaves without its record. Reveals arriving
    * together share one transaction (src/db/batcher.ts). Resolves false, recording nothing, when
    * the cached row it was decided on has changed since: the caller must decide again.
@@ -629,6 +691,42 @@ export function createSecretService({
       return { pending: true, changeId };
     }
     return writeCreate(access, input, env);
+  }
+
+  /**
+   * Records a refused creation (`POST /v1/secrets`, called from the route's `onError`, so the
+   * route's own `secrets:create` refusal is seen too): `secret.created` with `success: false`, the
+   * error code as `details.reason`, the missing permission, and the name and environment asked for
+   * when they are strings (a refusal by the route's permission comes before body validation).
+   * No access-log row: there is no secret. Best effort, as every refusal's record.
+   */
+  async function refusedCreate(access: Access, body: unknown, error: unknown): Promise<void> {
+    if (!(error instanceof StewardError) || !isAuditedRefusal(error)) return;
+    const given = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+    const asked = (field: string) =>
+      typeof given[field] === 'string' ? { [field]: (given[field] as string).slice(0, 200) } : {};
+    const { permission } = error.extra;
+    try {
+      const event: AuditEventInput = {
+        orgId: access.principal.orgId,
+        actor: actor(access),
+        action: 'secret.created',
+        resource: { type: 'secret', id: null },
+        context: access.context,
+        details: {
+          ...asked('name'),
+          ...asked('environment'),
+          reason: error.code,
+          ...(typeof permission === 'string' ? { permission } : {}),
+          tool_id: access.toolId,
+        },
+        success: false,
+        errorMessage: error.detail,
+      };
+      await db.db.transaction((tx) => audit.record(tx, event));
+    } catch (failure) {
+      onError(failure, 'audit of a refused secret.created');
+    }
   }
 
   const nameTakenError = (name: string, environment: string) =>
@@ -1112,14 +1210,22 @@ export function createSecretService({
     id: string,
     input: { value: string; rotation_reason?: string | undefined },
   ): Promise<Secret | Pending> {
-    return logged(access, 'write', id, async () => {
-      const secret = await loadLive(access.principal.orgId, id);
-      await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
-      const pending = await gate(access, secret, 'secret.value', input, {
-        rotation_reason: input.rotation_reason ?? null,
-      });
-      return pending ?? applyValue(access, id, input);
-    });
+    return logged(
+      access,
+      'write',
+      id,
+      async () => {
+        const secret = await loadLive(access.principal.orgId, id);
+        await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+        const pending = await gate(access, secret, 'secret.value', input, {
+          rotation_reason: input.rotation_reason ?? null,
+        });
+        return pending ?? applyValue(access, id, input);
+      },
+      undefined,
+      // A new value is recorded as secret.updated; the field's name, never its value.
+      { action: 'secret.updated', details: { fields: ['value'] } },
+    );
   }
 
   async function applyValue(
@@ -1185,13 +1291,21 @@ export function createSecretService({
     id: string,
     input: { version: number; reason?: string | undefined },
   ): Promise<Secret | Pending> {
-    return logged(access, 'write', id, async () => {
-      const secret = await loadLive(access.principal.orgId, id);
-      await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
-      await checkRestorable(access, secret, input.version);
-      const pending = await gate(access, secret, 'secret.rollback', input, { to_version: input.version });
-      return pending ?? applyRollback(access, id, input);
-    });
+    const refusal: WriteRefusal = { action: 'secret.rolled_back', details: { restored_from: input.version } };
+    return logged(
+      access,
+      'write',
+      id,
+      async () => {
+        const secret = await loadLive(access.principal.orgId, id);
+        await requireOn(authz, access.principal, 'secrets:update', { type: 'secrets', id });
+        await checkRestorable(access, secret, input.version);
+        const pending = await gate(access, secret, 'secret.rollback', input, { to_version: input.version });
+        return pending ?? applyRollback(access, id, input);
+      },
+      undefined,
+      refusal,
+    );
   }
 
   async function applyRollback(
@@ -1271,12 +1385,24 @@ export function createSecretService({
    * for a second approver where four-eyes covers the environment, after the same checks.
    */
   async function update(access: Access, id: string, input: UpdateSecretInput): Promise<Secret | Pending> {
-    return logged(access, 'write', id, async () => {
-      const secret = await checkUpdate(access, id, input);
-      // Metadata, never the value: shown to reviewers as is.
-      const pending = await gate(access, secret, 'secret.update', input, { changes: input });
-      return pending ?? writeUpdate(access, secret, input);
-    });
+    // The fields asked for, not their contents (a description may say more than its name).
+    const refusal: WriteRefusal = {
+      action: 'secret.updated',
+      details: { fields: Object.keys(input).sort() },
+    };
+    return logged(
+      access,
+      'write',
+      id,
+      async () => {
+        const secret = await checkUpdate(access, id, input);
+        // Metadata, never the value: shown to reviewers as is.
+        const pending = await gate(access, secret, 'secret.update', input, { changes: input });
+        return pending ?? writeUpdate(access, secret, input);
+      },
+      undefined,
+      refusal,
+    );
   }
 
   /** The requester's checks for a metadata change, made again when an approval applies it. */
@@ -1381,14 +1507,21 @@ export function createSecretService({
 
   /** Soft delete: the secret disappears from the API; versions and logs stay for the record. */
   async function remove(access: Access, id: string): Promise<Pending | null> {
-    return logged(access, 'delete', id, async () => {
-      const secret = await loadLive(access.principal.orgId, id);
-      await requireOn(authz, access.principal, 'secrets:delete', { type: 'secrets', id });
-      const pending = await gate(access, secret, 'secret.delete', {}, {});
-      if (pending) return pending;
-      await applyRemove(access, id);
-      return null;
-    });
+    return logged(
+      access,
+      'delete',
+      id,
+      async () => {
+        const secret = await loadLive(access.principal.orgId, id);
+        await requireOn(authz, access.principal, 'secrets:delete', { type: 'secrets', id });
+        const pending = await gate(access, secret, 'secret.delete', {}, {});
+        if (pending) return pending;
+        await applyRemove(access, id);
+        return null;
+      },
+      undefined,
+      { action: 'secret.deleted' },
+    );
   }
 
   async function applyRemove(
@@ -1511,6 +1644,7 @@ export function createSecretService({
 
   return {
     create,
+    refusedCreate,
     list,
     get,
     versions,
