@@ -772,6 +772,29 @@ export function createFourEyes({
       .limit(page.limit);
   }
 
+  /**
+   * Whether the caller may read what a change is about: `<type>:read` on its target — the id it
+   * changes, else the id it created (an applied creation) — or, for a creation still pending and
+   * for segments (org-wide), the type-wide check a list route makes. Answered from authz's index.
+   */
+  async function mayReadTarget(caller: Principal, row: ChangeRow): Promise<boolean> {
+    const type = resourceOf(row.kind);
+    const id = row.kind.startsWith('segment.') ? null : (row.targetId ?? row.resultId);
+    return (await authz.check(caller, `${type}:read`, id === null ? undefined : { type, id })).allowed;
+  }
+
+  /**
+   * Changes as the caller may see them: a change whose target the caller may not read (a `deny`
+   * grant on one setting, secret or flag, or no `…:read` at all) is shown with its summary withheld
+   * (`summary: {}`, `summary_withheld: true`) — the summary holds the new value, or the flag's
+   * definition, and names the key. The change itself stays: approvals are their own resource.
+   */
+  async function views(caller: Principal, rows: readonly ChangeRow[]) {
+    const out: ReturnType<typeof changeView>[] = [];
+    for (const row of rows) out.push(changeView(row, await mayReadTarget(caller, row)));
+    return out;
+  }
+
   return {
     fourEyes,
     policy,
@@ -779,6 +802,7 @@ export function createFourEyes({
     approve,
     reject,
     list,
+    views,
     /**
      * Registers the applier of a kind of change, with the error codes it may refuse an approval
      * with beyond four-eyes' own (its domain's: `secret_name_taken`, `version_conflict`, …), which
@@ -806,7 +830,16 @@ const changeSchema = z.object({
   id: z.string(),
   kind: z.string(),
   target_id: z.string().nullable(),
-  summary: z.record(z.string(), z.unknown()).describe('What the change does; secret values masked.'),
+  summary: z
+    .record(z.string(), z.unknown())
+    .describe(
+      "What the change does; secret values masked. Empty when withheld: the caller may not read the change's target.",
+    ),
+  summary_withheld: z
+    .boolean()
+    .describe(
+      'True when the caller may not read what the change is about (a deny grant on it): summary is empty.',
+    ),
   status: z.enum(['pending', 'approved', 'applied', 'rejected', 'failed']),
   requested_by: z.string().describe('The requester: a user or agent, or the owner of the key that asked.'),
   requested_by_type: z.enum(['user', 'agent', 'key']),
@@ -821,11 +854,13 @@ const changeSchema = z.object({
   decided_at: z.string().nullable(),
 });
 
-const changeView = (c: ChangeRow) => ({
+/** A change as the API shows it; `readable`: whether the caller may read its target (else the summary is withheld). */
+const changeView = (c: ChangeRow, readable: boolean) => ({
   id: c.id,
   kind: c.kind,
   target_id: c.targetId,
-  summary: c.summary,
+  summary: readable ? c.summary : {},
+  summary_withheld: !readable,
   status: c.status as 'pending' | 'approved' | 'applied' | 'rejected' | 'failed',
   requested_by: c.requestedBy,
   requested_by_type: c.requestedByType as 'user' | 'agent' | 'key',
@@ -908,13 +943,14 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
     },
     async (request) => {
       const cursor = decodeCursor(request.query.cursor, changeCursor);
-      const rows = await service.list(callerOf(request).orgId, request.query.status, {
+      const caller = callerOf(request);
+      const rows = await service.list(caller.orgId, request.query.status, {
         limit: request.query.limit,
         before: cursor,
       });
       const last = rows.at(-1);
       return {
-        data: rows.map(changeView),
+        data: await service.views(caller, rows),
         next_cursor:
           rows.length === request.query.limit && last
             ? encodeCursor({ at: last.createdAt.toISOString(), id: last.id })
@@ -963,15 +999,17 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
         response: { 200: changeSchema },
       },
     },
-    async (request) =>
-      changeView(
-        (await service.approve(
-          callerOf(request),
-          request.params.id,
-          request.body?.reason ?? null,
-          contextOf(request),
-        )) as ChangeRow,
-      ),
+    async (request) => {
+      const caller = callerOf(request);
+      const row = (await service.approve(
+        caller,
+        request.params.id,
+        request.body?.reason ?? null,
+        contextOf(request),
+      )) as ChangeRow;
+      const [view] = await service.views(caller, [row]);
+      return view;
+    },
   );
 
   app.post(
@@ -994,14 +1032,16 @@ export const fourEyesRoutes: FastifyPluginAsyncZod<{ service: FourEyesService }>
         response: { 200: changeSchema },
       },
     },
-    async (request) =>
-      changeView(
-        (await service.reject(
-          callerOf(request),
-          request.params.id,
-          request.body?.reason ?? null,
-          contextOf(request),
-        )) as ChangeRow,
-      ),
+    async (request) => {
+      const caller = callerOf(request);
+      const row = (await service.reject(
+        caller,
+        request.params.id,
+        request.body?.reason ?? null,
+        contextOf(request),
+      )) as ChangeRow;
+      const [view] = await service.views(caller, [row]);
+      return view;
+    },
   );
 };
