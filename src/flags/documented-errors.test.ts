@@ -32,8 +32,11 @@ const RACES: Record<string, string[]> = {
 };
 
 type Method = 'GET' | 'PUT' | 'DELETE' | 'POST';
-/** Who asks: the manager's token, a key whose environment does not exist, or a key deleted since. */
-type Caller = 'manager' | 'lostEnvironmentKey' | 'deletedKey';
+/**
+ * Who asks: the manager's token, a key whose environment does not exist, a key deleted since, or
+ * a key bound to `staging` (every flags scope) asking for development.
+ */
+type Caller = 'manager' | 'lostEnvironmentKey' | 'deletedKey' | 'stagingKey';
 /** One request answering one code: the route as the document names it, the URL, what it sends. */
 type Case = {
   route: `${Method} ${string}`;
@@ -80,6 +83,23 @@ function cases(used: number, free: number): Case[] {
     { route, code: 'environment_not_found', url, as: 'lostEnvironmentKey', body },
     { route, code: 'api_key_not_found', url, as: 'deletedKey', body },
   ]);
+  // Every route with an {env}: a key bound to another environment (403), a key deleted since (404).
+  const bound: Case[] = (
+    [
+      ['GET /v1/flags/{env}', '/v1/flags/development'],
+      ['POST /v1/flags/{env}', '/v1/flags/development', flag('x')],
+      ['GET /v1/flags/{env}/stream', '/v1/flags/development/stream'],
+      ['POST /v1/flags/{env}/evaluate', '/v1/flags/development/evaluate', {}],
+      [`GET ${ONE}`, '/v1/flags/development/parent'],
+      [`PUT ${ONE}`, '/v1/flags/development/parent', flag('parent')],
+      [`DELETE ${ONE}`, '/v1/flags/development/child'],
+      [`GET ${ONE}/metrics`, '/v1/flags/development/parent/metrics'],
+      ['GET /v1/flag-clients/{env}', '/v1/flag-clients/development'],
+    ] as const
+  ).flatMap(([route, url, body]) => [
+    { route, code: 'key_environment_mismatch', url, as: 'stagingKey', body },
+    { route, code: 'api_key_not_found', url, as: 'deletedKey', body },
+  ]);
   return [
     { route: 'GET /v1/flags/{env}', code: 'environment_not_found', url: '/v1/flags/nowhere' },
     {
@@ -96,12 +116,6 @@ function cases(used: number, free: number): Case[] {
       body: flag('parent'),
     },
     { route: 'GET /v1/flags/{env}/stream', code: 'environment_not_found', url: '/v1/flags/nowhere/stream' },
-    {
-      route: 'GET /v1/flags/{env}/stream',
-      code: 'api_key_not_found',
-      url: '/v1/flags/development/stream',
-      as: 'deletedKey',
-    },
     {
       route: 'POST /v1/flags/{env}/evaluate',
       code: 'environment_not_found',
@@ -159,6 +173,7 @@ function cases(used: number, free: number): Case[] {
     { route: `GET ${ONE}/metrics`, code: 'flag_not_found', url: '/v1/flags/development/absent/metrics' },
     { route: 'GET /v1/flag-clients/{env}', code: 'environment_not_found', url: '/v1/flag-clients/nowhere' },
     ...client,
+    ...bound,
   ];
 }
 
@@ -189,14 +204,17 @@ describe('flags: the OpenAPI document lists the codes each route answers (pglite
     const key = async (name: string, flagsEnvironment: string) =>
       write('POST', '/v1/keys', {
         name,
-        scopes: ['flags:read'],
+        scopes: ['flags:read', 'flags:create', 'flags:update', 'flags:delete'],
+        tier: 'enterprise',
         metadata: { flags_environment: flagsEnvironment },
       }) as Promise<{ id: string; key: string }>;
     keys.lostEnvironmentKey = (await key('lost-environment', 'nowhere')).key;
-    // Verified once (and so held by the key cache), then its row deleted: the client API's lookup
-    // of the key's environment finds no key.
+    keys.stagingKey = (await key('bound-to-staging', 'staging')).key;
+    // Verified once (and so held by the key cache), then its row deleted: the lookup of the key's
+    // environment (client API, `{env}` routes) finds no key. Warmed on a route with no `{env}`, so
+    // that lookup has not run (and been cached) yet.
     const deleted = await key('deleted', 'development');
-    const warm = await v.req('GET', '/v1/flags/development', { token: deleted.key });
+    const warm = await v.req('GET', '/v1/segments', { token: deleted.key });
     assert.equal(warm.statusCode, 200, warm.body);
     await v.t.store.db.db.delete(apiKeys).where(eq(apiKeys.id, deleted.id));
     keys.deletedKey = deleted.key;

@@ -10,6 +10,7 @@ export const flagErrors = defineErrors({
   invalid_flag: { status: 400, title: 'Invalid feature flag' },
   version_conflict: { status: 412, title: 'Version conflict' },
   flag_target_gone: { status: 409, title: 'The flag this change was made against is gone' },
+  key_environment_mismatch: { status: 403, title: 'The API key is bound to another flags environment' },
 });
 
 /**

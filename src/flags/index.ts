@@ -106,7 +106,7 @@ export async function registerFlags(
   }, PURGE_EVERY_MS);
   retention.unref();
   ctx.onShutdown(async () => clearInterval(retention));
-  await app.register(flagMetricsRoutes, { flags, metrics });
+  await app.register(flagMetricsRoutes, { flags, metrics, keyAccess });
   await app.register(unleashClientRoutes, {
     flags,
     metrics,

@@ -4,9 +4,11 @@ import { z } from 'zod';
 import type { DbHandle } from '../db/client.ts';
 import { callerOf } from '../http/auth.ts';
 import type { Environment } from '../tenancy/service.ts';
+import { BOUND_KEY_ERRORS, holdKeysToTheirEnvironment } from './key-binding.ts';
 import { envParams, flagParams } from './params.ts';
 import { flagClients, flagMetrics } from './schema.ts';
 import type { FlagService, FlagSnapshot } from './service.ts';
+import type { KeyAccessOf } from './unleash-api.ts';
 
 const HOUR_MS = 3_600_000;
 /** A bucket claiming to start further back than this (or in the future) is counted now. */
@@ -252,14 +254,20 @@ const clientSchema = z.object({
 });
 
 /** `/v1/flags/{env}/{name}/metrics` and `/v1/flag-clients/{env}`: what SDKs reported. */
-export const flagMetricsRoutes: FastifyPluginAsyncZod<{ flags: FlagService; metrics: FlagMetrics }> = async (
-  app,
-  { flags, metrics },
-) => {
+export const flagMetricsRoutes: FastifyPluginAsyncZod<{
+  flags: FlagService;
+  metrics: FlagMetrics;
+  keyAccess: KeyAccessOf;
+}> = async (app, { flags, metrics, keyAccess }) => {
+  // A key bound to an environment is refused every other one (403), as on `/v1/flags/{env}`.
+  holdKeysToTheirEnvironment(app, keyAccess);
   app.get(
     '/v1/flags/:env/:name/metrics',
     {
-      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found', 'flag_not_found'] },
+      config: {
+        access: { permission: 'flags:read' },
+        errors: ['environment_not_found', 'flag_not_found', ...BOUND_KEY_ERRORS],
+      },
       schema: {
         tags: ['flags'],
         summary: 'Evaluation counts reported by SDKs, per hour (yes, no, variants)',
@@ -311,7 +319,10 @@ export const flagMetricsRoutes: FastifyPluginAsyncZod<{ flags: FlagService; metr
   app.get(
     '/v1/flag-clients/:env',
     {
-      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found'] },
+      config: {
+        access: { permission: 'flags:read' },
+        errors: ['environment_not_found', ...BOUND_KEY_ERRORS],
+      },
       schema: {
         tags: ['flags'],
         summary: 'SDK instances that registered or sent metrics, most recently seen first',

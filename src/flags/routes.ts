@@ -6,6 +6,7 @@ import { contextOf } from '../http/context.ts';
 import { decodeCursor, encodeCursor, listResponse, pageQuery } from '../http/pagination.ts';
 import { toolIdOf } from '../vault/common.ts';
 import type { Access } from '../vault/secrets/service.ts';
+import { BOUND_KEY_ERRORS, holdKeysToTheirEnvironment } from './key-binding.ts';
 import { envParams, flagCursor, flagParams, ifMatchOf } from './params.ts';
 import type { FlagRow, FlagService, SegmentRow } from './service.ts';
 import type { StreamHub } from './stream.ts';
@@ -186,6 +187,7 @@ const ONE_FLAG_WRITE_ERRORS = [
   'flag_not_found',
   'flag_target_gone',
   'version_conflict',
+  ...BOUND_KEY_ERRORS,
 ];
 
 const accessOf = (request: FastifyRequest): Access => ({
@@ -201,10 +203,15 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   guard: StreamGuard;
   keyAccess: KeyAccessOf;
 }> = async (app, { flags, hub, guard, keyAccess }) => {
+  // A key bound to an environment is refused every other one on each `{env}` route (403).
+  holdKeysToTheirEnvironment(app, keyAccess);
   app.get(
     '/v1/flags/:env',
     {
-      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found', 'invalid_cursor'] },
+      config: {
+        access: { permission: 'flags:read' },
+        errors: ['environment_not_found', 'invalid_cursor', ...BOUND_KEY_ERRORS],
+      },
       schema: {
         tags: ['flags'],
         summary: 'Flags of an environment, by name',
@@ -231,7 +238,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
     {
       config: {
         access: { permission: 'flags:create' },
-        errors: ['invalid_flag', 'environment_not_found', 'flag_exists'],
+        errors: ['invalid_flag', 'environment_not_found', 'flag_exists', ...BOUND_KEY_ERRORS],
       },
       schema: {
         tags: ['flags'],
@@ -256,7 +263,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
     {
       config: {
         access: { permission: 'flags:read' },
-        errors: ['environment_not_found', 'api_key_not_found'],
+        errors: ['environment_not_found', ...BOUND_KEY_ERRORS],
       },
       schema: {
         tags: ['flags'],
@@ -313,7 +320,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.post(
     '/v1/flags/:env/evaluate',
     {
-      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found'] },
+      config: {
+        access: { permission: 'flags:read' },
+        errors: ['environment_not_found', ...BOUND_KEY_ERRORS],
+      },
       schema: {
         tags: ['flags'],
         summary: "Every flag's value and variant for a context (from memory when warm)",
@@ -343,7 +353,10 @@ export const flagRoutes: FastifyPluginAsyncZod<{
   app.get(
     '/v1/flags/:env/:name',
     {
-      config: { access: { permission: 'flags:read' }, errors: ['environment_not_found', 'flag_not_found'] },
+      config: {
+        access: { permission: 'flags:read' },
+        errors: ['environment_not_found', 'flag_not_found', ...BOUND_KEY_ERRORS],
+      },
       schema: {
         tags: ['flags'],
         summary: 'One flag, with its version as ETag',

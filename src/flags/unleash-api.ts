@@ -84,11 +84,10 @@ export function createKeyAccess({ keys, bus }: { keys: KeyLookup; bus: Invalidat
     if (cached !== undefined) return cached;
     const row = await keys.get(principal, keyId);
     const named = row.metadata[FLAGS_ENVIRONMENT_METADATA];
-    const environment =
-      typeof named === 'string' && named.length > 0
-        ? named
-        : (BY_KEY_MARKER[row.environment] ?? 'production');
-    const got: KeyAccess = { keyId, environment, expiresAt: row.expiresAt };
+    const explicit = typeof named === 'string' && named.length > 0;
+    const environment = explicit ? named : (BY_KEY_MARKER[row.environment] ?? 'production');
+    const bound = explicit || row.environment === 'test';
+    const got: KeyAccess = { keyId, environment, bound, expiresAt: row.expiresAt };
     access.set(keyId, got);
     return got;
   };

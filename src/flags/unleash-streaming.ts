@@ -13,6 +13,12 @@ import type { DeltaEvent } from './types.ts';
 export interface KeyAccess {
   keyId: string;
   environment: string;
+  /**
+   * Whether the key is held to `environment` on `/v1/flags/{env}…` too: it names one
+   * (`metadata.flags_environment`) or is a `stw_test_…` key. A `stw_live_…` key without the
+   * metadata reads `production` here but may use any environment on `/v1` (its scopes permitting).
+   */
+  bound: boolean;
   expiresAt: Date | null;
 }
 
