@@ -40,6 +40,28 @@ const fail = (errors: FieldError[]) => {
   });
 };
 
+/**
+ * Whether a JSON document holds a number no double can (JSON.parse reads `1e400` as Infinity),
+ * at any depth. JSON has no Infinity: stored, it became null. Walked without recursion (a value
+ * nested deeper than the stack is still a value the body limit let in).
+ */
+export function hasNonFiniteNumber(value: unknown): boolean {
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const next = stack.pop();
+    if (typeof next === 'number') {
+      if (!Number.isFinite(next)) return true;
+    } else if (Array.isArray(next)) {
+      for (const item of next) stack.push(item);
+    } else if (next !== null && typeof next === 'object') {
+      for (const item of Object.values(next)) stack.push(item);
+    }
+  }
+  return false;
+}
+
+const NON_FINITE = 'must hold finite numbers only (beyond ±1.8e308 a number cannot be stored)';
+
 function typeError(type: ValueType, value: unknown): string | null {
   switch (type) {
     case 'string':
@@ -53,7 +75,8 @@ function typeError(type: ValueType, value: unknown): string | null {
     case 'bool':
       return typeof value === 'boolean' ? null : 'must be true or false';
     case 'json':
-      return value === undefined ? 'is required' : null;
+      if (value === undefined) return 'is required';
+      return hasNonFiniteNumber(value) ? NON_FINITE : null;
   }
 }
 
@@ -96,7 +119,9 @@ export function checkRules(type: ValueType, rules: SettingRules): void {
       if (why !== null) at(`enum.${i}`, `option ${why}`);
     });
   }
-  if (rules.json_schema !== undefined) {
+  if (rules.json_schema !== undefined && hasNonFiniteNumber(rules.json_schema)) {
+    at('json_schema', `the schema ${NON_FINITE}`);
+  } else if (rules.json_schema !== undefined) {
     for (const e of checkSchema(rules.json_schema, patterns))
       at(`json_schema${e.path.replaceAll('/', '.')}`, e.message);
   }
