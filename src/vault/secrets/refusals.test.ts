@@ -324,6 +324,86 @@ for (const store of STORES) {
       assert.equal((await reveal(v.tokens.manager2)).statusCode, 403);
     });
 
+    test('write answers withhold what the caller may not read; an empty PATCH writes nothing', async () => {
+      const id = await create({
+        name: 'WRITE_ONLY_FOR_DEV',
+        environment: 'development',
+        value: 'w1',
+        description: 'hidden description',
+      });
+      await grant({
+        principal: v.ids.developer,
+        permission: 'secrets:read',
+        resource_type: 'secrets',
+        resource_id: id,
+        effect: 'deny',
+      });
+      assert.equal((await v.req('GET', `/v1/secrets/${id}`, { token: v.tokens.developer })).statusCode, 403);
+      const patch = await v.req('PATCH', `/v1/secrets/${id}`, {
+        token: v.tokens.developer,
+        body: { tags: ['t'] },
+      });
+      assert.equal(patch.statusCode, 200, patch.body);
+      const put = await v.req('PUT', `/v1/secrets/${id}/value`, {
+        token: v.tokens.developer,
+        body: { value: 'w2' },
+      });
+      assert.equal(put.statusCode, 200, put.body);
+      const rb = await v.req('POST', `/v1/secrets/${id}/rollback`, {
+        token: v.tokens.developer,
+        body: { version: 1 },
+      });
+      assert.equal(rb.statusCode, 200, rb.body);
+      for (const [res, version] of [
+        [patch, 1],
+        [put, 2],
+        [rb, 3],
+      ] as const) {
+        const body = res.json();
+        assert.deepEqual(
+          Object.keys(body).sort(),
+          ['current_version', 'id', 'masked', 'updated_at'],
+          res.body,
+        );
+        assert.equal(body.id, id);
+        assert.equal(body.masked, true);
+        assert.equal(body.current_version, version);
+        assert.ok(!res.body.includes('WRITE_ONLY_FOR_DEV') && !res.body.includes('hidden description'));
+      }
+      // Whoever may read gets the whole view, as before.
+      const full = await v.req('PATCH', `/v1/secrets/${id}`, {
+        token: v.tokens.manager,
+        body: { description: 'new description' },
+      });
+      assert.equal(full.statusCode, 200, full.body);
+      assert.equal(full.json().name, 'WRITE_ONLY_FOR_DEV');
+      assert.equal(full.json().masked, undefined);
+
+      // A PATCH that changes nothing: 200, nothing written or recorded.
+      const before = (await v.req('GET', `/v1/secrets/${id}`, { token: v.tokens.manager })).json();
+      v.t.now.ms += 5_000;
+      for (const body of [{}, { description: 'new description', tags: ['t'] }]) {
+        const noop = await v.req('PATCH', `/v1/secrets/${id}`, { token: v.tokens.manager, body });
+        assert.equal(noop.statusCode, 200, noop.body);
+        assert.equal(noop.json().updated_at, before.updated_at);
+        assert.equal(noop.json().description, 'new description');
+        assert.equal((await eventsOf(noop)).length, 0, 'no event');
+        const logs = await v.t.store.db.db
+          .select()
+          .from(secretAccessLogs)
+          .where(eq(secretAccessLogs.requestId, String(noop.headers['x-request-id'])));
+        assert.equal(logs.length, 0, 'no access-log row');
+      }
+      const asDev = await v.req('PATCH', `/v1/secrets/${id}`, { token: v.tokens.developer, body: {} });
+      assert.equal(asDev.statusCode, 200, asDev.body);
+      assert.equal(asDev.json().masked, true);
+      const asViewer = await v.req('PATCH', `/v1/secrets/${id}`, { token: v.tokens.viewer, body: {} });
+      assert.equal(asViewer.statusCode, 403, 'the same access checks');
+      const after = (await v.req('GET', `/v1/secrets/${id}`, { token: v.tokens.manager })).json();
+      assert.equal(after.updated_at, before.updated_at);
+      assert.equal(after.updated_by, before.updated_by);
+    });
+
     test('an expired secret is not due for rotation: not listed as due, not announced', async () => {
       const { secrets } = await import('../index.ts').then((m) => m.createVaultServices(v.t.app.steward));
       await secrets.announceDueRotations(); // earlier tests' due secrets are announced already

@@ -78,6 +78,25 @@ const secretSchema = z.object({
   updated_at: z.string(),
 });
 
+const withheldSchema = z
+  .object({
+    id: z.string(),
+    current_version: z.number().int(),
+    updated_at: z.string(),
+    masked: z.literal(true),
+  })
+  .describe(
+    'A write answered to a caller without `secrets:read` on the secret: only the id, the version ' +
+      'and when it changed, as settings mask a value the writer may not read.',
+  );
+
+const WRITE_ANSWER =
+  "The answer is the secret's view when the caller may read it (`secrets:read` on it), else only " +
+  '`id`, `current_version`, `updated_at` and `masked: true`.';
+
+/** A write's answer: the whole view, or the withheld one to a caller who may not read the secret. */
+const writtenSchema = z.union([secretSchema, withheldSchema]);
+
 const pendingSchema = z.object({
   status: z.literal('pending_approval'),
   change_id: z.string().describe('The pending change; another user with approvals:approve decides it.'),
@@ -123,6 +142,13 @@ function secretView(s: Secret, now: Date) {
   };
 }
 
+const withheldView = (s: Secret) => ({
+  id: s.id,
+  current_version: s.currentVersion,
+  updated_at: s.updatedAt.toISOString(),
+  masked: true as const,
+});
+
 const versionView = (v: SecretVersionInfo) => ({
   version: v.version,
   active: v.active,
@@ -159,6 +185,14 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
   app,
   { secrets, clock },
 ) => {
+  /**
+   * What a write answers: the secret's view when the caller may read it (`secrets:read` on it),
+   * else only what the write itself tells (`withheldView`). A write needs `secrets:update`, not
+   * `secrets:read`: a deny of reading one secret must not be undone by writing to it.
+   */
+  const written = async (request: FastifyRequest, s: Secret) =>
+    (await secrets.mayRead(callerOf(request), s.id)) ? secretView(s, clock()) : withheldView(s);
+
   app.post(
     '/v1/secrets',
     {
@@ -290,6 +324,10 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
       schema: {
         tags: ['secrets'],
         summary: "Change a secret's metadata and rotation policy (needs secrets:update on it)",
+        description:
+          'A PATCH whose fields all equal the stored ones (`{}` included) answers 200 and writes ' +
+          'nothing: no event, no access-log row, `updated_at` unchanged, nothing held for approval. ' +
+          WRITE_ANSWER,
         params: idParams,
         headers: toolHeader,
         body: z.strictObject({
@@ -305,12 +343,12 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
           rotation_days: rotationDays.nullable().optional(),
           expires_at: isoDate.nullable().optional(),
         }),
-        response: { 200: secretSchema, 202: pendingSchema },
+        response: { 200: writtenSchema, 202: pendingSchema },
       },
     },
     async (request, reply) => {
       const result = await secrets.update(accessOf(request), request.params.id, request.body);
-      return isPending(result) ? pendingReply(reply, result) : secretView(result, clock());
+      return isPending(result) ? pendingReply(reply, result) : written(request, result);
     },
   );
 
@@ -371,16 +409,17 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
       schema: {
         tags: ['secrets'],
         summary: 'Write a new version (a rotation; needs secrets:update on it)',
+        description: WRITE_ANSWER,
         params: idParams,
         headers: toolHeader,
         body: z.strictObject({ value, rotation_reason: z.string().max(500).optional() }),
-        response: { 200: secretSchema, 202: pendingSchema },
+        response: { 200: writtenSchema, 202: pendingSchema },
       },
     },
     async (request, reply) => {
       const result = await secrets.putValue(accessOf(request), request.params.id, request.body);
       if (isPending(result)) return pendingReply(reply, result);
-      return secretView(result, clock());
+      return written(request, result);
     },
   );
 
@@ -421,16 +460,17 @@ export const secretRoutes: FastifyPluginAsyncZod<{ secrets: SecretService; clock
       schema: {
         tags: ['secrets'],
         summary: "Restore a version's value as a new version (audited)",
+        description: WRITE_ANSWER,
         params: idParams,
         headers: toolHeader,
         body: z.strictObject({ version: versionNumber(), reason: z.string().max(500).optional() }),
-        response: { 200: secretSchema, 202: pendingSchema },
+        response: { 200: writtenSchema, 202: pendingSchema },
       },
     },
     async (request, reply) => {
       const result = await secrets.rollback(accessOf(request), request.params.id, request.body);
       if (isPending(result)) return pendingReply(reply, result);
-      return secretView(result, clock());
+      return written(request, result);
     },
   );
 

@@ -257,6 +257,45 @@ function auditView(s: SecretRow | Secret) {
 /** Tags as a set: exact duplicates dropped, first appearance order kept (case matters: `a` ≠ `A`). */
 const uniqueTags = (tags: readonly string[]) => [...new Set(tags)];
 
+/** JSON with object keys sorted at every depth: equal for equal jsonb values, whatever the key order. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+/**
+ * Whether a metadata change leaves the row as it is: every field given equals the stored one
+ * (tags as stored, deduplicated and in order; metadata whatever its key order; `expires_at` to
+ * the millisecond a JS Date holds; rotation as it would result). `{}` changes nothing.
+ */
+function changesNothing(before: SecretRow, input: UpdateSecretInput): boolean {
+  const same = <T>(given: T | undefined, stored: T) => given === undefined || given === stored;
+  const rotationEnabled = input.rotation_enabled ?? before.rotationEnabled;
+  const rotationDays = input.rotation_days === undefined ? before.rotationDays : input.rotation_days;
+  return (
+    same(input.display_name, before.displayName) &&
+    same(input.description, before.description) &&
+    same(input.secret_type, before.secretType as SecretType) &&
+    same(input.owner_id, before.ownerId) &&
+    same(input.required_permission, before.requiredPermission) &&
+    same(input.active, before.active) &&
+    rotationEnabled === before.rotationEnabled &&
+    rotationDays === before.rotationDays &&
+    (input.tags === undefined || canonicalJson(uniqueTags(input.tags)) === canonicalJson(before.tags)) &&
+    (input.metadata === undefined || canonicalJson(input.metadata) === canonicalJson(before.metadata)) &&
+    (input.expires_at === undefined ||
+      (input.expires_at === null
+        ? before.expiresAt === null
+        : before.expiresAt !== null && new Date(input.expires_at).getTime() === before.expiresAt.getTime()))
+  );
+}
+
 /** Rotation enabled with no period would never come due: refused rather than stored. */
 function checkRotation(enabled: boolean, days: number | null): void {
   if (enabled && days === null) {
@@ -1396,6 +1435,9 @@ export function createSecretService({
       id,
       async () => {
         const secret = await checkUpdate(access, id, input);
+        // A PATCH that changes nothing (`{}` included) answers the secret as it is, after the same
+        // checks: nothing written or recorded, nothing held for approval (as keys do).
+        if (changesNothing(secret, input)) return secret;
         // Metadata, never the value: shown to reviewers as is.
         const pending = await gate(access, secret, 'secret.update', input, { changes: input });
         return pending ?? writeUpdate(access, secret, input);
@@ -1450,8 +1492,14 @@ export function createSecretService({
     approvedBy?: Principal,
   ): Promise<Secret> {
     const { id } = secret;
+    let wrote = true;
     const out = await inTx(within, async (tx) => {
       const before = await loadLive(access.principal.orgId, id, tx, true);
+      // Nothing differs from the row as locked: nothing written, nothing recorded.
+      if (changesNothing(before, input)) {
+        wrote = false;
+        return before;
+      }
       const now = clock();
       const rotationEnabled = input.rotation_enabled ?? before.rotationEnabled;
       const rotationDays = input.rotation_days === undefined ? before.rotationDays : input.rotation_days;
@@ -1501,7 +1549,7 @@ export function createSecretService({
       await writeLog(tx, access, { secretId: id, type: 'write', success: true });
       return { ...row, environment: secret.environment };
     });
-    await changedNowOrAfter(within, id);
+    if (wrote) await changedNowOrAfter(within, id);
     return out;
   }
 
@@ -1655,6 +1703,12 @@ export function createSecretService({
     remove,
     announceDueRotations,
     startRotationScheduler,
+    /**
+     * Whether the caller may read this secret's metadata (`secrets:read` on it): write answers
+     * carry the secret's view only then (src/vault/README.md, "Write answers").
+     */
+    mayRead: async (principal: Principal, id: string) =>
+      (await authz.check(principal, 'secrets:read', { type: 'secrets', id })).allowed,
     /** Used by four-eyes once a change is approved. */
     apply: {
       create: applyCreate,
