@@ -307,9 +307,22 @@ export function createSettingService({
    * Checks If-Match against the setting's live version (null: none). Returns what it asked for:
    * on a live setting always `*` or versions (missing is 428), on none always undefined.
    */
-  function expectVersion(ifMatch: IfMatch, current: number): '*' | readonly number[];
-  function expectVersion(ifMatch: IfMatch, current: number | null): '*' | readonly number[] | undefined;
-  function expectVersion(ifMatch: IfMatch, current: number | null): '*' | readonly number[] | undefined {
+  // `write`: what the 428 says needs If-Match (a DELETE answered "Updating needs…" until session 11).
+  function expectVersion(
+    ifMatch: IfMatch,
+    current: number,
+    write?: 'Updating' | 'Deleting',
+  ): '*' | readonly number[];
+  function expectVersion(
+    ifMatch: IfMatch,
+    current: number | null,
+    write?: 'Updating' | 'Deleting',
+  ): '*' | readonly number[] | undefined;
+  function expectVersion(
+    ifMatch: IfMatch,
+    current: number | null,
+    write: 'Updating' | 'Deleting' = 'Updating',
+  ): '*' | readonly number[] | undefined {
     if (ifMatch === null) {
       throw httpErrors.validation_failed('If-Match must be "*" or a list of ETags ("3")', {
         errors: [{ path: 'headers.if-match', message: 'not "*" or a list of entity-tags' }],
@@ -326,7 +339,7 @@ export function createSettingService({
     }
     if (ifMatch === undefined) {
       throw settingErrors.precondition_required(
-        `Updating needs If-Match with the version you read (current version ${current})`,
+        `${write} needs If-Match with the version you read (current version ${current})`,
         { current_version: current },
       );
     }
@@ -723,7 +736,7 @@ export function createSettingService({
     const { principal } = access;
     const { env, row } = await load(principal.orgId, envName, key);
     await requireOn(authz, principal, 'settings:delete', { type: 'settings', id: row.id });
-    const ifMatch = expectVersion(ifMatchVersions(ifMatchHeader), row.version);
+    const ifMatch = expectVersion(ifMatchVersions(ifMatchHeader), row.version, 'Deleting');
     if (fourEyes && (await fourEyes.required(principal.orgId, env.name))) {
       const changeId = await fourEyes.propose(access, {
         kind: 'setting.delete',
