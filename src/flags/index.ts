@@ -96,6 +96,8 @@ export async function registerFlags(
     bus: ctx.bus,
     clock: ctx.clock,
     sessionRevoked: (sid) => ctx.identity.revocation.isRevoked(sid),
+    authz: ctx.authz,
+    onError: (error, what) => app.log.error({ err: error }, what),
   });
   await app.register(flagRoutes, { flags, hub, guard, keyAccess });
   const metrics = createFlagMetrics({ db: ctx.db, clock: ctx.clock });
@@ -113,6 +115,7 @@ export async function registerFlags(
     accessOf: keyAccess,
     bus: ctx.bus,
     clock: ctx.clock,
+    authz: ctx.authz,
   });
   return { flags, hub, metrics };
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import type { Authz } from '../authz/contract.ts';
 import type { InvalidationBus } from '../bus/index.ts';
 import { callerOf } from '../http/auth.ts';
 import { httpErrors } from '../http/errors.ts';
@@ -108,7 +109,8 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
   accessOf: KeyAccessOf;
   bus: InvalidationBus;
   clock: () => Date;
-}> = async (app, { flags, metrics, accessOf, bus, clock }) => {
+  authz: Pick<Authz, 'check' | 'checkSync'>;
+}> = async (app, { flags, metrics, accessOf, bus, clock, authz }) => {
   const bodies = new WeakMap<FlagSnapshot, string>();
 
   app.addHook('onRequest', async (request) => {
@@ -123,7 +125,7 @@ export const unleashClientRoutes: FastifyPluginAsyncZod<{
   const environmentOf = async (principal: Principal) => (await accessOf(principal)).environment;
 
   // `/api/client/streaming`: a child plugin, so the Authorization hook above applies to it too.
-  await app.register(unleashStreamingRoutes, { flags, accessOf, bus, clock });
+  await app.register(unleashStreamingRoutes, { flags, accessOf, bus, clock, authz });
 
   app.get(
     '/api/client/features',

@@ -1,5 +1,6 @@
 import type { FastifyPluginAsyncZod } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import type { Authz } from '../authz/contract.ts';
 import type { InvalidationBus } from '../bus/index.ts';
 import { callerOf } from '../http/auth.ts';
 import { httpErrors } from '../http/errors.ts';
@@ -50,11 +51,17 @@ export const unleashStreamingRoutes: FastifyPluginAsyncZod<{
   accessOf: (principal: Principal) => Promise<KeyAccess>;
   bus: InvalidationBus;
   clock: () => Date;
-}> = async (app, { flags, accessOf, bus, clock }) => {
+  authz: Pick<Authz, 'check' | 'checkSync'>;
+}> = async (app, { flags, accessOf, bus, clock, authz }) => {
   const hub = createStreamHub(HEARTBEAT_MS);
-  // Re-authentication (key revoked or changed, owner changed, expiry, hourly): shared with
+  // Re-authentication (key revoked or changed, owner changed, permission lost, expiry, hourly): shared with
   // `/v1/flags/{env}/stream`. A user token is refused here, so there are no sessions to sweep.
-  const guard = createStreamGuard({ bus, clock });
+  const guard = createStreamGuard({
+    bus,
+    clock,
+    authz,
+    onError: (error, what) => app.log.error({ err: error }, what),
+  });
   const perKey = new Map<string, number>();
   let listeners = 0;
   // One serialisation per state or change, whatever the number of streams.
