@@ -15,6 +15,7 @@ import {
   constraintSchema,
   dependencySchema,
   type Feature,
+  FLAG_TYPES,
   type FlagContext,
   payloadSchema,
   strategySchema,
@@ -27,12 +28,32 @@ import { RESERVED_NAME_MESSAGE, RESERVED_NAMES } from './validate.ts';
 const notReserved = <T extends z.ZodString>(name: T) =>
   name.refine((n) => !RESERVED_NAMES.has(n), RESERVED_NAME_MESSAGE);
 
-/** URL-safe, as Unleash requires; `stream` is taken by the event stream's path. */
-const flagName = z
-  .string()
-  .regex(/^[A-Za-z0-9_][A-Za-z0-9_.~:-]{0,99}$/, 'letters, digits, _ . ~ : - (≤ 100), URL-safe')
-  .refine((n) => n !== 'stream', '`stream` is reserved')
-  .refine((n) => !RESERVED_NAMES.has(n), RESERVED_NAME_MESSAGE);
+/**
+ * Unleash's rule for a feature name: one `encodeURIComponent` leaves as it is (letters, digits and
+ * `- _ . ! ~ * ' ( )`), 1 to 100 characters.
+ */
+export const UNLEASH_FLAG_NAME = /^[A-Za-z0-9\-_.!~*'()]{1,100}$/;
+/** Steward's rule before it followed Unleash's: still accepted on PUT, so such flags stay editable. */
+const EARLIER_FLAG_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.~:-]{0,99}$/;
+const NAME_RULE = "letters, digits and - _ . ! ~ * ' ( ) (1 to 100), URL-friendly as Unleash requires";
+
+/**
+ * What every flag name written must also be: not `stream` (the event stream's path), not `.` or
+ * `..` (path segments URLs resolve away: `/v1/flags/dev/..` is `/v1/flags/`), not a member of
+ * Object.prototype (validate.ts).
+ */
+const usableName = (name: z.ZodString) =>
+  name
+    .refine((n) => n !== 'stream', "`stream` is reserved (the event stream's path)")
+    .refine((n) => n !== '.' && n !== '..', '`.` and `..` cannot name a flag: URLs resolve them away')
+    .refine((n) => !RESERVED_NAMES.has(n), RESERVED_NAME_MESSAGE);
+
+/** A new flag's name: Unleash's rule (so `a:b`, which Unleash refuses, is refused too). */
+const flagName = usableName(z.string().regex(UNLEASH_FLAG_NAME, NAME_RULE));
+/** A replaced flag's name: Unleash's rule, or the earlier one (a flag named `team:x` before stays editable). */
+const existingFlagName = usableName(
+  z.string().refine((n) => UNLEASH_FLAG_NAME.test(n) || EARLIER_FLAG_NAME.test(n), NAME_RULE),
+);
 const segmentParams = z.object({ id: z.coerce.number().int().min(1).max(2_147_483_647) });
 const ifMatchHeader = z.looseObject({
   'if-match': z
@@ -53,6 +74,16 @@ const dependencyBody = dependencySchema.extend({ feature: notReserved(dependency
 /** A flag as sent: Unleash's feature-toggle shape, checked with the engine's schemas. */
 const flagBody = z.strictObject({
   name: flagName,
+  type: z
+    .enum(FLAG_TYPES)
+    .optional()
+    .describe("Unleash's feature type (informational; SDKs do not read it). Default `release`."),
+  project: z
+    .string()
+    .min(1)
+    .max(100)
+    .optional()
+    .describe("Unleash's project: accepted and ignored (Steward has no projects; not stored)."),
   description: z.string().max(10_000).nullish(),
   enabled: z.boolean(),
   strategies: z.array(strategyBody).max(1_000).default([]),
@@ -76,11 +107,12 @@ const readOnlyFields = {
   created_at: z.string().max(100).optional(),
   updated_at: z.string().max(100).optional(),
 };
-const flagPutBody = flagBody.extend(readOnlyFields);
+const flagPutBody = flagBody.extend({ name: existingFlagName, ...readOnlyFields });
 
-/** The flag of a PUT body, without the read-only fields. */
+/** The flag of a POST or PUT body, without the read-only fields and `project` (ignored). */
 function featureOf(body: z.infer<typeof flagPutBody>): Feature {
-  const { id, environment, version, created_by, updated_by, created_at, updated_at, ...feature } = body;
+  const { id, environment, version, created_by, updated_by, created_at, updated_at, project, ...feature } =
+    body;
   return feature as Feature;
 }
 
@@ -88,6 +120,7 @@ const flagSchema = z.object({
   id: z.string(),
   environment: z.string(),
   name: z.string(),
+  type: z.string(),
   description: z.string().nullable(),
   enabled: z.boolean(),
   strategies: z.array(strategySchema),
@@ -150,6 +183,7 @@ export function flagView(row: FlagRow, environment: string) {
     id: row.id,
     environment,
     name: row.name,
+    type: f.type ?? 'release',
     description: f.description ?? null,
     enabled: f.enabled,
     strategies: f.strategies,
@@ -249,7 +283,7 @@ export const flagRoutes: FastifyPluginAsyncZod<{
       },
     },
     async (request, reply) => {
-      const result = await flags.create(accessOf(request), request.params.env, request.body as Feature);
+      const result = await flags.create(accessOf(request), request.params.env, featureOf(request.body));
       if ('pending' in result) {
         return reply.code(202).send({ status: 'pending_approval' as const, change_id: result.changeId });
       }

@@ -493,6 +493,7 @@ export function createFlagService({
     await checkDependencies(tx, orgId, env, input);
     return {
       name: input.name,
+      type: input.type ?? 'release',
       description: input.description ?? null,
       enabled: input.enabled,
       strategies,

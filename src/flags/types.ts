@@ -2,7 +2,7 @@ import { z } from 'zod';
 
 // Shapes follow Unleash's /api/client/features response. Unknown operators and strategy
 // names are accepted on purpose: the client specification requires them to evaluate to
-// false rather than break the whole payload. Unknown keys (project, stale, type…) are dropped.
+// false rather than break the whole payload. Unknown keys (project, stale…) are dropped.
 // These schemas read what is stored and served; the flag API checks writes further (validate.ts).
 
 const nameSchema = z.string().min(1).max(255);
@@ -69,9 +69,14 @@ export const dependencySchema = z.object({
 });
 export type Dependency = z.infer<typeof dependencySchema>;
 
+/** Unleash's feature types (its `createFeatureSchema`); a flag without one is a `release` flag. */
+export const FLAG_TYPES = ['release', 'experiment', 'operational', 'kill-switch', 'permission'] as const;
+
 /** A flag in Unleash's feature-toggle JSON shape (as stored and edited; clients get clientView). */
 export const featureSchema = z.object({
   name: nameSchema,
+  // Informational, as in Unleash (SDKs do not read it); the flag API takes one of FLAG_TYPES.
+  type: z.string().max(100).optional(),
   description: z.string().max(10_000).nullish(),
   enabled: z.boolean(),
   strategies: z.array(strategySchema).max(1_000),

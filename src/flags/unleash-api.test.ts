@@ -582,6 +582,45 @@ describe('Unleash client API with unleash-client', () => {
       sdk.destroy();
     }
   });
+  test("Unleash's names (-beta, .env, new(flag)…) and a `type` reach unleash-client, which agrees with us", async () => {
+    const devKey = await developmentKey('sdk-names');
+    const names = ['-beta', '.env', 'new(flag)', "it's", 'a*b', '!x', '~t'];
+    for (const name of names) {
+      const res = await v.req('POST', '/v1/flags/development', {
+        token: v.tokens.manager,
+        body: {
+          name,
+          type: 'experiment',
+          project: 'default',
+          enabled: true,
+          strategies: [{ name: 'flexibleRollout', parameters: { rollout: '50', stickiness: 'userId' } }],
+          variants: [
+            { name: 'on', weight: 500, stickiness: 'userId' },
+            { name: 'off', weight: 500, stickiness: 'userId' },
+          ],
+        },
+      });
+      assert.equal(res.statusCode, 201, `${name}: ${res.body}`);
+    }
+    const sdk = await syncedClient(address, 'steward-names', devKey, traffic);
+    try {
+      const state = (await (
+        await fetch(`${address}/api/client/features`, { headers: { authorization: devKey } })
+      ).json()) as { features: { name: string; type?: string }[] };
+      const engine = createFlagEngine(state as never);
+      for (const name of names) {
+        assert.equal(state.features.find((f) => f.name === name)?.type, 'experiment', name);
+        assert.equal(sdk.getFeatureToggleDefinition(name)?.name, name);
+        for (let i = 0; i < 50; i++) {
+          const ctx = { userId: `n-${i}` };
+          assert.equal(sdk.isEnabled(name, ctx), engine.isEnabled(name, ctx), `${name} ${i}`);
+          assert.equal(sdk.getVariant(name, ctx).name, engine.getVariant(name, ctx).name, `${name} ${i}`);
+        }
+      }
+    } finally {
+      sdk.destroy();
+    }
+  });
   test('flags at the edges of validation never make unleash-client throw, and it agrees with us', async () => {
     // Another environment, so the flags above are untouched.
     const devKey = await developmentKey('sdk-dev');
