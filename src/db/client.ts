@@ -64,7 +64,10 @@ async function openPglite(dataDir: string): Promise<DbHandle> {
 }
 
 async function openPostgres(url: string, poolSize: number): Promise<DbHandle> {
-  const pool = new pg.Pool({ connectionString: url, max: poolSize });
+  // Sessions in UTC whatever the server's TimeZone: timestamps come back as text that drizzle hands
+  // to `new Date()`, which cannot read the local-mean-time offsets a zone gives old instants
+  // (`1800-01-01 00:09:21+00:09:21` in Europe/Paris is an Invalid Date).
+  const pool = new pg.Pool({ connectionString: url, max: poolSize, options: '-c TimeZone=UTC' });
   // An idle client's connection dying (server restart) must not crash the process;
   // the pool replaces it, and the next query reports any lasting problem.
   pool.on('error', () => {});

@@ -2,6 +2,9 @@
 // never 500 (SPEC §0), and nothing written.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import pg from 'pg';
+import { createTestDatabase, postgresSkip } from '../../test/helpers/postgres.ts';
+import { openDatabase } from '../db/client.ts';
 import { type VaultTestApp, vaultTestApp } from '../vault/test-support.ts';
 import { isoDateTime } from './datetime.ts';
 
@@ -9,12 +12,14 @@ const OUT_OF_RANGE = [
   '0000-01-01T00:00:00Z',
   '0001-01-01T00:30:00+01:00', // year 0 in UTC
   '9999-12-31T23:59:59-14:00', // year 10000 in UTC
+  '0049-01-01T00:00:00Z', // stored, but read back as 2049
+  '0099-12-31T23:59:59Z',
 ];
 
-test('isoDateTime: years 1 to 9999 in UTC, whatever the offset', () => {
+test('isoDateTime: years 100 to 9999 in UTC, whatever the offset', () => {
   for (const value of OUT_OF_RANGE) assert.equal(isoDateTime.safeParse(value).success, false, value);
   for (const value of [
-    '0001-01-01T00:00:00Z',
+    '0100-01-01T00:00:00Z',
     '9999-12-31T23:59:59Z',
     '9999-12-31T23:59:59+14:00',
     '2030-06-01T12:00:00.123+02:00',
@@ -99,5 +104,32 @@ describe('out-of-range dates over HTTP (pglite)', () => {
     );
     const secret = await v.req('GET', `/v1/secrets/${secretId}`, { token: v.tokens.manager });
     assert.equal(secret.json().expires_at, null);
+  });
+});
+
+describe('dates read back from PostgreSQL whatever its TimeZone', { skip: postgresSkip }, () => {
+  test('sessions are in UTC: an old instant is read as itself, not an Invalid Date', async () => {
+    const database = await createTestDatabase();
+    try {
+      const admin = new pg.Client({ connectionString: database.url });
+      await admin.connect();
+      const name = new URL(database.url).pathname.slice(1);
+      await admin.query(`alter database ${name} set timezone = 'Europe/Paris'`);
+      await admin.end();
+      const db = await openDatabase({ dataDir: 'unused', databaseUrl: database.url, poolSize: 1 });
+      try {
+        // In Europe/Paris the server writes 1800 with its local mean time offset (+00:09:21),
+        // which new Date() cannot read: expiry dates of secrets and keys answered 500.
+        const [row] = await db.query<{ zone: string; at: string }>(
+          "select current_setting('TimeZone') as zone, '1800-01-01T00:00:00Z'::timestamptz::text as at",
+        );
+        assert.equal(row?.zone, 'UTC');
+        assert.equal(new Date(row?.at ?? '').toISOString(), '1800-01-01T00:00:00.000Z');
+      } finally {
+        await db.close();
+      }
+    } finally {
+      await database.drop();
+    }
   });
 });
