@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, test } from 'node:test';
+import { Redis } from 'ioredis';
 import { pausableProxy } from '../../test/helpers/redis-proxy.ts';
-import { createMemoryBus, createRedisBus, type InvalidationBus } from './index.ts';
+import { createMemoryBus, createRedisBus, type InvalidationBus, watchRedis } from './index.ts';
 
 const redisSkip = process.env.REDIS_URL
   ? false
@@ -70,6 +71,38 @@ describe('invalidation bus', () => {
     await new Promise((r) => setTimeout(r, 100));
     assert.deepEqual(heardByOther, ['probe']);
     await Promise.all([a.close(), sameDeployment.close(), otherDeployment.close()]);
+  });
+
+  test('over Redis: a busy event loop is not a silent connection: the watch drops nothing', {
+    skip: redisSkip,
+  }, async () => {
+    const redis = new Redis(process.env.REDIS_URL as string, { lazyConnect: true });
+    await redis.connect();
+    let drops = 0;
+    redis.on('close', () => drops++);
+    // Right after each watch PING, the loop is blocked for longer than the watch waits: the PONG
+    // arrives during the stall, and is waiting to be read when the deadline's timer fires.
+    const ping = redis.ping.bind(redis);
+    let pings = 0;
+    redis.ping = (() => {
+      pings++;
+      const answer = ping();
+      setImmediate(() => {
+        const until = performance.now() + 150;
+        while (performance.now() < until) {}
+      });
+      return answer;
+    }) as typeof redis.ping;
+    const stop = watchRedis(redis, 50, 100);
+    try {
+      while (pings < 8) await new Promise((resolve) => setTimeout(resolve, 25));
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      assert.equal(drops, 0, `dropped ${drops} times after ${pings} stalled pings`);
+      assert.equal(redis.status, 'ready');
+    } finally {
+      stop();
+      redis.disconnect();
+    }
   });
 
   test('over Redis: a subscriber whose connection went silent for good reconnects and hears again', {
