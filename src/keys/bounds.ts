@@ -2,6 +2,29 @@ import { BlockList, isIP } from 'node:net';
 import { effectiveRateLimit, type RateLimit, type Tier } from './tiers.ts';
 
 /**
+ * The metadata field that binds a key to one flags environment (the flags domain reads it:
+ * `src/flags/unleash-api.ts`, same name). Here it is only a bound like the others: compared, never
+ * interpreted.
+ */
+export const FLAGS_ENVIRONMENT_METADATA = 'flags_environment';
+
+/** The flags environment a `stw_test_…` key naming none is bound to (as the flags domain reads it). */
+export const TEST_KEY_FLAGS_ENVIRONMENT = 'development';
+
+/**
+ * The flags environment a key is bound to, as the flags domain reads it: a non-empty
+ * `metadata.flags_environment`, else `development` for a test key; null: unbound (any environment).
+ */
+export function flagsEnvironmentOf(key: {
+  environment: string;
+  metadata: Readonly<Record<string, unknown>>;
+}): string | null {
+  const named = key.metadata[FLAGS_ENVIRONMENT_METADATA];
+  if (typeof named === 'string' && named.length > 0) return named;
+  return key.environment === 'test' ? TEST_KEY_FLAGS_ENVIRONMENT : null;
+}
+
+/**
  * What limits a key as a credential, apart from its scopes: where it may be used from, until
  * when, how fast and how much. A key that creates, changes or rolls keys must not produce one
  * with looser bounds than its own — else a key pinned to one network, or expiring tonight, could
@@ -16,6 +39,8 @@ export interface KeyBounds {
   /** The tier's quota per period; null: unlimited. */
   quota: number | null;
   periodDays: number;
+  /** The flags environment it is bound to (`flagsEnvironmentOf`); null: none. */
+  flagsEnvironment: string | null;
 }
 
 /** The bounds of a key from its stored settings and the configured tiers. */
@@ -27,6 +52,8 @@ export function boundsOf(
     ratelimitWindowSeconds: number | null;
     tier: string;
     periodDays: number;
+    environment: string;
+    metadata: Readonly<Record<string, unknown>>;
   },
   tiers: ReadonlyMap<string, Tier>,
 ): KeyBounds {
@@ -37,6 +64,7 @@ export function boundsOf(
     // An unknown tier (removed from the configuration) grants no quota limit, as in verification.
     quota: tiers.get(key.tier)?.quota ?? null,
     periodDays: key.periodDays,
+    flagsEnvironment: flagsEnvironmentOf(key),
   };
 }
 
@@ -88,6 +116,11 @@ export function looserBound(inner: KeyBounds, outer: KeyBounds): string | null {
     (inner.quota === null || inner.quota > outer.quota || inner.periodDays < outer.periodDays)
   ) {
     return 'tier';
+  }
+  // A key bound to a flags environment is bound to that one only: unbound, or bound to another, is
+  // looser (another environment is not tighter, just elsewhere).
+  if (outer.flagsEnvironment !== null && inner.flagsEnvironment !== outer.flagsEnvironment) {
+    return `metadata.${FLAGS_ENVIRONMENT_METADATA}`;
   }
   return null;
 }

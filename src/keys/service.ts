@@ -17,7 +17,7 @@ import { isId, newId } from '../db/ids.ts';
 import { MAX_JSON_DEPTH, mayHoldUnstorable, nestedTooDeep, unstorableIn } from '../http/body.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
-import { boundsOf, looserBound } from './bounds.ts';
+import { boundsOf, FLAGS_ENVIRONMENT_METADATA, flagsEnvironmentOf, looserBound } from './bounds.ts';
 import { keyErrors } from './errors.ts';
 import {
   API_KEY_PRODUCT,
@@ -83,10 +83,13 @@ const DEFAULT_PERIOD_DAYS = 30;
 
 /**
  * What a key asked to create a key leaves out of its bounds, it passes on: the new key gets the
- * caller's allowlist, expiry, own rate limit and billing period unless the request sets them
- * (and what it sets must then be no looser; see mustStayWithin).
+ * caller's allowlist, expiry, own rate limit, billing period and flags environment
+ * (`metadata.flags_environment`; a test key's is `development`) unless the request sets them (and
+ * what it sets must then be no looser; see mustStayWithin).
  */
 function inheritBounds(input: CreateKeyInput, callerKey: q.ApiKeyRow): CreateKeyInput {
+  const bound = flagsEnvironmentOf(callerKey);
+  const metadata = input.metadata ?? {};
   const ownLimit =
     callerKey.ratelimitLimit !== null && callerKey.ratelimitWindowSeconds !== null
       ? { limit: callerKey.ratelimitLimit, window_seconds: callerKey.ratelimitWindowSeconds }
@@ -97,6 +100,10 @@ function inheritBounds(input: CreateKeyInput, callerKey: q.ApiKeyRow): CreateKey
     expires_at: input.expires_at === undefined ? callerKey.expiresAt : input.expires_at,
     ratelimit: input.ratelimit === undefined ? ownLimit : input.ratelimit,
     period_days: input.period_days ?? callerKey.periodDays,
+    metadata:
+      bound === null || Object.hasOwn(metadata, FLAGS_ENVIRONMENT_METADATA)
+        ? input.metadata
+        : { ...metadata, [FLAGS_ENVIRONMENT_METADATA]: bound },
   };
 }
 
@@ -388,6 +395,7 @@ export function createKeysService(deps: KeysServiceDeps) {
     await mustHoldScopes(caller, input.scopes);
     const now = clock();
     mustBeFuture(input.expires_at, now);
+    const env = input.environment ?? deps.defaultEnvironment;
     mustStayWithin(callerKey, {
       allowedIps,
       expiresAt: input.expires_at ?? null,
@@ -395,8 +403,9 @@ export function createKeysService(deps: KeysServiceDeps) {
       ratelimitWindowSeconds: input.ratelimit?.window_seconds ?? null,
       tier,
       periodDays: input.period_days ?? DEFAULT_PERIOD_DAYS,
+      environment: env,
+      metadata: input.metadata ?? {},
     });
-    const env = input.environment ?? deps.defaultEnvironment;
     const secret = generateKey(API_KEY_PRODUCT, env);
     const settings = await verifier.settingsFor(caller.orgId);
     const bursts: { source: string; count: number; first: boolean }[] = [];
@@ -533,6 +542,10 @@ export function createKeysService(deps: KeysServiceDeps) {
       const callerKey = await callerKeyRow(caller);
       mustStayWithin(callerKey, before);
       mustStayWithin(callerKey, { ...before, ...changes });
+    } else if (caller.kind === 'key' && changes.metadata !== undefined) {
+      // Its own metadata is its to change, but not the flags environment it is bound to: dropping
+      // or renaming `metadata.flags_environment` would unbind it (the rest is self-locked above).
+      mustStayWithin(before, { ...before, ...changes });
     }
     // Nothing differs: the current view, and nothing written (no event, no cache drop).
     if (Object.keys(changes).length === 0) return currentPeriodOf(before, now.getTime());
