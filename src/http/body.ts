@@ -9,7 +9,7 @@ import { httpErrors } from './errors.ts';
  * that read raw bodies bring their own parsers (keys' /v1/ingest reads every type as a Buffer);
  * this runs before the domains register, so their contexts inherit JSON only.
  *
- * The JSON parser is Fastify's own (same prototype-poisoning rules), with three additions:
+ * The JSON parser is Fastify's own (same prototype-poisoning rules), with these additions:
  *
  * - **A string PostgreSQL cannot store is refused** (400 `unsupported_character`): U+0000 (text
  *   and jsonb refuse it) and an unpaired surrogate (not Unicode: jsonb refuses its escape, text
@@ -18,6 +18,10 @@ import { httpErrors } from './errors.ts';
  *   so one regex test on the raw text clears almost every body; only a body carrying such an
  *   escape (or an escaped emoji's pair) has its parsed value walked. Measured (docs/adr/0003):
  *   ~0.02 µs on a 400-byte body, 0.6 µs on 64 KB, at most ~1 µs on 4 KB full of backslashes.
+ * - **A number no double holds is refused** (400 `number_out_of_range`): JSON.parse reads `1e400`
+ *   as Infinity, which JSON cannot write back: stored, it became null (metadata, settings values,
+ *   flag payloads) behind a 201. Only a body with a three-digit exponent or 309 digits in a row
+ *   (one regex test) has its parsed value walked; the detail names the top-level member only.
  * - **An empty body is no body** on a route whose body schema accepts none (no schema, or an
  *   optional one): fetch wrappers send `content-type: application/json` with nothing after it.
  *   A route that needs a body still answers 400 `invalid_json`.
@@ -57,7 +61,9 @@ export function installJsonOnlyBodies(app: FastifyInstance): void {
       done(httpErrors.json_too_deep(`JSON bodies may nest at most ${MAX_JSON_DEPTH} levels`), undefined);
       return;
     }
-    if (!mayHoldUnstorable(text)) {
+    const strings = mayHoldUnstorable(text);
+    const numbers = mayHoldHugeNumber(text);
+    if (!strings && !numbers) {
       void parseJson(request, text, done); // Fastify's parser is synchronous: it calls done
       return;
     }
@@ -66,9 +72,14 @@ export function installJsonOnlyBodies(app: FastifyInstance): void {
         done(error, undefined);
         return;
       }
-      const problem = unstorableIn(value);
-      if (problem === undefined) done(null, value);
-      else done(httpErrors.unsupported_character(problem), undefined);
+      const problem = strings ? unstorableIn(value) : undefined;
+      if (problem !== undefined) {
+        done(httpErrors.unsupported_character(problem), undefined);
+        return;
+      }
+      const huge = numbers ? nonFiniteIn(value) : undefined;
+      if (huge !== undefined) done(httpErrors.number_out_of_range(huge), undefined);
+      else done(null, value);
     });
   });
 }
@@ -150,6 +161,42 @@ function hasMoreOpeners(text: string, limit: number): boolean {
 const SUSPECT_ESCAPE = /\\u(?:0000|[dD][89a-fA-F])/;
 /** A surrogate without its other half (only sought once `isWellFormed` said there is one). */
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/**
+ * Whether a JSON text may hold a number no double holds: one with an exponent of three digits or
+ * more, or 309 digits in a row (a string that looks so only costs the walk below). Most bodies
+ * have neither, and pay one regex test.
+ */
+export function mayHoldHugeNumber(text: string): boolean {
+  return HUGE_NUMBER.test(text);
+}
+const HUGE_NUMBER = /[0-9][eE][+-]?0*[1-9][0-9]{2}|[0-9]{309}/;
+
+/**
+ * Which top-level member of a parsed JSON body holds a number that is not finite (JSON.parse read
+ * `1e400` as Infinity), as `body.metadata: …`; undefined when none does. JSON has no Infinity:
+ * stored, it became null (secret and key metadata, settings values, flag payloads). Only the
+ * top-level member is named: below it may be a secret setting's own keys. Iterative, as
+ * `unstorableIn`.
+ */
+export function nonFiniteIn(value: unknown, root = 'body'): string | undefined {
+  const top = (key: string) => `${root}.${key}`;
+  const stack: [unknown, string][] =
+    value !== null && typeof value === 'object' && !Array.isArray(value)
+      ? Object.entries(value).map(([key, member]) => [member, top(key)])
+      : [[value, root]];
+  for (let next = stack.pop(); next !== undefined; next = stack.pop()) {
+    const [item, where] = next;
+    if (typeof item === 'number') {
+      if (!Number.isFinite(item)) return `${where}: holds numbers beyond ±1.8e308, which cannot be stored`;
+    } else if (Array.isArray(item)) {
+      for (const member of item) stack.push([member, where]);
+    } else if (item !== null && typeof item === 'object') {
+      for (const member of Object.values(item)) stack.push([member, where]);
+    }
+  }
+  return undefined;
+}
 
 /**
  * Whether a JSON text may hold, once parsed, a string PostgreSQL cannot store. Both NUL and a lone

@@ -69,6 +69,8 @@ export const httpErrors = defineErrors({
   invalid_json: { status: 400, title: 'Malformed JSON body' },
   json_too_deep: { status: 400, title: 'JSON body nested too deeply' },
   unsupported_character: { status: 400, title: 'Unsupported character' },
+  /** A JSON number no double holds (`1e400`): JSON.parse reads it as Infinity, stored as null. */
+  number_out_of_range: { status: 400, title: 'Number out of range' },
   validation_failed: { status: 400, title: 'Request failed validation' },
   unauthenticated: { status: 401, title: 'Authentication required' },
   permission_denied: { status: 403, title: 'Permission denied' },

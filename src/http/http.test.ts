@@ -140,6 +140,30 @@ describe('HTTP plumbing', () => {
     assert.equal(literal.json().name, '\\u0000 \\ud800');
   });
 
+  test('a number no double holds (1e400) anywhere in a JSON body → 400 number_out_of_range, naming the top-level member only', async () => {
+    // Before, JSON.parse read it as Infinity and it was stored as null: secret and key metadata,
+    // flag payloads, settings values answered 201 for a value they did not keep.
+    const refused: [string, RegExp][] = [
+      ['{"name":"a","count":1e400}', /^body\.count: holds numbers beyond ±1\.8e308/],
+      ['{"name":"a","count":1,"meta":{"deep":[1,{"n":-1e999}]}}', /^body\.meta: /],
+      [`{"name":"a","count":1,"meta":${'9'.repeat(400)}}`, /^body\.meta: /],
+      ['[1e400]', /^body: /],
+    ];
+    for (const [payload, detail] of refused) {
+      const body = assertProblem(await echo(payload), 400, 'number_out_of_range');
+      assert.match(body.detail, detail, payload);
+      assert.doesNotMatch(body.detail, /deep|\bn\b/, 'nothing below the top-level member');
+    }
+    // Strings that merely look huge pass the check; large finite numbers reach validation.
+    for (const payload of ['{"name":"1e400 9e999","count":1}', `{"name":"${'9'.repeat(400)}","count":1}`]) {
+      const res = await echo(payload);
+      assert.equal(res.statusCode, 200, `${payload.slice(0, 40)}: ${res.body}`);
+    }
+    for (const payload of ['{"name":"a","count":1.7e308}', '{"name":"a","count":-5e-324}']) {
+      assertProblem(await echo(payload), 400, 'validation_failed');
+    }
+  });
+
   test('a body nested deeper than 64 levels → 400 json_too_deep before parsing; 64 levels and brackets in strings pass', async () => {
     const nested = (levels: number, open: string, close: string) =>
       `{"name":"a","count":1,"tags":${open.repeat(levels - 1)}${close.repeat(levels - 1)}}`;

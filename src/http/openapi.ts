@@ -147,7 +147,7 @@ function errorResponses(
   const out: Record<string, ResponseDoc> = {};
   const bad = [
     validated && '`validation_failed` (the fields in `errors`)',
-    parsesJson && '`invalid_json`, `json_too_deep`, `unsupported_character`',
+    parsesJson && '`invalid_json`, `json_too_deep`, `unsupported_character`, `number_out_of_range`',
   ].filter((s) => typeof s === 'string');
   const pages = (schema.querystring as { properties?: Record<string, unknown> } | undefined)?.properties
     ?.cursor;
@@ -159,7 +159,7 @@ function errorResponses(
     ...(validated ? ['validation_failed'] : []),
     ...(pages !== undefined ? ['invalid_cursor'] : []),
     ...(pathOrQuery && !parsesJson ? ['unsupported_character'] : []),
-    ...(parsesJson ? ['invalid_json', 'json_too_deep', 'unsupported_character'] : []),
+    ...(parsesJson ? ['invalid_json', 'json_too_deep', 'unsupported_character', 'number_out_of_range'] : []),
   ];
   if (bad.length > 0) out['400'] = problem(`Bad request: ${bad.join(', ')}`, badCodes);
   if (security.length > 0) {
