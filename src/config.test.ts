@@ -35,6 +35,8 @@ describe('configuration', () => {
       LOG_LEVEL: 'loud',
       BODY_LIMIT_BYTES: '12',
       REDIS_PREFIX: 'staging hunter2',
+      // The first superuser's address is a new account's: within RFC 5321's limits.
+      STEWARD_ADMIN_EMAIL: `${'a'.repeat(65)}@example.com`,
     };
     for (const [name, value] of Object.entries(cases)) {
       assert.throws(
@@ -47,6 +49,11 @@ describe('configuration', () => {
         name,
       );
     }
+  });
+
+  test('a first superuser address of 64 octets before the @ is accepted', () => {
+    const email = `${'a'.repeat(64)}@example.com`;
+    assert.equal(loadConfig({ STEWARD_ADMIN_EMAIL: email }).STEWARD_ADMIN_EMAIL, email);
   });
 
   test('the process stops at boot with that line and exit code 2', () => {

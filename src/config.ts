@@ -100,6 +100,12 @@ export const configSchema = z.object({
     .describe('Default retention of audit events; the purge keeps a signed checkpoint.'),
   STEWARD_ADMIN_EMAIL: z
     .email()
+    // A new account's address, so within RFC 5321's limits as the users API holds them
+    // (src/identity/routes.ts `newEmail`): 254 in all, a local part of 64 octets.
+    .max(254)
+    .refine((value) => Buffer.byteLength(value.slice(0, value.lastIndexOf('@')), 'utf8') <= 64, {
+      message: 'The part before @ is at most 64 characters (RFC 5321)',
+    })
     .optional()
     .describe(
       'Bootstrap: email of the first superuser, created with the org `default` on an empty database.',
