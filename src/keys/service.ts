@@ -14,7 +14,14 @@ import type { DbHandle, DbOrTx } from '../db/client.ts';
 // The vault's helper, as flags uses it: a unique violation however the driver wraps it.
 import { isUniqueViolation } from '../db/errors.ts';
 import { isId, newId } from '../db/ids.ts';
-import { MAX_JSON_DEPTH, mayHoldUnstorable, nestedTooDeep, unstorableIn } from '../http/body.ts';
+import {
+  MAX_JSON_DEPTH,
+  mayHoldHugeNumber,
+  mayHoldUnstorable,
+  nestedTooDeep,
+  nonFiniteIn,
+  unstorableIn,
+} from '../http/body.ts';
 import { httpErrors } from '../http/errors.ts';
 import type { Principal } from '../http/principal.ts';
 import { boundsOf, FLAGS_ENVIRONMENT_METADATA, flagsEnvironmentOf, looserBound } from './bounds.ts';
@@ -981,6 +988,9 @@ export function createKeysService(deps: KeysServiceDeps) {
     // valid JSON escapes: refused here rather than failing the insert (500).
     const bad = mayHoldUnstorable(payload) ? unstorableIn(parsed) : undefined;
     if (bad !== undefined) throw httpErrors.unsupported_character(bad);
+    // A number no double holds (1e400) would be stored as null, as on every JSON body route.
+    const huge = mayHoldHugeNumber(payload) ? nonFiniteIn(parsed) : undefined;
+    if (huge !== undefined) throw httpErrors.number_out_of_range(huge);
     const type = (parsed as { type?: unknown }).type;
     const eventType = typeof type === 'string' ? prefixOf(type, 200) : null;
     const now = clock();

@@ -74,6 +74,7 @@ const INGEST_ERRORS = [
   'invalid_json',
   'json_too_deep',
   'unsupported_character',
+  'number_out_of_range',
   'invalid_signal_payload',
   'webhook_key_invalid',
   'webhook_key_inactive',

@@ -310,6 +310,22 @@ describe('/v1/ingest: text PostgreSQL cannot store (pglite)', () => {
     assert.equal(fine.statusCode, 202, fine.body);
   });
 
+  test('a signed body holding 1e400 is 400 number_out_of_range (it was stored as null), nothing stored', async () => {
+    const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Huge' } });
+    assert.equal(created.statusCode, 201, created.body);
+    const { key, secret } = created.json() as { key: string; secret: string };
+    const count = async () =>
+      (await t.store.db.query<{ n: number }>('select count(*)::int as n from signals'))[0]?.n;
+    const before = await count();
+    const res = await send(key, secret, '{"type":"x","data":{"amount":1e400}}');
+    assert.equal(res.statusCode, 400, res.body);
+    assert.equal(res.json().code, 'number_out_of_range');
+    assert.match(res.json().detail, /^body\.data: /);
+    assert.equal(await count(), before);
+    const fine = await send(key, secret, '{"type":"x","data":{"amount":1.5e300,"label":"1e400"}}');
+    assert.equal(fine.statusCode, 202, fine.body);
+  });
+
   test('a signed body with \\u0000 or a lone surrogate is refused (400 unsupported_character), nothing stored', async () => {
     const created = await t.call('POST', '/v1/webhook-keys', { token, body: { name: 'Nul' } });
     assert.equal(created.statusCode, 201, created.body);
