@@ -148,6 +148,9 @@ const isRequester = (principal: Principal, row: ChangeRow) =>
 /** How many keys a chain of keys minting keys is followed through before it counts as nobody's. */
 const MAX_KEY_CHAIN = 32;
 
+/** How many rolls (`api_keys.rolled_to`) a requesting key is followed through to its live successor. */
+const MAX_ROLL_CHAIN = 32;
+
 /**
  * Four-eyes changes: an org switch (`vault_policies`), pending changes (`vault_changes`, payload
  * sealed since it may hold a secret value), and the decision by another user holding
@@ -232,34 +235,59 @@ export function createFourEyes({
     return { principal, ...requesterContext(row.requestContext) };
   }
 
-  /** The key a change was asked with, as a principal, if it is still usable (`requesterNow`). */
+  /**
+   * The key a change was asked with, as a principal, if it is still usable (`requesterNow`). A roll
+   * is a rotation, not a revocation: a rolled key (`rolled_to`) is judged by its live successor,
+   * followed through at most `MAX_ROLL_CHAIN` rolls — its own expiry is the roll's grace end and
+   * does not end the change, but a key of the chain revoked or switched off does, and so does a
+   * successor revoked, expired or switched off. The principal stays the key that asked (its id
+   * and name: the actor recorded), with the current scopes of the live successor.
+   */
   async function requestingKey(
     row: ChangeRow,
     keyId: string,
     owner: Principal,
     tx: DbOrTx,
   ): Promise<Principal> {
-    const [key] = await tx
-      .select()
-      .from(apiKeys)
-      .where(and(eq(apiKeys.orgId, row.orgId), eq(apiKeys.id, keyId)));
+    const keyById = async (id: string) =>
+      (
+        await tx
+          .select()
+          .from(apiKeys)
+          .where(and(eq(apiKeys.orgId, row.orgId), eq(apiKeys.id, id)))
+      )[0];
     const unusable = (reason: string, why: string) =>
       changeErrors.requester_not_permitted(`The key that asked for this change ${why}`, {
         reason,
         key_id: keyId,
       });
-    if (key === undefined || key.revokedAt !== null) throw unusable('key_revoked', 'has been revoked');
-    if (key.expiresAt !== null && key.expiresAt <= clock()) throw unusable('key_expired', 'has expired');
-    if (!key.active) throw unusable('key_disabled', 'is disabled');
+    const asked = await keyById(keyId);
+    let key = asked;
+    for (let rolls = 0; key !== undefined && key.rolledTo !== null; rolls++) {
+      if (key.revokedAt !== null) throw unusable('key_revoked', 'has been revoked');
+      if (!key.active) throw unusable('key_disabled', 'is disabled');
+      if (rolls >= MAX_ROLL_CHAIN) {
+        throw unusable('key_expired', `has expired, rolled more than ${MAX_ROLL_CHAIN} times`);
+      }
+      key = await keyById(key.rolledTo);
+    }
+    const rolled = key !== asked ? ' (its rolled successor)' : '';
+    if (asked === undefined || key === undefined || key.revokedAt !== null) {
+      throw unusable('key_revoked', `has been revoked${rolled}`);
+    }
+    if (key.expiresAt !== null && key.expiresAt <= clock()) {
+      throw unusable('key_expired', `has expired${rolled}`);
+    }
+    if (!key.active) throw unusable('key_disabled', `is disabled${rolled}`);
     return {
       orgId: row.orgId,
       kind: 'key',
-      id: key.id,
-      name: key.name,
+      id: asked.id,
+      name: asked.name,
       roles: owner.roles,
       scopes: key.scopes,
       superuser: keyIsSuperuser(owner.superuser, key.scopes),
-      keyId: key.id,
+      keyId: asked.id,
       ownerId: key.ownerId,
     };
   }
