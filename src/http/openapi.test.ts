@@ -262,6 +262,7 @@ describe('OpenAPI document', () => {
       'invalid_json',
       'json_too_deep',
       'unsupported_character',
+      'number_out_of_range',
       'invalid_cursor',
     ]);
     // The access layer's codes, under every route that needs a caller.
