@@ -126,7 +126,14 @@ export async function createRedisBus(
   const publisher = new Redis(url, REDIS_COMMAND_OPTIONS);
   // The subscriber keeps ioredis's offline queue and no command timeout: a SUBSCRIBE sent while it
   // reconnects must not be lost (ioredis resubscribes only channels it has heard confirmed).
-  const subscriber = new Redis(url, { lazyConnect: true, keepAlive: REDIS_KEEPALIVE_MS });
+  // Channels are subscribed again on every `ready` by this code, not by ioredis's autoResubscribe:
+  // its SUBSCRIBE after a reconnect has no rejection handler, so a bus closed before Redis
+  // answered it raised an unhandled rejection ("Connection is closed.") in the process.
+  const subscriber = new Redis(url, {
+    lazyConnect: true,
+    keepAlive: REDIS_KEEPALIVE_MS,
+    autoResubscribe: false,
+  });
   publisher.on('error', onError);
   subscriber.on('error', onError);
   await Promise.all([publisher.connect(), subscriber.connect()]);
@@ -134,6 +141,11 @@ export async function createRedisBus(
   // PING is allowed in subscriber mode; after the reconnect ioredis subscribes its channels again.
   const unwatchSubscriber = watchRedis(subscriber);
   const handlers = new Map<string, ((message: string) => void)[]>();
+  subscriber.on('ready', () => {
+    // After a reconnect (the watch's, or a lost connection): every topic, confirmed or not.
+    const channels = [...handlers.keys()].map((topic) => channelPrefix + topic);
+    if (channels.length > 0) subscriber.subscribe(...channels).catch(onError);
+  });
   subscriber.on('message', (channel: string, message: string) => {
     for (const handler of handlers.get(channel.slice(channelPrefix.length)) ?? []) handler(message);
   });
