@@ -125,10 +125,10 @@ export async function createRedisBus(
   // as long as Redis is away — writers no longer wait on it, but other callers still await it.
   const publisher = new Redis(url, REDIS_COMMAND_OPTIONS);
   // The subscriber keeps ioredis's offline queue and no command timeout: a SUBSCRIBE sent while it
-  // reconnects must not be lost (ioredis resubscribes only channels it has heard confirmed).
-  // Channels are subscribed again on every `ready` by this code, not by ioredis's autoResubscribe:
-  // its SUBSCRIBE after a reconnect has no rejection handler, so a bus closed before Redis
-  // answered it raised an unhandled rejection ("Connection is closed.") in the process.
+  // reconnects must not be lost. Channels are subscribed again on every `ready` by this code, all
+  // of them, not by ioredis's autoResubscribe (only channels it had heard confirmed, and its
+  // SUBSCRIBE has no rejection handler: a bus closed before Redis answered it raised an unhandled
+  // rejection, "Connection is closed.", in the process).
   const subscriber = new Redis(url, {
     lazyConnect: true,
     keepAlive: REDIS_KEEPALIVE_MS,
@@ -138,7 +138,7 @@ export async function createRedisBus(
   subscriber.on('error', onError);
   await Promise.all([publisher.connect(), subscriber.connect()]);
   const unwatchPublisher = watchRedis(publisher);
-  // PING is allowed in subscriber mode; after the reconnect ioredis subscribes its channels again.
+  // PING is allowed in subscriber mode; after the reconnect, `ready` below subscribes again.
   const unwatchSubscriber = watchRedis(subscriber);
   const handlers = new Map<string, ((message: string) => void)[]>();
   subscriber.on('ready', () => {
