@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { STORES } from '../../test/helpers/stores.ts';
-import { type VaultTestApp, vaultTestApp } from './test-support.ts';
+import { fourEyesTestApp, type VaultTestApp } from './test-support.ts';
 
 const MARKER = (n: number) => `DENIED-VALUE-MARKER-${n}`;
 
@@ -24,9 +24,7 @@ for (const { kind, skip } of STORES) {
     /** The applied creation, the pending update, and another setting's pending change. */
     const ids = { created: '', pending: '', other: '' };
     before(async () => {
-      v = await vaultTestApp(kind);
-      const on = await v.req('PUT', '/v1/vault/policy', { token: v.tokens.admin, body: { four_eyes: true } });
-      assert.equal(on.statusCode, 200, on.body);
+      v = await fourEyesTestApp(kind);
       const put = async (key: string, value: string, ifMatch?: string) => {
         const res = await v.req('PUT', `/v1/settings/production/${key}`, {
           token: v.tokens.developer,

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { STORES } from '../../test/helpers/stores.ts';
 import { encodeCursor } from '../http/pagination.ts';
-import { type VaultTestApp, vaultTestApp } from './test-support.ts';
+import { fourEyesTestApp, type VaultTestApp } from './test-support.ts';
 
 const CHANGES = 25;
 
@@ -11,9 +11,7 @@ for (const { kind, skip } of STORES) {
     let v: VaultTestApp;
     const ids: string[] = [];
     before(async () => {
-      v = await vaultTestApp(kind);
-      const on = await v.req('PUT', '/v1/vault/policy', { token: v.tokens.admin, body: { four_eyes: true } });
-      assert.equal(on.statusCode, 200, on.body);
+      v = await fourEyesTestApp(kind);
       // The test clock stands still: every change below is requested in the same millisecond.
       for (let i = 0; i < CHANGES; i++) {
         const held = await v.req('PUT', `/v1/settings/production/same_ms_${i}`, {

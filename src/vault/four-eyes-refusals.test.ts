@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { STORES } from '../../test/helpers/stores.ts';
 import { seal } from '../crypto/envelope.ts';
 import { createKeyring } from '../crypto/keyring.ts';
-import { type VaultTestApp, vaultTestApp } from './test-support.ts';
+import { fourEyesTestApp, type VaultTestApp } from './test-support.ts';
 
 interface EventRow {
   actor_id: string;
@@ -16,9 +16,7 @@ for (const { kind, skip } of STORES) {
   describe(`four-eyes: undecryptable changes and refused decisions (${kind})`, { skip }, () => {
     let v: VaultTestApp;
     before(async () => {
-      v = await vaultTestApp(kind);
-      const on = await v.req('PUT', '/v1/vault/policy', { token: v.tokens.admin, body: { four_eyes: true } });
-      assert.equal(on.statusCode, 200, on.body);
+      v = await fourEyesTestApp(kind);
     });
     after(() => v?.close());
 

@@ -4,28 +4,18 @@
 // grace was over (a tester's finding).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { ulid } from 'ulidx';
 import { STORES } from '../../test/helpers/stores.ts';
-import { type VaultTestApp, vaultTestApp } from './test-support.ts';
+import { fourEyesTestApp, mintSettingsKey, type VaultTestApp } from './test-support.ts';
 
 for (const { kind, skip } of STORES) {
   describe(`four-eyes: a change asked with a key rolled since (${kind})`, { skip }, () => {
     let v: VaultTestApp;
     before(async () => {
-      v = await vaultTestApp(kind);
-      const on = await v.req('PUT', '/v1/vault/policy', { token: v.tokens.admin, body: { four_eyes: true } });
-      assert.equal(on.statusCode, 200, on.body);
+      v = await fourEyesTestApp(kind);
     });
     after(() => v?.close());
 
-    const mint = async (): Promise<{ key: string; id: string }> => {
-      const res = await v.req('POST', '/v1/keys', {
-        token: v.tokens.manager,
-        body: { name: `asker-${ulid()}`, scopes: ['settings:*', 'approvals:read'] },
-      });
-      assert.equal(res.statusCode, 201, res.body);
-      return { key: res.json().key, id: res.json().id };
-    };
+    const mint = () => mintSettingsKey(v);
 
     const hold = async (key: string, name: string): Promise<string> => {
       const res = await v.req('PUT', `/v1/settings/production/${name}`, {

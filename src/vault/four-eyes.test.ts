@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { LightMyRequestResponse } from 'fastify';
 import { STORES } from '../../test/helpers/stores.ts';
-import { type VaultTestApp, vaultTestApp } from './test-support.ts';
+import { fourEyesTestApp, type VaultTestApp, vaultTestApp } from './test-support.ts';
 
 const VALUE = 'prod-db-password-four-eyes-only';
 const PASS = 'a sturdy vault passphrase';
@@ -121,9 +121,7 @@ for (const { kind, skip } of STORES) {
   describe(`four-eyes: more held changes, approval in one transaction (${kind})`, { skip }, () => {
     let v: VaultTestApp;
     before(async () => {
-      v = await vaultTestApp(kind);
-      const on = await v.req('PUT', '/v1/vault/policy', { token: v.tokens.admin, body: { four_eyes: true } });
-      assert.equal(on.statusCode, 200, on.body);
+      v = await fourEyesTestApp(kind);
     });
     after(() => v?.close());
 

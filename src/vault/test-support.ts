@@ -1,6 +1,7 @@
 // Shared by the vault tests only (never imported by src/ outside tests): an identity test app
 // with users of each system role, a second org, and an HTTP helper that speaks PUT too.
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import type { LightMyRequestResponse } from 'fastify';
 import type { StoreKind } from '../../test/helpers/stores.ts';
 import { ADMIN, type IdentityTestApp, identityTestApp } from '../identity/test-support.ts';
@@ -63,4 +64,22 @@ export async function vaultTestApp(kind: StoreKind = 'pglite'): Promise<VaultTes
     tokens.other = (await t.login(ADMIN.email, ADMIN.password, { org: 'globex' })).json().access_token;
   };
   return { t, tokens, ids, req, relogin, close: () => t.close() };
+}
+
+/** A vault test app with four-eyes switched on for its org (by the superuser). */
+export async function fourEyesTestApp(kind: StoreKind = 'pglite'): Promise<VaultTestApp> {
+  const v = await vaultTestApp(kind);
+  const on = await v.req('PUT', '/v1/vault/policy', { token: v.tokens.admin, body: { four_eyes: true } });
+  assert.equal(on.statusCode, 200, on.body);
+  return v;
+}
+
+/** A key of the manager's scoped to settings (and reading approvals), by a unique name. */
+export async function mintSettingsKey(v: VaultTestApp): Promise<{ key: string; id: string }> {
+  const res = await v.req('POST', '/v1/keys', {
+    token: v.tokens.manager,
+    body: { name: `asker-${randomUUID()}`, scopes: ['settings:*', 'approvals:read'] },
+  });
+  assert.equal(res.statusCode, 201, res.body);
+  return { key: res.json().key, id: res.json().id };
 }
